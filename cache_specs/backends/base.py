@@ -1,0 +1,36 @@
+"""The storage interface every backend honours (the conformance suite in tests/ checks it).
+
+A backend stores one *part*: a handful of named arrays with a shared leading row axis, written once
+by one writer into a fresh directory. Everything above this (atomic commit, manifests, checksums,
+the index) is backend-independent and lives in ``cache_specs.layout`` / ``cache_specs.parts``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+
+
+class PartData(Protocol):
+    """An opened part: lazy arrays that support ``shape``, ``dtype`` and numpy-style slicing."""
+
+    def names(self) -> list[str]: ...
+
+    def __getitem__(self, name: str) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+    #: file or folder name of the data inside a part folder
+    data_name: str
+
+    def write(self, part_dir: Path, arrays: Mapping[str, np.ndarray], chunk_rows: int) -> None:
+        """Write ``arrays`` (all with the same leading row count) under ``part_dir/data_name``.
+
+        ``part_dir`` is a private temporary folder: exactly one writer ever touches it.
+        """
+
+    def open(self, part_dir: Path) -> PartData: ...

@@ -1,0 +1,154 @@
+"""Writing and reading one part: a batch of episodes committed atomically by a single writer.
+
+Protocol (crash-safe at every instruction): write data + ``part.json`` into a private
+``parts/.tmp-*`` folder, fsync, then ``rename`` it to ``parts/part-NNNNN``. A reader sees either
+the old complete part, the new complete part, or none; a SIGKILL leaves only an orphan temporary
+folder, which the next run (or ``navcache verify --repair``) deletes.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .backends import get_backend
+from .layout import PART_JSON, TMP_PREFIX, TRASH_PREFIX, atomic_write_json, fsync_dir, fsync_tree, list_files, private_name, read_json, sha256_file
+from .spec import CacheSpec
+
+PART_FORMAT = "navcache-part/1"
+
+
+@dataclass
+class EpisodeResult:
+    """One episode's outcome: arrays on success (spec layout), or a quarantine reason."""
+
+    episode_id: str
+    arrays: Mapping[str, np.ndarray] | None = None
+    reason: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def array_sha256(a: np.ndarray) -> str:
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.data if a.size else b"")
+    return h.hexdigest()
+
+
+def _assemble(spec: CacheSpec, dims: Mapping[str, int], results: Sequence[EpisodeResult]):
+    """Stack ok episodes into part arrays; return (arrays, episode table)."""
+    want = spec.resolved(dims)
+    chunks: dict[str, list[np.ndarray]] = {n: [] for n in want}
+    episodes, start = [], 0
+    for r in results:
+        entry: dict[str, Any] = {"episode_id": r.episode_id, "start": start, "length": 0}
+        if r.reason is None and r.arrays is not None:
+            try:
+                n = spec.check_episode(r.arrays, dims)
+            except ValueError as e:
+                # A stage produced the wrong layout: that is a bug, but one bad episode must not
+                # lose the part; it is quarantined with the exact mismatch.
+                r = EpisodeResult(r.episode_id, None, f"internal: output does not match spec: {e}", r.meta)
+            else:
+                for name in want:
+                    a = np.asarray(r.arrays[name])
+                    chunks[name].append(a[None] if spec.row == "episode" else a)
+                entry["length"] = n
+                start += n
+        entry["status"] = "ok" if r.reason is None else "quarantined"
+        entry["reason"] = r.reason
+        if r.meta:
+            entry["meta"] = r.meta
+        episodes.append(entry)
+    arrays = {}
+    for name, (dtype, shape) in want.items():
+        arrays[name] = np.concatenate(chunks[name], axis=0) if chunks[name] else np.zeros((0, *shape), dtype)
+    return arrays, episodes
+
+
+def write_part(
+    parts_dir: Path,
+    pid: str,
+    fingerprint: str,
+    spec: CacheSpec,
+    dims: Mapping[str, int],
+    results: Sequence[EpisodeResult],
+    backend: str = "zarr",
+    chunk_rows: int = 64,
+    provenance: Mapping[str, Any] | None = None,
+) -> dict:
+    """Write and atomically commit one part; return its ``part.json`` content."""
+    arrays, episodes = _assemble(spec, dims, results)
+    be = get_backend(backend)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    tmp = parts_dir / private_name(TMP_PREFIX, pid)
+    tmp.mkdir()
+    try:
+        be.write(tmp, arrays, chunk_rows)
+        files = {rel: {"size": (tmp / rel).stat().st_size, "sha256": sha256_file(tmp / rel)} for rel in list_files(tmp)}
+        meta = {
+            "format": PART_FORMAT,
+            "part": pid,
+            "fingerprint": fingerprint,
+            "spec": spec.to_json(dims),
+            "backend": backend,
+            "n_rows": int(next(iter(arrays.values())).shape[0]) if arrays else 0,
+            "n_episodes": len(episodes),
+            "n_ok": sum(e["status"] == "ok" for e in episodes),
+            "episodes": episodes,
+            "arrays": {n: {"dtype": a.dtype.str, "shape": list(a.shape), "sha256": array_sha256(a)} for n, a in arrays.items()},
+            "files": files,
+            "provenance": dict(provenance or {}),
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        atomic_write_json(tmp / PART_JSON, meta)
+        fsync_tree(tmp)
+        _publish(tmp, parts_dir / pid, fingerprint)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def _publish(tmp: Path, final: Path, fingerprint: str) -> None:
+    """Rename ``tmp`` to ``final``; an existing part with the same fingerprint wins (idempotent retries)."""
+    for _ in range(3):
+        if final.exists():
+            old = read_part_meta(final)
+            if old is not None and old.get("fingerprint") == fingerprint:
+                return  # another attempt (e.g. a retried dask task) already committed identical content
+            trash = final.parent / private_name(TRASH_PREFIX, final.name)
+            try:
+                os.rename(final, trash)
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                continue  # lost a race with a concurrent writer of the same part: re-check its fingerprint
+            raise
+        fsync_dir(final.parent)
+        return
+    raise RuntimeError(f"could not publish part {final}: it keeps being replaced concurrently")
+
+
+def read_part_meta(part_dir: Path) -> dict | None:
+    """The part's ``part.json``, or None when absent or unreadable (treated as missing)."""
+    try:
+        meta = read_json(part_dir / PART_JSON)
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == PART_FORMAT else None
+
+
+def open_part_data(part_dir: Path, meta: Mapping[str, Any]):
+    return get_backend(meta["backend"]).open(part_dir)

@@ -1,0 +1,235 @@
+"""``open_cache``: the one-line way into a cache, from a notebook, the CLI or a trainer.
+
+    >>> from cache_specs import open_cache
+    >>> c = open_cache("navcache_cache/demo_rover/train/frame_features")
+    >>> c.index                      # polars DataFrame, one row per episode
+    >>> c["clip_00012"]["cls"]       # numpy arrays of one episode
+    >>> c.array("cls")[100:200]      # lazy view over all parts
+    >>> c.load("cls")                # whole array in memory (what trainers use)
+    >>> ds = c.torch_dataset()       # torch Dataset of per-episode dicts
+"""
+from __future__ import annotations
+
+import html
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .layout import INDEX, PARTS, cache_dir as _cache_dir
+from .manifest import read_manifest
+from .parts import open_part_data
+
+
+class ArrayView:
+    """A lazy, read-only view of one array across all parts, in index order of ok episodes.
+
+    Supports ``len``, ``shape``, ``dtype``, integer and slice indexing, and integer-array indexing.
+    """
+
+    def __init__(self, reader: "CacheReader", name: str):
+        self._r, self.name = reader, name
+        spec = reader.manifest["spec"]["arrays"][name]
+        self.dtype = np.dtype(spec["dtype"])
+        self._row_shape = tuple(spec["shape"])
+        ok = reader._ok_rows
+        self._parts = ok["part"]
+        self._part_starts = ok["part_start"]  # row where each part's block begins, in global rows
+        self.shape = (int(ok["n_rows"]),) + self._row_shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            k = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= k < len(self):
+                raise IndexError(key)
+            return self._rows(np.array([k]))[0]
+        if isinstance(key, slice):
+            return self._rows(np.arange(len(self))[key])
+        return self._rows(np.asarray(key, dtype=np.int64))
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows),) + self._row_shape, self.dtype)
+        if not len(rows):
+            return out
+        which = np.searchsorted(self._part_starts, rows, side="right") - 1
+        for pi in np.unique(which):
+            sel = which == pi
+            local = rows[sel] - self._part_starts[pi]
+            arr = self._r._part_array(self._parts[pi], self.name)
+            lo, hi = int(local.min()), int(local.max()) + 1
+            out[sel] = np.asarray(arr[lo:hi])[local - lo]  # one contiguous read per part
+        return out
+
+    def to_numpy(self) -> np.ndarray:
+        return self[:]
+
+    def __repr__(self) -> str:
+        return f"ArrayView({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+class CacheReader:
+    """A complete cache opened for reading. Thread-safe for reads; open once per process."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.manifest: dict = read_manifest(self.path)
+        self._open: dict[str, Any] = {}
+
+    # -- metadata ---------------------------------------------------------------------------
+    @property
+    def spec(self) -> dict:
+        return self.manifest["spec"]
+
+    @cached_property
+    def index(self):
+        """polars DataFrame: episode_id, part, start, length, status, reason."""
+        import polars as pl
+
+        return pl.read_parquet(self.path / INDEX)
+
+    @cached_property
+    def episodes(self) -> list[str]:
+        """Ids of the ok (not quarantined) episodes, in storage order."""
+        return self._ok["episode_id"].to_list()
+
+    @property
+    def quarantined(self):
+        import polars as pl
+
+        return self.index.filter(pl.col("status") == "quarantined").select("episode_id", "reason")
+
+    @cached_property
+    def _ok(self):
+        import polars as pl
+
+        return self.index.filter(pl.col("status") == "ok")
+
+    @cached_property
+    def _pos(self) -> dict[str, int]:
+        return {e: i for i, e in enumerate(self.episodes)}
+
+    @cached_property
+    def _ok_rows(self) -> dict:
+        """Global row numbering: parts in index order, rows within a part in storage order."""
+        parts, starts, n = [], [], 0
+        for part, length in self.index.group_by("part", maintain_order=True).agg(__import__("polars").col("length").sum()).iter_rows():
+            parts.append(part)
+            starts.append(n)
+            n += int(length)
+        lengths = self._ok["length"].to_numpy().astype(np.int64)
+        ep_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, np.int64)
+        return {"part": parts, "part_start": np.array(starts, np.int64), "n_rows": n, "ep_start": ep_start, "ep_len": lengths}
+
+    def offsets(self) -> tuple[np.ndarray, np.ndarray]:
+        """(start, length) of each ok episode's rows in the global arrays (row="frame" caches)."""
+        return self._ok_rows["ep_start"], self._ok_rows["ep_len"]
+
+    @property
+    def array_names(self) -> list[str]:
+        return list(self.spec["arrays"])
+
+    # -- data ---------------------------------------------------------------------------------
+    def _part_array(self, part: str, name: str):
+        if part not in self._open:
+            from .parts import read_part_meta
+
+            meta = read_part_meta(self.path / PARTS / part)
+            if meta is None:
+                raise FileNotFoundError(f"{self.path}: part {part} is missing or damaged; run `navcache verify --repair`")
+            self._open[part] = open_part_data(self.path / PARTS / part, meta)
+        return self._open[part][name]
+
+    def array(self, name: str) -> ArrayView:
+        if name not in self.spec["arrays"]:
+            raise KeyError(f"no array {name!r}; arrays: {self.array_names}")
+        return ArrayView(self, name)
+
+    def load(self, name: str) -> np.ndarray:
+        return self.array(name).to_numpy()
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def __contains__(self, episode_id: str) -> bool:
+        return episode_id in self._pos
+
+    def __getitem__(self, key: str | int) -> dict[str, np.ndarray]:
+        """All arrays of one episode. For row="episode" caches the row axis is dropped."""
+        i = self._pos[key] if isinstance(key, str) else int(key)
+        s, n = int(self._ok_rows["ep_start"][i]), int(self._ok_rows["ep_len"][i])
+        out = {name: self.array(name)[s : s + n] for name in self.array_names}
+        return {k: v[0] for k, v in out.items()} if self.spec["row"] == "episode" else out
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def torch_dataset(self, arrays: Sequence[str] | None = None, in_memory: bool = True):
+        from .torch_dataset import CacheDataset
+
+        return CacheDataset(self, arrays, in_memory=in_memory)
+
+    def close(self) -> None:
+        for p in self._open.values():
+            p.close()
+        self._open.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- display ------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        m = self.manifest
+        return {
+            "path": str(self.path),
+            "stage": m.get("stage"),
+            "spec": f"{self.spec['name']} v{self.spec['version']} (row={self.spec['row']})",
+            "backend": m.get("backend"),
+            "counts": m["counts"],
+            "arrays": {n: f"{a['dtype']} {tuple(a['shape'])}" for n, a in self.spec["arrays"].items()},
+            "provenance": m.get("provenance", {}),
+        }
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        c = s["counts"]
+        lines = [f"<navcache {s['spec']} at {s['path']}>", f"  {c['ok']} episodes ok, {c['quarantined']} quarantined, {c['rows']} rows in {c['parts']} parts ({s['backend']})"]
+        lines += [f"  {n}: {d}" for n, d in s["arrays"].items()]
+        enc = s["provenance"].get("encoder")
+        if enc:
+            lines.append(f"  encoder: {enc.get('id')} ({'RANDOM-INIT, not pretrained' if enc.get('random_init') else 'pretrained'})")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        s = self.summary()
+        rows = "".join(f"<tr><td><code>{html.escape(n)}</code></td><td>{html.escape(d)}</td></tr>" for n, d in s["arrays"].items())
+        c = s["counts"]
+        return (
+            f"<b>navcache</b> {html.escape(s['spec'])}<br><small>{html.escape(s['path'])}</small><br>"
+            f"{c['ok']} ok / {c['quarantined']} quarantined episodes, {c['rows']} rows, {c['parts']} parts ({html.escape(str(s['backend']))})"
+            f"<table><tr><th>array</th><th>dtype, row shape</th></tr>{rows}</table>"
+        )
+
+
+def open_cache(path: str | Path, dataset: str | None = None, split: str | None = None, spec: str | None = None) -> CacheReader:
+    """Open a complete cache: either its folder, or ``(cache_root, dataset, split, spec)``."""
+    p = Path(path)
+    if dataset or split or spec:
+        if not (dataset and split and spec):
+            raise ValueError("give all of dataset, split and spec, or a cache folder")
+        p = _cache_dir(p, dataset, split, spec)
+    return CacheReader(p)
+
+
+def iter_caches(cache_root: Path) -> Iterable[Path]:
+    """Every cache folder (complete or not) under ``cache_root``."""
+    for d in sorted(Path(cache_root).glob("*/*/*")):
+        if (d / PARTS).is_dir() or (d / "manifest.json").exists():
+            yield d

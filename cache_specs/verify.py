@@ -1,0 +1,125 @@
+"""``verify``: recompute every checksum of a cache and name each kind of damage found.
+
+Damage kinds (``Damage.kind``):
+    no_manifest          the cache was never finalised (or was invalidated by an interrupted build)
+    bad_manifest         manifest.json unreadable
+    bad_index            index.parquet missing, unreadable or not matching the parts
+    missing_part         a part listed in the manifest is gone (or its part.json is unreadable)
+    part_mismatch        part.json differs from what the manifest recorded (fingerprint / checksum)
+    missing_file         a data file listed in part.json is gone (e.g. a deleted zarr chunk)
+    truncated_file       a data file is shorter than recorded
+    size_mismatch        a data file is longer than recorded
+    corrupt_file         a data file's bytes changed (e.g. a flipped byte)
+    unexpected_file      a file in a part that part.json does not list
+    unreadable_array     an array cannot be decoded
+    array_mismatch       an array decodes, but to different values than were written
+    orphan_temp          a writer's temporary folder left behind by a killed process
+    orphan_part          a part folder the manifest does not list
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .layout import INDEX, MANIFEST, PART_JSON, PARTS, TMP_PREFIX, TRASH_PREFIX, list_files, read_json, sha256_file
+from .manifest import MANIFEST_FORMAT
+from .parts import array_sha256, open_part_data, read_part_meta
+
+
+@dataclass(frozen=True)
+class Damage:
+    kind: str
+    part: str | None
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.part + ': ' if self.part else ''}{self.detail}"
+
+
+def verify_part(part_dir: Path, deep: bool = True) -> list[Damage]:
+    """Check one part folder against its own part.json."""
+    pid = part_dir.name
+    meta = read_part_meta(part_dir)
+    if meta is None:
+        return [Damage("missing_part", pid, f"{PART_JSON} missing or unreadable")]
+    out: list[Damage] = []
+    listed = meta["files"]
+    for rel, want in listed.items():
+        f = part_dir / rel
+        if not f.exists():
+            out.append(Damage("missing_file", pid, rel))
+            continue
+        size = f.stat().st_size
+        if size < want["size"]:
+            out.append(Damage("truncated_file", pid, f"{rel}: {size} < {want['size']} bytes"))
+        elif size > want["size"]:
+            out.append(Damage("size_mismatch", pid, f"{rel}: {size} > {want['size']} bytes"))
+        elif sha256_file(f) != want["sha256"]:
+            out.append(Damage("corrupt_file", pid, f"{rel}: checksum differs"))
+    for rel in list_files(part_dir):
+        if rel != PART_JSON and rel not in listed:
+            out.append(Damage("unexpected_file", pid, rel))
+    if deep:
+        try:
+            data = open_part_data(part_dir, meta)
+        except Exception as e:  # noqa: BLE001 - any decoder error is damage to report, not to raise
+            return out + [Damage("unreadable_array", pid, f"cannot open data: {type(e).__name__}: {e}")]
+        try:
+            for name, want in meta["arrays"].items():
+                try:
+                    a = np.asarray(data[name][...])
+                except Exception as e:  # noqa: BLE001
+                    out.append(Damage("unreadable_array", pid, f"{name}: {type(e).__name__}: {e}"))
+                    continue
+                if array_sha256(a) != want["sha256"]:
+                    out.append(Damage("array_mismatch", pid, f"{name}: decoded values differ from what was written"))
+        finally:
+            data.close()
+    return out
+
+
+def verify_cache(cache_dir: Path, deep: bool = True) -> list[Damage]:
+    """All damage in one cache folder; an empty list means every byte checks out."""
+    cache_dir = Path(cache_dir)
+    out: list[Damage] = []
+    parts_dir = cache_dir / PARTS
+    on_disk = sorted(p.name for p in parts_dir.iterdir()) if parts_dir.is_dir() else []
+    for name in on_disk:
+        if name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+            out.append(Damage("orphan_temp", None, f"{PARTS}/{name}"))
+    if not (cache_dir / MANIFEST).exists():
+        out.append(Damage("no_manifest", None, f"{cache_dir} has no {MANIFEST}: build not finished"))
+        for name in on_disk:
+            if not name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+                out += verify_part(parts_dir / name, deep)
+        return out
+    try:
+        manifest = read_json(cache_dir / MANIFEST)
+        assert manifest.get("format") == MANIFEST_FORMAT
+        parts = manifest["parts"]
+    except Exception as e:  # noqa: BLE001
+        return out + [Damage("bad_manifest", None, f"{type(e).__name__}: {e}")]
+    for name in on_disk:
+        if not name.startswith((TMP_PREFIX, TRASH_PREFIX)) and name not in parts:
+            out.append(Damage("orphan_part", name, "not listed in the manifest"))
+    for pid, rec in sorted(parts.items()):
+        pdir = parts_dir / pid
+        meta = read_part_meta(pdir)
+        if meta is None:
+            out.append(Damage("missing_part", pid, "listed in the manifest but missing or unreadable"))
+            continue
+        if meta["fingerprint"] != rec["fingerprint"] or sha256_file(pdir / PART_JSON) != rec["part_json_sha256"]:
+            out.append(Damage("part_mismatch", pid, "part.json differs from the manifest's record"))
+        out += verify_part(pdir, deep)
+    index = cache_dir / INDEX
+    if not index.exists():
+        out.append(Damage("bad_index", None, f"{INDEX} missing"))
+    elif sha256_file(index) != manifest.get("index_sha256"):
+        out.append(Damage("bad_index", None, f"{INDEX} checksum differs from the manifest's"))
+    return out
+
+
+def damaged_parts(damage: list[Damage]) -> set[str]:
+    return {d.part for d in damage if d.part and d.kind != "orphan_part"}

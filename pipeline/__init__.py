@@ -1,0 +1,1 @@
+"""Everything that *writes* caches: sources, decoding, encoders, stages, the DAG and executors."""

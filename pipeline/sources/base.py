@@ -1,0 +1,70 @@
+"""The source contract: a source lists episodes cheaply and decodes their frames on demand.
+
+A source never raises for one bad episode while listing: it returns the episode with
+``quarantine`` set to the reason, so the episode still shows up in the cache index.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One unit of work (a NaVILA sample, a rover clip, a video).
+
+    ``record`` is JSON-serialisable metadata read from the annotations (instruction, labels,
+    telemetry, ground-truth poses...). It enters the episode fingerprint together with the content
+    hash of every path in ``files``, so a change to either recomputes exactly this episode's part.
+    ``files`` are absolute paths already resolved under the dataset root.
+    """
+
+    episode_id: str
+    record: Mapping[str, Any]
+    files: tuple[Path, ...] = ()
+    quarantine: str | None = None
+
+
+@dataclass(frozen=True)
+class Frames:
+    """Decoded frames of one episode.
+
+    pixels: uint8 [T, H, W, 3] RGB.
+    indices: int64 [T], source frame index of each row, -1 for padding rows.
+    padded: bool [T], True where the row is a black padding frame (NaVILA pads at the front).
+    """
+
+    pixels: np.ndarray
+    indices: np.ndarray
+    padded: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        if self.padded is None:
+            object.__setattr__(self, "padded", self.indices < 0)
+        t = self.pixels.shape[0]
+        if self.pixels.ndim != 4 or self.pixels.shape[-1] != 3 or self.pixels.dtype != np.uint8:
+            raise ValueError(f"Frames.pixels must be uint8 [T,H,W,3], got {self.pixels.dtype} {self.pixels.shape}")
+        if self.indices.shape != (t,) or self.padded.shape != (t,):
+            raise ValueError("Frames.indices and Frames.padded must be [T]")
+
+
+class Source(Protocol):
+    """What the DAG needs from a source. Implementations live in ``pipeline/sources/<kind>.py``."""
+
+    kind: str
+    root: Path
+
+    def episodes(self, split: str) -> list[Episode]:
+        """All episodes of ``split``, sorted by ``episode_id``; bad ones carry ``quarantine``.
+
+        Raises DatasetError when the split cannot be listed at all (e.g. malformed annotation file).
+        """
+
+    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None) -> Frames:
+        """Decode the episode's sampled frames (``indices`` overrides the sampling rule).
+
+        Raises Quarantine when a file is missing/corrupt or a decoder returns fewer frames than promised.
+        """
