@@ -152,3 +152,39 @@ def read_part_meta(part_dir: Path) -> dict | None:
 
 def open_part_data(part_dir: Path, meta: Mapping[str, Any]):
     return get_backend(meta["backend"]).open(part_dir)
+
+
+class PartEpisodes:
+    """Per-episode access to one committed part, without the cache manifest.
+
+    Downstream stages read their upstream this way, so a SLURM shard can build stage B's part i
+    right after stage A's part i, before anyone has finalised stage A's cache.
+    """
+
+    def __init__(self, part_dir: Path):
+        self.dir = part_dir
+        meta = read_part_meta(part_dir)
+        if meta is None:
+            raise FileNotFoundError(f"{part_dir}: part missing or unreadable")
+        self.meta = meta
+        self.fingerprint = meta["fingerprint"]
+        self._eps = {e["episode_id"]: e for e in meta["episodes"]}
+        self._data = None
+        self.row = meta["spec"]["row"]
+
+    def episode(self, episode_id: str) -> tuple[dict[str, np.ndarray] | None, str | None]:
+        """(arrays, None) for an ok episode, (None, reason) for a quarantined or absent one."""
+        e = self._eps.get(episode_id)
+        if e is None:
+            return None, "not present in the upstream part"
+        if e["status"] != "ok":
+            return None, e["reason"]
+        if self._data is None:
+            self._data = open_part_data(self.dir, self.meta)
+        s, n = e["start"], e["length"]
+        out = {name: np.asarray(self._data[name][s : s + n]) for name in self.meta["arrays"]}
+        return ({k: v[0] for k, v in out.items()} if self.row == "episode" else out), None
+
+    def close(self) -> None:
+        if self._data is not None:
+            self._data.close()

@@ -1,0 +1,105 @@
+"""navcache command line: a thin Typer shell. Each command parses options and calls one function in
+``pipeline.commands``; heavy modules are imported inside the commands so ``--help`` stays instant."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Extract frozen-encoder caches for navigation/VLA training, and inspect them.")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Project file (default: ./navcache.yaml, else the embedded demo).")
+JsonOpt = typer.Option(False, "--json", help="Print a machine-readable JSON result on stdout.")
+
+
+def _shard(value: Optional[str]):
+    if value is None:
+        return None
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise typer.BadParameter("expected I/N, e.g. 3/16 (or $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)") from None
+    return (i, n)
+
+
+@app.command()
+def extract(
+    split: str = typer.Option("train", "--split", "-s", help="Split to build."),
+    only: Optional[str] = typer.Option(None, "--only", help="Build this stage and whatever it needs."),
+    dataset: list[str] = typer.Option([], "--dataset", "-d", help="Restrict to these datasets (repeatable)."),
+    executor: str = typer.Option("local", "--executor", help="local | dask"),
+    workers: int = typer.Option(2, "--workers", help="Dask LocalCluster worker processes."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Join an existing dask scheduler (tcp://host:8786)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Build only part I of N (SLURM arrays); a later plain run finalises."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (up to date / stale / missing parts) and stop."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 3 if any episode was quarantined."),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+):
+    """Build the caches of every configured stage for a split (only what is missing or stale)."""
+    from pipeline.commands import EXIT_CONFIG, extract_cmd
+    from pipeline.runner import ExtractOptions
+
+    try:
+        opts = ExtractOptions(split, only, tuple(dataset), executor, workers, scheduler if executor == "dask" or scheduler is None else scheduler, _shard(shard), dry_run)
+    except ValueError as e:
+        typer.echo(f"navcache: {e}", err=True)
+        raise typer.Exit(EXIT_CONFIG)
+    if scheduler and executor != "dask":
+        opts = ExtractOptions(split, only, tuple(dataset), "dask", workers, scheduler, _shard(shard), dry_run)
+    raise typer.Exit(extract_cmd(config, opts, as_json, strict))
+
+
+@app.command()
+def status(
+    split: Optional[str] = typer.Option(None, "--split", "-s", help="Only this split (default: all)."),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+):
+    """Print the plan per stage: parts up to date, stale or missing."""
+    from pipeline.commands import status_cmd
+
+    raise typer.Exit(status_cmd(config, split, as_json))
+
+
+@app.command()
+def inspect(
+    path: Optional[Path] = typer.Argument(None, help="A cache folder, or a cache root (default: the project's)."),
+    episode: Optional[str] = typer.Option(None, "--episode", "-e", help="Show one episode's arrays."),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+):
+    """Summarise caches: counts, arrays, provenance, quarantined episodes."""
+    from pipeline.commands import inspect_cmd
+
+    raise typer.Exit(inspect_cmd(path, config, as_json, episode))
+
+
+@app.command()
+def verify(
+    path: Optional[Path] = typer.Argument(None, help="A cache folder or root (default: the project's cache root)."),
+    repair: bool = typer.Option(False, "--repair", help="Rebuild only the damaged parts."),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+):
+    """Recompute every checksum and name the damage found (exit 4 if any)."""
+    from pipeline.commands import verify_cmd
+
+    raise typer.Exit(verify_cmd(path, config, repair, as_json))
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Path = typer.Argument(..., help="Folder to write the demo world into."),
+    scale: float = typer.Option(1.0, "--scale", help="Multiply the number of episodes (benchmarks)."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Generate the procedural demo world (NaVILA + rover formats) and its tiny encoder."""
+    from pipeline.commands import demo_data_cmd
+
+    raise typer.Exit(demo_data_cmd(out, scale, seed))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,129 @@
+"""The project file (``navcache.yaml``): cache root, datasets and stage settings, typed and frozen.
+
+    cache_root: ./navcache_cache
+    backend: zarr                  # or hdf5
+    datasets:
+      r2r:
+        source: navila             # see pipeline/sources
+        root: /data/NaVILA/R2R
+        splits: [train, val_unseen]
+        stages: [poses, frame-features]
+        options: {num_frames: 8}
+    stages:
+      frame-features:
+        encoder: {model: facebook/dinov3-vitb16-pretrain-lvd1689m}
+        pool_grid: 4
+
+Relative paths are relative to the file's folder. Every error names the field it is about.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from .errors import ConfigError
+from .typed import build, to_plain
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    source: str
+    root: Path
+    splits: tuple[str, ...] = ("train", "val")
+    stages: tuple[str, ...] = ("frame-features",)
+    options: dict[str, Any] = field(default_factory=dict)
+    #: episodes per part: the unit of atomic writing, skipping and recompute
+    part_size: int = 32
+
+    def __post_init__(self):
+        if self.part_size < 1:
+            raise ValueError(f"part_size must be >= 1, got {self.part_size}")
+        if not self.splits:
+            raise ValueError("splits must not be empty")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Execution knobs: they change speed, never results, so they stay out of fingerprints."""
+
+    decode_workers: int = 3
+    prefetch_episodes: int = 32
+    pending_writes: int = 2
+
+    def __post_init__(self):
+        for name in ("decode_workers", "prefetch_episodes", "pending_writes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    cache_root: Path
+    datasets: dict[str, DatasetConfig]
+    stages: dict[str, Any] = field(default_factory=dict)
+    backend: Literal["zarr", "hdf5"] = "zarr"
+    chunk_rows: int = 64
+    run: RunConfig = field(default_factory=RunConfig)
+    #: where the file came from ("demo" for the embedded demo config)
+    origin: str = "file"
+
+    def dataset(self, name: str) -> DatasetConfig:
+        if name not in self.datasets:
+            raise ConfigError(f"unknown dataset {name!r}; datasets: {', '.join(sorted(self.datasets))}")
+        return self.datasets[name]
+
+    def stage_settings(self, stage: str):
+        """The stage's typed settings (defaults where the file says nothing)."""
+        from .stages import stage_class
+
+        return build(stage_class(stage).Settings, self.stages.get(stage) or {}, f"stages.{stage}")
+
+    def to_dict(self) -> dict:
+        return to_plain(self)
+
+
+def _absolutise(cfg: dict, base: Path) -> dict:
+    cfg = dict(cfg)
+    if "cache_root" in cfg and isinstance(cfg["cache_root"], str):
+        cfg["cache_root"] = str((base / cfg["cache_root"]).resolve())
+    ds = cfg.get("datasets")
+    if isinstance(ds, dict):
+        cfg["datasets"] = {
+            k: ({**v, "root": str((base / v["root"]).resolve())} if isinstance(v, dict) and isinstance(v.get("root"), str) else v)
+            for k, v in ds.items()
+        }
+    return cfg
+
+
+def config_from_dict(data: Mapping[str, Any], base: Path, origin: str = "file") -> ProjectConfig:
+    if not isinstance(data, Mapping):
+        raise ConfigError("project file: expected a mapping at the top level")
+    cfg = build(ProjectConfig, {**_absolutise(dict(data), base), "origin": origin}, "config")
+    from .sources import SOURCES
+    from .stages import STAGES
+
+    for name, ds in cfg.datasets.items():
+        if ds.source not in SOURCES:
+            raise ConfigError(f"datasets.{name}.source: unknown source {ds.source!r} (valid: {', '.join(SOURCES)})")
+        for st in ds.stages:
+            if st not in STAGES:
+                raise ConfigError(f"datasets.{name}.stages: unknown stage {st!r} (valid: {', '.join(STAGES)})")
+    for st in cfg.stages:
+        if st not in STAGES:
+            raise ConfigError(f"stages: unknown stage {st!r} (valid: {', '.join(STAGES)})")
+        cfg.stage_settings(st)  # validate now, not halfway through a run
+    return cfg
+
+
+def load_config(path: Path) -> ProjectConfig:
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"project file {path} not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return config_from_dict(data or {}, path.parent.resolve(), origin=str(path))

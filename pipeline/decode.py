@@ -1,0 +1,270 @@
+"""Frame decoding that never hands back fewer or damaged frames without saying so.
+
+Decoders are lenient on purpose: ffmpeg conceals a truncated last packet, decord builds its frame
+count from whatever packets it could read, and older OpenCV builds decode half a JPEG with only a
+warning. A cache built from such output is silently wrong, so every function here checks counts,
+shapes and file completeness and raises ``Quarantine`` (naming the file) instead.
+
+Observed with decord 0.6.0 / OpenCV 5.0 on mp4v files written by cv2.VideoWriter:
+  * missing, 0-byte, text-renamed-.mp4, moov-less, and moov-at-end files cut anywhere: decord's
+    constructor raises RuntimeError ("Error reading <file>...").
+  * moov-at-front ("faststart") file cut inside mdat before the last packet: the constructor raises
+    DECORDError ("av_read_frame failed"); cv2 still reports the header's full frame count and
+    ``read()`` returns fewer frames.
+  * faststart file cut inside the *last* packet (up to ~1 kB short here): decord and cv2 both
+    report and return every frame, the last one partly grey. Only the container itself shows it:
+    the mdat box declares more bytes than the file has, hence ``_check_iso_bmff_complete``.
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+from decord import VideoReader, cpu
+from decord._ffi.base import DECORDError
+
+from pipeline.errors import Quarantine
+
+__all__ = ["black_frames", "read_jpegs", "read_video", "read_video_sampled"]
+
+# decord raises DECORDError from C++ checks and RuntimeError when ffmpeg cannot open the input.
+_DECORD_ERRORS = (DECORDError, RuntimeError)
+
+
+def black_frames(k: int, h: int, w: int) -> np.ndarray:
+    """``k`` black RGB frames: uint8 [k, h, w, 3] of zeros (NaVILA's padding images)."""
+    if min(k, h, w) < 0:
+        raise ValueError(f"black_frames needs non-negative sizes, got k={k} h={h} w={w}")
+    return np.zeros((k, h, w, 3), dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------------------- files
+
+
+def _check_file(path: Path, what: str) -> int:
+    """Size in bytes of ``path``; Quarantine if it is missing, not a regular file, or empty."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise Quarantine(f"missing {what} file: {path}") from None
+    except OSError as e:
+        raise Quarantine(f"cannot stat {what} file {path}: {e.strerror or e}") from None
+    if not path.is_file():
+        raise Quarantine(f"{what} path is not a regular file: {path}")
+    if st.st_size == 0:
+        raise Quarantine(f"empty {what} file (0 bytes): {path}")
+    return st.st_size
+
+
+def _short(err: BaseException) -> str:
+    """The last line of a decord/OpenCV error, without its C++ source location."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(err).__name__
+    return text[-300:]
+
+
+# --------------------------------------------------------------------------------------- video
+
+# Top-level box types that can start an ISO-BMFF (mp4/mov/m4v/3gp) file. Files starting otherwise
+# (mkv, avi, webm, garbage) skip the box walk and are left to the decoder.
+_BMFF_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"})
+
+
+def _check_iso_bmff_complete(path: Path, size: int) -> None:
+    """Quarantine an mp4/mov whose top-level boxes do not exactly tile the file, or lack ``moov``.
+
+    A truncated file ends inside a box (usually ``mdat``), so that box declares more bytes than
+    remain. Reads only the 8-16 byte box headers, never the media data.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8 or head[4:8] not in _BMFF_FIRST_BOXES:
+            return
+        offset, seen_moov = 0, False
+        while offset < size:
+            f.seek(offset)
+            header = f.read(16)
+            if len(header) < 8:
+                raise Quarantine(f"truncated video {path}: {size - offset} stray bytes after the last mp4 box")
+            box_size, box_type = struct.unpack(">I4s", header[:8])
+            name = box_type.decode("latin-1")
+            if box_size == 1:  # 64-bit "largesize" follows the type
+                if len(header) < 16:
+                    raise Quarantine(f"truncated video {path}: mp4 box {name!r} header cut at offset {offset}")
+                box_size = struct.unpack(">Q", header[8:16])[0]
+            elif box_size == 0:  # "extends to end of file": nothing to cross-check
+                seen_moov |= box_type == b"moov"
+                break
+            if box_size < 8:
+                raise Quarantine(f"corrupt video {path}: mp4 box {name!r} at offset {offset} has size {box_size}")
+            if offset + box_size > size:
+                raise Quarantine(
+                    f"truncated video {path}: mp4 box {name!r} at offset {offset} declares {box_size} bytes "
+                    f"but only {size - offset} remain (file is {size} bytes)"
+                )
+            seen_moov |= box_type == b"moov"
+            offset += box_size
+        if not seen_moov:
+            raise Quarantine(f"unfinished video {path}: mp4 has no 'moov' box (index missing, e.g. recording interrupted)")
+
+
+def _container_frame_count(path: Path) -> int | None:
+    """Frame count stated by the container according to OpenCV's ffmpeg backend; None if unknown."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return None
+        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    finally:
+        cap.release()
+    return int(count) if count and count > 0 else None
+
+
+def _validate_indices(indices: Sequence[int], n: int, path: Path) -> list[int]:
+    """Plain ints, each in [0, n); decord itself would wrap -1 to the last frame silently."""
+    out = []
+    for i in indices:
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"frame indices must be integers, got {type(i).__name__} {i!r}")
+        if not 0 <= int(i) < n:
+            raise Quarantine(f"frame index {int(i)} out of range for video {path} with {n} frames")
+        out.append(int(i))
+    if not out:
+        raise ValueError(f"no frame indices requested for {path}")
+    return out
+
+
+def read_video_sampled(
+    path: Path,
+    sample: Callable[[int], Sequence[int]],
+    expected_frames: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """Decode the frames ``sample(n_frames)`` chooses, opening the file once.
+
+    Returns ``(pixels, n_frames)``: pixels uint8 [K, H, W, 3] RGB with K = len(sample(n)) rows in
+    the requested order. ``sample`` may itself raise Quarantine (e.g. "clip too short").
+    Raises Quarantine for every kind of damage listed in the module docstring, for a frame count
+    other than ``expected_frames``, for out-of-range indices and for a short or misshapen batch.
+    """
+    path = Path(path)
+    size = _check_file(path, "video")
+    _check_iso_bmff_complete(path, size)
+    try:
+        vr = VideoReader(str(path), ctx=cpu(0), num_threads=1)
+        n = len(vr)
+    except _DECORD_ERRORS as e:
+        raise Quarantine(f"cannot open video {path}: {_short(e)}") from None
+    try:
+        if n <= 0:
+            raise Quarantine(f"video {path} has no decodable frames")
+        if expected_frames is not None:
+            if n != expected_frames:
+                raise Quarantine(f"video {path}: decoder finds {n} frames, annotation says {expected_frames}")
+            # decord counts packets it could index; the container header is a second opinion that
+            # disagrees when the index and the stream have drifted apart.
+            stated = _container_frame_count(path)
+            if stated is not None and stated != expected_frames:
+                raise Quarantine(f"video {path}: container states {stated} frames, annotation says {expected_frames}")
+        idx = _validate_indices(sample(n), n, path)
+        try:
+            pixels = vr.get_batch(idx).asnumpy()
+        except _DECORD_ERRORS as e:
+            raise Quarantine(f"cannot decode frames {_span(idx)} of video {path}: {_short(e)}") from None
+    finally:
+        del vr  # closes the file now rather than at the next garbage collection
+    if pixels.ndim != 4 or pixels.shape[-1] != 3 or pixels.dtype != np.uint8:
+        raise Quarantine(f"video {path}: decoder returned {pixels.dtype} {pixels.shape}, expected uint8 [K,H,W,3]")
+    if pixels.shape[0] != len(idx):
+        raise Quarantine(f"video {path}: asked for {len(idx)} frames, decoder returned {pixels.shape[0]}")
+    if pixels.shape[1] == 0 or pixels.shape[2] == 0:
+        raise Quarantine(f"video {path}: decoder returned empty frames of shape {pixels.shape[1:]}")
+    return pixels, n
+
+
+def read_video(
+    path: Path,
+    indices: Sequence[int] | None,
+    expected_frames: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """Decode frames ``indices`` (all frames when None) of the video at ``path``.
+
+    Returns ``(pixels, n_frames)``: pixels uint8 [K, H, W, 3] RGB, K = len(indices) (or n_frames),
+    rows in the order of ``indices``; n_frames is the video's frame count.
+    Raises Quarantine when the file is missing, empty, not a video, truncated, has a frame count
+    other than ``expected_frames``, or when an index is out of range or the batch comes back short.
+    """
+    if indices is None:
+        return read_video_sampled(path, lambda n: range(n), expected_frames)
+    fixed = list(indices)
+    return read_video_sampled(path, lambda n: fixed, expected_frames)
+
+
+def _span(idx: Sequence[int]) -> str:
+    return f"{min(idx)}..{max(idx)}" if len(idx) > 1 else str(idx[0])
+
+
+# -------------------------------------------------------------------------------------- images
+
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+_PNG_MAGIC, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+# Keep the stored pixel orientation: NaVILA reads frames with PIL, which ignores EXIF rotation,
+# while cv2.IMREAD_COLOR alone would apply it.
+_IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
+def _check_image_complete(data: np.ndarray, path: Path) -> None:
+    """Quarantine a JPEG without its end-of-image marker or a PNG without its IEND chunk."""
+    raw = data.tobytes()
+    if raw.startswith(_JPEG_SOI):
+        # Some writers pad files with zero bytes after EOI; the image itself is still complete.
+        if not raw.rstrip(b"\x00").endswith(_JPEG_EOI):
+            raise Quarantine(f"truncated JPEG {path}: no end-of-image marker (FF D9) at the end of its {len(raw)} bytes")
+    elif raw.startswith(_PNG_MAGIC):
+        if not raw.rstrip(b"\x00").endswith(_PNG_IEND):
+            raise Quarantine(f"truncated PNG {path}: no IEND chunk at the end of its {len(raw)} bytes")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file (JPEG, or anything OpenCV decodes) as uint8 [H, W, 3] RGB."""
+    path = Path(path)
+    _check_file(path, "image")
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise Quarantine(f"cannot read image {path}: {e.strerror or e}") from None
+    _check_image_complete(data, path)
+    try:
+        bgr = cv2.imdecode(data, _IMREAD_FLAGS)
+    except cv2.error as e:
+        raise Quarantine(f"cannot decode image {path}: {_short(e)}") from None
+    if bgr is None:
+        raise Quarantine(f"cannot decode image {path}: not an image or corrupt")
+    if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8 or 0 in bgr.shape:
+        raise Quarantine(f"image {path} decoded to {bgr.dtype} {bgr.shape}, expected uint8 [H,W,3]")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_jpegs(paths: Sequence[Path]) -> np.ndarray:
+    """Decode image files into one uint8 [K, H, W, 3] RGB array, rows in the order of ``paths``.
+
+    Raises Quarantine naming the file when one is missing, empty, truncated, undecodable, or has a
+    size different from the first frame's.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("read_jpegs needs at least one path")
+    first = read_image(paths[0])
+    out = np.empty((len(paths), *first.shape), dtype=np.uint8)  # one allocation, no list of frames
+    out[0] = first
+    for j, p in enumerate(paths[1:], start=1):
+        img = read_image(p)
+        if img.shape != first.shape:
+            raise Quarantine(
+                f"frame size mismatch: {p} is {img.shape[1]}x{img.shape[0]}, "
+                f"{paths[0]} is {first.shape[1]}x{first.shape[0]}"
+            )
+        out[j] = img
+    return out

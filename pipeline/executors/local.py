@@ -1,0 +1,160 @@
+"""The local executor: keep the encoder busy.
+
+    decode threads ──prepare()──▶ in-order window ──batch──▶ compute() (main thread)
+                                                               │ one part complete
+                                                               ▼
+                                                 writer thread: write_part (tmp + rename)
+
+Episodes are consumed in order, so results are identical to a sequential run whatever the thread
+timing. A failure in one episode quarantines that episode only.
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from cache_specs.layout import PARTS
+from cache_specs.parts import EpisodeResult, PartEpisodes, write_part
+
+from ..config import RunConfig
+from ..errors import Quarantine
+from ..plan import PartPlan, StagePlan
+from ..stages.base import Prepared
+
+log = logging.getLogger("navcache")
+
+#: progress callback: (episodes done, frames done) increments
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class _Slot:
+    part: int
+    pos: int
+    episode_id: str
+
+
+class _Upstream:
+    """Opens upstream parts on demand and checks they are the ones the plan expects."""
+
+    def __init__(self, sp: StagePlan, parts: list[PartPlan]):
+        self.dirs = sp.upstream_dirs
+        self._open: dict[tuple[str, str], PartEpisodes] = {}
+
+    def get(self, part_id: str, episode_id: str) -> tuple[dict, str | None]:
+        arrays, reasons = {}, []
+        for name, d in self.dirs.items():
+            key = (name, part_id)
+            if key not in self._open:
+                self._open[key] = PartEpisodes(Path(d) / PARTS / part_id)
+            a, why = self._open[key].episode(episode_id)
+            if why is not None:
+                reasons.append(f"upstream {name}: {why}")
+            arrays[name] = a
+        return arrays, ("; ".join(reasons) or None)
+
+    def close(self):
+        for p in self._open.values():
+            p.close()
+
+
+def build_parts(
+    sp: StagePlan,
+    parts: list[PartPlan],
+    backend: str,
+    chunk_rows: int,
+    run: RunConfig,
+    progress: Progress | None = None,
+    provenance: dict | None = None,
+) -> list[dict]:
+    """Build ``parts`` of ``sp`` and commit each atomically; return their part.json contents."""
+    stage = sp.stage
+    stage.setup()
+    upstream = _Upstream(sp, parts)
+    progress = progress or (lambda e, f: None)
+    prov = {"stage": sp.stage_name, **stage.provenance(), **(provenance or {})}
+    results: list[list[EpisodeResult | None]] = [[None] * len(p.episodes) for p in parts]
+    remaining = [len(p.episodes) for p in parts]
+    metas: list[dict] = []
+    writes: deque[Future] = deque()
+
+    def prepare(pi: int, ep) -> Prepared | str:
+        if ep.quarantine:
+            return ep.quarantine
+        try:
+            up, why = upstream.get(parts[pi].part_id, ep.episode_id) if sp.upstream_dirs else ({}, None)
+            if why:
+                return why
+            return stage.prepare(ep, up)
+        except Quarantine as q:
+            return q.reason
+        except Exception as e:  # noqa: BLE001 - an unexpected error in one episode must not lose the run
+            log.debug("prepare failed for %s:\n%s", ep.episode_id, traceback.format_exc())
+            return f"{type(e).__name__}: {e}"
+
+    def finish(slot: _Slot, res: EpisodeResult, frames: int) -> None:
+        results[slot.part][slot.pos] = res
+        remaining[slot.part] -= 1
+        progress(1, frames)
+        if remaining[slot.part] == 0:
+            p = parts[slot.part]
+            while len(writes) >= run.pending_writes:
+                metas.append(writes.popleft().result())
+            writes.append(
+                writer.submit(write_part, sp.cache_dir / PARTS, p.part_id, p.fingerprint, stage.spec(), dims, results[slot.part], backend, chunk_rows, prov)
+            )
+
+    def compute(batch: list[tuple[_Slot, Prepared]]) -> None:
+        try:
+            outs = stage.compute([b[1] for b in batch])
+        except Exception as e:  # noqa: BLE001
+            if len(batch) > 1:  # isolate the episode at fault (e.g. out of memory on one long video)
+                for b in batch:
+                    compute([b])
+                return
+            outs = None
+            reason = "out of memory" if "out of memory" in str(e).lower() else f"{type(e).__name__}: {e}"
+            log.debug("compute failed for %s:\n%s", batch[0][0].episode_id, traceback.format_exc())
+            finish(batch[0][0], EpisodeResult(batch[0][0].episode_id, reason=f"compute failed: {reason}"), 0)
+            return
+        for (slot, item), arrays in zip(batch, outs):
+            finish(slot, EpisodeResult(slot.episode_id, arrays), item.cost)
+
+    dims = stage.dims()
+    work = [(_Slot(pi, k, ep.episode_id), ep) for pi, p in enumerate(parts) for k, ep in enumerate(p.episodes)]
+    with ThreadPoolExecutor(run.decode_workers, thread_name_prefix="navcache-decode") as pool, ThreadPoolExecutor(1, thread_name_prefix="navcache-write") as writer:
+        try:
+            window: deque[tuple[_Slot, Future]] = deque()
+            it = iter(work)
+            batch: list[tuple[_Slot, Prepared]] = []
+            cost = 0
+            while True:
+                while len(window) < run.prefetch_episodes:
+                    nxt = next(it, None)
+                    if nxt is None:
+                        break
+                    window.append((nxt[0], pool.submit(prepare, nxt[0].part, nxt[1])))
+                if not window:
+                    break
+                slot, fut = window.popleft()
+                got = fut.result()
+                if isinstance(got, str):
+                    finish(slot, EpisodeResult(slot.episode_id, reason=got), 0)
+                    continue
+                batch.append((slot, got))
+                cost += got.cost
+                if cost >= stage.batch_cost:
+                    compute(batch)
+                    batch, cost = [], 0
+            if batch:
+                compute(batch)
+            while writes:
+                metas.append(writes.popleft().result())
+        finally:
+            upstream.close()
+    return metas

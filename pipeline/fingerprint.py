@@ -1,0 +1,85 @@
+"""Content-based fingerprints: what a part was computed from, never when or where.
+
+A part's fingerprint covers the spec and its version, the stage's code version and settings, the
+encoder id and a hash of its weights, the source kind and options, every input record and the
+content of every file the part reads, and the fingerprints of the upstream parts it consumed.
+mtimes and absolute cache paths never enter it, so touching files or moving the cache root
+recomputes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+from cache_specs.layout import canonical_json, sha256_file
+
+
+def hash_obj(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj)).hexdigest()
+
+
+class FileHasher:
+    """sha256 of file contents, memoised by (path, size, mtime_ns, inode).
+
+    The memo only avoids re-reading unchanged files; a touched file is re-read and, having the same
+    content, hashes the same. With ``db`` the memo persists across runs (SQLite, one per cache root).
+    """
+
+    def __init__(self, db: Path | None = None):
+        self._mem: dict[tuple, str] = {}
+        self._lock = threading.Lock()
+        self._db = None
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(db), timeout=30, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS h (path TEXT, size INT, mtime INT, ino INT, sha TEXT, PRIMARY KEY (path, size, mtime, ino))")
+
+    def __call__(self, path: Path) -> str:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return "missing"  # the stage will quarantine the episode; its fingerprint still differs from a present file
+        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        with self._lock:
+            if key in self._mem:
+                return self._mem[key]
+            if self._db is not None:
+                row = self._db.execute("SELECT sha FROM h WHERE path=? AND size=? AND mtime=? AND ino=?", key).fetchone()
+                if row:
+                    self._mem[key] = row[0]
+                    return row[0]
+        try:
+            sha = sha256_file(path)
+        except OSError:
+            return "unreadable"
+        with self._lock:
+            self._mem[key] = sha
+            if self._db is not None:
+                self._db.execute("INSERT OR REPLACE INTO h VALUES (?,?,?,?,?)", (*key, sha))
+        return sha
+
+    def many(self, paths: Iterable[Path]) -> list[str]:
+        return [self(p) for p in paths]
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.commit()
+            self._db.close()
+            self._db = None
+
+
+def episode_fingerprint(episode, root: Path, hasher: FileHasher) -> str:
+    """Record content + (path relative to the dataset root, content hash) of every file it reads."""
+    files = []
+    for p in episode.files:
+        try:
+            rel = str(Path(p).relative_to(root))
+        except ValueError:
+            rel = str(p)
+        files.append((rel, hasher(Path(p))))
+    return hash_obj({"id": episode.episode_id, "record": episode.record, "files": files, "quarantine": episode.quarantine})

@@ -1,0 +1,71 @@
+"""Find the project configuration: ``--config FILE``, else ``./navcache.yaml``, else the embedded demo.
+
+The demo config points at the procedural demo world (generated on first use into
+``./navcache_demo``) and a tiny seeded random-initialised DINOv3 saved beside it, so the whole
+pipeline runs on a fresh machine with no downloads and no GPU.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .config import ProjectConfig, config_from_dict, load_config
+
+DEFAULT_FILE = "navcache.yaml"
+DEMO_DIR = "navcache_demo"
+DEMO_CACHE = "navcache_cache"
+DEMO_ENCODER = "models/dinov3-tiny-random"
+
+
+def demo_config_dict(demo_dir: Path, cache_root: Path) -> dict:
+    return {
+        "cache_root": str(cache_root),
+        "backend": "zarr",
+        "datasets": {
+            "demo_navila": {
+                "source": "navila",
+                "root": str(demo_dir / "navila"),
+                "splits": ["train", "val"],
+                "stages": ["poses", "frame-features"],
+                "options": {"num_frames": 8},
+                "part_size": 16,
+            },
+            "demo_rover": {
+                "source": "rover",
+                "root": str(demo_dir / "rover"),
+                "splits": ["train", "val"],
+                "stages": ["frame-features"],
+                "options": {"num_frames": 8},
+                "part_size": 32,
+            },
+        },
+        "stages": {
+            "frame-features": {
+                "encoder": {"model": str(demo_dir / DEMO_ENCODER)},
+                "pool_grid": 2,
+                "batch_size": 64,
+            }
+        },
+    }
+
+
+def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float = 1.0) -> None:
+    """Generate the demo world and the tiny encoder if they are not there yet."""
+    from .demo import generate_demo
+    from .encoders.tiny import make_random_dinov3
+
+    if not (demo_dir / "demo_info.json").exists():
+        say(f"navcache: no {DEFAULT_FILE} here, using the embedded demo; generating the demo world into {demo_dir} (once)")
+    generate_demo(demo_dir, scale=scale)
+    make_random_dinov3(demo_dir / DEMO_ENCODER, size="tiny", seed=0)
+
+
+def resolve_project(config: Path | None = None, cwd: Path | None = None, say: Callable[[str], None] = print) -> ProjectConfig:
+    cwd = Path(cwd or Path.cwd())
+    if config is not None:
+        return load_config(config)
+    if (cwd / DEFAULT_FILE).exists():
+        return load_config(cwd / DEFAULT_FILE)
+    demo_dir = cwd / DEMO_DIR
+    ensure_demo(demo_dir, say)
+    return config_from_dict(demo_config_dict(demo_dir, cwd / DEMO_CACHE), cwd, origin="demo")

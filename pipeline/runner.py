@@ -1,0 +1,170 @@
+"""``extract``: plan every stage of every dataset for a split, build what is missing or stale, finalise.
+
+Exit semantics (see cli.py): dataset-level errors are collected and reported, never raised
+mid-run, so one broken dataset does not stop the others.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from cache_specs.layout import PARTS, TMP_PREFIX, TRASH_PREFIX
+from cache_specs.manifest import finalize_cache, invalidate
+from cache_specs.parts import read_part_meta
+
+from .config import ProjectConfig
+from .errors import DatasetError, NavcacheError
+from .fingerprint import FileHasher
+from .plan import StagePlan, plan_split
+from .summary import RunSummary, StageSummary
+
+log = logging.getLogger("navcache")
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    split: str = "train"
+    only: str | None = None
+    datasets: tuple[str, ...] = ()
+    executor: str = "local"  # "local" | "dask"
+    workers: int = 2
+    scheduler: str | None = None
+    shard: tuple[int, int] | None = None  # (i, n): build parts with index % n == i
+    dry_run: bool = False
+
+    def __post_init__(self):
+        if self.executor not in ("local", "dask"):
+            raise ValueError(f"executor must be 'local' or 'dask', got {self.executor!r}")
+        if self.shard is not None and not (0 <= self.shard[0] < self.shard[1]):
+            raise ValueError(f"shard must be I/N with 0 <= I < N, got {self.shard[0]}/{self.shard[1]}")
+
+
+class Reporter:
+    """Progress hooks; the CLI plugs rich progress bars in, tests and batch jobs use the silent default."""
+
+    def stage_start(self, sp: StagePlan, episodes: int) -> Callable[[int, int], None]:
+        return lambda e, f: None
+
+    def stage_end(self, sp: StagePlan) -> None:
+        pass
+
+
+def plan_all(project: ProjectConfig, opts: ExtractOptions, summary: RunSummary, hasher: FileHasher) -> list[StagePlan]:
+    plans: list[StagePlan] = []
+    for name, ds in project.datasets.items():
+        if opts.datasets and name not in opts.datasets:
+            continue
+        if opts.split not in ds.splits:
+            continue
+        if opts.only and opts.only not in ds.stages:
+            continue
+        try:
+            plans += plan_split(project, name, opts.split, opts.only, hasher)
+        except (DatasetError, NavcacheError, OSError) as e:
+            summary.errors.append(f"dataset {name} split {opts.split}: {e}")
+    return plans
+
+
+def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | None = None) -> RunSummary:
+    reporter = reporter or Reporter()
+    summary = RunSummary(dry_run=opts.dry_run)
+    hasher = FileHasher(Path(project.cache_root) / ".navcache" / "filehash.sqlite")
+    try:
+        plans = plan_all(project, opts, summary, hasher)
+    finally:
+        hasher.close()
+    failed: set[tuple[str, str]] = set()  # (dataset, stage) whose build failed: skip its downstream
+    for sp in plans:
+        ss = StageSummary(sp.dataset, sp.split, sp.stage_name, str(sp.cache_dir), parts_total=len(sp.parts))
+        summary.stages.append(ss)
+        todo = sp.todo
+        if opts.shard is not None:
+            todo = [p for p in todo if int(p.part_id.split("-")[1]) % opts.shard[1] == opts.shard[0]]
+        ss.parts_skipped = len(sp.parts) - len(todo)
+        if opts.dry_run:
+            continue
+        if any((sp.dataset, u) in failed for u in sp.stage.consumes):
+            summary.errors.append(f"{sp.dataset}/{sp.split}/{sp.stage_name}: skipped, an upstream stage failed")
+            failed.add((sp.dataset, sp.stage_name))
+            continue
+        t0 = time.perf_counter()
+        if todo:
+            invalidate(sp.cache_dir)
+            progress = reporter.stage_start(sp, sum(len(p.episodes) for p in todo))
+            try:
+                metas = _build(project, sp, todo, opts, progress)
+            except Exception as e:  # noqa: BLE001 - report, keep other datasets going
+                log.exception("stage %s failed", sp.stage_name)
+                summary.errors.append(f"{sp.dataset}/{sp.split}/{sp.stage_name}: {type(e).__name__}: {e}")
+                failed.add((sp.dataset, sp.stage_name))
+                reporter.stage_end(sp)
+                continue
+            reporter.stage_end(sp)
+            ss.parts_built = len(metas)
+            ss.episodes_built = sum(m["n_episodes"] for m in metas)
+            ss.frames_built = sum(m["n_rows"] for m in metas) if sp.stage.spec().row == "frame" else 0
+        ss.seconds = time.perf_counter() - t0
+        if opts.shard is None:
+            _finalize(project, sp, ss)
+        _count_quarantine(sp, ss)
+    return summary
+
+
+def _build(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptions, progress) -> list[dict]:
+    if opts.executor == "dask":
+        from .executors.dask_exec import build_parts_dask
+
+        return build_parts_dask(project, sp, todo, opts.workers, opts.scheduler, progress)
+    from .executors.local import build_parts
+
+    return build_parts(sp, todo, project.backend, project.chunk_rows, project.run, progress)
+
+
+def _finalize(project: ProjectConfig, sp: StagePlan, ss: StageSummary) -> None:
+    if not sp.todo and sp.finalized:
+        ss.finalized = True
+        return
+    _remove_leftovers(sp)
+    info = {
+        "stage": sp.stage_name,
+        "dataset": sp.dataset,
+        "split": sp.split,
+        "backend": project.backend,
+        "code_version": sp.stage.code_version,
+        "identity": sp.stage.identity(),
+        "provenance": sp.stage.provenance(),
+        "source": {"kind": project.dataset(sp.dataset).source, "options": project.dataset(sp.dataset).options},
+    }
+    finalize_cache(sp.cache_dir, sp.expected(), info)
+    ss.finalized = True
+
+
+def _remove_leftovers(sp: StagePlan) -> None:
+    """Delete orphan temporary folders and parts the plan no longer has (dataset shrank).
+
+    Only a plain (non-shard) run does this: shard jobs may be writing temporaries concurrently.
+    """
+    pdir = sp.cache_dir / PARTS
+    if not pdir.is_dir():
+        return
+    keep = set(sp.expected())
+    for d in pdir.iterdir():
+        if d.name.startswith((TMP_PREFIX, TRASH_PREFIX)) or d.name not in keep:
+            shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+
+
+def _count_quarantine(sp: StagePlan, ss: StageSummary) -> None:
+    for p in sp.parts:
+        meta = read_part_meta(sp.cache_dir / PARTS / p.part_id)
+        if meta is None:
+            continue
+        for e in meta["episodes"]:
+            if e["status"] == "ok":
+                ss.episodes_ok += 1
+            else:
+                ss.episodes_quarantined += 1
+                ss.quarantined.append({"episode_id": e["episode_id"], "reason": e["reason"]})

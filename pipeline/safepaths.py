@@ -1,0 +1,68 @@
+"""Resolve file paths read from annotation files, refusing anything that leaves the dataset root.
+
+Annotation files are data, not code we wrote: a path in them may be ``../../etc/passwd``, a URL,
+an absolute path to somewhere else, or a symlink inside the dataset that points outside it.
+``resolve_under`` is the one place that turns such a string into a filesystem path.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from pipeline.errors import NavcacheError
+
+__all__ = ["UnsafePath", "resolve_under"]
+
+
+class UnsafePath(NavcacheError):
+    """A path from an annotation file that must not be opened; the message quotes it."""
+
+
+# "scheme://anything" is a URL whatever the scheme is called.
+_URL_WITH_AUTHORITY = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+# Object-store and web schemes are also written without "//" ("s3:bucket/key", "hf:repo/file").
+# Other "word:" prefixes stay allowed, because "frame:001.jpg" is a legal POSIX file name.
+_URL_SCHEMES = frozenset(
+    {"http", "https", "ftp", "ftps", "sftp", "file", "data", "s3", "s3a", "s3n", "gs", "gcs",
+     "az", "abfs", "abfss", "wasb", "wasbs", "hdfs", "hf", "ssh", "scp", "rsync", "smb"}
+)
+_SCHEME_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+# "C:\x" or "C:/x": a Windows absolute path, which on POSIX would silently become a relative name.
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def resolve_under(root: Path, rel: str) -> Path:
+    """Return the absolute, symlink-resolved path of ``rel`` under ``root``.
+
+    ``rel`` is normally relative to ``root``; an absolute path is accepted only when it lies inside
+    ``root``. The file need not exist (a missing file is the decoder's business, not a safety one).
+
+    Raises UnsafePath (naming ``rel``) for: non-str values, empty strings, NUL bytes, URL-like
+    strings, Windows drive paths, and anything that resolves outside ``root`` -- lexically (``..``)
+    or through a symlink -- or to ``root`` itself.
+    """
+    if not isinstance(rel, str):
+        raise UnsafePath(f"path must be a string, got {type(rel).__name__} {rel!r}")
+    if rel == "" or rel.strip() == "":
+        raise UnsafePath(f"empty path {rel!r}")
+    if "\x00" in rel:
+        raise UnsafePath(f"path contains a NUL byte: {rel!r}")
+    if _URL_WITH_AUTHORITY.match(rel):
+        raise UnsafePath(f"URL-like path {rel!r}: only local files under the dataset root are read")
+    m = _SCHEME_PREFIX.match(rel)
+    if m and m.group(1).lower() in _URL_SCHEMES:
+        raise UnsafePath(f"URL-like path {rel!r}: only local files under the dataset root are read")
+    if _WINDOWS_DRIVE.match(rel):
+        raise UnsafePath(f"Windows absolute path {rel!r} is not a path under the dataset root")
+
+    # realpath resolves symlinks *before* applying "..", which is what the kernel does when the
+    # file is opened; a purely lexical normpath would let "link/../x" and symlinks slip through.
+    real_root = Path(os.path.realpath(root))
+    candidate = Path(rel) if os.path.isabs(rel) else Path(root) / rel
+    real = Path(os.path.realpath(candidate))
+    if real == real_root:
+        raise UnsafePath(f"path {rel!r} names the dataset root {str(root)!r} itself, not a file in it")
+    if not real.is_relative_to(real_root):
+        raise UnsafePath(f"path {rel!r} resolves to {str(real)!r}, outside the dataset root {str(real_root)!r}")
+    return real

@@ -1,0 +1,23 @@
+"""Stages by name, imported lazily (lerobot-style registry). Each lives in ``pipeline/stages/<module>.py``."""
+from __future__ import annotations
+
+import importlib
+
+from ..errors import ConfigError
+
+STAGES: dict[str, str] = {
+    "poses": "pipeline.stages.poses:PosesStage",
+    "frame-features": "pipeline.stages.frame_features:FrameFeaturesStage",
+}
+
+
+def stage_class(name: str):
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage {name!r} (valid: {', '.join(STAGES)})")
+    mod, cls = STAGES[name].split(":")
+    return getattr(importlib.import_module(mod), cls)
+
+
+def cache_name(stage: str) -> str:
+    """Folder of a stage's cache under ``<root>/<dataset>/<split>/``."""
+    return stage.replace("-", "_")

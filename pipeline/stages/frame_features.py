@@ -1,0 +1,98 @@
+"""``frame-features``: a frozen image encoder (DINOv3 by default) over each episode's sampled frames."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+from cache_specs.specs import get_spec
+from cache_specs.specs.frame_features import SPEC_WITH_PATCHES
+
+from ..encoders.hf_vision import EncoderSettings, HFVisionEncoder
+from .base import Prepared, Stage
+
+
+@dataclass(frozen=True)
+class FrameFeaturesSettings:
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    #: patch tokens are average-pooled to a pool_grid x pool_grid grid
+    pool_grid: int = 2
+    #: also keep the full patch grid (fp16; large)
+    store_patch_tokens: bool = False
+    #: frames per encoder forward; batches span episodes
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if self.pool_grid < 1:
+            raise ValueError(f"pool_grid must be >= 1, got {self.pool_grid}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+class FrameFeaturesStage(Stage):
+    name = "frame-features"
+    code_version = "1"
+    Settings = FrameFeaturesSettings
+
+    def __init__(self, settings, source, source_options):
+        super().__init__(settings, source, source_options)
+        self.encoder = HFVisionEncoder(settings.encoder)
+
+    def spec(self):
+        return SPEC_WITH_PATCHES if self.settings.store_patch_tokens else get_spec("frame_features")
+
+    def dims(self) -> dict[str, int]:
+        d = {"D": self.encoder.hidden_size(), "G": self.settings.pool_grid}
+        if self.settings.store_patch_tokens:
+            size = self.encoder.processor_config().get("size", {})
+            patch = int(self.encoder.model_config().patch_size)
+            d.update(Hp=int(size.get("height", 224)) // patch, Wp=int(size.get("width", 224)) // patch)
+        return d
+
+    def identity(self) -> dict:
+        s = self.settings
+        # batch size and device change speed, not values: keep them out of the fingerprint
+        return {"pool_grid": s.pool_grid, "store_patch_tokens": s.store_patch_tokens, "encoder": self.encoder.identity()}
+
+    def provenance(self) -> dict:
+        return {"encoder": self.encoder.provenance()}
+
+    @property
+    def batch_cost(self) -> int:
+        return self.settings.batch_size
+
+    def setup(self) -> None:
+        self.encoder.load()
+
+    def prepare(self, episode, upstream: Mapping) -> Prepared:
+        frames = self.source.read_frames(episode)
+        x = self.encoder.preprocess(frames.pixels)
+        return Prepared(episode.episode_id, (x, frames.indices.astype(np.int64), frames.padded.astype(bool)), cost=len(x))
+
+    def compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray]]:
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.cat([it.payload[0] for it in items])
+        g, bs = self.settings.pool_grid, self.settings.batch_size
+        cls_all, pooled_all, patches_all = [], [], []
+        for i in range(0, len(x), bs):
+            cls, patches = self.encoder.encode(x[i : i + bs])
+            pooled = F.adaptive_avg_pool2d(patches.permute(0, 3, 1, 2), g).permute(0, 2, 3, 1)  # [n, G, G, D]
+            cls_all.append(cls.half())
+            pooled_all.append(pooled.half())
+            if self.settings.store_patch_tokens:
+                patches_all.append(patches.half())
+        cls = torch.cat(cls_all).numpy()
+        pooled = torch.cat(pooled_all).numpy()
+        patches = torch.cat(patches_all).numpy() if patches_all else None
+        out, s = [], 0
+        for it in items:
+            n = it.cost
+            arrays = {"cls": cls[s : s + n], "patch_pooled": pooled[s : s + n], "frame_index": it.payload[1], "padded": it.payload[2]}
+            if patches is not None:
+                arrays["patch_tokens"] = patches[s : s + n]
+            out.append(arrays)
+            s += n
+        return out

@@ -1,0 +1,49 @@
+"""What a run did, per stage: for the terminal, for ``--json`` and for batch-job logs."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class StageSummary:
+    dataset: str
+    split: str
+    stage: str
+    cache_dir: str
+    parts_total: int = 0
+    parts_built: int = 0
+    parts_skipped: int = 0
+    episodes_built: int = 0
+    frames_built: int = 0
+    episodes_ok: int = 0
+    episodes_quarantined: int = 0
+    seconds: float = 0.0
+    finalized: bool = False
+    quarantined: list[dict] = field(default_factory=list)
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames_built / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class RunSummary:
+    stages: list[StageSummary] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def quarantined(self) -> int:
+        return sum(s.episodes_quarantined for s in self.stages)
+
+    def to_dict(self) -> dict:
+        d = {"stages": [], "errors": self.errors, "dry_run": self.dry_run}
+        for s in self.stages:
+            d["stages"].append({**asdict(s), "frames_per_s": round(s.frames_per_s, 2)})
+        d["totals"] = {
+            "parts_built": sum(s.parts_built for s in self.stages),
+            "parts_skipped": sum(s.parts_skipped for s in self.stages),
+            "episodes_quarantined": self.quarantined,
+            "frames_built": sum(s.frames_built for s in self.stages),
+        }
+        return d

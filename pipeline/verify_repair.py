@@ -1,0 +1,70 @@
+"""``navcache verify [--repair]``: check every cache under the root; rebuild only damaged parts."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from cache_specs.layout import PARTS, TMP_PREFIX, TRASH_PREFIX
+from cache_specs.manifest import invalidate
+from cache_specs.reader import iter_caches
+from cache_specs.verify import damaged_parts, verify_cache
+
+
+def verify_and_repair(path: Path | None, config: Path | None, repair: bool, as_json: bool) -> int:
+    from .commands import EXIT_DAMAGE, EXIT_FAILED, EXIT_OK, _project
+    from .console import console
+
+    project = _project(config) if (path is None or repair) else None
+    root = Path(path) if path is not None else Path(project.cache_root)
+    caches = [root] if (root / PARTS).is_dir() or (root / "manifest.json").exists() else list(iter_caches(root))
+    report, damaged = {}, {}
+    for d in caches:
+        dmg = verify_cache(d)
+        report[str(d)] = [str(x) for x in dmg]
+        if dmg:
+            damaged[d] = dmg
+    repaired = {}
+    if repair and damaged:
+        repaired = _repair(project, damaged)
+        for d in damaged:
+            report[str(d)] = [str(x) for x in verify_cache(d)]
+    still = {k: v for k, v in report.items() if v}
+    if as_json:
+        print(json.dumps({"caches": report, "repaired": repaired, "ok": not still}, indent=1))
+    else:
+        for d, items in report.items():
+            console.print(f"[{'red' if items else 'green'}]{'DAMAGED' if items else 'ok'}[/] {d}")
+            for it in items:
+                console.print(f"    {it}")
+        for d, parts in repaired.items():
+            console.print(f"[cyan]repaired[/] {d}: rebuilt {', '.join(parts) or 'index/manifest only'}")
+    if not caches:
+        return EXIT_FAILED
+    return EXIT_DAMAGE if still else EXIT_OK
+
+
+def _repair(project, damaged: dict) -> dict[str, list[str]]:
+    """Delete damaged parts and orphans, then let ``extract --only`` rebuild exactly those parts."""
+    from .runner import ExtractOptions, extract
+    from .stages import STAGES, cache_name
+
+    by_name = {cache_name(s): s for s in STAGES}
+    done = {}
+    for d, dmg in damaged.items():
+        parts = sorted(damaged_parts(dmg))
+        pdir = d / PARTS
+        for p in parts:
+            shutil.rmtree(pdir / p, ignore_errors=True)
+        if pdir.is_dir():
+            for x in pdir.iterdir():
+                if x.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+                    shutil.rmtree(x, ignore_errors=True)
+        invalidate(d)
+        dataset, split, spec = d.parts[-3], d.parts[-2], d.parts[-1]
+        stage = by_name.get(spec)
+        if stage is None or dataset not in project.datasets:
+            continue
+        extract(project, ExtractOptions(split=split, only=stage, datasets=(dataset,)))
+        done[str(d)] = parts
+    return done
