@@ -41,13 +41,13 @@ def extract(
     from pipeline.commands import EXIT_CONFIG, extract_cmd
     from pipeline.runner import ExtractOptions
 
+    if scheduler:
+        executor = "dask"  # joining a scheduler implies the dask executor
     try:
-        opts = ExtractOptions(split, only, tuple(dataset), executor, workers, scheduler if executor == "dask" or scheduler is None else scheduler, _shard(shard), dry_run)
+        opts = ExtractOptions(split, only, tuple(dataset), executor, workers, scheduler, _shard(shard), dry_run)
     except ValueError as e:
         typer.echo(f"navcache: {e}", err=True)
         raise typer.Exit(EXIT_CONFIG)
-    if scheduler and executor != "dask":
-        opts = ExtractOptions(split, only, tuple(dataset), "dask", workers, scheduler, _shard(shard), dry_run)
     raise typer.Exit(extract_cmd(config, opts, as_json, strict))
 
 

@@ -49,7 +49,16 @@ class ArrayView:
             return self._rows(np.array([k]))[0]
         if isinstance(key, slice):
             return self._rows(np.arange(len(self))[key])
-        return self._rows(np.asarray(key, dtype=np.int64))
+        key = np.asarray(key)
+        if key.dtype == np.bool_:  # a boolean mask, as in numpy (not rows 0 and 1)
+            if key.shape != (len(self),):
+                raise IndexError(f"boolean index of shape {key.shape} for {len(self)} rows")
+            key = np.flatnonzero(key)
+        rows = key.astype(np.int64)
+        rows = np.where(rows < 0, rows + len(self), rows)  # negative entries count from the end
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} rows")
+        return self._rows(rows)
 
     def _rows(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows),) + self._row_shape, self.dtype)
@@ -211,9 +220,15 @@ class CacheReader:
         s = self.summary()
         rows = "".join(f"<tr><td><code>{html.escape(n)}</code></td><td>{html.escape(d)}</td></tr>" for n, d in s["arrays"].items())
         c = s["counts"]
+        enc = s["provenance"].get("encoder")
+        enc_html = ""
+        if enc:
+            kind = "<b>RANDOM-INIT, not pretrained</b>" if enc.get("random_init") else "pretrained"
+            enc_html = f"<br>encoder: <code>{html.escape(str(enc.get('id')))}</code> ({kind})"
         return (
             f"<b>navcache</b> {html.escape(s['spec'])}<br><small>{html.escape(s['path'])}</small><br>"
             f"{c['ok']} ok / {c['quarantined']} quarantined episodes, {c['rows']} rows, {c['parts']} parts ({html.escape(str(s['backend']))})"
+            f"{enc_html}"
             f"<table><tr><th>array</th><th>dtype, row shape</th></tr>{rows}</table>"
         )
 

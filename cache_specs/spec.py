@@ -80,6 +80,8 @@ class CacheSpec:
         n = None
         for name, (dtype, shape) in want.items():
             a = np.asarray(arrays[name])
+            if self.row == "frame" and a.ndim == 0:
+                raise ValueError(f"spec {self.name!r}: array {name!r} is 0-d, want [n, *{shape}] (one row per frame)")
             if a.dtype != dtype:
                 raise ValueError(f"spec {self.name!r}: array {name!r} has dtype {a.dtype}, want {dtype}")
             body = a.shape if self.row == "episode" else a.shape[1:]

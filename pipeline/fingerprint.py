@@ -73,10 +73,14 @@ class FileHasher:
             self._db = None
 
 
-def episode_fingerprint(episode, root: Path, hasher: FileHasher) -> str:
-    """Record content + (path relative to the dataset root, content hash) of every file it reads."""
+def episode_fingerprint(episode, root: Path, hasher: FileHasher, with_files: bool = True) -> str:
+    """Record content + (path relative to the dataset root, content hash) of every file it reads.
+
+    ``with_files=False`` for stages that use only the record (e.g. ground-truth poses), so a
+    re-encoded JPEG does not recompute them.
+    """
     files = []
-    for p in episode.files:
+    for p in episode.files if with_files else ():
         try:
             rel = str(Path(p).relative_to(root))
         except ValueError:

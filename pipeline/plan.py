@@ -99,7 +99,12 @@ def plan_split(
     hasher = hasher or FileHasher()
     episodes = source.episodes(split)
     chunks = partition(episodes, ds.part_size)
-    ep_fps = {e.episode_id: episode_fingerprint(e, Path(ds.root), hasher) for e in episodes}
+    ep_fps: dict[bool, dict[str, str]] = {}
+
+    def fps(with_files: bool) -> dict[str, str]:
+        if with_files not in ep_fps:
+            ep_fps[with_files] = {e.episode_id: episode_fingerprint(e, Path(ds.root), hasher, with_files) for e in episodes}
+        return ep_fps[with_files]
     plans: dict[str, StagePlan] = {}
     for name in stage_order(project, dataset, source, only):
         stage = make_stage(project, dataset, name, source)
@@ -116,7 +121,7 @@ def plan_split(
         for i, chunk in enumerate(chunks):
             pid = part_id(i)
             upstream = {u: plans[u].parts[i].fingerprint for u in stage.consumes}
-            fp = hash_obj({**base, "episodes": [ep_fps[e.episode_id] for e in chunk], "upstream": upstream})
+            fp = hash_obj({**base, "episodes": [fps(stage.reads_files)[e.episode_id] for e in chunk], "upstream": upstream})
             meta = read_part_meta(cdir / PARTS / pid)
             state = "missing" if meta is None else ("up-to-date" if meta["fingerprint"] == fp else "stale")
             parts.append(PartPlan(pid, chunk, fp, state))

@@ -102,7 +102,10 @@ class HFVisionEncoder:
         with self._lock:
             if self._model is None:
                 import torch
+                import transformers
                 from transformers import AutoModel
+
+                transformers.utils.logging.disable_progress_bar()
 
                 model = AutoModel.from_pretrained(self.s.model, revision=self.s.revision, trust_remote_code=self.s.trust_remote_code)
                 self._model = model.eval().requires_grad_(False).to(self.resolved_device())

@@ -32,6 +32,8 @@ class Stage:
     name: ClassVar[str]
     #: bump when the code changes what is written: every part of this stage recomputes
     code_version: ClassVar[str] = "1"
+    #: whether the stage reads the episode's files (else only its record enters fingerprints)
+    reads_files: ClassVar[bool] = True
     #: frozen dataclass of this stage's settings (the ``stages.<name>`` block of the project file)
     Settings: ClassVar[type]
 

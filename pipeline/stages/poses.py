@@ -21,6 +21,7 @@ class PosesSettings:
 class PosesStage(Stage):
     name = "poses"
     code_version = "1"
+    reads_files = False
     Settings = PosesSettings
 
     def spec(self):
@@ -37,17 +38,18 @@ class PosesStage(Stage):
         poses = np.asarray(poses, dtype=np.float64)
         if poses.ndim != 2 or poses.shape[1] != 3 or len(poses) != rec["n_frames"]:
             raise Quarantine(f"poses have shape {poses.shape}, expected ({rec['n_frames']}, 3)")
-        idx = np.asarray(rec["sample_indices"], dtype=np.int64)
+        frame_index = np.asarray(rec["sample_indices"], dtype=np.int64)  # [T], -1 on front padding
         t = self.dims()["T"]
-        n_pad = t - len(idx)
-        picked = poses[idx]
+        if frame_index.shape != (t,):
+            raise Quarantine(f"episode was sampled to {frame_index.shape} frames, stage expects T={t}")
+        real = frame_index >= 0
+        picked = poses[frame_index[real]]
         if not np.isfinite(picked).all():
             raise Quarantine("NaN or infinite pose at a sampled frame")
         if np.abs(picked[:, :2]).max(initial=0) > self.settings.max_abs_position:
             raise Quarantine(f"pose position beyond {self.settings.max_abs_position} m")
         out = np.zeros((t, 3), np.float32)
-        out[n_pad:] = picked
-        frame_index = np.concatenate([np.full(n_pad, -1, np.int64), idx])
+        out[real] = picked
         return Prepared(episode.episode_id, {"poses": out, "frame_index": frame_index, "padded": frame_index < 0})
 
     def compute(self, items):

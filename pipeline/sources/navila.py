@@ -1,0 +1,244 @@
+"""NaVILA / VLN-CE samples: an instruction, the observation frames so far, and the answer.
+
+Layout under ``root`` (names are templates filled with the split):
+  annotations_{split}.json  JSON list of {"video_id", "frames": [image paths], "q", "a"}
+  {split}/...               the images; "frames" paths are relative to this folder
+  poses_{split}.json        optional {video_id: [[x, y, yaw], ... one per frame]}
+
+An episode is one record. Only the ``num_frames`` frames NaVILA's sampling keeps are listed in
+``Episode.files`` and decoded, so memory stays at [num_frames, H, W, 3] however long the history.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pipeline.decode import black_frames, read_jpegs
+from pipeline.errors import ConfigError, DatasetError, Quarantine
+from pipeline.safepaths import UnsafePath, resolve_under
+from pipeline.sampling import navila_indices
+from pipeline.sources.base import Episode, Frames
+
+__all__ = ["NavilaSource"]
+
+
+def _check_template(value: object, option: str) -> str:
+    """A file-name template may use ``{split}`` and nothing else (ConfigError naming the option)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"navila option {option!r} must be a non-empty string, got {value!r}")
+    try:
+        value.format(split="x")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"navila option {option!r}={value!r}: only the placeholder {{split}} is allowed ({e})") from None
+    return value
+
+
+def _load_json(path: Path) -> Any:
+    """Parsed JSON, or DatasetError naming the file and the line/column of a syntax error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}): {e.reason}") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_poses(poses: object, n_frames: int) -> tuple[list[list[float]] | None, str | None]:
+    """``(poses as [[x, y, yaw]] floats, None)`` or ``(None, reason)``."""
+    if not isinstance(poses, list):
+        return None, f"poses must be a list of [x, y, yaw], got {type(poses).__name__}"
+    out = []
+    for j, p in enumerate(poses):
+        if not isinstance(p, list) or len(p) != 3 or not all(_is_real(v) for v in p):
+            return None, f"pose #{j} must be [x, y, yaw] numbers, got {p!r}"
+        if not all(math.isfinite(v) for v in p):
+            return None, f"pose #{j} is not finite: {p!r}"
+        out.append([float(v) for v in p])
+    if len(out) != n_frames:
+        return None, f"{len(out)} poses for {n_frames} frames"
+    return out, None
+
+
+class NavilaSource:
+    """Source of kind ``navila``; see the module docstring for the layout."""
+
+    kind = "navila"
+
+    def __init__(
+        self,
+        root: Path,
+        annotations: str = "annotations_{split}.json",
+        images: str = "{split}",
+        poses: str = "poses_{split}.json",
+        num_frames: int = 8,
+    ):
+        self.root = Path(root)
+        self.annotations = _check_template(annotations, "annotations")
+        self.images = _check_template(images, "images")
+        self.poses = _check_template(poses, "poses")
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 2:
+            raise ConfigError(f"navila option 'num_frames' must be an integer >= 2, got {num_frames!r}")
+        self.num_frames = num_frames
+        # Filled by episodes(): cross-file consistency that is not any one episode's fault.
+        self.report: dict[str, Any] = {}
+
+    def _image_dir(self, split: str) -> Path:
+        return self.root / self.images.format(split=split)
+
+    # ------------------------------------------------------------------------------ listing
+
+    def episodes(self, split: str) -> list[Episode]:
+        """One Episode per annotation record, sorted by episode_id; bad records are quarantined.
+
+        Raises DatasetError when the annotation file (or an existing pose file) is missing,
+        not valid JSON, or of the wrong top-level type.
+        """
+        ann_path = self.root / self.annotations.format(split=split)
+        if not ann_path.is_file():
+            raise DatasetError(f"navila annotation file not found: {ann_path}")
+        records = _load_json(ann_path)
+        if not isinstance(records, list):
+            raise DatasetError(f"{ann_path}: expected a JSON list of records, got {type(records).__name__}")
+
+        pose_path = self.root / self.poses.format(split=split)
+        pose_map: dict[str, Any] | None = None
+        if pose_path.exists():
+            pose_map = _load_json(pose_path)
+            if not isinstance(pose_map, dict):
+                raise DatasetError(f"{pose_path}: expected a JSON object {{video_id: poses}}, got {type(pose_map).__name__}")
+
+        image_dir = self._image_dir(split)
+        seen: dict[str, int] = {}  # video_id -> index of the record that claimed it first
+        episodes = [
+            self._episode(i, rec, split, image_dir, ann_path.name, pose_map, pose_path.name, seen)
+            for i, rec in enumerate(records)
+        ]
+
+        without_poses = sorted(v for v in seen if pose_map is not None and v not in pose_map)
+        orphan_poses = sorted(k for k in (pose_map or {}) if k not in seen)
+        self.report = {
+            "split": split,
+            "records": len(records),
+            "quarantined": sum(ep.quarantine is not None for ep in episodes),
+            "pose_file": str(pose_path) if pose_map is not None else None,
+            "annotations_without_poses": without_poses,
+            "poses_without_annotation": orphan_poses,
+        }
+        episodes.sort(key=lambda ep: ep.episode_id)
+        return episodes
+
+    def _episode(
+        self,
+        i: int,
+        rec: object,
+        split: str,
+        image_dir: Path,
+        ann_name: str,
+        pose_map: dict[str, Any] | None,
+        pose_name: str,
+        seen: dict[str, int],
+    ) -> Episode:
+        where = f"{ann_name} record #{i}"
+        placeholder = f"<record #{i}>"
+        if not isinstance(rec, dict):
+            return Episode(placeholder, {"record_index": i, "raw": rec}, (), f"{where}: expected an object, got {type(rec).__name__}")
+
+        def bad(episode_id: str, reason: str) -> Episode:
+            return Episode(episode_id, {"record_index": i, **rec}, (), f"{where}: {reason}")
+
+        vid = rec.get("video_id")
+        if not isinstance(vid, str) or not vid.strip():
+            return bad(placeholder, f"'video_id' must be a non-empty string, got {vid!r}")
+        if vid in seen:
+            # A duplicate keeps a placeholder id so that episode ids stay unique in the cache index.
+            return bad(placeholder, f"duplicate video_id {vid!r} (first used by record #{seen[vid]})")
+        seen[vid] = i
+
+        frames = rec.get("frames")
+        if not isinstance(frames, list) or not frames:
+            return bad(vid, f"'frames' must be a non-empty list of paths, got {_brief(frames)}")
+        for j, f in enumerate(frames):
+            if not isinstance(f, str):
+                return bad(vid, f"'frames'[{j}] must be a string path, got {type(f).__name__} {f!r}")
+        for key in ("q", "a"):
+            if not isinstance(rec.get(key), str):
+                return bad(vid, f"{key!r} must be a string, got {_brief(rec.get(key))}")
+
+        try:
+            resolved = [resolve_under(image_dir, f) for f in frames]
+        except UnsafePath as e:
+            return bad(vid, f"unsafe path in 'frames': {e}")
+
+        poses = None
+        if pose_map is not None:
+            if vid not in pose_map:
+                return bad(vid, f"no poses for video_id {vid!r} in {pose_name}")
+            poses, reason = _check_poses(pose_map[vid], len(frames))
+            if reason:
+                return bad(vid, f"{pose_name}[{vid!r}]: {reason}")
+
+        idx, n_pad = navila_indices(len(frames), self.num_frames)
+        record = {
+            "split": split,  # read_frames needs it to find the image folder again
+            "q": rec["q"],
+            "a": rec["a"],
+            "frames": list(frames),
+            "n_frames": len(frames),
+            "sample_indices": idx.tolist(),  # [num_frames], -1 for front padding
+            "n_pad": n_pad,
+            "poses": poses,
+        }
+        files = tuple(resolved[k] for k in idx.tolist() if k >= 0)
+        return Episode(vid, record, files, None)
+
+    # ------------------------------------------------------------------------------ decoding
+
+    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None) -> Frames:
+        """The sampled frames, front-padded with black frames: pixels uint8 [T, H, W, 3] RGB.
+
+        ``indices`` (default: the record's ``sample_indices``) are frame numbers into the record's
+        ``frames``; -1 marks a black padding row. Raises Quarantine for a quarantined episode,
+        an index outside the record, or a missing/corrupt/odd-sized image.
+        """
+        if episode.quarantine is not None:
+            raise Quarantine(episode.quarantine)
+        rec = episode.record
+        if indices is None:
+            idx = [int(k) for k in rec["sample_indices"]]
+            paths = list(episode.files)  # exactly what was fingerprinted
+        else:
+            idx = [int(k) for k in indices]
+            frames = rec["frames"]
+            for k in idx:
+                if not -1 <= k < len(frames):
+                    raise Quarantine(f"{episode.episode_id}: frame index {k} out of range for {len(frames)} frames")
+            image_dir = self._image_dir(rec["split"])
+            try:
+                paths = [resolve_under(image_dir, frames[k]) for k in idx if k >= 0]
+            except UnsafePath as e:
+                raise Quarantine(f"{episode.episode_id}: {e}") from None
+        if not paths:
+            raise ValueError(f"{episode.episode_id}: no real frame among indices {idx}; cannot size the padding")
+
+        real = read_jpegs(paths)  # [R, H, W, 3]
+        pixels = black_frames(len(idx), real.shape[1], real.shape[2])
+        is_real = np.asarray(idx) >= 0
+        pixels[is_real] = real
+        return Frames(pixels=pixels, indices=np.asarray(idx, dtype=np.int64), padded=~is_real)
+
+
+def _brief(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"

@@ -1,0 +1,201 @@
+"""Rover clips: one short video per row of a parquet table, with telemetry and risk labels.
+
+Table ``{split}.parquet`` under ``root``; required columns ``clip_id``, ``video`` (path relative to
+root), ``fps``, ``telemetry`` (8 floats, ``cache_specs.labels.TELEMETRY_FIELDS``), ``risk``,
+``reason``, ``action`` (strings from ``cache_specs.labels``); optional ``n_frames`` (int; when
+present, the decoded count must match it) and ``weight`` (float >= 0, default 1.0).
+Each clip is decoded at ``num_frames`` uniformly spread frames, first and last included.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cache_specs.labels import LABELS, TELEMETRY_FIELDS
+from pipeline.decode import read_video_sampled
+from pipeline.errors import ConfigError, DatasetError, Quarantine
+from pipeline.safepaths import UnsafePath, resolve_under
+from pipeline.sampling import uniform_indices
+from pipeline.sources.base import Episode, Frames
+
+__all__ = ["RoverSource", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS"]
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("clip_id", "video", "fps", "telemetry", "risk", "reason", "action")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("n_frames", "weight")
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _read_table(path: Path) -> pa.Table:
+    """The parquet table at ``path``; DatasetError naming the file if it is absent or unreadable."""
+    if not path.is_file():
+        raise DatasetError(f"rover table not found: {path}")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DatasetError(f"{path}: not a readable parquet table: {e}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DatasetError(
+            f"{path}: missing required column(s) {', '.join(missing)} "
+            f"(has {', '.join(table.column_names) or 'no columns'})"
+        )
+    return table
+
+
+class RoverSource:
+    """Source of kind ``rover``; see the module docstring for the table layout."""
+
+    kind = "rover"
+
+    def __init__(self, root: Path, table: str = "{split}.parquet", num_frames: int = 8):
+        self.root = Path(root)
+        if not isinstance(table, str) or not table:
+            raise ConfigError(f"rover option 'table' must be a non-empty string, got {table!r}")
+        try:
+            table.format(split="x")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"rover option 'table'={table!r}: only the placeholder {{split}} is allowed ({e})") from None
+        self.table = table
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise ConfigError(f"rover option 'num_frames' must be an integer >= 1, got {num_frames!r}")
+        self.num_frames = num_frames
+
+    # ------------------------------------------------------------------------------ listing
+
+    def episodes(self, split: str) -> list[Episode]:
+        """One Episode per table row, sorted by episode_id; bad rows are quarantined.
+
+        Raises DatasetError when the table is missing, unreadable or lacks required columns.
+        """
+        path = self.root / self.table.format(split=split)
+        table = _read_table(path)
+        columns = {c: table.column(c).to_pylist() for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in table.column_names}
+        seen: dict[str, int] = {}
+        episodes = []
+        for i in range(table.num_rows):
+            row = {c: values[i] for c, values in columns.items()}
+            episodes.append(self._episode(i, row, path.name, seen))
+        episodes.sort(key=lambda ep: ep.episode_id)
+        return episodes
+
+    def _episode(self, i: int, row: dict[str, Any], table_name: str, seen: dict[str, int]) -> Episode:
+        where = f"{table_name} row #{i}"
+        placeholder = f"<row #{i}>"
+        clip = row["clip_id"]
+
+        def bad(episode_id: str, reason: str) -> Episode:
+            return Episode(episode_id, {"row_index": i, **_jsonable(row)}, (), f"{where}: {reason}")
+
+        if not isinstance(clip, str) or not clip.strip():
+            return bad(placeholder, f"'clip_id' must be a non-empty string, got {clip!r}")
+        if clip in seen:
+            # A duplicate keeps a placeholder id so that episode ids stay unique in the cache index.
+            return bad(placeholder, f"duplicate clip_id {clip!r} (first used by row #{seen[clip]})")
+        seen[clip] = i
+
+        try:
+            video_path = resolve_under(self.root, row["video"])
+        except UnsafePath as e:
+            return bad(clip, f"unsafe 'video' path: {e}")
+
+        fps = row["fps"]
+        if not _is_real(fps) or not math.isfinite(fps) or fps <= 0:
+            return bad(clip, f"'fps' must be a finite number > 0, got {fps!r}")
+
+        n_frames = row.get("n_frames")
+        if isinstance(n_frames, float) and (math.isnan(n_frames) or n_frames.is_integer()):
+            # pandas stores an int column with nulls as float64: 30.0 means 30, NaN means unknown.
+            n_frames = None if math.isnan(n_frames) else int(n_frames)
+        if n_frames is not None and (isinstance(n_frames, bool) or not isinstance(n_frames, int) or n_frames < 1):
+            return bad(clip, f"'n_frames' must be an integer >= 1, got {n_frames!r}")
+
+        telemetry = row["telemetry"]
+        if (
+            not isinstance(telemetry, (list, tuple))
+            or len(telemetry) != len(TELEMETRY_FIELDS)
+            or not all(_is_real(v) and math.isfinite(v) for v in telemetry)
+        ):
+            return bad(
+                clip,
+                f"'telemetry' must be {len(TELEMETRY_FIELDS)} finite numbers "
+                f"[{', '.join(TELEMETRY_FIELDS)}], got {telemetry!r}",
+            )
+
+        label_ids = {}
+        for field, vocab in LABELS.items():
+            value = row[field]
+            if value not in vocab:
+                return bad(clip, f"unknown {field} label {value!r}; valid: {', '.join(vocab)}")
+            label_ids[field] = vocab.index(value)
+
+        weight = row.get("weight")
+        if weight is None:
+            weight = 1.0  # absent column or null cell: the row counts once
+        elif not _is_real(weight) or not math.isfinite(weight) or weight < 0:
+            return bad(clip, f"'weight' must be a finite number >= 0, got {weight!r}")
+
+        record = {
+            "video": row["video"],
+            "fps": float(fps),
+            "n_frames": n_frames,
+            "telemetry": [float(v) for v in telemetry],
+            "risk": row["risk"],
+            "reason": row["reason"],
+            "action": row["action"],
+            "risk_id": label_ids["risk"],
+            "reason_id": label_ids["reason"],
+            "action_id": label_ids["action"],
+            "weight": float(weight),
+        }
+        return Episode(clip, record, (video_path,), None)
+
+    # ------------------------------------------------------------------------------ decoding
+
+    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None) -> Frames:
+        """``num_frames`` frames at ``uniform_indices(n, num_frames)`` (or ``indices``).
+
+        pixels uint8 [T, H, W, 3] RGB, no padding. Raises Quarantine for a quarantined episode, a
+        damaged video, a frame count other than the ``n_frames`` column, or a clip shorter than
+        ``num_frames``.
+        """
+        if episode.quarantine is not None:
+            raise Quarantine(episode.quarantine)
+        (path,) = episode.files
+        expected = episode.record.get("n_frames")
+        chosen: list[int] = []
+
+        def sample(n: int) -> Sequence[int]:
+            if indices is not None:
+                chosen[:] = [int(k) for k in indices]
+            elif n < self.num_frames:
+                raise Quarantine(f"{episode.episode_id}: clip {path} has {n} frames, fewer than num_frames={self.num_frames}")
+            else:
+                chosen[:] = uniform_indices(n, self.num_frames).tolist()
+            return chosen
+
+        pixels, _ = read_video_sampled(path, sample, expected_frames=expected)
+        idx = np.asarray(chosen, dtype=np.int64)
+        return Frames(pixels=pixels, indices=idx, padded=np.zeros(len(idx), dtype=bool))
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    """A quarantined row's cells as JSON-able values (NaN/inf become strings)."""
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            out[k] = repr(v)
+        elif isinstance(v, (list, tuple)):
+            out[k] = [repr(x) if isinstance(x, float) and not math.isfinite(x) else x for x in v]
+        elif v is None or isinstance(v, (str, int, float, bool)):
+            out[k] = v
+        else:
+            out[k] = repr(v)
+    return out
