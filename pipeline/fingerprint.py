@@ -73,12 +73,14 @@ class FileHasher:
             self._db = None
 
 
-def episode_fingerprint(episode, root: Path, hasher: FileHasher, with_files: bool = True) -> str:
+def episode_fingerprint(episode, root: Path, hasher: FileHasher, with_files: bool = True, record_keys: tuple[str, ...] | None = None) -> str:
     """Record content + (path relative to the dataset root, content hash) of every file it reads.
 
     ``with_files=False`` for stages that use only the record (e.g. ground-truth poses), so a
-    re-encoded JPEG does not recompute them.
+    re-encoded JPEG does not recompute them; ``record_keys`` limits the record to the fields a
+    stage reads, so e.g. a corrected pose does not recompute image features.
     """
+    record = episode.record if record_keys is None else {k: episode.record[k] for k in record_keys if k in episode.record}
     files = []
     for p in episode.files if with_files else ():
         try:
@@ -86,4 +88,4 @@ def episode_fingerprint(episode, root: Path, hasher: FileHasher, with_files: boo
         except ValueError:
             rel = str(p)
         files.append((rel, hasher(Path(p))))
-    return hash_obj({"id": episode.episode_id, "record": episode.record, "files": files, "quarantine": episode.quarantine})
+    return hash_obj({"id": episode.episode_id, "record": record, "files": files, "quarantine": episode.quarantine})

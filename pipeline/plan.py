@@ -99,12 +99,13 @@ def plan_split(
     hasher = hasher or FileHasher()
     episodes = source.episodes(split)
     chunks = partition(episodes, ds.part_size)
-    ep_fps: dict[bool, dict[str, str]] = {}
+    ep_fps: dict[tuple, dict[str, str]] = {}
 
-    def fps(with_files: bool) -> dict[str, str]:
-        if with_files not in ep_fps:
-            ep_fps[with_files] = {e.episode_id: episode_fingerprint(e, Path(ds.root), hasher, with_files) for e in episodes}
-        return ep_fps[with_files]
+    def fps(stage: Stage) -> dict[str, str]:
+        key = (stage.reads_files, stage.record_keys)
+        if key not in ep_fps:
+            ep_fps[key] = {e.episode_id: episode_fingerprint(e, Path(ds.root), hasher, *key) for e in episodes}
+        return ep_fps[key]
     plans: dict[str, StagePlan] = {}
     for name in stage_order(project, dataset, source, only):
         stage = make_stage(project, dataset, name, source)
@@ -121,7 +122,7 @@ def plan_split(
         for i, chunk in enumerate(chunks):
             pid = part_id(i)
             upstream = {u: plans[u].parts[i].fingerprint for u in stage.consumes}
-            fp = hash_obj({**base, "episodes": [fps(stage.reads_files)[e.episode_id] for e in chunk], "upstream": upstream})
+            fp = hash_obj({**base, "episodes": [fps(stage)[e.episode_id] for e in chunk], "upstream": upstream})
             meta = read_part_meta(cdir / PARTS / pid)
             state = "missing" if meta is None else ("up-to-date" if meta["fingerprint"] == fp else "stale")
             parts.append(PartPlan(pid, chunk, fp, state))

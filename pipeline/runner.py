@@ -125,10 +125,10 @@ def _build(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptions, pr
 
 
 def _finalize(project: ProjectConfig, sp: StagePlan, ss: StageSummary) -> None:
+    _remove_leftovers(sp)
     if not sp.todo and sp.finalized:
         ss.finalized = True
         return
-    _remove_leftovers(sp)
     info = {
         "stage": sp.stage_name,
         "dataset": sp.dataset,

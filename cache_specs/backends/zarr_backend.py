@@ -34,7 +34,7 @@ class ZarrBackend:
 
     def write(self, part_dir: Path, arrays: Mapping[str, np.ndarray], chunk_rows: int) -> None:
         import zarr
-        from zarr.codecs import ZstdCodec
+        from zarr.codecs import Crc32cCodec, ZstdCodec
         from zarr.storage import LocalStore
 
         group = zarr.open_group(store=LocalStore(part_dir / self.data_name), mode="w-", zarr_format=3)
@@ -51,7 +51,8 @@ class ZarrBackend:
                 dtype=arr.dtype,
                 chunks=chunk,
                 shards=(shard_rows,) + chunk[1:],
-                compressors=ZstdCodec(level=self.zstd_level),
+                # crc32c per chunk: a flipped byte fails the read instead of returning wrong values
+                compressors=(ZstdCodec(level=self.zstd_level), Crc32cCodec()),
                 fill_value=0,
             )
             if arr.size:

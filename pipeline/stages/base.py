@@ -34,6 +34,8 @@ class Stage:
     code_version: ClassVar[str] = "1"
     #: whether the stage reads the episode's files (else only its record enters fingerprints)
     reads_files: ClassVar[bool] = True
+    #: the record fields the stage uses (None = all); only these enter its fingerprints
+    record_keys: ClassVar[tuple[str, ...] | None] = None
     #: frozen dataclass of this stage's settings (the ``stages.<name>`` block of the project file)
     Settings: ClassVar[type]
 

@@ -22,6 +22,7 @@ class PosesStage(Stage):
     name = "poses"
     code_version = "1"
     reads_files = False
+    record_keys = ("poses", "n_frames", "sample_indices")
     Settings = PosesSettings
 
     def spec(self):

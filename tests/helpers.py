@@ -1,0 +1,67 @@
+"""Small real datasets on disk for pipeline tests (independent of the demo world, and fast)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_navila(root: Path, n_episodes: int = 6, size: int = 48, seed: int = 0) -> Path:
+    """NaVILA layout: annotations_train.json, poses_train.json, train/<ep>/frame_XXX.jpg."""
+    rng = np.random.default_rng(seed)
+    recs, poses = [], {}
+    for e in range(n_episodes):
+        d = root / "train" / f"ep{e:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        n = 10 + e % 5
+        for k in range(n):
+            img = np.full((size, size, 3), (e * 37 + k * 11) % 255, np.uint8)
+            img[: size // 2] = rng.integers(0, 255, (size // 2, size, 3), dtype=np.uint8)
+            cv2.imwrite(str(d / f"frame_{k:03d}.jpg"), img)
+        for t in (4, n - 1):
+            vid = f"ep{e:03d}-{t}"
+            recs.append({"video_id": vid, "frames": [f"ep{e:03d}/frame_{k:03d}.jpg" for k in range(t + 1)], "q": "walk", "a": "stop"})
+            poses[vid] = [[0.25 * k, 0.1 * e, 0.05 * k] for k in range(t + 1)]
+    (root / "annotations_train.json").write_text(json.dumps(recs))
+    (root / "poses_train.json").write_text(json.dumps(poses))
+    return root
+
+
+def write_project(dirpath: Path, data_root: Path, model: Path, cache_root: str = "cache", part_size: int = 4, backend: str = "zarr", **stage_overrides) -> Path:
+    cfg = {
+        "cache_root": cache_root,
+        "backend": backend,
+        "datasets": {"nav": {"source": "navila", "root": str(data_root), "splits": ["train"], "stages": ["poses", "frame-features"], "part_size": part_size}},
+        "stages": {"frame-features": {"encoder": {"model": str(model)}, "batch_size": 16, **stage_overrides}},
+    }
+    path = dirpath / "navcache.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, str(REPO / "cli.py"), *args], cwd=cwd, capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise AssertionError(f"navcache {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def cache_checksums(cache: Path) -> dict:
+    """{part: {array: sha256}} plus the index rows: what 'identical result' means."""
+    import polars as pl
+
+    from cache_specs.layout import PARTS, read_json
+
+    out = {}
+    for p in sorted((cache / PARTS).iterdir()):
+        meta = read_json(p / "part.json")
+        out[p.name] = {k: v["sha256"] for k, v in meta["arrays"].items()}
+    out["index"] = pl.read_parquet(cache / "index.parquet").rows()
+    return out

@@ -1,0 +1,35 @@
+"""Run the backend conformance suite (tests/backend_conformance.py) against every built-in backend."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from backend_conformance import BackendConformance  # noqa: E402
+
+from cache_specs.backends import BACKENDS  # noqa: E402
+
+
+class TestZarr(BackendConformance):
+    backend_name = "zarr"
+
+
+class TestHDF5(BackendConformance):
+    backend_name = "hdf5"
+
+
+def test_every_backend_has_a_conformance_class():
+    tested = {cls.backend_name for cls in BackendConformance.__subclasses__()}
+    assert tested >= set(BACKENDS), f"backends without a conformance run: {set(BACKENDS) - tested}"
+
+
+def test_unknown_backend_is_refused():
+    from cache_specs.backends import get_backend
+
+    try:
+        get_backend("parquet")
+    except ValueError as e:
+        assert "zarr" in str(e) and "hdf5" in str(e)
+    else:
+        raise AssertionError("get_backend accepted an unknown name")

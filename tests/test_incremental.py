@@ -1,0 +1,93 @@
+"""Fingerprints: rerun skips, a change recomputes exactly the affected parts and their downstream."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cache_specs import open_cache
+from pipeline.config import load_config
+from pipeline.runner import ExtractOptions, extract
+from tests.helpers import make_navila, write_project
+
+
+def built(summary) -> dict[str, int]:
+    return {s.stage: s.parts_built for s in summary.stages}
+
+
+@pytest.fixture()
+def project(tmp_path, tiny_model):
+    data = make_navila(tmp_path / "data", n_episodes=6)  # 12 records -> 3 parts of 4
+    cfg = write_project(tmp_path, data, tiny_model, part_size=4)
+    s = extract(load_config(cfg), ExtractOptions("train"))
+    assert not s.errors and built(s) == {"poses": 3, "frame-features": 3}
+    return tmp_path, cfg, data
+
+
+def test_rerun_skips_everything(project):
+    _, cfg, _ = project
+    assert built(extract(load_config(cfg), ExtractOptions("train"))) == {"poses": 0, "frame-features": 0}
+
+
+def test_changed_frame_recomputes_one_feature_part_only(project):
+    tmp, cfg, data = project
+    c0 = open_cache(tmp / "cache/nav/train/frame_features")
+    before = c0["ep004-13"]["cls"].copy()
+    # ep004-13 has 15 frames: its last frame (14) is always sampled; it lives in the last part
+    f = data / "train/ep004/frame_013.jpg"
+    cv2.imwrite(str(f), 255 - cv2.imread(str(f)))
+    s = extract(load_config(cfg), ExtractOptions("train"))
+    assert built(s) == {"poses": 0, "frame-features": 1}
+    after = open_cache(tmp / "cache/nav/train/frame_features")["ep004-13"]["cls"]
+    assert not np.array_equal(before[-1], after[-1]) and np.array_equal(before[:-1], after[:-1])
+
+
+def test_touch_and_moving_cache_root_recompute_nothing(project):
+    tmp, cfg, data = project
+    for f in (data / "train").rglob("*.jpg"):
+        os.utime(f, (1e9, 1e9))
+    assert built(extract(load_config(cfg), ExtractOptions("train"))) == {"poses": 0, "frame-features": 0}
+    shutil.move(tmp / "cache", tmp / "moved")
+    cfg.write_text(cfg.read_text().replace("cache_root: cache", "cache_root: moved"))
+    assert built(extract(load_config(cfg), ExtractOptions("train"))) == {"poses": 0, "frame-features": 0}
+    assert len(open_cache(tmp / "moved/nav/train/frame_features")) == 12
+
+
+def test_setting_change_recomputes_that_stage_only(project, tiny_model):
+    tmp, cfg, data = project
+    write_project(tmp, data, tiny_model, part_size=4, pool_grid=1)
+    s = extract(load_config(cfg), ExtractOptions("train"))
+    assert built(s) == {"poses": 0, "frame-features": 3}
+    assert open_cache(tmp / "cache/nav/train/frame_features").load("patch_pooled").shape[1:3] == (1, 1)
+
+
+def test_changed_pose_recomputes_one_pose_part(project):
+    tmp, cfg, data = project
+    poses = json.loads((data / "poses_train.json").read_text())
+    poses["ep000-4"][4] = [9.0, 9.0, 0.0]
+    (data / "poses_train.json").write_text(json.dumps(poses))
+    s = extract(load_config(cfg), ExtractOptions("train"))
+    assert built(s) == {"poses": 1, "frame-features": 0}
+    assert open_cache(tmp / "cache/nav/train/poses")["ep000-4"]["poses"][-1].tolist() == [9.0, 9.0, 0.0]
+
+
+def test_encoder_weights_change_recomputes_features(project, tmp_path_factory):
+    from pipeline.encoders.tiny import make_random_dinov3
+
+    tmp, cfg, data = project
+    other = make_random_dinov3(tmp_path_factory.mktemp("m2") / "dinov3-tiny-seed1", size="tiny", seed=1, image_size=64)
+    write_project(tmp, data, other, part_size=4)
+    assert built(extract(load_config(cfg), ExtractOptions("train"))) == {"poses": 0, "frame-features": 3}
+
+
+def test_only_builds_stage_and_its_needs(project):
+    tmp, cfg, _ = project
+    shutil.rmtree(tmp / "cache")
+    s = extract(load_config(cfg), ExtractOptions("train", only="poses"))
+    assert [x.stage for x in s.stages] == ["poses"]
+    assert not (tmp / "cache/nav/train/frame_features").exists()
