@@ -42,7 +42,10 @@ def make_random_dinov3(out: Path, size: str = "tiny", seed: int = 0, image_size:
     if (out / PROVENANCE_FILE).exists():
         return out
     import torch
+    import transformers
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    transformers.utils.logging.disable_progress_bar()
 
     cfg = DINOv3ViTConfig(**DINOV3_SIZES[size], patch_size=16, num_register_tokens=4, image_size=image_size)
     torch.manual_seed(seed)

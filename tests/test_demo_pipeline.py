@@ -1,0 +1,109 @@
+"""The README's main job on the embedded demo world, end to end, checked against independent computations."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cache_specs import open_cache
+from cache_specs.verify import verify_cache
+from pipeline.config import load_config
+from pipeline.project import resolve_project
+from pipeline.runner import ExtractOptions, extract
+from pipeline.sampling import navila_indices
+from tests.helpers import cache_checksums, make_navila, write_project
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, demo_world):
+    cwd = tmp_path_factory.mktemp("job")
+    shutil.copytree(demo_world, cwd / "navcache_demo")  # what "generated on first use" leaves behind
+    messages = []
+    project = resolve_project(cwd=cwd, say=messages.append)
+    assert project.origin == "demo"
+    summary = extract(project, ExtractOptions("train"))
+    return cwd, project, summary
+
+
+def test_demo_builds_every_cache_clean(demo_run):
+    cwd, project, s = demo_run
+    assert not s.errors
+    assert {(x.dataset, x.stage) for x in s.stages} == {("demo_navila", "poses"), ("demo_navila", "frame-features"), ("demo_rover", "frame-features")}
+    for x in s.stages:
+        assert x.finalized and x.episodes_ok > 0 and x.episodes_quarantined == 0
+        assert verify_cache(x.cache_dir) == []
+
+
+def test_poses_are_ground_truth_at_navila_samples(demo_run):
+    cwd, project, _ = demo_run
+    root = cwd / "navcache_demo/navila"
+    gt = json.loads((root / "poses_train.json").read_text())
+    ann = {r["video_id"]: r for r in json.loads((root / "annotations_train.json").read_text())}
+    c = open_cache(project.cache_root, "demo_navila", "train", "poses")
+    assert len(c) == len(ann)
+    padded_seen = False
+    for vid in c.episodes:
+        n = len(ann[vid]["frames"])
+        idx, n_pad = navila_indices(n, 8)
+        ep = c[vid]
+        real = idx >= 0
+        np.testing.assert_allclose(ep["poses"][real], np.asarray(gt[vid], np.float32)[idx[real]], rtol=0, atol=1e-6)
+        assert ep["padded"].sum() == n_pad and (ep["frame_index"] == idx).all()
+        padded_seen |= n_pad > 0
+    assert padded_seen, "the demo world must exercise NaVILA's front padding"
+
+
+def test_frame_features_match_a_direct_forward(demo_run):
+    """CLS of a few cached frames equals AutoModel run directly on the decoded JPEG (fp16 storage)."""
+    import cv2
+    import torch.nn.functional as F
+    from transformers import AutoModel
+
+    cwd, project, _ = demo_run
+    c = open_cache(project.cache_root, "demo_navila", "train", "frame_features")
+    assert c.manifest["provenance"]["encoder"]["random_init"] is True
+    model = AutoModel.from_pretrained(project.stage_settings("frame-features").encoder.model).eval()
+    ann = {r["video_id"]: r for r in json.loads((cwd / "navcache_demo/navila/annotations_train.json").read_text())}
+    vid = c.episodes[3]
+    ep = c[vid]
+    k = int(np.flatnonzero(ep["frame_index"] >= 0)[0])
+    path = cwd / "navcache_demo/navila/train" / ann[vid]["frames"][ep["frame_index"][k]]
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True) / 255.0
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        h = model(pixel_values=x).last_hidden_state[0]
+    np.testing.assert_allclose(ep["cls"][k].astype(np.float32), h[0].numpy(), atol=2e-2, rtol=1e-2)
+    patches = h[5:].reshape(14, 14, -1)  # 1 CLS + 4 registers dropped
+    pooled = patches.reshape(2, 7, 2, 7, -1).mean(dim=(1, 3))
+    np.testing.assert_allclose(ep["patch_pooled"][k].astype(np.float32), pooled.numpy(), atol=2e-2, rtol=1e-2)
+    pad = ep["padded"]
+    if pad.any():  # padding rows are black frames, encoded like any frame, and flagged
+        assert (ep["frame_index"][pad] == -1).all()
+
+
+def test_rover_features_torch_dataset(demo_run):
+    _, project, _ = demo_run
+    c = open_cache(project.cache_root, "demo_rover", "train", "frame_features")
+    ds = c.torch_dataset(["cls"])
+    item = ds[0]
+    assert item["cls"].shape == (8, c.spec["dims"]["D"]) and item["cls"].dtype == torch.float16
+    assert len(ds) == len(c) == 240
+    assert "RANDOM-INIT" in repr(c)
+
+
+def test_hdf5_backend_gives_identical_arrays(tmp_path, tiny_model):
+    data = make_navila(tmp_path / "data", n_episodes=3)
+    sums = {}
+    for backend in ("zarr", "hdf5"):
+        d = tmp_path / backend
+        d.mkdir()
+        cfg = write_project(d, data, tiny_model, backend=backend)
+        assert not extract(load_config(cfg), ExtractOptions("train")).errors
+        sums[backend] = cache_checksums(d / "cache/nav/train/frame_features")
+        assert (d / "cache/nav/train/frame_features/parts/part-00000" / ("data.zarr" if backend == "zarr" else "data.h5")).exists()
+    assert sums["zarr"] == sums["hdf5"]
