@@ -19,7 +19,7 @@ def _shard(value: Optional[str]):
     try:
         i, n = (int(x) for x in value.split("/"))
     except ValueError:
-        raise typer.BadParameter("expected I/N, e.g. 3/16 (or $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)") from None
+        raise typer.BadParameter("expected I/N, e.g. 3/16 (or $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)", param_hint="'--shard'") from None
     return (i, n)
 
 

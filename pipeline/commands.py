@@ -97,15 +97,22 @@ def inspect_cmd(path: Path | None, config: Path | None, as_json: bool, episode: 
             print(f"navcache: {e}", file=sys.stderr)
             return EXIT_FAILED
         if episode is not None:
+            if episode not in c:  # a typo or a quarantined episode: say so, no traceback
+                quarantined = dict(c.quarantined.iter_rows())
+                why = f"was quarantined: {quarantined[episode]}" if episode in quarantined else f"is not in {path} ({len(c)} episodes)"
+                print(f"navcache: episode {episode!r} {why}", file=sys.stderr)
+                return EXIT_FAILED
             data = {k: {"dtype": str(v.dtype), "shape": list(v.shape), "mean": float(v.astype("float64").mean()) if v.size else None} for k, v in c[episode].items()}
             print(json.dumps({"episode_id": episode, "arrays": data}, indent=1)) if as_json else console.print(data)
             return EXIT_OK
         if as_json:
             print(json.dumps({**c.summary(), "quarantined": c.quarantined.to_dicts()}, indent=1, default=str))
         else:
-            console.print(repr(c))
+            from rich.markup import escape
+
+            console.print(escape(repr(c)))
             for row in c.quarantined.iter_rows():
-                console.print(f"  [yellow]quarantined[/] {row[0]}: {row[1]}")
+                console.print(f"  [yellow]quarantined[/] {escape(f'{row[0]}: {row[1]}')}")
         return EXIT_OK
     caches = list(iter_caches(path))
     rows = []

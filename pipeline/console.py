@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -70,9 +71,11 @@ def print_summary(s: RunSummary, max_reasons: int = 20) -> None:
     for st in s.stages:
         for q in st.quarantined:
             if shown < max_reasons:
-                console.print(f"[yellow]quarantined[/] {st.dataset}/{st.split}/{st.stage} {q['episode_id']}: {q['reason']}")
+                # reasons quote data ("[ax, ay, ...]", a label "[/x]"): print them as text, never as markup
+                line = f"{st.dataset}/{st.split}/{st.stage} {q['episode_id']}: {q['reason']}"
+                console.print(f"[yellow]quarantined[/] {escape(line)}")
             shown += 1
     if shown > max_reasons:
         console.print(f"... and {shown - max_reasons} more quarantined episodes (see `navcache inspect` or --json)")
     for e in s.errors:
-        console.print(f"[red]error[/] {e}")
+        console.print(f"[red]error[/] {escape(e)}")

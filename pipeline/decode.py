@@ -137,6 +137,31 @@ def _validate_indices(indices: Sequence[int], n: int, path: Path) -> list[int]:
     return out
 
 
+def _get_padded_rows(vr: "VideoReader", idx: list[int]) -> np.ndarray | None:
+    """Frames ``idx`` decoded one by one with their RGB row padding dropped; None if not that case.
+
+    decord 0.6.0 hands out a frame of width W whose RGB rows carry padding (row stride > 3*W, seen
+    for W = 2, 4, 6, 8, 12, 16, 24, 48, 72) as [H, W, stride // W]; ``get_batch`` then fails to copy
+    it into a [K, H, W, 3] batch ("DECORDArrayCopyFromTo: The size must exactly match"). The first
+    3*W bytes of each row are the pixels (identical to OpenCV's decode for every even W <= 320).
+    Any other ``get_batch`` failure returns None (the caller quarantines as before).
+    """
+    try:
+        first = vr[idx[0]].asnumpy()
+        if first.ndim != 3 or first.shape[2] <= 3:
+            return None
+        h, w = first.shape[:2]
+        out = np.empty((len(idx), h, w, 3), dtype=np.uint8)
+        for j, i in enumerate(idx):
+            f = first if j == 0 else vr[i].asnumpy()
+            if f.shape != first.shape or f.dtype != np.uint8:
+                return None
+            out[j] = f.reshape(h, -1)[:, : w * 3].reshape(h, w, 3)
+    except _DECORD_ERRORS:
+        return None
+    return out
+
+
 def read_video_sampled(
     path: Path,
     sample: Callable[[int], Sequence[int]],
@@ -172,7 +197,9 @@ def read_video_sampled(
         try:
             pixels = vr.get_batch(idx).asnumpy()
         except _DECORD_ERRORS as e:
-            raise Quarantine(f"cannot decode frames {_span(idx)} of video {path}: {_short(e)}") from None
+            pixels = _get_padded_rows(vr, idx)
+            if pixels is None:
+                raise Quarantine(f"cannot decode frames {_span(idx)} of video {path}: {_short(e)}") from None
     finally:
         del vr  # closes the file now rather than at the next garbage collection
     if pixels.ndim != 4 or pixels.shape[-1] != 3 or pixels.dtype != np.uint8:

@@ -267,13 +267,17 @@ def test_navila_pose_checks_and_report(tmp_path):
         "notlist": "must be a list",
     }
     for eid, fragment in expected.items():
-        q = eps[eid].quarantine
+        # frames are fine: the episode is not quarantined; the poses stage quarantines on pose_error
+        assert eps[eid].quarantine is None
+        q = eps[eid].record["pose_error"]
         assert q is not None and fragment in q, (eid, q)
+        assert eps[eid].record["poses"] is None
         if eid != "nopose":
             assert "poses_train.json" in q
+    assert eps["ok"].record["pose_error"] is None
     assert src.report["poses_without_annotation"] == ["orphan"]
     assert src.report["annotations_without_poses"] == ["nopose"]
-    assert src.report["records"] == 7 and src.report["quarantined"] == 6
+    assert src.report["records"] == 7 and src.report["quarantined"] == 0
 
 
 def test_navila_unreadable_frames_quarantine_on_read(tmp_path):

@@ -108,6 +108,7 @@ def build_parts(
             writes.append(
                 writer.submit(write_part, sp.cache_dir / PARTS, p.part_id, p.fingerprint, stage.spec(), dims, results[slot.part], backend, chunk_rows, prov)
             )
+            results[slot.part] = None  # the writer holds the only reference now: memory stays flat in the dataset size
 
     def compute(batch: list[tuple[_Slot, Prepared]]) -> None:
         try:

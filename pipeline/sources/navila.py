@@ -181,13 +181,16 @@ class NavilaSource:
         except UnsafePath as e:
             return bad(vid, f"unsafe path in 'frames': {e}")
 
-        poses = None
+        # Pose problems do not quarantine the episode here: its frames are fine. They travel in the
+        # record as ``pose_error`` and the stages that need poses quarantine it there.
+        poses, pose_error = None, None
         if pose_map is not None:
             if vid not in pose_map:
-                return bad(vid, f"no poses for video_id {vid!r} in {pose_name}")
-            poses, reason = _check_poses(pose_map[vid], len(frames))
-            if reason:
-                return bad(vid, f"{pose_name}[{vid!r}]: {reason}")
+                pose_error = f"no poses for video_id {vid!r} in {pose_name}"
+            else:
+                poses, reason = _check_poses(pose_map[vid], len(frames))
+                if reason:
+                    pose_error = f"{pose_name}[{vid!r}]: {reason}"
 
         idx, n_pad = navila_indices(len(frames), self.num_frames)
         record = {
@@ -199,6 +202,7 @@ class NavilaSource:
             "sample_indices": idx.tolist(),  # [num_frames], -1 for front padding
             "n_pad": n_pad,
             "poses": poses,
+            "pose_error": pose_error,
         }
         files = tuple(resolved[k] for k in idx.tolist() if k >= 0)
         return Episode(vid, record, files, None)

@@ -22,7 +22,7 @@ class PosesStage(Stage):
     name = "poses"
     code_version = "1"
     reads_files = False
-    record_keys = ("poses", "n_frames", "sample_indices")
+    record_keys = ("poses", "pose_error", "n_frames", "sample_indices")
     Settings = PosesSettings
 
     def spec(self):
@@ -34,6 +34,8 @@ class PosesStage(Stage):
     def prepare(self, episode, upstream: Mapping) -> Prepared:
         rec = episode.record
         poses = rec.get("poses")
+        if rec.get("pose_error"):
+            raise Quarantine(rec["pose_error"])
         if poses is None:
             raise Quarantine("no ground-truth poses for this episode (pose file missing or has no entry)")
         poses = np.asarray(poses, dtype=np.float64)

@@ -1,0 +1,176 @@
+"""The embedded demo world: a seeded procedural navigation world written in real on-disk formats.
+
+``generate_demo(out)`` writes NaVILA / VLN-CE episodes under ``out/navila`` and rover safety clips
+under ``out/rover`` for the ``train`` and ``val`` splits, so the same readers run on demo and real
+data. See docs/demo_world.md for the formats and the rover label rule.
+"""
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import secrets
+import shutil
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from cache_specs.labels import LABELS
+
+from . import navila_writer, rover_writer
+
+FORMAT = "navcache-demo/1"
+SPLITS = ("train", "val")
+NAVILA_EPISODES = {"train": 8, "val": 3}  # at scale 1
+ROVER_CLIPS = {"train": 240, "val": 80}
+CLIPS_PER_JOB = 8
+
+__all__ = ["DemoInfo", "generate_demo", "FORMAT"]
+
+
+@dataclass(frozen=True)
+class DemoInfo:
+    """Where a generated demo lives and what it holds.
+
+    counts: {"navila/train/episodes": 8, "navila/train/samples": 81, "rover/val/clips": 80, ...}.
+    class_balance: {split: {head: {class: count}}} over the rover clips, every class listed.
+    """
+
+    root: Path
+    navila_root: Path
+    rover_root: Path
+    seed: int
+    scale: float
+    counts: dict[str, int]
+    class_balance: dict[str, dict[str, dict[str, int]]]
+
+    @classmethod
+    def from_json(cls, root: Path, meta: dict[str, Any]) -> "DemoInfo":
+        return cls(root, root / "navila", root / "rover", int(meta["seed"]), float(meta["scale"]),
+                   dict(meta["counts"]), meta["class_balance"])
+
+
+def _sizes(scale: float) -> tuple[dict[str, int], dict[str, int]]:
+    def n(base: int) -> int:
+        return max(1, int(round(base * scale)))  # every split keeps at least one item
+
+    return {s: n(NAVILA_EPISODES[s]) for s in SPLITS}, {s: n(ROVER_CLIPS[s]) for s in SPLITS}
+
+
+def _call(job: tuple[Callable, tuple]) -> Any:
+    fn, args = job
+    return fn(*args)
+
+
+def _run_all(jobs: list[tuple[Callable, tuple]], pool: ProcessPoolExecutor | None) -> list:
+    """Results in job order; they never depend on the pool, since every item seeds its own generators."""
+    if pool is None:
+        return [_call(j) for j in jobs]
+    return [f.result() for f in [pool.submit(_call, j) for j in jobs]]
+
+
+def _cpus() -> int:
+    """CPUs this process may run on (the affinity mask, not the host's count, inside containers)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _spawn_can_import_main() -> bool:
+    """A spawned worker re-imports the caller's ``__main__`` from its file; a script fed on stdin
+    has no such file, so the pool would die at start-up (serial generation still works)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return path is None or os.path.exists(path)
+
+
+def _read_meta(out: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((out / "demo_info.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+
+
+def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None) -> dict[str, Any]:
+    n_nav, n_rov = _sizes(scale)
+    nav_root, rov_root = tmp / "navila", tmp / "rover"
+    nav_root.mkdir(parents=True)
+    rov_root.mkdir(parents=True)
+    # one flat job list (long NaVILA episodes first) keeps every worker busy until the end
+    jobs: list[tuple[Callable, tuple]] = []
+    where: dict[tuple[str, str], slice] = {}
+    for split in SPLITS:
+        start = len(jobs)
+        jobs += [(navila_writer.write_episode, (nav_root, seed, split, i)) for i in range(n_nav[split])]
+        where["navila", split] = slice(start, len(jobs))
+    for split in SPLITS:
+        start = len(jobs)
+        jobs += [(rover_writer.write_clips, (rov_root, seed, split, range(i, min(i + CLIPS_PER_JOB, n_rov[split]))))
+                 for i in range(0, n_rov[split], CLIPS_PER_JOB)]
+        where["rover", split] = slice(start, len(jobs))
+    results = _run_all(jobs, pool)
+
+    counts: dict[str, int] = {}
+    balance: dict[str, dict[str, dict[str, int]]] = {}
+    for split in SPLITS:
+        parts = results[where["navila", split]]
+        navila_writer.write_index(nav_root, split, parts)
+        counts[f"navila/{split}/episodes"] = n_nav[split]
+        counts[f"navila/{split}/samples"] = sum(len(recs) for recs, _ in parts)
+        counts[f"navila/{split}/frames"] = sum(len(recs[-1]["frames"]) for recs, _ in parts)
+        rows = [row for batch in results[where["rover", split]] for row in batch]
+        rover_writer.write_parquet(rov_root, split, rows)
+        counts[f"rover/{split}/clips"] = len(rows)
+        balance[split] = {head: {c: Counter(r[head] for r in rows)[c] for c in classes} for head, classes in LABELS.items()}
+    return {"format": FORMAT, "seed": seed, "scale": scale, "navila": "navila", "rover": "rover",
+            "cameras": {"navila": navila_writer.NAVILA_CAM.intrinsics(), "rover": rover_writer.ROVER_CAM.intrinsics()},
+            "counts": counts, "class_balance": balance}
+
+
+def generate_demo(out: Path, scale: float = 1.0, seed: int = 0, workers: int | None = None) -> DemoInfo:
+    """Write the demo datasets under ``out`` (``out/navila``, ``out/rover``) and describe them.
+
+    Deterministic in (seed, scale). Returns at once when ``out/demo_info.json`` already records the
+    same seed and scale. Builds into a sibling ``<out>.tmp-<random>`` folder and renames it into
+    place, so a crash never leaves a half-written demo at ``out``. ``workers``: processes to use
+    (None: one per CPU, at most 8; 1: no pool; a script read from stdin always runs serially). Raises FileExistsError rather than replace an
+    ``out`` that is not empty and is not a demo.
+    """
+    out = Path(out)
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    meta = _read_meta(out)
+    if meta is not None and meta["seed"] == seed and float(meta["scale"]) == float(scale):
+        return DemoInfo.from_json(out, meta)
+    if out.exists() and meta is None and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists, is not empty and holds no demo_info.json; not replacing it")
+    workers = min(_cpus(), 8) if workers is None else max(1, int(workers))
+    if not _spawn_can_import_main():
+        workers = 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        if workers > 1:
+            # spawn, not fork: callers may hold torch/dask threads, and forking those can deadlock
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                meta = _build(tmp, seed, float(scale), pool)
+        else:
+            meta = _build(tmp, seed, float(scale), None)
+        # demo_info.json last: its presence marks a complete demo
+        (tmp / "demo_info.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        done = _read_meta(out)
+        if done is not None and done["seed"] == seed and float(done["scale"]) == float(scale):
+            return DemoInfo.from_json(out, done)  # a concurrent call finished the same demo first
+        old = out.with_name(f"{out.name}.old-{secrets.token_hex(4)}")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return DemoInfo.from_json(out, meta)
