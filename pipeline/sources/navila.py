@@ -18,23 +18,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline.decode import black_frames, read_jpegs
-from pipeline.errors import ConfigError, DatasetError, Quarantine
+from pipeline.errors import DatasetError, Quarantine
 from pipeline.safepaths import UnsafePath, resolve_under
 from pipeline.sampling import navila_indices
 from pipeline.sources.base import Episode, Frames
+from pipeline.sources.options import check_int, check_template
 
 __all__ = ["NavilaSource"]
-
-
-def _check_template(value: object, option: str) -> str:
-    """A file-name template may use ``{split}`` and nothing else (ConfigError naming the option)."""
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"navila option {option!r} must be a non-empty string, got {value!r}")
-    try:
-        value.format(split="x")
-    except (KeyError, IndexError, ValueError) as e:
-        raise ConfigError(f"navila option {option!r}={value!r}: only the placeholder {{split}} is allowed ({e})") from None
-    return value
 
 
 def _load_json(path: Path) -> Any:
@@ -85,12 +75,10 @@ class NavilaSource:
         num_frames: int = 8,
     ):
         self.root = Path(root)
-        self.annotations = _check_template(annotations, "annotations")
-        self.images = _check_template(images, "images")
-        self.poses = _check_template(poses, "poses")
-        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 2:
-            raise ConfigError(f"navila option 'num_frames' must be an integer >= 2, got {num_frames!r}")
-        self.num_frames = num_frames
+        self.annotations = check_template("navila", "annotations", annotations)
+        self.images = check_template("navila", "images", images)
+        self.poses = check_template("navila", "poses", poses)
+        self.num_frames = check_int("navila", "num_frames", num_frames, 2)
         # Filled by episodes(): cross-file consistency that is not any one episode's fault.
         self.report: dict[str, Any] = {}
 

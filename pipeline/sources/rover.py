@@ -18,10 +18,11 @@ import pyarrow.parquet as pq
 
 from cache_specs.labels import LABELS, TELEMETRY_FIELDS
 from pipeline.decode import read_video_sampled
-from pipeline.errors import ConfigError, DatasetError, Quarantine
+from pipeline.errors import DatasetError, Quarantine
 from pipeline.safepaths import UnsafePath, resolve_under
 from pipeline.sampling import uniform_indices
 from pipeline.sources.base import Episode, Frames
+from pipeline.sources.options import check_int, check_template
 
 __all__ = ["RoverSource", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS"]
 
@@ -57,16 +58,8 @@ class RoverSource:
 
     def __init__(self, root: Path, table: str = "{split}.parquet", num_frames: int = 8):
         self.root = Path(root)
-        if not isinstance(table, str) or not table:
-            raise ConfigError(f"rover option 'table' must be a non-empty string, got {table!r}")
-        try:
-            table.format(split="x")
-        except (KeyError, IndexError, ValueError) as e:
-            raise ConfigError(f"rover option 'table'={table!r}: only the placeholder {{split}} is allowed ({e})") from None
-        self.table = table
-        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-            raise ConfigError(f"rover option 'num_frames' must be an integer >= 1, got {num_frames!r}")
-        self.num_frames = num_frames
+        self.table = check_template("rover", "table", table)
+        self.num_frames = check_int("rover", "num_frames", num_frames, 1)
 
     # ------------------------------------------------------------------------------ listing
 
