@@ -30,15 +30,17 @@ def verify_and_repair(path: Path | None, config: Path | None, repair: bool, as_j
         for d in damaged:
             report[str(d)] = [str(x) for x in verify_cache(d)]
     still = {k: v for k, v in report.items() if v}
+    from rich.markup import escape
+
     if as_json:
         print(json.dumps({"caches": report, "repaired": repaired, "ok": not still}, indent=1))
     else:
         for d, items in report.items():
-            console.print(f"[{'red' if items else 'green'}]{'DAMAGED' if items else 'ok'}[/] {d}")
+            console.print(f"[{'red' if items else 'green'}]{'DAMAGED' if items else 'ok'}[/] {escape(d)}")
             for it in items:
-                console.print(f"    {it}")
+                console.print(f"    {escape(it)}")
         for d, parts in repaired.items():
-            console.print(f"[cyan]repaired[/] {d}: rebuilt {', '.join(parts) or 'index/manifest only'}")
+            console.print(f"[cyan]repaired[/] {escape(d)}: rebuilt {', '.join(parts) or 'index/manifest only'}")
     if not caches:
         return EXIT_FAILED
     return EXIT_DAMAGE if still else EXIT_OK

@@ -118,3 +118,13 @@ def test_dask_cli_end_to_end(tmp_path, dataset, tiny_model, reference):
     r = subprocess.run([sys.executable, str(REPO / "cli.py"), "extract", "-c", str(cfg), "--executor", "dask", "--workers", "2", "--json"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert_identical(tmp_path, reference)
+
+
+def test_dask_joins_an_existing_scheduler(tmp_path, dataset, tiny_model, reference):
+    from dask.distributed import LocalCluster
+
+    project = load_config(write_project(tmp_path, dataset, tiny_model, part_size=2))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        s = extract(project, ExtractOptions("train", executor="dask", scheduler=cluster.scheduler_address))
+    assert not s.errors and all(st.finalized for st in s.stages)
+    assert_identical(tmp_path, reference)
