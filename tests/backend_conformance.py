@@ -75,7 +75,7 @@ EPISODE_SPEC = CacheSpec(
 SPECS: dict[str, tuple[CacheSpec, dict[str, int]]] = {
     "frame": (FRAME_SPEC, {"D": 5, "G": 2}),
     "episode": (EPISODE_SPEC, {"T": 4, "D": 6}),
-    "builtin_poses": (get_spec("poses"), {"T": 3}),
+    "builtin_poses": (get_spec("poses"), {"T": 3, "S": 2}),
     "builtin_frame_features": (get_spec("frame_features"), {"D": 4, "G": 2}),
 }
 

@@ -11,6 +11,7 @@ import torch
 from cache_specs import open_cache
 from cache_specs.verify import verify_cache
 from pipeline.config import load_config
+from pipeline.motion import bin_steps, egocentric_deltas
 from pipeline.project import resolve_project
 from pipeline.runner import ExtractOptions, extract
 from pipeline.sampling import navila_indices
@@ -52,6 +53,12 @@ def test_poses_are_ground_truth_at_navila_samples(demo_run):
         real = idx >= 0
         np.testing.assert_allclose(ep["poses"][real], np.asarray(gt[vid], np.float32)[idx[real]], rtol=0, atol=1e-6)
         assert ep["padded"].sum() == n_pad and (ep["frame_index"] == idx).all()
+        v = ep["step_valid"]
+        assert v.sum() == 7 - n_pad and not v[: n_pad].any()
+        want = egocentric_deltas(np.asarray(gt[vid], np.float64)[idx[real]])
+        np.testing.assert_allclose(ep["deltas"][v], want, atol=1e-5)
+        d_bins, y_bins = bin_steps(want)
+        assert (ep["dist_bins"][v] == d_bins).all() and (ep["yaw_bins"][v] == y_bins).all()
         padded_seen |= n_pad > 0
     assert padded_seen, "the demo world must exercise NaVILA's front padding"
 

@@ -9,6 +9,7 @@ import numpy as np
 from cache_specs.specs import get_spec
 
 from ..errors import Quarantine
+from ..motion import DIST_EDGES_M, YAW_EDGES_DEG, bin_steps, egocentric_deltas
 from .base import Prepared, Stage
 
 
@@ -16,11 +17,21 @@ from .base import Prepared, Stage
 class PosesSettings:
     #: reject poses whose |x| or |y| exceed this (metres): a unit error or a corrupt file
     max_abs_position: float = 1e5
+    #: travelled-distance bin edges (metres), increasing; see pipeline/motion.py
+    dist_edges: tuple[float, ...] = DIST_EDGES_M
+    #: heading-change bin edges (degrees, positive = left), increasing
+    yaw_edges: tuple[float, ...] = YAW_EDGES_DEG
+
+    def __post_init__(self):
+        for name in ("dist_edges", "yaw_edges"):
+            e = getattr(self, name)
+            if not e or any(b <= a for a, b in zip(e, e[1:])):
+                raise ValueError(f"{name} must be a non-empty strictly increasing list, got {list(e)}")
 
 
 class PosesStage(Stage):
     name = "poses"
-    code_version = "1"
+    code_version = "2"
     reads_files = False
     record_keys = ("poses", "pose_error", "n_frames", "sample_indices")
     Settings = PosesSettings
@@ -29,7 +40,8 @@ class PosesStage(Stage):
         return get_spec("poses")
 
     def dims(self) -> dict[str, int]:
-        return {"T": int(getattr(self.source, "num_frames", 8))}
+        t = int(getattr(self.source, "num_frames", 8))
+        return {"T": t, "S": t - 1}
 
     def prepare(self, episode, upstream: Mapping) -> Prepared:
         rec = episode.record
@@ -53,7 +65,26 @@ class PosesStage(Stage):
             raise Quarantine(f"pose position beyond {self.settings.max_abs_position} m")
         out = np.zeros((t, 3), np.float32)
         out[real] = picked
-        return Prepared(episode.episode_id, {"poses": out, "frame_index": frame_index, "padded": frame_index < 0})
+        # padding sits at the front, so the valid steps are exactly those between two real frames
+        valid = real[:-1] & real[1:]
+        deltas = np.zeros((t - 1, 3), np.float64)
+        if valid.any():
+            deltas[valid] = egocentric_deltas(picked)  # [n_real - 1, 3] == valid.sum() steps
+        dist_bins, yaw_bins = bin_steps(deltas, self.settings.dist_edges, self.settings.yaw_edges)
+        dist_bins[~valid] = 0
+        yaw_bins[~valid] = 0
+        return Prepared(
+            episode.episode_id,
+            {
+                "poses": out,
+                "frame_index": frame_index,
+                "padded": frame_index < 0,
+                "deltas": deltas.astype(np.float32),
+                "dist_bins": dist_bins,
+                "yaw_bins": yaw_bins,
+                "step_valid": valid,
+            },
+        )
 
     def compute(self, items):
         return [it.payload for it in items]
