@@ -101,5 +101,22 @@ def demo_data(
     raise typer.Exit(demo_data_cmd(out, scale, seed))
 
 
+export_app = typer.Typer(no_args_is_help=True, help="Write caches out in the formats other projects consume.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("navila-poses")
+def export_navila_poses(
+    out: Path = typer.Argument(..., help="Output .jsonl (one file per split)."),
+    dataset: str = typer.Option(..., "--dataset", "-d"),
+    split: str = typer.Option("train", "--split", "-s"),
+    config: Optional[Path] = ConfigOpt,
+):
+    """NaVILA pose sidecar: {video_id, poses, deltas, dist_bins, yaw_bins} per line, streamed and atomic."""
+    from pipeline.commands import export_navila_poses_cmd
+
+    raise typer.Exit(export_navila_poses_cmd(config, dataset, split, out))
+
+
 if __name__ == "__main__":
     app()

@@ -157,4 +157,19 @@ def demo_data_cmd(out: Path, scale: float, seed: int) -> int:
     return EXIT_OK
 
 
+def export_navila_poses_cmd(config: Path | None, dataset: str, split: str, out: Path) -> int:
+    from heads.exports.navila_poses import export_for_dataset
+
+    try:
+        report = export_for_dataset(_project(config), dataset, split, out)
+    except ConfigError as e:
+        print(f"navcache: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (NavcacheError, RuntimeError) as e:
+        print(f"navcache: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(report.to_dict(), indent=1))
+    return EXIT_OK
+
+
 __all__ = ["NavcacheError"]

@@ -1,0 +1,1 @@
+"""Exports: caches written out in the formats other projects consume."""

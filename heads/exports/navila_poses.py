@@ -1,0 +1,96 @@
+"""The NaVILA pose sidecar: one JSON object per line, as the integration guide loads it.
+
+    {"video_id": "...", "poses": [[x, y, yaw] x T], "deltas": [[dx, dy, dyaw] x T-1],
+     "dist_bins": [T-1 ints], "yaw_bins": [T-1 ints]}
+
+Streamed part by part (memory flat in the number of records), written to a temporary file and
+renamed into place, so a killed export never leaves a truncated sidecar that looks complete.
+Floats are rounded to 6 decimals (micrometres / microradians) to keep the file compact.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cache_specs.layout import PARTS, TMP_PREFIX, fsync_dir, private_name
+from cache_specs.parts import open_part_data, read_part_meta
+from cache_specs.reader import open_cache
+
+KEYS = ("poses", "deltas", "dist_bins", "yaw_bins")
+
+
+@dataclass
+class ExportReport:
+    out: str
+    records: int = 0
+    annotations_without_poses: list[str] = field(default_factory=list)
+    poses_without_annotation: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "out": self.out,
+            "records": self.records,
+            "annotations_without_poses": {"count": len(self.annotations_without_poses), "ids": self.annotations_without_poses[:50]},
+            "poses_without_annotation": {"count": len(self.poses_without_annotation), "ids": self.poses_without_annotation[:50]},
+        }
+
+
+def export_navila_poses(cache_dir: Path, out: Path, annotation_ids: list[str] | None = None) -> ExportReport:
+    """Write the sidecar for one split's poses cache; compare with the annotation ids if given."""
+    cache = open_cache(cache_dir)  # refuses incomplete caches
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / private_name(TMP_PREFIX, out.name)
+    report = ExportReport(str(out))
+    exported: set[str] = set()
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for pid in sorted(cache.manifest["parts"]):
+                pdir = cache.path / PARTS / pid
+                meta = read_part_meta(pdir)
+                data = open_part_data(pdir, meta)
+                try:
+                    arrays = {k: np.asarray(data[k][...]) for k in KEYS}  # one part in memory at a time
+                finally:
+                    data.close()
+                rounded = {k: (np.round(v.astype(np.float64), 6) if v.dtype.kind == "f" else v).tolist() for k, v in arrays.items()}
+                for e in meta["episodes"]:
+                    if e["status"] != "ok":
+                        continue
+                    i = e["start"]
+                    rec = {"video_id": e["episode_id"], **{k: rounded[k][i] for k in KEYS}}
+                    f.write(json.dumps(rec, separators=(",", ":")))
+                    f.write("\n")
+                    exported.add(e["episode_id"])
+                    report.records += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if annotation_ids is not None:
+        ann = set(annotation_ids)
+        report.annotations_without_poses = sorted(ann - exported)
+        report.poses_without_annotation = sorted(exported - ann)
+    return report
+
+
+def export_for_dataset(project, dataset: str, split: str, out: Path) -> ExportReport:
+    """Export (dataset, split) of a project, building the poses cache first if needed."""
+    from pipeline.runner import ExtractOptions, extract
+    from pipeline.sources import make_source
+    from pipeline.stages import cache_name
+
+    from cache_specs.layout import cache_dir
+
+    s = extract(project, ExtractOptions(split=split, only="poses", datasets=(dataset,)))
+    if s.errors:
+        raise RuntimeError("; ".join(s.errors))
+    ds = project.dataset(dataset)
+    ids = [e.episode_id for e in make_source(ds.source, ds.root, **ds.options).episodes(split)]
+    return export_navila_poses(cache_dir(project.cache_root, dataset, split, cache_name("poses")), out, ids)
