@@ -46,7 +46,9 @@ def export_navila_poses(cache_dir: Path, out: Path, annotation_ids: list[str] | 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / private_name(TMP_PREFIX, out.name)
     report = ExportReport(str(out))
-    exported: set[str] = set()
+    # Parts partition episodes sorted by id, so exported ids arrive sorted: compare them with the
+    # sorted annotation ids by a streaming merge instead of holding a set of every id.
+    merge = _SortedDiff(sorted(annotation_ids)) if annotation_ids is not None else None
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             for pid in sorted(cache.manifest["parts"]):
@@ -65,7 +67,8 @@ def export_navila_poses(cache_dir: Path, out: Path, annotation_ids: list[str] | 
                     rec = {"video_id": e["episode_id"], **{k: rounded[k][i] for k in KEYS}}
                     f.write(json.dumps(rec, separators=(",", ":")))
                     f.write("\n")
-                    exported.add(e["episode_id"])
+                    if merge is not None:
+                        merge.see(e["episode_id"])
                     report.records += 1
             f.flush()
             os.fsync(f.fileno())
@@ -73,11 +76,35 @@ def export_navila_poses(cache_dir: Path, out: Path, annotation_ids: list[str] | 
         fsync_dir(out.parent)
     finally:
         tmp.unlink(missing_ok=True)
-    if annotation_ids is not None:
-        ann = set(annotation_ids)
-        report.annotations_without_poses = sorted(ann - exported)
-        report.poses_without_annotation = sorted(exported - ann)
+    if merge is not None:
+        report.annotations_without_poses, report.poses_without_annotation = merge.finish()
     return report
+
+
+class _SortedDiff:
+    """Difference of two sorted id streams: ``ann`` (a list) and ids fed one by one to ``see``."""
+
+    def __init__(self, ann: list[str]):
+        self.ann, self.i = ann, 0
+        self.only_ann: list[str] = []
+        self.only_seen: list[str] = []
+        self.last: str | None = None
+
+    def see(self, vid: str) -> None:
+        assert self.last is None or vid > self.last, "cache parts must hold episodes in sorted order"
+        self.last = vid
+        while self.i < len(self.ann) and self.ann[self.i] < vid:
+            self.only_ann.append(self.ann[self.i])
+            self.i += 1
+        if self.i < len(self.ann) and self.ann[self.i] == vid:
+            self.i += 1
+        else:
+            self.only_seen.append(vid)
+
+    def finish(self) -> tuple[list[str], list[str]]:
+        self.only_ann += self.ann[self.i :]
+        self.i = len(self.ann)
+        return self.only_ann, self.only_seen
 
 
 def export_for_dataset(project, dataset: str, split: str, out: Path) -> ExportReport:

@@ -1,0 +1,90 @@
+"""``GruMotionConfig``: everything ``navcache train gru-motion`` needs, frozen, loadable from YAML.
+
+    # gru_motion.yaml (every key optional)
+    cache_root: ./navcache_cache
+    dataset: demo_navila
+    splits: [train, val]
+    emb_dim: 16
+    hidden: 64
+    layers: 1
+    k: 3
+    loop: {epochs: 30, batch_size: 16, lr: 3.0e-3}
+    out_dir: runs/gru_motion
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from heads.train_loop import LoopConfig
+
+
+@dataclass(frozen=True)
+class GruMotionConfig:
+    cache_root: str = "navcache_cache"
+    dataset: str = "demo_navila"
+    splits: tuple[str, str] = ("train", "val")  # (train split, val split) of the poses cache
+    emb_dim: int = 16  # embedding size of each of the dist and yaw bins
+    use_deltas: bool = True  # also feed the continuous (dx, dy, dyaw) of each step
+    hidden: int = 64  # GRU hidden size H = size of the exported motion embeddings
+    layers: int = 1
+    dropout: float = 0.0  # between GRU layers (layers > 1) and before the heads
+    k: int = 3  # the k-step head predicts the bins of step t+k from steps <= t
+    predict_deltas: bool = False  # add a next-step (dx, dy, dyaw) regression head
+    delta_loss_weight: float = 1.0
+    k_loss_weight: float = 1.0
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=30, batch_size=16, lr=3e-3, weight_decay=0.01))
+    out_dir: str = "runs/gru_motion"  # overrides loop.out_dir
+
+    def __post_init__(self):
+        def need(ok: bool, name: str, msg: str):
+            if not ok:
+                raise ValueError(f"GruMotionConfig.{name} {msg}, got {getattr(self, name)!r}")
+
+        need(len(self.splits) == 2 and all(isinstance(s, str) and s for s in self.splits), "splits", "must be (train_split, val_split)")
+        for name in ("emb_dim", "hidden", "layers", "k"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an int >= 1")
+        need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        need(self.delta_loss_weight >= 0, "delta_loss_weight", "must be >= 0")
+        need(self.k_loss_weight >= 0, "k_loss_weight", "must be >= 0")
+        need(isinstance(self.loop, LoopConfig), "loop", "must be a LoopConfig")
+        object.__setattr__(self, "splits", tuple(self.splits))
+        object.__setattr__(self, "cache_root", str(self.cache_root))
+        object.__setattr__(self, "out_dir", str(self.out_dir))
+        if str(self.loop.out_dir) != self.out_dir:
+            object.__setattr__(self, "loop", replace(self.loop, out_dir=self.out_dir))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["splits"] = list(self.splits)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GruMotionConfig":
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"GruMotionConfig: unknown key(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        loop = dict(d.pop("loop", None) or {})
+        if "out_dir" in d:
+            loop["out_dir"] = d["out_dir"]
+        elif "out_dir" in loop:
+            d["out_dir"] = loop["out_dir"]
+        base = asdict(LoopConfig(epochs=30, batch_size=16, lr=3e-3, weight_decay=0.01))
+        d["loop"] = LoopConfig.from_dict({**base, **loop})
+        if "splits" in d:
+            d["splits"] = tuple(d["splits"])
+        return cls(**d)
+
+
+def load_config(path: str | Path | None = None, **overrides) -> GruMotionConfig:
+    """Read a YAML file (or nothing: the defaults), then apply keyword overrides."""
+    import yaml
+
+    d = {}
+    if path is not None:
+        d = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+    d.update({k: v for k, v in overrides.items() if v is not None})
+    return GruMotionConfig.from_dict(d)
