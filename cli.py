@@ -118,5 +118,24 @@ def export_navila_poses(
     raise typer.Exit(export_navila_poses_cmd(config, dataset, split, out))
 
 
+train_app = typer.Typer(no_args_is_help=True, help="Train small heads that read only caches.")
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("gru-motion")
+def train_gru_motion(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Trainer YAML (default: the demo caches)."),
+    cache_root: Optional[Path] = typer.Option(None, "--cache-root"),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device"),
+):
+    """GRU motion encoder on the poses cache: next-step and k-step bin prediction; exports a frozen MotionEncoder."""
+    from pipeline.commands import train_gru_motion_cmd
+
+    raise typer.Exit(train_gru_motion_cmd(config, cache_root, out_dir, epochs, seed, device))
+
+
 if __name__ == "__main__":
     app()

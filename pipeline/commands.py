@@ -172,4 +172,17 @@ def export_navila_poses_cmd(config: Path | None, dataset: str, split: str, out: 
     return EXIT_OK
 
 
+def train_gru_motion_cmd(config: Path | None, cache_root: Path | None, out_dir: Path | None, epochs: int | None, seed: int | None, device: str | None) -> int:
+    from heads.gru_motion import load_config, train_gru_motion
+
+    try:
+        cfg = load_config(config, cache_root=cache_root, out_dir=out_dir, loop={"epochs": epochs, "seed": seed, "device": device})
+    except (ConfigError, ValueError) as e:
+        print(f"navcache: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    result = train_gru_motion(cfg)
+    print(json.dumps(result, indent=1, default=str))
+    return EXIT_OK
+
+
 __all__ = ["NavcacheError"]

@@ -102,7 +102,7 @@ def test_inspect_one_cache_json(built):
     assert doc["provenance"]["encoder"]["random_init"] is True
     assert doc["quarantined"] == [] and doc["stage"] == "frame-features"
     poses = as_json(navcache("inspect", tmp / "cache/nav/train/poses", "--json"))
-    assert set(poses["arrays"]) == {"poses", "frame_index", "padded"} and poses["counts"]["rows"] == 2 * N_EPISODES
+    assert set(poses["arrays"]) == {"poses", "frame_index", "padded", "deltas", "dist_bins", "yaw_bins", "step_valid"} and poses["counts"]["rows"] == 2 * N_EPISODES
 
 
 def test_inspect_cache_root_lists_caches(built):

@@ -86,5 +86,8 @@ def load_config(path: str | Path | None = None, **overrides) -> GruMotionConfig:
         d = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(d, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
-    d.update({k: v for k, v in overrides.items() if v is not None})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "loop" in overrides:  # merge loop keys (e.g. a CLI --epochs) into the file's loop mapping
+        overrides["loop"] = {**(d.get("loop") or {}), **{k: v for k, v in overrides["loop"].items() if v is not None}}
+    d.update(overrides)
     return GruMotionConfig.from_dict(d)

@@ -9,26 +9,32 @@ import torch
 from cache_specs import open_cache
 
 ARRAYS = ("deltas", "dist_bins", "yaw_bins", "step_valid")
+#: the poses spec version that added deltas and bins
+MIN_SPEC_VERSION = 2
 
 
 def load_poses_split(cache_root: str | Path, dataset: str, split: str) -> tuple[dict[str, torch.Tensor], dict]:
     """({deltas, dist_bins, yaw_bins, step_valid} as tensors [N, S, ...], {"dist_edges", "yaw_edges", "episodes"})."""
     with open_cache(cache_root, dataset, split, "poses") as c:
+        if c.spec["version"] < MIN_SPEC_VERSION:
+            raise RuntimeError(f"{c.path} holds poses spec v{c.spec['version']}; gru-motion needs v{MIN_SPEC_VERSION}+ (deltas, bins): rerun `navcache extract`")
         arrays = {name: torch.from_numpy(np.ascontiguousarray(c.load(name))) for name in ARRAYS}
         settings = c.manifest.get("identity", {}).get("settings", {})
         info = {"dist_edges": list(settings["dist_edges"]), "yaw_edges": list(settings["yaw_edges"]), "episodes": list(c.episodes), "path": str(c.path)}
     return arrays, info
 
 
-def cache_exists(cache_root: str | Path, dataset: str, split: str) -> bool:
-    from cache_specs.layout import cache_dir
+def usable(cache_root: str | Path, dataset: str, split: str) -> bool:
+    """A complete poses cache with the arrays this head reads."""
+    from cache_specs.layout import MANIFEST, cache_dir, read_json
 
-    return (cache_dir(Path(cache_root), dataset, split, "poses") / "manifest.json").exists()
+    path = cache_dir(Path(cache_root), dataset, split, "poses") / MANIFEST
+    return path.exists() and read_json(path)["spec"]["version"] >= MIN_SPEC_VERSION
 
 
 def ensure_demo_caches(cache_root: str | Path, dataset: str, splits, cwd: Path | None = None, say=print) -> None:
-    """Build the demo poses caches with the pipeline when they are missing (demo project only)."""
-    missing = [s for s in splits if not cache_exists(cache_root, dataset, s)]
+    """Build the demo poses caches with the pipeline when missing or left by an older navcache (demo only)."""
+    missing = [s for s in splits if not usable(cache_root, dataset, s)]
     if not missing:
         return
     from pipeline.project import resolve_project
@@ -39,7 +45,6 @@ def ensure_demo_caches(cache_root: str | Path, dataset: str, splits, cwd: Path |
         raise FileNotFoundError(
             f"no poses cache for {dataset} split(s) {missing} under {cache_root}; run `navcache extract --split <split>` first")
     for s in missing:
-        say(f"gru-motion: building the {dataset} {s} poses cache")
         summary = extract(project, ExtractOptions(s, only="poses", datasets=(dataset,)))
         if summary.errors:
             raise RuntimeError(f"extract {dataset}/{s} failed: {summary.errors}")

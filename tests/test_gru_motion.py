@@ -1,0 +1,117 @@
+"""heads/gru_motion: learns on the demo poses caches, exports a loadable encoder, ignores padded steps."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from heads.gru_motion import GruMotionConfig, MotionEncoder, load_config, train_gru_motion
+from heads.gru_motion.train import build_task
+from heads.train_loop import LoopConfig, load_trainable
+
+
+@pytest.fixture(scope="module")
+def demo_caches(tmp_path_factory, demo_world):
+    from pipeline.project import resolve_project
+    from pipeline.runner import ExtractOptions, extract
+
+    cwd = tmp_path_factory.mktemp("gru_job")
+    shutil.copytree(demo_world, cwd / "navcache_demo")
+    project = resolve_project(cwd=cwd, say=lambda m: None)
+    for split in ("train", "val"):
+        assert not extract(project, ExtractOptions(split, only="poses", datasets=("demo_navila",))).errors
+    return project.cache_root
+
+
+def _cfg(cache_root, out, **kw):
+    loop = LoopConfig(epochs=30, batch_size=16, lr=3e-3, weight_decay=0.05, seed=0, device="cpu")
+    return GruMotionConfig(cache_root=str(cache_root), hidden=32, emb_dim=8, dropout=0.2, out_dir=str(out), loop=loop, **kw)
+
+
+@pytest.fixture(scope="module")
+def trained(demo_caches, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gru_run")
+    cfg = _cfg(demo_caches, out)
+    return cfg, train_gru_motion(cfg)
+
+
+MARGIN = 0.05
+
+
+def test_beats_baselines_on_val(trained):
+    cfg, res = trained
+    v = res["last"]["val"]  # the last epoch: no selection on val behind these numbers
+    assert v["n_next"] > 100
+    for kind in ("dist", "yaw"):
+        assert v[f"acc_next_{kind}"] >= v[f"base_repeat_next_{kind}"] + MARGIN, v
+    assert v["acc_next_dist"] >= v["base_majority_next_dist"] + MARGIN, v
+    assert v["acc_k_dist"] >= max(v["base_repeat_k_dist"], v["base_majority_k_dist"]) + MARGIN, v
+
+
+@pytest.mark.xfail(strict=False, reason="demo: next yaw bin is ~58% 'straight' and turns happen at planner waypoints "
+                   "that motion history does not reveal; even a lookup table P(next yaw | yaw, dist bins) scores "
+                   "below the majority class on val (0.55 vs 0.58)")
+def test_yaw_beats_majority_on_val(trained):
+    v = trained[1]["last"]["val"]
+    assert v["acc_next_yaw"] >= v["base_majority_next_yaw"] + MARGIN, v
+
+
+def test_outputs_and_export_match_trained_encoder(trained):
+    cfg, res = trained
+    from pathlib import Path
+
+    out = Path(cfg.out_dir)
+    for f in ("checkpoints/last.pt", "checkpoints/best.pt", "metrics/train_metrics.jsonl", "metrics/val_metrics.jsonl",
+              "logs/stdout.log", "config_resolved.yaml", "export/model.safetensors", "export/config.json"):
+        assert (out / f).is_file(), f
+    assert len((out / "metrics/val_metrics.jsonl").read_text().splitlines()) == cfg.loop.epochs
+    exp_cfg = json.loads((out / "export/config.json").read_text())
+    assert exp_cfg["hidden"] == 32 and exp_cfg["n_dist"] == 5 and exp_cfg["n_yaw"] == 9
+
+    task, _ = build_task(cfg)
+    load_trainable(task.model, out / "checkpoints/best.pt")
+    task.model.eval()
+    enc = MotionEncoder.from_pretrained(out / "export")
+    a = task.val_arrays
+    with torch.no_grad():
+        want = task.model.encoder(a["deltas"], a["dist_bins"], a["yaw_bins"], a["step_valid"])
+        got = enc(a["deltas"], a["dist_bins"], a["yaw_bins"], a["step_valid"])
+    B, S = a["dist_bins"].shape
+    assert got.shape == (B, S, 32) and S == 7
+    assert torch.equal(got, want)
+    assert not any(p.requires_grad for p in enc.parameters())
+    assert (got[~a["step_valid"]] == 0).all()
+
+
+def test_padded_steps_do_not_change_loss_or_metrics(demo_caches, tmp_path):
+    task, _ = build_task(_cfg(demo_caches, tmp_path / "unused"))
+    task.model.eval()
+    for arrays in (task.train_arrays, task.val_arrays):
+        inv = ~arrays["step_valid"]
+        assert inv.any(), "the demo must exercise front padding"
+        g = torch.Generator().manual_seed(0)
+        noisy = dict(arrays)
+        noisy["deltas"] = torch.where(inv[..., None], torch.randn(arrays["deltas"].shape, generator=g) * 10, arrays["deltas"])
+        noisy["dist_bins"] = torch.where(inv, torch.randint(0, 5, inv.shape, generator=g), arrays["dist_bins"])
+        noisy["yaw_bins"] = torch.where(inv, torch.randint(0, 9, inv.shape, generator=g), arrays["yaw_bins"])
+        assert not torch.equal(noisy["deltas"], arrays["deltas"])
+        with torch.no_grad():
+            l0, s0 = task.loss(task.model, arrays)
+            l1, s1 = task.loss(task.model, noisy)
+            assert torch.equal(l0, l1) and s0 == s1
+            assert task.evaluate(task.model, arrays) == task.evaluate(task.model, noisy)
+
+
+def test_config_yaml_and_validation(tmp_path):
+    p = tmp_path / "g.yaml"
+    p.write_text("cache_root: /x\nhidden: 24\nk: 2\nsplits: [train, val_unseen]\nloop: {epochs: 3, lr: 0.01}\nout_dir: /tmp/out\n")
+    cfg = load_config(p)
+    assert (cfg.hidden, cfg.k, cfg.splits, cfg.loop.epochs, cfg.loop.lr, cfg.loop.out_dir) == (24, 2, ("train", "val_unseen"), 3, 0.01, "/tmp/out")
+    with pytest.raises(ValueError, match="GruMotionConfig.hidden"):
+        GruMotionConfig(hidden=0)
+    with pytest.raises(ValueError, match="unknown"):
+        load_config(p, bogus=1)
+    with pytest.raises(ValueError, match="LoopConfig.epochs"):
+        load_config(p, loop={"epochs": 0})
