@@ -80,6 +80,21 @@ def straight_poses(n: int) -> list[list[float]]:
     return [[0.25 * j, 0.0, 0.0] for j in range(n)]
 
 
+
+def assert_quarantines(eps: dict, expected: dict, filename: str) -> None:
+    """Each id in ``expected`` is quarantined with a reason naming ``fragment`` and the file (None = ok).
+
+    Every record, quarantined or not, stays JSON-serialisable: it goes into the cache index.
+    """
+    assert set(eps) == set(expected)
+    for eid, fragment in expected.items():
+        q = eps[eid].quarantine
+        if fragment is None:
+            assert q is None, q
+        else:
+            assert q is not None and fragment in q and filename in q, (eid, q)
+        json.dumps(eps[eid].record, allow_nan=False)
+
 def test_navila_good_data_round_trips(tmp_path):
     recs = [navila_episode(tmp_path, "ep_b", 20), navila_episode(tmp_path, "ep_a", 3)]
     write_navila(tmp_path, recs, {"ep_b": straight_poses(20), "ep_a": straight_poses(3)})
@@ -230,15 +245,10 @@ def test_navila_bad_records_are_quarantined(tmp_path):
         "linked": "outside the dataset root",
         "<record #14>": "duplicate video_id 'good' (first used by record #0)",
     }
-    assert set(eps) == set(expected)
+    assert_quarantines(eps, expected, "annotations_train.json")
     for eid, fragment in expected.items():
-        q = eps[eid].quarantine
-        if fragment is None:
-            assert q is None, q
-        else:
-            assert q is not None and fragment in q and "annotations_train.json" in q, (eid, q)
+        if fragment is not None:
             assert eps[eid].files == ()
-        json.dumps(eps[eid].record)  # quarantined records still go into the index
     with pytest.raises(Quarantine, match="duplicate"):
         NavilaSource(root).read_frames(eps["<record #14>"])
 
@@ -424,14 +434,7 @@ def test_rover_bad_rows_are_quarantined(tmp_path):
         "nf0": "'n_frames'",
         "<row #20>": "duplicate clip_id 'good' (first used by row #0)",
     }
-    assert set(eps) == set(expected)
-    for eid, fragment in expected.items():
-        q = eps[eid].quarantine
-        if fragment is None:
-            assert q is None, q
-        else:
-            assert q is not None and fragment in q and "train.parquet" in q, (eid, q)
-            json.dumps(eps[eid].record, allow_nan=False)
+    assert_quarantines(eps, expected, "train.parquet")
 
 
 def test_rover_video_problems_quarantine_on_read(tmp_path):
