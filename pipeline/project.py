@@ -54,9 +54,9 @@ def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float
     from .demo import generate_demo
     from .encoders.tiny import make_random_dinov3
 
-    if not (demo_dir / "demo_info.json").exists():
+    if not (demo_dir / "demo_info.json").exists():  # any scale already there is kept (`navcache demo-data --scale`)
         say(f"navcache: no {DEFAULT_FILE} here, using the embedded demo; generating the demo world into {demo_dir} (once)")
-    generate_demo(demo_dir, scale=scale)
+        generate_demo(demo_dir, scale=scale)
     make_random_dinov3(demo_dir / DEMO_ENCODER, size="tiny", seed=0)
 
 

@@ -12,14 +12,19 @@ from heads.gru_motion.train import build_task
 from heads.train_loop import LoopConfig, load_trainable
 
 
+#: 8 train episodes (scale 1) are too few to generalise heading changes; scale 5 gives 40
+DEMO_SCALE = 5
+
+
 @pytest.fixture(scope="module")
-def demo_caches(tmp_path_factory, demo_world):
+def demo_caches(tmp_path_factory):
+    from pipeline.demo import generate_demo
     from pipeline.project import resolve_project
     from pipeline.runner import ExtractOptions, extract
 
     cwd = tmp_path_factory.mktemp("gru_job")
-    shutil.copytree(demo_world, cwd / "navcache_demo")
-    project = resolve_project(cwd=cwd, say=lambda m: None)
+    generate_demo(cwd / "navcache_demo", scale=DEMO_SCALE)
+    project = resolve_project(cwd=cwd, say=lambda m: None)  # keeps the scale-5 world it finds
     for split in ("train", "val"):
         assert not extract(project, ExtractOptions(split, only="poses", datasets=("demo_navila",))).errors
     return project.cache_root
@@ -43,19 +48,17 @@ MARGIN = 0.05
 def test_beats_baselines_on_val(trained):
     cfg, res = trained
     v = res["last"]["val"]  # the last epoch: no selection on val behind these numbers
-    assert v["n_next"] > 100
+    assert v["n_next"] > 300
     for kind in ("dist", "yaw"):
-        assert v[f"acc_next_{kind}"] >= v[f"base_repeat_next_{kind}"] + MARGIN, v
-    assert v["acc_next_dist"] >= v["base_majority_next_dist"] + MARGIN, v
+        assert v[f"acc_next_{kind}"] >= max(v[f"base_repeat_next_{kind}"], v[f"base_majority_next_{kind}"]) + MARGIN, v
     assert v["acc_k_dist"] >= max(v["base_repeat_k_dist"], v["base_majority_k_dist"]) + MARGIN, v
 
 
-@pytest.mark.xfail(strict=False, reason="demo: next yaw bin is ~58% 'straight' and turns happen at planner waypoints "
-                   "that motion history does not reveal; even a lookup table P(next yaw | yaw, dist bins) scores "
-                   "below the majority class on val (0.55 vs 0.58)")
-def test_yaw_beats_majority_on_val(trained):
+@pytest.mark.xfail(strict=False, reason="demo: the heading change 3 sampled steps ahead depends on planner waypoints "
+                   "that motion history does not reveal; measured 0.463 vs majority 0.496 at scale 5")
+def test_k_step_yaw_beats_majority_on_val(trained):
     v = trained[1]["last"]["val"]
-    assert v["acc_next_yaw"] >= v["base_majority_next_yaw"] + MARGIN, v
+    assert v["acc_k_yaw"] >= max(v["base_majority_k_yaw"], v["base_repeat_k_yaw"]) + MARGIN, v
 
 
 def test_outputs_and_export_match_trained_encoder(trained):
