@@ -137,5 +137,19 @@ def train_gru_motion(
     raise typer.Exit(train_gru_motion_cmd(config, cache_root, out_dir, epochs, seed, device))
 
 
+@train_app.command("sim-heads")
+def train_sim_heads(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Trainer YAML (default: the demo rover caches)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+):
+    """SIM v0 risk / reason / action heads over rover frame features + telemetry through a frozen LLM."""
+    from pipeline.commands import train_sim_heads_cmd
+
+    raise typer.Exit(train_sim_heads_cmd(config, out_dir, epochs, seed, lr))
+
+
 if __name__ == "__main__":
     app()

@@ -185,4 +185,29 @@ def train_gru_motion_cmd(config: Path | None, cache_root: Path | None, out_dir: 
     return EXIT_OK
 
 
+def train_sim_heads_cmd(config: Path | None, out_dir: Path | None, epochs: int | None, seed: int | None, lr: float | None) -> int:
+    """Without a trainer config: the embedded demo (its rover frame-features caches are brought up to date first)."""
+    from heads.sim_heads import load_config, train_sim_heads
+
+    from .runner import ExtractOptions, extract
+
+    try:
+        overrides: dict = {"out_dir": out_dir, "loop": {"epochs": epochs, "seed": seed, "lr": lr}}
+        if config is None:
+            project = _project(None)
+            ds = project.dataset("demo_rover")
+            for split in ds.splits:
+                s = extract(project, ExtractOptions(split, only="frame-features", datasets=("demo_rover",)))
+                if s.errors:
+                    print("navcache: " + "; ".join(s.errors), file=sys.stderr)
+                    return EXIT_FAILED
+            overrides.update(cache_root=str(project.cache_root), rover_root=str(ds.root))
+        cfg = load_config(config, **overrides)
+    except (ConfigError, ValueError) as e:
+        print(f"navcache: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(json.dumps(train_sim_heads(cfg), indent=1, default=str))
+    return EXIT_OK
+
+
 __all__ = ["NavcacheError"]

@@ -1,0 +1,106 @@
+"""``SimHeadsConfig``: everything the SIM v0 heads trainer needs, frozen, loadable from YAML.
+
+    # sim_heads.yaml (every key optional)
+    cache_root: ./navcache_cache
+    dataset: demo_rover
+    rover_root: ./navcache_demo/rover     # rover source root (labels/telemetry; see data.py)
+    splits: [train, val]
+    llm: null                             # null: a tiny seeded random-init GPT-2; else a local HF folder
+    K: 4
+    loss_weights: {risk: 1.0, reason: 0.5, action: 1.0}
+    loop: {epochs: 40, batch_size: 32, lr: 3.0e-3}
+    out_dir: runs/sim_heads
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from heads.train_loop import LoopConfig
+
+HEAD_NAMES = ("risk", "reason", "action")
+
+
+def _default_loop() -> LoopConfig:
+    return LoopConfig(epochs=40, batch_size=32, lr=3e-3, weight_decay=0.01)
+
+
+@dataclass(frozen=True)
+class SimHeadsConfig:
+    cache_root: str = "navcache_cache"
+    dataset: str = "demo_rover"
+    rover_root: str = "navcache_demo/rover"  # the rover source's root, read for labels/telemetry/weight
+    splits: tuple[str, str] = ("train", "val")  # (train split, val split)
+    llm: str | None = None  # local folder for AutoModel.from_pretrained; None = tiny random GPT-2
+    llm_seed: int = 0  # seed of the random-init GPT-2 (llm=None only)
+    K: int = 4  # visual tokens after pooling the F frames over time
+    telemetry_hidden: int = 64
+    dropout: float = 0.0  # on the trainable projections (the frozen LLM never uses dropout)
+    loss_weights: dict = field(default_factory=lambda: {"risk": 1.0, "reason": 0.5, "action": 1.0})
+    use_sample_weights: bool = True  # weighted mean of the per-sample CE with the source's `weight`
+    loop: LoopConfig = field(default_factory=_default_loop)
+    out_dir: str = "runs/sim_heads"  # overrides loop.out_dir
+
+    def __post_init__(self):
+        def need(ok: bool, name: str, msg: str):
+            if not ok:
+                raise ValueError(f"SimHeadsConfig.{name} {msg}, got {getattr(self, name)!r}")
+
+        need(len(self.splits) == 2 and all(isinstance(s, str) and s for s in self.splits), "splits", "must be (train_split, val_split)")
+        for name in ("K", "telemetry_hidden"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an int >= 1")
+        need(isinstance(self.llm_seed, int), "llm_seed", "must be an int")
+        need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        lw = dict(self.loss_weights or {})
+        need(set(lw) <= set(HEAD_NAMES), "loss_weights", f"keys must be among {HEAD_NAMES}")
+        lw = {h: float(lw.get(h, {"risk": 1.0, "reason": 0.5, "action": 1.0}[h])) for h in HEAD_NAMES}
+        need(all(v >= 0 for v in lw.values()) and sum(lw.values()) > 0, "loss_weights", "must be >= 0 and not all 0")
+        need(isinstance(self.loop, LoopConfig), "loop", "must be a LoopConfig")
+        object.__setattr__(self, "loss_weights", lw)
+        object.__setattr__(self, "splits", tuple(self.splits))
+        for name in ("cache_root", "rover_root", "out_dir"):
+            object.__setattr__(self, name, str(getattr(self, name)))
+        if self.llm is not None:
+            object.__setattr__(self, "llm", str(self.llm))
+        if str(self.loop.out_dir) != self.out_dir:
+            object.__setattr__(self, "loop", replace(self.loop, out_dir=self.out_dir))
+
+    def __hash__(self):  # loss_weights is a dict; hash the plain form
+        return hash(repr(self.to_dict()))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["splits"] = list(self.splits)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SimHeadsConfig":
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"SimHeadsConfig: unknown key(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        loop = dict(d.pop("loop", None) or {})
+        if "out_dir" in d:
+            loop["out_dir"] = d["out_dir"]
+        elif "out_dir" in loop:
+            d["out_dir"] = loop["out_dir"]
+        d["loop"] = LoopConfig.from_dict({**asdict(_default_loop()), **loop})
+        if "splits" in d:
+            d["splits"] = tuple(d["splits"])
+        return cls(**d)
+
+
+def load_config(path: str | Path | None = None, **overrides) -> SimHeadsConfig:
+    """Read a YAML file (or nothing: the defaults), then apply keyword overrides (None = not given)."""
+    import yaml
+
+    d = {}
+    if path is not None:
+        d = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "loop" in overrides:
+        overrides["loop"] = {**(d.get("loop") or {}), **{k: v for k, v in overrides["loop"].items() if v is not None}}
+    d.update(overrides)
+    return SimHeadsConfig.from_dict(d)

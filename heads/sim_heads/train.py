@@ -1,0 +1,136 @@
+"""``train_sim_heads``: SIM v0 heads (risk / reason / action) on a frozen LLM, from rover frame_features caches.
+
+Loss = sum_h loss_weights[h] * CE_h, each CE a weighted mean over the batch with the clips' ``weight``
+(plain mean with ``use_sample_weights: false``). Default weights: risk 1, reason 0.5, action 1.
+Metrics on every split evaluation: risk_high_recall / risk_high_fn_rate, per-head accuracy and macro-F1,
+macro_f1 = mean(risk macro-F1, action macro-F1), losses, and majority-class baselines (the train split's
+most frequent class of each head) scored on the same split. Macro-F1 averages the classes present in the
+labels or the predictions (sklearn's convention). Best checkpoint: max (risk_high_recall, macro_f1).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cache_specs.labels import LABELS, RISK
+from heads.train_loop import is_master, run_loop, seed_everything
+
+from .config import HEAD_NAMES, SimHeadsConfig
+from .data import load_split, normalise_telemetry, telemetry_stats
+from .model import N_CLASSES, RANDOM_GPT2, SimV0Model, load_frozen_llm, make_random_gpt2
+
+HIGH = RISK.index("high")
+
+
+def macro_f1(pred: torch.Tensor, tgt: torch.Tensor, n: int) -> float:
+    """Mean F1 over the classes that occur in ``tgt`` or ``pred``."""
+    f1s = []
+    for c in range(n):
+        tp = int(((pred == c) & (tgt == c)).sum())
+        n_pred, n_true = int((pred == c).sum()), int((tgt == c).sum())
+        if n_pred == 0 and n_true == 0:
+            continue
+        f1s.append(2 * tp / (n_pred + n_true))
+    return sum(f1s) / len(f1s) if f1s else 0.0
+
+
+class SimHeadsTask:
+    """The ``heads.train_loop.Task`` of the SIM heads."""
+
+    def __init__(self, cfg: SimHeadsConfig, model: SimV0Model, train_arrays: dict, val_arrays: dict):
+        self.cfg, self.model = cfg, model
+        self.train_arrays, self.val_arrays = train_arrays, val_arrays
+        self.majority = {h: int(torch.bincount(train_arrays[h], minlength=N_CLASSES[h]).argmax()) for h in HEAD_NAMES}
+
+    def _losses(self, out, b) -> dict[str, torch.Tensor]:
+        w = b["weight"].float() if self.cfg.use_sample_weights else torch.ones_like(b["weight"], dtype=torch.float32)
+        denom = w.sum().clamp_min(1e-12)
+        return {h: (F.cross_entropy(out[h].float(), b[h], reduction="none") * w).sum() / denom for h in HEAD_NAMES}
+
+    def _total(self, losses):
+        return sum(self.cfg.loss_weights[h] * losses[h] for h in HEAD_NAMES)
+
+    def loss(self, model, batch):
+        losses = self._losses(model(batch["vis_feats"], batch["telemetry"]), batch)
+        return self._total(losses), {f"loss_{h}": float(v.detach()) for h, v in losses.items()}
+
+    @torch.no_grad()
+    def evaluate(self, model, arrays) -> dict[str, float]:
+        dev = next(p for p in model.parameters() if p.requires_grad).device
+        b = {k: v.to(dev) for k, v in arrays.items()}
+        out = model(b["vis_feats"], b["telemetry"])
+        losses = self._losses(out, b)
+        m: dict[str, float] = {"loss": float(self._total(losses)), **{f"loss_{h}": float(v) for h, v in losses.items()}, "n": len(b["risk"])}
+        for h in HEAD_NAMES:
+            pred, tgt = out[h].float().argmax(-1), b[h]
+            base = torch.full_like(tgt, self.majority[h])
+            m[f"{h}_accuracy"] = float((pred == tgt).float().mean())
+            m[f"{h}_f1_macro"] = macro_f1(pred, tgt, N_CLASSES[h])
+            m[f"base_majority_{h}_accuracy"] = float((base == tgt).float().mean())
+            m[f"base_majority_{h}_f1_macro"] = macro_f1(base, tgt, N_CLASSES[h])
+        risk_pred = out["risk"].float().argmax(-1)
+        is_high = b["risk"] == HIGH
+        m["n_risk_high"] = int(is_high.sum())
+        m["risk_high_recall"] = float((risk_pred[is_high] == HIGH).float().mean()) if is_high.any() else 0.0
+        m["risk_high_fn_rate"] = 1.0 - m["risk_high_recall"] if is_high.any() else 0.0
+        m["macro_f1"] = (m["risk_f1_macro"] + m["action_f1_macro"]) / 2
+        m["base_majority_macro_f1"] = (m["base_majority_risk_f1_macro"] + m["base_majority_action_f1_macro"]) / 2
+        return m
+
+    def select(self, metrics):
+        return (metrics["risk_high_recall"], metrics["macro_f1"])
+
+
+def resolve_llm(cfg: SimHeadsConfig) -> tuple[Path, dict]:
+    if cfg.llm is None:
+        path = make_random_gpt2(Path(cfg.out_dir) / "frozen_llm", seed=cfg.llm_seed)
+        return path, {"path": str(path), "random_init": True, "seed": cfg.llm_seed, "arch": "gpt2", **RANDOM_GPT2}
+    return Path(cfg.llm), {"path": cfg.llm, "random_init": False}
+
+
+def build_task(cfg: SimHeadsConfig) -> tuple[SimHeadsTask, dict]:
+    train_split, val_split = cfg.splits
+    train_arrays, tinfo = load_split(cfg.cache_root, cfg.dataset, cfg.rover_root, train_split)
+    val_arrays, vinfo = load_split(cfg.cache_root, cfg.dataset, cfg.rover_root, val_split)
+    if (tinfo["F"], tinfo["dv"]) != (vinfo["F"], vinfo["dv"]):
+        raise ValueError(f"{train_split} and {val_split} caches differ in (F, dv): {(tinfo['F'], tinfo['dv'])} vs {(vinfo['F'], vinfo['dv'])}")
+    stats = telemetry_stats(train_arrays["telemetry"])
+    for arr in (train_arrays, val_arrays):
+        arr["telemetry"] = normalise_telemetry(arr["telemetry"], stats)
+    llm_path, llm_info = resolve_llm(cfg)
+    llm = load_frozen_llm(llm_path)
+    llm_info["hidden_size"] = int(llm.config.hidden_size)
+    seed_everything(cfg.loop.seed)  # trainable init depends only on the seed
+    model = SimV0Model(llm, tinfo["dv"], tinfo["F"], cfg.K, telemetry_hidden=cfg.telemetry_hidden, dropout=cfg.dropout)
+    task = SimHeadsTask(cfg, model, train_arrays, val_arrays)
+    info = {"F": tinfo["F"], "dv": tinfo["dv"], "d": llm_info["hidden_size"], "K": cfg.K, "n_train": tinfo["n"], "n_val": vinfo["n"],
+            "telemetry_norm": stats, "llm": llm_info, "majority": task.majority,
+            "labels": {h: list(v) for h, v in LABELS.items()}, "train_cache": tinfo["path"], "val_cache": vinfo["path"]}
+    return task, info
+
+
+def export_labels(out_dir: Path) -> Path:
+    path = Path(out_dir) / "export" / "labels.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({h: {str(i): name for i, name in enumerate(v)} for h, v in LABELS.items()}, indent=2) + "\n")
+    return path
+
+
+def train_sim_heads(config: SimHeadsConfig | None = None) -> dict:
+    """Train; returns {"best": {"epoch", "val"}, "last": {"train", "val"}, "baselines", "out_dir", "labels"}.
+
+    The frozen LLM is not in the checkpoints (only trainable weights are); ``metadata.llm`` says where
+    it is and whether it is random-init. ``metadata.telemetry_norm`` holds the train mean/std.
+    """
+    cfg = config or SimHeadsConfig()
+    task, info = build_task(cfg)
+    metadata = {"head": "sim-heads", **{k: v for k, v in info.items() if k not in ("train_cache", "val_cache")}, "config": cfg.to_dict()}
+    result = run_loop(task, cfg.loop, config_dict={"sim_heads": cfg.to_dict(), "data": info}, metadata=metadata)
+    out = Path(cfg.out_dir)
+    labels = export_labels(out) if result["rank"] == 0 and is_master() else out / "export" / "labels.json"
+    base = {k: v for k, v in result["last"]["val"].items() if k.startswith("base_majority_")}
+    return {**{k: result[k] for k in ("best", "last")}, "baselines_val": base, "majority": task.majority,
+            "out_dir": str(out), "labels": str(labels)}
