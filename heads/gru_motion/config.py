@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from heads.config_io import config_from_dict, load_head_config
 from heads.train_loop import LoopConfig
 
 
@@ -61,33 +62,9 @@ class GruMotionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GruMotionConfig":
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"GruMotionConfig: unknown key(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        loop = dict(d.pop("loop", None) or {})
-        if "out_dir" in d:
-            loop["out_dir"] = d["out_dir"]
-        elif "out_dir" in loop:
-            d["out_dir"] = loop["out_dir"]
-        base = asdict(LoopConfig(epochs=30, batch_size=16, lr=3e-3, weight_decay=0.01))
-        d["loop"] = LoopConfig.from_dict({**base, **loop})
-        if "splits" in d:
-            d["splits"] = tuple(d["splits"])
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 def load_config(path: str | Path | None = None, **overrides) -> GruMotionConfig:
-    """Read a YAML file (or nothing: the defaults), then apply keyword overrides."""
-    import yaml
-
-    d = {}
-    if path is not None:
-        d = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if "loop" in overrides:  # merge loop keys (e.g. a CLI --epochs) into the file's loop mapping
-        overrides["loop"] = {**(d.get("loop") or {}), **{k: v for k, v in overrides["loop"].items() if v is not None}}
-    d.update(overrides)
-    return GruMotionConfig.from_dict(d)
+    """Read a YAML file (or nothing: the defaults), then apply keyword overrides (None = not given)."""
+    return load_head_config(GruMotionConfig, path, **overrides)

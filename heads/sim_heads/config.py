@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from heads.config_io import config_from_dict, load_head_config
 from heads.train_loop import LoopConfig
 
 HEAD_NAMES = ("risk", "reason", "action")
@@ -75,32 +76,9 @@ class SimHeadsConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SimHeadsConfig":
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"SimHeadsConfig: unknown key(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        loop = dict(d.pop("loop", None) or {})
-        if "out_dir" in d:
-            loop["out_dir"] = d["out_dir"]
-        elif "out_dir" in loop:
-            d["out_dir"] = loop["out_dir"]
-        d["loop"] = LoopConfig.from_dict({**asdict(_default_loop()), **loop})
-        if "splits" in d:
-            d["splits"] = tuple(d["splits"])
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 def load_config(path: str | Path | None = None, **overrides) -> SimHeadsConfig:
     """Read a YAML file (or nothing: the defaults), then apply keyword overrides (None = not given)."""
-    import yaml
-
-    d = {}
-    if path is not None:
-        d = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if "loop" in overrides:
-        overrides["loop"] = {**(d.get("loop") or {}), **{k: v for k, v in overrides["loop"].items() if v is not None}}
-    d.update(overrides)
-    return SimHeadsConfig.from_dict(d)
+    return load_head_config(SimHeadsConfig, path, **overrides)
