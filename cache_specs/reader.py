@@ -124,8 +124,10 @@ class CacheReader:
     @cached_property
     def _ok_rows(self) -> dict:
         """Global row numbering: parts in index order, rows within a part in storage order."""
+        import polars as pl
+
         parts, starts, n = [], [], 0
-        for part, length in self.index.group_by("part", maintain_order=True).agg(__import__("polars").col("length").sum()).iter_rows():
+        for part, length in self.index.group_by("part", maintain_order=True).agg(pl.col("length").sum()).iter_rows():
             parts.append(part)
             starts.append(n)
             n += int(length)

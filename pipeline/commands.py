@@ -64,15 +64,14 @@ def _plan_json(sp) -> dict:
 def status_cmd(config: Path | None, split: str | None, as_json: bool) -> int:
     from .runner import ExtractOptions
 
-    project_splits = None
     try:
         project = _project(config)
-        project_splits = sorted({s for d in project.datasets.values() for s in d.splits}) if split is None else [split]
+        splits = sorted({s for d in project.datasets.values() for s in d.splits}) if split is None else [split]
     except ConfigError as e:
         print(f"navcache: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     code = EXIT_OK
-    for sp in project_splits:
+    for sp in splits:
         code = max(code, extract_cmd(config, ExtractOptions(split=sp, dry_run=True), as_json))
     return code
 
@@ -209,5 +208,3 @@ def train_sim_heads_cmd(config: Path | None, out_dir: Path | None, epochs: int |
     print(json.dumps(train_sim_heads(cfg), indent=1, default=str))
     return EXIT_OK
 
-
-__all__ = ["NavcacheError"]

@@ -42,7 +42,7 @@ class _Slot:
 class _Upstream:
     """Opens upstream parts on demand and checks they are the ones the plan expects."""
 
-    def __init__(self, sp: StagePlan, parts: list[PartPlan]):
+    def __init__(self, sp: StagePlan):
         self.dirs = sp.upstream_dirs
         self._open: dict[tuple[str, str], PartEpisodes] = {}
 
@@ -75,7 +75,7 @@ def build_parts(
     """Build ``parts`` of ``sp`` and commit each atomically; return their part.json contents."""
     stage = sp.stage
     stage.setup()
-    upstream = _Upstream(sp, parts)
+    upstream = _Upstream(sp)
     progress = progress or (lambda e, f: None)
     prov = {"stage": sp.stage_name, **stage.provenance(), **(provenance or {})}
     results: list[list[EpisodeResult | None]] = [[None] * len(p.episodes) for p in parts]
