@@ -67,13 +67,16 @@ def status(
 def inspect(
     path: Optional[Path] = typer.Argument(None, help="A cache folder, or a cache root (default: the project's)."),
     episode: Optional[str] = typer.Option(None, "--episode", "-e", help="Show one episode's arrays."),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="With a geometry/keyframes cache and --episode: write a contact sheet and a top-down PNG into this folder."
+    ),
     config: Optional[Path] = ConfigOpt,
     as_json: bool = JsonOpt,
 ):
     """Summarise caches: counts, arrays, provenance, quarantined episodes."""
     from pipeline.commands import inspect_cmd
 
-    raise typer.Exit(inspect_cmd(path, config, as_json, episode))
+    raise typer.Exit(inspect_cmd(path, config, as_json, episode, plot))
 
 
 @app.command()

@@ -9,7 +9,8 @@ import yaml
 OUT = Path(__file__).resolve().parent / "out"
 
 
-def demo_project(name: str, scale: float, encoder_size: str = "tiny", datasets=("demo_navila", "demo_rover"), image_size: int = 224, batch_size: int = 32) -> Path:
+def demo_project(name: str, scale: float, encoder_size: str = "tiny", datasets=("demo_navila", "demo_rover"), image_size: int = 224,
+                 batch_size: int = 32, stages=("frame-features",)) -> Path:
     """A project file over the demo world at ``scale`` with a random-init DINOv3 of ``encoder_size``."""
     from pipeline.demo import generate_demo
     from pipeline.encoders.tiny import make_random_dinov3
@@ -20,7 +21,7 @@ def demo_project(name: str, scale: float, encoder_size: str = "tiny", datasets=(
     generate_demo(demo, scale=scale)
     model = make_random_dinov3(OUT / "models" / f"dinov3-{encoder_size}-{image_size}", size=encoder_size, seed=0, image_size=image_size)
     cfg = demo_config_dict(demo, root / "cache")
-    cfg["datasets"] = {k: {**v, "stages": ["frame-features"]} for k, v in cfg["datasets"].items() if k in datasets}
+    cfg["datasets"] = {k: {**v, "stages": list(stages)} for k, v in cfg["datasets"].items() if k in datasets}
     cfg["stages"]["frame-features"].update(encoder={"model": str(model)}, batch_size=batch_size)
     root.mkdir(parents=True, exist_ok=True)
     path = root / "navcache.yaml"

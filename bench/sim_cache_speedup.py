@@ -31,11 +31,10 @@ def main() -> None:
     from pipeline.plan import plan_split
     from pipeline.runner import ExtractOptions, extract
 
-    project = load_project(demo_project("sim_speed", 1.0, "tiny", datasets=("demo_rover",)))
+    project = load_project(demo_project("sim_speed", 1.0, "tiny", datasets=("demo_rover",), stages=("frame-features", "rover-meta")))
     for split in ("train", "val"):
         assert not extract(project, ExtractOptions(split)).errors
-    ds = project.dataset("demo_rover")
-    cfg = load_config(None, cache_root=str(project.cache_root), rover_root=str(ds.root), out_dir=str(OUT / "sim_speed/run"))
+    cfg = load_config(None, cache_root=str(project.cache_root), out_dir=str(OUT / "sim_speed/run"))
     task, _ = build_task(cfg)
     model, arrays = task.model, task.train_arrays
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)

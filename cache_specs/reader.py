@@ -93,6 +93,11 @@ class CacheReader:
     def spec(self) -> dict:
         return self.manifest["spec"]
 
+    @property
+    def stats(self) -> dict:
+        """Split-level statistics the producing stage computed at finalisation (e.g. telemetry mean/std)."""
+        return self.manifest.get("stats", {})
+
     @cached_property
     def index(self):
         """polars DataFrame: episode_id, part, start, length, status, reason."""

@@ -76,11 +76,26 @@ def status_cmd(config: Path | None, split: str | None, as_json: bool) -> int:
     return code
 
 
-def inspect_cmd(path: Path | None, config: Path | None, as_json: bool, episode: str | None = None) -> int:
+def inspect_cmd(path: Path | None, config: Path | None, as_json: bool, episode: str | None = None, plot: Path | None = None) -> int:
     from cache_specs.manifest import IncompleteCache
     from cache_specs.reader import iter_caches, open_cache
 
     from .console import console
+
+    if plot is not None:
+        if path is None or episode is None:
+            print("navcache: --plot needs a geometry or keyframes cache folder and --episode", file=sys.stderr)
+            return EXIT_CONFIG
+        from .inspect_geometry import plot_episode
+
+        try:
+            written = plot_episode(_project(config), Path(path), episode, plot)
+        except (NavcacheError, IncompleteCache) as e:
+            print(f"navcache: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        for p in written:
+            print(p)
+        return EXIT_OK
 
     if path is None:
         try:
@@ -185,7 +200,7 @@ def train_gru_motion_cmd(config: Path | None, cache_root: Path | None, out_dir: 
 
 
 def train_sim_heads_cmd(config: Path | None, out_dir: Path | None, epochs: int | None, seed: int | None, lr: float | None) -> int:
-    """Without a trainer config: the embedded demo (its rover frame-features caches are brought up to date first)."""
+    """Without a trainer config: the embedded demo (its rover caches are brought up to date first)."""
     from heads.sim_heads import load_config, train_sim_heads
 
     from .runner import ExtractOptions, extract
@@ -196,11 +211,12 @@ def train_sim_heads_cmd(config: Path | None, out_dir: Path | None, epochs: int |
             project = _project(None)
             ds = project.dataset("demo_rover")
             for split in ds.splits:
-                s = extract(project, ExtractOptions(split, only="frame-features", datasets=("demo_rover",)))
-                if s.errors:
-                    print("navcache: " + "; ".join(s.errors), file=sys.stderr)
-                    return EXIT_FAILED
-            overrides.update(cache_root=str(project.cache_root), rover_root=str(ds.root))
+                for stage in ("frame-features", "rover-meta"):
+                    s = extract(project, ExtractOptions(split, only=stage, datasets=("demo_rover",)))
+                    if s.errors:
+                        print("navcache: " + "; ".join(s.errors), file=sys.stderr)
+                        return EXIT_FAILED
+            overrides.update(cache_root=str(project.cache_root))
         cfg = load_config(config, **overrides)
     except (ConfigError, ValueError) as e:
         print(f"navcache: configuration error: {e}", file=sys.stderr)

@@ -9,6 +9,8 @@
         splits: [train, val_unseen]
         stages: [poses, frame-features]
         options: {num_frames: 8}
+        stage_settings:            # per-dataset overrides of the global stage settings below
+          frame-features: {frames_from: source}
     stages:
       frame-features:
         encoder: {model: facebook/dinov3-vitb16-pretrain-lvd1689m}
@@ -35,6 +37,8 @@ class DatasetConfig:
     options: dict[str, Any] = field(default_factory=dict)
     #: episodes per part: the unit of atomic writing, skipping and recompute
     part_size: int = 32
+    #: per-stage settings for this dataset only, merged over the project's ``stages`` block
+    stage_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.part_size < 1:
@@ -73,14 +77,30 @@ class ProjectConfig:
             raise ConfigError(f"unknown dataset {name!r}; datasets: {', '.join(sorted(self.datasets))}")
         return self.datasets[name]
 
-    def stage_settings(self, stage: str):
-        """The stage's typed settings (defaults where the file says nothing)."""
+    def stage_settings(self, stage: str, dataset: str | None = None):
+        """The stage's typed settings (defaults where the file says nothing).
+
+        With ``dataset``, that dataset's ``stage_settings.<stage>`` block is merged over the
+        project's ``stages.<stage>`` block (nested mappings merged key by key).
+        """
         from .stages import stage_class
 
-        return build(stage_class(stage).Settings, self.stages.get(stage) or {}, f"stages.{stage}")
+        raw, where = dict(self.stages.get(stage) or {}), f"stages.{stage}"
+        if dataset is not None:
+            override = self.dataset(dataset).stage_settings.get(stage)
+            if override:
+                raw, where = _merge(raw, override), f"datasets.{dataset}.stage_settings.{stage} (over stages.{stage})"
+        return build(stage_class(stage).Settings, raw, where)
 
     def to_dict(self) -> dict:
         return to_plain(self)
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
 
 
 def _absolutise(cfg: dict, base: Path) -> dict:
@@ -109,6 +129,10 @@ def config_from_dict(data: Mapping[str, Any], base: Path, origin: str = "file") 
         for st in ds.stages:
             if st not in STAGES:
                 raise ConfigError(f"datasets.{name}.stages: unknown stage {st!r} (valid: {', '.join(STAGES)})")
+        for st in ds.stage_settings:
+            if st not in STAGES:
+                raise ConfigError(f"datasets.{name}.stage_settings: unknown stage {st!r} (valid: {', '.join(STAGES)})")
+            cfg.stage_settings(st, name)
     for st in cfg.stages:
         if st not in STAGES:
             raise ConfigError(f"stages: unknown stage {st!r} (valid: {', '.join(STAGES)})")

@@ -57,7 +57,7 @@ class StagePlan:
 
 def make_stage(project: ProjectConfig, dataset: str, stage: str, source: Source) -> Stage:
     ds = project.dataset(dataset)
-    return stage_class(stage)(project.stage_settings(stage), source, ds.options)
+    return stage_class(stage)(project.stage_settings(stage, dataset), source, ds.options)
 
 
 def stage_order(project: ProjectConfig, dataset: str, source: Source, only: str | None = None) -> list[str]:

@@ -6,6 +6,7 @@ pipeline runs on a fresh machine with no downloads and no GPU.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -34,12 +35,25 @@ def demo_config_dict(demo_dir: Path, cache_root: Path) -> dict:
                 "source": "rover",
                 "root": str(demo_dir / "rover"),
                 "splits": ["train", "val"],
-                "stages": ["frame-features"],
+                "stages": ["frame-features", "rover-meta"],
                 "options": {"num_frames": 8},
                 "part_size": 32,
             },
+            # the Spatial-MLLM chain: geometry (ground truth here; VGGT on real videos) ->
+            # space-aware keyframes -> DINOv3 on the keyframes only
+            "demo_tours": {
+                "source": "videos",
+                "root": str(demo_dir / "videos"),
+                "splits": ["train", "val"],
+                "stages": ["geometry", "keyframes", "frame-features"],
+                "options": {"num_frames": 128},
+                "part_size": 4,
+                "stage_settings": {"frame-features": {"frames_from": "keyframes"}},
+            },
         },
         "stages": {
+            "geometry": {"provider": "gt", "image_size": [128, 128], "stride": 2},
+            "keyframes": {"strategy": "space-aware", "num_keyframes": 16},
             "frame-features": {
                 "encoder": {"model": str(demo_dir / DEMO_ENCODER)},
                 "pool_grid": 2,
@@ -51,12 +65,18 @@ def demo_config_dict(demo_dir: Path, cache_root: Path) -> dict:
 
 def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float = 1.0) -> None:
     """Generate the demo world and the tiny encoder if they are not there yet."""
-    from .demo import generate_demo
+    from .demo import FORMAT, generate_demo
     from .encoders.tiny import make_random_dinov3
 
-    if not (demo_dir / "demo_info.json").exists():  # any scale already there is kept (`navcache demo-data --scale`)
+    info = demo_dir / "demo_info.json"
+    if not info.exists():  # any scale already there is kept (`navcache demo-data --scale`)
         say(f"navcache: no {DEFAULT_FILE} here, using the embedded demo; generating the demo world into {demo_dir} (once)")
         generate_demo(demo_dir, scale=scale)
+    else:
+        meta = json.loads(info.read_text())
+        if meta.get("format") != FORMAT:  # written by an older navcache: rebuild it at the same scale and seed
+            say(f"navcache: the demo world in {demo_dir} is from an older navcache; regenerating it")
+            generate_demo(demo_dir, scale=float(meta.get("scale", scale)), seed=int(meta.get("seed", 0)))
     make_random_dinov3(demo_dir / DEMO_ENCODER, size="tiny", seed=0)
 
 

@@ -139,8 +139,29 @@ def _finalize(project: ProjectConfig, sp: StagePlan, ss: StageSummary) -> None:
         "provenance": sp.stage.provenance(),
         "source": {"kind": project.dataset(sp.dataset).source, "options": project.dataset(sp.dataset).options},
     }
+    stats = sp.stage.cache_stats(lambda name: _load_rows(sp, name))
+    if stats:
+        info["stats"] = stats
     finalize_cache(sp.cache_dir, sp.expected(), info)
     ss.finalized = True
+
+
+def _load_rows(sp: StagePlan, name: str):
+    """Array ``name`` over every part of the plan (parts hold ok rows only), in part order."""
+    import numpy as np
+
+    from cache_specs.layout import PARTS
+    from cache_specs.parts import open_part_data
+
+    chunks = []
+    for p in sp.parts:
+        d = sp.cache_dir / PARTS / p.part_id
+        data = open_part_data(d, read_part_meta(d))
+        try:
+            chunks.append(np.asarray(data[name][:]))
+        finally:
+            data.close()
+    return np.concatenate(chunks) if chunks else np.zeros((0,))
 
 
 def _remove_leftovers(sp: StagePlan) -> None:

@@ -32,10 +32,32 @@ def demo_run(tmp_path_factory, demo_world):
 def test_demo_builds_every_cache_clean(demo_run):
     cwd, project, s = demo_run
     assert not s.errors
-    assert {(x.dataset, x.stage) for x in s.stages} == {("demo_navila", "poses"), ("demo_navila", "frame-features"), ("demo_rover", "frame-features")}
+    assert {(x.dataset, x.stage) for x in s.stages} == {("demo_navila", "poses"), ("demo_navila", "frame-features"), ("demo_rover", "frame-features"), ("demo_rover", "rover-meta"),
+        ("demo_tours", "geometry"), ("demo_tours", "keyframes"), ("demo_tours", "frame-features")}
     for x in s.stages:
         assert x.finalized and x.episodes_ok > 0 and x.episodes_quarantined == 0
         assert verify_cache(x.cache_dir) == []
+
+
+def test_rover_meta_matches_the_table_and_keeps_train_stats(demo_run):
+    import pyarrow.parquet as pq
+
+    from cache_specs.labels import LABELS
+
+    cwd, project, _ = demo_run
+    rows = {r["clip_id"]: r for r in pq.read_table(cwd / "navcache_demo/rover/train.parquet").to_pylist()}
+    c = open_cache(project.cache_root, "demo_rover", "train", "rover_meta")
+    assert sorted(c.episodes) == sorted(rows)
+    for cid in c.episodes[:20]:
+        ep, r = c[cid], rows[cid]
+        np.testing.assert_allclose(ep["telemetry"], np.asarray(r["telemetry"], np.float32))
+        assert [int(ep[h]) for h in LABELS] == [LABELS[h].index(r[h]) for h in LABELS]
+        assert float(ep["weight"]) == pytest.approx(r["weight"])
+    t = np.asarray([r["telemetry"] for r in rows.values()], np.float64)
+    stats = c.stats["telemetry"]
+    assert stats["count"] == len(rows)
+    np.testing.assert_allclose(stats["mean"], t.mean(0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(stats["std"], np.maximum(t.std(0), 1e-6), rtol=1e-5)
 
 
 def test_poses_are_ground_truth_at_navila_samples(demo_run):

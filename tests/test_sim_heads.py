@@ -33,14 +33,13 @@ def rover_caches(demo_world, tmp_path_factory):
     shutil.copytree(demo_world, cwd / "navcache_demo")
     project = resolve_project(cwd=cwd, say=lambda m: None)
     for split in ("train", "val"):
-        assert not extract(project, ExtractOptions(split, only="frame-features", datasets=("demo_rover",))).errors
-    return Path(project.cache_root), cwd / "navcache_demo" / "rover"
+        assert not extract(project, ExtractOptions(split, datasets=("demo_rover",))).errors
+    return Path(project.cache_root)
 
 
 def _cfg(caches, out, epochs=30, seed=0):
-    cache_root, rover_root = caches
     loop = LoopConfig(epochs=epochs, batch_size=32, lr=3e-3, seed=seed, device="cpu")
-    return SimHeadsConfig(cache_root=str(cache_root), rover_root=str(rover_root), out_dir=str(out), loop=loop)
+    return SimHeadsConfig(cache_root=str(caches), out_dir=str(out), loop=loop)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +108,7 @@ def test_config_yaml_and_validation(tmp_path):
     from heads.sim_heads import load_config
 
     p = tmp_path / "s.yaml"
-    p.write_text("cache_root: /x\nrover_root: /r\nK: 2\nloss_weights: {reason: 0.25}\nloop: {epochs: 3, lr: 0.01}\nout_dir: /tmp/out\n")
+    p.write_text("cache_root: /x\nK: 2\nloss_weights: {reason: 0.25}\nloop: {epochs: 3, lr: 0.01}\nout_dir: /tmp/out\n")
     cfg = load_config(p)
     assert (cfg.K, cfg.loss_weights, cfg.loop.epochs, cfg.loop.out_dir) == (2, {"risk": 1.0, "reason": 0.25, "action": 1.0}, 3, "/tmp/out")
     with pytest.raises(ValueError, match="SimHeadsConfig.K"):

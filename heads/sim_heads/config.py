@@ -3,7 +3,6 @@
     # sim_heads.yaml (every key optional)
     cache_root: ./navcache_cache
     dataset: demo_rover
-    rover_root: ./navcache_demo/rover     # rover source root (labels/telemetry; see data.py)
     splits: [train, val]
     llm: null                             # null: a tiny seeded random-init GPT-2; else a local HF folder
     K: 4
@@ -30,7 +29,6 @@ def _default_loop() -> LoopConfig:
 class SimHeadsConfig:
     cache_root: str = "navcache_cache"
     dataset: str = "demo_rover"
-    rover_root: str = "navcache_demo/rover"  # the rover source's root, read for labels/telemetry/weight
     splits: tuple[str, str] = ("train", "val")  # (train split, val split)
     llm: str | None = None  # local folder for AutoModel.from_pretrained; None = tiny random GPT-2
     llm_seed: int = 0  # seed of the random-init GPT-2 (llm=None only)
@@ -59,7 +57,7 @@ class SimHeadsConfig:
         need(isinstance(self.loop, LoopConfig), "loop", "must be a LoopConfig")
         object.__setattr__(self, "loss_weights", lw)
         object.__setattr__(self, "splits", tuple(self.splits))
-        for name in ("cache_root", "rover_root", "out_dir"):
+        for name in ("cache_root", "out_dir"):
             object.__setattr__(self, name, str(getattr(self, name)))
         if self.llm is not None:
             object.__setattr__(self, "llm", str(self.llm))

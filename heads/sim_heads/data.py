@@ -1,13 +1,10 @@
-"""The SIM heads' data path: rover ``frame_features`` caches + (for now) labels from the rover source.
+"""The SIM heads' data path, caches only: rover ``frame_features`` + ``rover_meta`` of each split.
 
 vis_feats [N, F, 2D] float32 per clip: concat(``cls``, mean of ``patch_pooled`` over the G x G grid),
-one row per frame of the cache (row="frame"; every clip must have the same F).
-
-TEMPORARY: the frame_features cache holds no labels, telemetry or weights yet. Until a ``rover_meta``
-cache stage exists, ``load_rover_meta`` reads them from the rover source's episode records
-(``make_source("rover", root).episodes(split)`` -> ``Episode.record``), joined by episode_id to the
-cache's episodes. A ``rover_meta`` cache stage will replace this function; nothing else here reads
-the source.
+one row per frame of the cache (row="frame"; every clip must have the same F). Labels, telemetry
+and weights come from the ``rover_meta`` cache, joined by episode id (a clip quarantined in either
+cache is left out, and the count is reported). Telemetry is normalised with the TRAIN split's
+stats, stored in its ``rover_meta`` manifest.
 """
 from __future__ import annotations
 
@@ -18,6 +15,8 @@ import torch
 
 from cache_specs import open_cache
 from cache_specs.labels import TELEMETRY_FIELDS
+
+META = ("telemetry", "risk", "reason", "action", "weight")
 
 
 def load_frame_features(cache_root: str | Path, dataset: str, split: str) -> tuple[torch.Tensor, list[str], dict]:
@@ -39,40 +38,32 @@ def load_frame_features(cache_root: str | Path, dataset: str, split: str) -> tup
     return vis, episodes, {"path": path, "F": F, "dv": int(vis.shape[-1])}
 
 
-def load_rover_meta(rover_root: str | Path, split: str, episodes: list[str]) -> dict[str, torch.Tensor]:
-    """{telemetry [N, 8] f32 (raw), risk/reason/action [N] int64, weight [N] f32}, in ``episodes`` order.
-
-    Interim: reads the rover source's records; a ``rover_meta`` cache stage will replace this.
-    Raises when a cached episode has no usable record in the source.
-    """
-    from pipeline.sources import make_source
-
-    records = {ep.episode_id: ep for ep in make_source("rover", Path(rover_root)).episodes(split)}
-    missing = [e for e in episodes if e not in records or records[e].quarantine is not None]
-    if missing:
-        raise ValueError(f"rover source {rover_root} split {split!r}: no usable record for {len(missing)} cached episode(s), e.g. {missing[:3]}")
-    recs = [records[e].record for e in episodes]
-    return {
-        "telemetry": torch.tensor([r["telemetry"] for r in recs], dtype=torch.float32).reshape(len(recs), len(TELEMETRY_FIELDS)),
-        "risk": torch.tensor([r["risk_id"] for r in recs], dtype=torch.int64),
-        "reason": torch.tensor([r["reason_id"] for r in recs], dtype=torch.int64),
-        "action": torch.tensor([r["action_id"] for r in recs], dtype=torch.int64),
-        "weight": torch.tensor([r["weight"] for r in recs], dtype=torch.float32),
-    }
+def load_rover_meta(cache_root: str | Path, dataset: str, split: str, episodes: list[str]) -> tuple[dict[str, torch.Tensor], dict]:
+    """({telemetry [N, 8] f32 raw, risk/reason/action [N] int64, weight [N] f32} for the ``episodes``
+    present in the ``rover_meta`` cache (their order kept), {"keep": mask over ``episodes``, "stats"})."""
+    with open_cache(cache_root, dataset, split, "rover_meta") as c:
+        pos = {e: i for i, e in enumerate(c.episodes)}
+        arrays = {name: c.load(name) for name in META}
+        stats = c.stats
+    keep = np.array([e in pos for e in episodes], bool)
+    rows = np.array([pos[e] for e in episodes if e in pos], np.int64)
+    out = {name: torch.from_numpy(np.ascontiguousarray(a[rows])) for name, a in arrays.items()}
+    return out, {"keep": keep, "stats": stats.get("telemetry")}
 
 
-def load_split(cache_root, dataset: str, rover_root, split: str) -> tuple[dict[str, torch.Tensor], dict]:
+def load_split(cache_root, dataset: str, split: str) -> tuple[dict[str, torch.Tensor], dict]:
     vis, episodes, info = load_frame_features(cache_root, dataset, split)
-    arrays = {"vis_feats": vis, **load_rover_meta(rover_root, split, episodes)}
-    return arrays, {**info, "episodes": episodes, "n": len(episodes)}
-
-
-def telemetry_stats(train_telemetry: torch.Tensor) -> dict[str, list[float]]:
-    """Per-field mean/std of the train split (std floored at 1e-6), stored in checkpoint metadata."""
-    mean = train_telemetry.mean(0)
-    std = train_telemetry.std(0, unbiased=False).clamp_min(1e-6)
-    return {"mean": mean.tolist(), "std": std.tolist(), "fields": list(TELEMETRY_FIELDS)}
+    meta, minfo = load_rover_meta(cache_root, dataset, split, episodes)
+    keep = minfo["keep"]
+    if not keep.any():
+        raise ValueError(f"{dataset}/{split}: no clip has both frame features and rover_meta")
+    episodes = [e for e, k in zip(episodes, keep) if k]
+    arrays = {"vis_feats": vis[torch.from_numpy(keep)], **meta}
+    return arrays, {**info, "episodes": episodes, "n": len(episodes), "dropped": int((~keep).sum()), "telemetry_stats": minfo["stats"]}
 
 
 def normalise_telemetry(t: torch.Tensor, stats: dict) -> torch.Tensor:
+    """(t - mean) / std with the train split's ``rover_meta`` stats; t [N, 8]."""
+    if list(stats.get("fields", TELEMETRY_FIELDS)) != list(TELEMETRY_FIELDS):
+        raise ValueError(f"telemetry stats are for fields {stats.get('fields')}, expected {list(TELEMETRY_FIELDS)}")
     return (t - torch.tensor(stats["mean"])) / torch.tensor(stats["std"])

@@ -1,4 +1,4 @@
-"""``train_sim_heads``: SIM v0 heads (risk / reason / action) on a frozen LLM, from rover frame_features caches.
+"""``train_sim_heads``: SIM v0 heads (risk / reason / action) on a frozen LLM, from rover frame_features + rover_meta caches.
 
 Loss = sum_h loss_weights[h] * CE_h, each CE a weighted mean over the batch with the clips' ``weight``
 (plain mean with ``use_sample_weights: false``). Default weights: risk 1, reason 0.5, action 1.
@@ -19,7 +19,7 @@ from cache_specs.labels import LABELS, RISK
 from heads.train_loop import is_master, run_loop, seed_everything
 
 from .config import HEAD_NAMES, SimHeadsConfig
-from .data import load_split, normalise_telemetry, telemetry_stats
+from .data import load_split, normalise_telemetry
 from .model import N_CLASSES, RANDOM_GPT2, SimV0Model, load_frozen_llm, make_random_gpt2
 
 HIGH = RISK.index("high")
@@ -93,11 +93,13 @@ def resolve_llm(cfg: SimHeadsConfig) -> tuple[Path, dict]:
 
 def build_task(cfg: SimHeadsConfig) -> tuple[SimHeadsTask, dict]:
     train_split, val_split = cfg.splits
-    train_arrays, tinfo = load_split(cfg.cache_root, cfg.dataset, cfg.rover_root, train_split)
-    val_arrays, vinfo = load_split(cfg.cache_root, cfg.dataset, cfg.rover_root, val_split)
+    train_arrays, tinfo = load_split(cfg.cache_root, cfg.dataset, train_split)
+    val_arrays, vinfo = load_split(cfg.cache_root, cfg.dataset, val_split)
     if (tinfo["F"], tinfo["dv"]) != (vinfo["F"], vinfo["dv"]):
         raise ValueError(f"{train_split} and {val_split} caches differ in (F, dv): {(tinfo['F'], tinfo['dv'])} vs {(vinfo['F'], vinfo['dv'])}")
-    stats = telemetry_stats(train_arrays["telemetry"])
+    stats = tinfo["telemetry_stats"]  # computed once over the train split, kept in its rover_meta manifest
+    if not stats:
+        raise ValueError(f"the {train_split} rover_meta cache has no telemetry stats: rebuild it with `navcache extract`")
     for arr in (train_arrays, val_arrays):
         arr["telemetry"] = normalise_telemetry(arr["telemetry"], stats)
     llm_path, llm_info = resolve_llm(cfg)
@@ -106,7 +108,7 @@ def build_task(cfg: SimHeadsConfig) -> tuple[SimHeadsTask, dict]:
     seed_everything(cfg.loop.seed)  # trainable init depends only on the seed
     model = SimV0Model(llm, tinfo["dv"], tinfo["F"], cfg.K, telemetry_hidden=cfg.telemetry_hidden, dropout=cfg.dropout)
     task = SimHeadsTask(cfg, model, train_arrays, val_arrays)
-    info = {"F": tinfo["F"], "dv": tinfo["dv"], "d": llm_info["hidden_size"], "K": cfg.K, "n_train": tinfo["n"], "n_val": vinfo["n"],
+    info = {"F": tinfo["F"], "dv": tinfo["dv"], "d": llm_info["hidden_size"], "K": cfg.K, "n_train": tinfo["n"], "n_val": vinfo["n"], "dropped": {"train": tinfo["dropped"], "val": vinfo["dropped"]},
             "telemetry_norm": stats, "llm": llm_info, "majority": task.majority,
             "labels": {h: list(v) for h, v in LABELS.items()}, "train_cache": tinfo["path"], "val_cache": vinfo["path"]}
     return task, info

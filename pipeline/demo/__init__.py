@@ -1,7 +1,8 @@
 """The embedded demo world: a seeded procedural navigation world written in real on-disk formats.
 
-``generate_demo(out)`` writes NaVILA / VLN-CE episodes under ``out/navila`` and rover safety clips
-under ``out/rover`` for the ``train`` and ``val`` splits, so the same readers run on demo and real
+``generate_demo(out)`` writes NaVILA / VLN-CE episodes under ``out/navila``, rover safety clips
+under ``out/rover`` and room tours (videos + ground-truth geometry) under ``out/videos`` for the
+``train`` and ``val`` splits, so the same readers run on demo and real
 data. See docs/demo_world.md for the formats and the rover label rule.
 """
 from __future__ import annotations
@@ -21,12 +22,13 @@ from typing import Any, Callable
 
 from cache_specs.labels import LABELS
 
-from . import navila_writer, rover_writer
+from . import navila_writer, rover_writer, video_writer
 
-FORMAT = "navcache-demo/1"
+FORMAT = "navcache-demo/2"
 SPLITS = ("train", "val")
 NAVILA_EPISODES = {"train": 8, "val": 3}  # at scale 1
 ROVER_CLIPS = {"train": 240, "val": 80}
+TOURS = {"train": 6, "val": 2}
 CLIPS_PER_JOB = 8
 
 __all__ = ["DemoInfo", "generate_demo", "FORMAT"]
@@ -48,17 +50,22 @@ class DemoInfo:
     counts: dict[str, int]
     class_balance: dict[str, dict[str, dict[str, int]]]
 
+    @property
+    def videos_root(self) -> Path:
+        return self.root / "videos"
+
     @classmethod
     def from_json(cls, root: Path, meta: dict[str, Any]) -> "DemoInfo":
         return cls(root, root / "navila", root / "rover", int(meta["seed"]), float(meta["scale"]),
                    dict(meta["counts"]), meta["class_balance"])
 
 
-def _sizes(scale: float) -> tuple[dict[str, int], dict[str, int]]:
+def _sizes(scale: float) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
     def n(base: int) -> int:
         return max(1, int(round(base * scale)))  # every split keeps at least one item
 
-    return {s: n(NAVILA_EPISODES[s]) for s in SPLITS}, {s: n(ROVER_CLIPS[s]) for s in SPLITS}
+    return ({s: n(NAVILA_EPISODES[s]) for s in SPLITS}, {s: n(ROVER_CLIPS[s]) for s in SPLITS},
+            {s: n(TOURS[s]) for s in SPLITS})
 
 
 def _call(job: tuple[Callable, tuple]) -> Any:
@@ -88,6 +95,14 @@ def _spawn_can_import_main() -> bool:
     return path is None or os.path.exists(path)
 
 
+def _is_old_demo(out: Path) -> bool:
+    """A demo written by an older navcache (another FORMAT): safe to replace."""
+    try:
+        return str(json.loads((out / "demo_info.json").read_text()).get("format", "")).startswith("navcache-demo/")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _read_meta(out: Path) -> dict[str, Any] | None:
     try:
         meta = json.loads((out / "demo_info.json").read_text())
@@ -97,7 +112,7 @@ def _read_meta(out: Path) -> dict[str, Any] | None:
 
 
 def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None) -> dict[str, Any]:
-    n_nav, n_rov = _sizes(scale)
+    n_nav, n_rov, n_tour = _sizes(scale)
     nav_root, rov_root = tmp / "navila", tmp / "rover"
     nav_root.mkdir(parents=True)
     rov_root.mkdir(parents=True)
@@ -108,6 +123,10 @@ def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None)
         start = len(jobs)
         jobs += [(navila_writer.write_episode, (nav_root, seed, split, i)) for i in range(n_nav[split])]
         where["navila", split] = slice(start, len(jobs))
+    for split in SPLITS:
+        start = len(jobs)
+        jobs += [(video_writer.write_tour, (tmp, seed, split, i)) for i in range(n_tour[split])]
+        where["videos", split] = slice(start, len(jobs))
     for split in SPLITS:
         start = len(jobs)
         jobs += [(rover_writer.write_clips, (rov_root, seed, split, range(i, min(i + CLIPS_PER_JOB, n_rov[split]))))
@@ -123,12 +142,16 @@ def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None)
         counts[f"navila/{split}/episodes"] = n_nav[split]
         counts[f"navila/{split}/samples"] = sum(len(recs) for recs, _ in parts)
         counts[f"navila/{split}/frames"] = sum(len(recs[-1]["frames"]) for recs, _ in parts)
+        tours = results[where["videos", split]]
+        counts[f"videos/{split}/tours"] = len(tours)
+        counts[f"videos/{split}/frames"] = sum(r["n_frames"] for r in tours)
         rows = [row for batch in results[where["rover", split]] for row in batch]
         rover_writer.write_parquet(rov_root, split, rows)
         counts[f"rover/{split}/clips"] = len(rows)
         balance[split] = {head: {c: Counter(r[head] for r in rows)[c] for c in classes} for head, classes in LABELS.items()}
-    return {"format": FORMAT, "seed": seed, "scale": scale, "navila": "navila", "rover": "rover",
-            "cameras": {"navila": navila_writer.NAVILA_CAM.intrinsics(), "rover": rover_writer.ROVER_CAM.intrinsics()},
+    return {"format": FORMAT, "seed": seed, "scale": scale, "navila": "navila", "rover": "rover", "videos": "videos",
+            "cameras": {"navila": navila_writer.NAVILA_CAM.intrinsics(), "rover": rover_writer.ROVER_CAM.intrinsics(),
+                        "videos": video_writer.TOUR_CAM.intrinsics()},
             "counts": counts, "class_balance": balance}
 
 
@@ -147,7 +170,7 @@ def generate_demo(out: Path, scale: float = 1.0, seed: int = 0, workers: int | N
     meta = _read_meta(out)
     if meta is not None and meta["seed"] == seed and float(meta["scale"]) == float(scale):
         return DemoInfo.from_json(out, meta)
-    if out.exists() and meta is None and any(out.iterdir()):
+    if out.exists() and meta is None and any(out.iterdir()) and not _is_old_demo(out):
         raise FileExistsError(f"{out} exists, is not empty and holds no demo_info.json; not replacing it")
     workers = min(_cpus(), 8) if workers is None else max(1, int(workers))
     if not _spawn_can_import_main():

@@ -118,10 +118,12 @@ def build_parts(
                 for b in batch:
                     compute([b])
                 return
-            outs = None
-            reason = "out of memory" if "out of memory" in str(e).lower() else f"{type(e).__name__}: {e}"
+            if isinstance(e, Quarantine):  # the stage's own diagnosis (e.g. OOM naming the frame count)
+                reason = e.reason
+            else:
+                reason = "compute failed: " + ("out of memory" if "out of memory" in str(e).lower() else f"{type(e).__name__}: {e}")
             log.debug("compute failed for %s:\n%s", batch[0][0].episode_id, traceback.format_exc())
-            finish(batch[0][0], EpisodeResult(batch[0][0].episode_id, reason=f"compute failed: {reason}"), 0)
+            finish(batch[0][0], EpisodeResult(batch[0][0].episode_id, reason=reason), 0)
             return
         for (slot, item), arrays in zip(batch, outs):
             finish(slot, EpisodeResult(slot.episode_id, arrays), item.cost)

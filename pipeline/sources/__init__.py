@@ -14,6 +14,7 @@ __all__ = ["SOURCES", "Episode", "Frames", "Source", "make_source", "source_clas
 SOURCES: dict[str, str] = {
     "navila": "pipeline.sources.navila:NavilaSource",
     "rover": "pipeline.sources.rover:RoverSource",
+    "videos": "pipeline.sources.videos:VideosSource",
 }
 
 

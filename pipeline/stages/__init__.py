@@ -8,6 +8,9 @@ from ..errors import ConfigError
 STAGES: dict[str, str] = {
     "poses": "pipeline.stages.poses:PosesStage",
     "frame-features": "pipeline.stages.frame_features:FrameFeaturesStage",
+    "geometry": "pipeline.stages.geometry:GeometryStage",
+    "keyframes": "pipeline.stages.keyframes:KeyframesStage",
+    "rover-meta": "pipeline.stages.rover_meta:RoverMetaStage",
 }
 
 

@@ -9,7 +9,7 @@ Either may raise ``Quarantine(reason)`` for one episode; the run goes on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
@@ -79,3 +79,9 @@ class Stage:
 
     def compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray]]:
         raise NotImplementedError
+
+    # -- finalising -------------------------------------------------------------------------------
+    def cache_stats(self, load: Callable[[str], np.ndarray]) -> dict:
+        """Split-level statistics kept in the manifest (``CacheReader.stats``); ``load(name)`` gives
+        an array's rows over every ok episode. Default: none."""
+        return {}

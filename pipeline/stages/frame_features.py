@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Literal, Mapping
 
 import numpy as np
 
@@ -22,8 +22,13 @@ class FrameFeaturesSettings:
     store_patch_tokens: bool = False
     #: frames per encoder forward; batches span episodes
     batch_size: int = 32
+    #: "source": the source's own sampling (NaVILA's 8 frames, a clip's frames);
+    #: "keyframes": only the frames the ``keyframes`` stage chose (its cache is an upstream)
+    frames_from: Literal["source", "keyframes"] = "source"
 
     def __post_init__(self):
+        if self.frames_from not in ("source", "keyframes"):
+            raise ValueError(f"frames_from must be 'source' or 'keyframes', got {self.frames_from!r}")
         if self.pool_grid < 1:
             raise ValueError(f"pool_grid must be >= 1, got {self.pool_grid}")
         if self.batch_size < 1:
@@ -35,12 +40,16 @@ class FrameFeaturesStage(Stage):
     code_version = "1"
     # what is decoded is fixed by the files read (content-hashed) and the sampling; labels,
     # instructions and poses do not change pixels
-    record_keys = ("frames", "sample_indices", "n_pad", "video", "n_frames")
+    record_keys = ("frames", "sample_indices", "n_pad", "video", "n_frames", "media", "kind")
     Settings = FrameFeaturesSettings
 
     def __init__(self, settings, source, source_options):
         super().__init__(settings, source, source_options)
         self.encoder = HFVisionEncoder(settings.encoder)
+
+    @property
+    def consumes(self) -> tuple[str, ...]:
+        return ("keyframes",) if self.settings.frames_from == "keyframes" else ()
 
     def spec(self):
         return SPEC_WITH_PATCHES if self.settings.store_patch_tokens else get_spec("frame_features")
@@ -56,7 +65,10 @@ class FrameFeaturesStage(Stage):
     def identity(self) -> dict:
         s = self.settings
         # batch size and device change speed, not values: keep them out of the fingerprint
-        return {"pool_grid": s.pool_grid, "store_patch_tokens": s.store_patch_tokens, "encoder": self.encoder.identity()}
+        ident = {"pool_grid": s.pool_grid, "store_patch_tokens": s.store_patch_tokens, "encoder": self.encoder.identity()}
+        if s.frames_from != "source":  # keeps fingerprints of caches built before the option existed
+            ident["frames_from"] = s.frames_from
+        return ident
 
     def provenance(self) -> dict:
         return {"encoder": self.encoder.provenance()}
@@ -69,7 +81,10 @@ class FrameFeaturesStage(Stage):
         self.encoder.load()
 
     def prepare(self, episode, upstream: Mapping) -> Prepared:
-        frames = self.source.read_frames(episode)
+        if self.settings.frames_from == "keyframes":
+            frames = self.source.read_frames(episode, upstream["keyframes"]["frame_index"].tolist())
+        else:
+            frames = self.source.read_frames(episode)
         x = self.encoder.preprocess(frames.pixels)
         return Prepared(episode.episode_id, (x, frames.indices.astype(np.int64), frames.padded.astype(bool)), cost=len(x))
 

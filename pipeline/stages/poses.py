@@ -1,13 +1,19 @@
-"""``poses``: ground-truth planar poses at the T sampled frames of each episode."""
+"""``poses``: planar poses at the T sampled frames of each episode, and the motion between them.
+
+Providers: ``gt`` reads the source's ground-truth pose file; ``geometry`` converts the camera
+extrinsics of the ``geometry`` cache (VGGT or ground truth) to ground-plane poses with
+``pipeline.camera.planar_poses`` (first camera level; x forward, y left, yaw CCW from its axis).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Literal, Mapping
 
 import numpy as np
 
 from cache_specs.specs import get_spec
 
+from ..camera import planar_poses
 from ..errors import Quarantine
 from ..motion import DIST_EDGES_M, YAW_EDGES_DEG, bin_steps, egocentric_deltas
 from .base import Prepared, Stage
@@ -15,6 +21,8 @@ from .base import Prepared, Stage
 
 @dataclass(frozen=True)
 class PosesSettings:
+    #: where poses come from: the source's pose file, or the ``geometry`` cache's cameras
+    provider: Literal["gt", "geometry"] = "gt"
     #: reject poses whose |x| or |y| exceed this (metres): a unit error or a corrupt file
     max_abs_position: float = 1e5
     #: travelled-distance bin edges (metres), increasing; see pipeline/motion.py
@@ -23,6 +31,8 @@ class PosesSettings:
     yaw_edges: tuple[float, ...] = YAW_EDGES_DEG
 
     def __post_init__(self):
+        if self.provider not in ("gt", "geometry"):
+            raise ValueError(f"provider must be 'gt' or 'geometry', got {self.provider!r}")
         for name in ("dist_edges", "yaw_edges"):
             e = getattr(self, name)
             if not e or any(b <= a for a, b in zip(e, e[1:])):
@@ -43,22 +53,27 @@ class PosesStage(Stage):
         t = int(getattr(self.source, "num_frames", 8))
         return {"T": t, "S": t - 1}
 
+    @property
+    def consumes(self) -> tuple[str, ...]:
+        return ("geometry",) if self.settings.provider == "geometry" else ()
+
+    def identity(self) -> dict:
+        ident = super().identity()
+        if self.settings.provider == "gt":  # keeps fingerprints of caches built before providers existed
+            ident["settings"].pop("provider")
+        return ident
+
     def prepare(self, episode, upstream: Mapping) -> Prepared:
         rec = episode.record
-        poses = rec.get("poses")
-        if rec.get("pose_error"):
-            raise Quarantine(rec["pose_error"])
-        if poses is None:
-            raise Quarantine("no ground-truth poses for this episode (pose file missing or has no entry)")
-        poses = np.asarray(poses, dtype=np.float64)
-        if poses.ndim != 2 or poses.shape[1] != 3 or len(poses) != rec["n_frames"]:
-            raise Quarantine(f"poses have shape {poses.shape}, expected ({rec['n_frames']}, 3)")
         frame_index = np.asarray(rec["sample_indices"], dtype=np.int64)  # [T], -1 on front padding
         t = self.dims()["T"]
         if frame_index.shape != (t,):
             raise Quarantine(f"episode was sampled to {frame_index.shape} frames, stage expects T={t}")
         real = frame_index >= 0
-        picked = poses[frame_index[real]]
+        if self.settings.provider == "geometry":
+            picked = self._from_geometry(upstream["geometry"], frame_index[real])
+        else:
+            picked = self._from_pose_file(rec, frame_index[real])
         if not np.isfinite(picked).all():
             raise Quarantine("NaN or infinite pose at a sampled frame")
         if np.abs(picked[:, :2]).max(initial=0) > self.settings.max_abs_position:
@@ -85,6 +100,29 @@ class PosesStage(Stage):
                 "step_valid": valid,
             },
         )
+
+    @staticmethod
+    def _from_pose_file(rec: Mapping, frame_index: np.ndarray) -> np.ndarray:
+        poses = rec.get("poses")
+        if rec.get("pose_error"):
+            raise Quarantine(rec["pose_error"])
+        if poses is None:
+            raise Quarantine("no ground-truth poses for this episode (pose file missing or has no entry)")
+        poses = np.asarray(poses, dtype=np.float64)
+        if poses.ndim != 2 or poses.shape[1] != 3 or len(poses) != rec["n_frames"]:
+            raise Quarantine(f"poses have shape {poses.shape}, expected ({rec['n_frames']}, 3)")
+        return poses[frame_index]
+
+    @staticmethod
+    def _from_geometry(geo: Mapping[str, np.ndarray], frame_index: np.ndarray) -> np.ndarray:
+        row = {int(f): i for i, f in enumerate(geo["frame_index"])}
+        missing = [int(f) for f in frame_index if int(f) not in row]
+        if missing:
+            raise Quarantine(f"geometry cache has no camera for sampled frame(s) {missing[:5]}")
+        extr = np.asarray(geo["extrinsic"], np.float64)[[row[int(f)] for f in frame_index]]
+        if not np.isfinite(extr).all():
+            raise Quarantine("geometry cache has a NaN or infinite camera")
+        return planar_poses(extr)
 
     def compute(self, items):
         return [it.payload for it in items]

@@ -1,0 +1,349 @@
+"""VGGT (facebookresearch/vggt) as a frozen multi-view geometry encoder.
+
+VGGT is not on PyPI: ``pip install git+https://github.com/facebookresearch/vggt``. Nothing here
+imports it at module level, so planning, ``status`` and the pure conversions below work without
+it; ``VGGTAdapter.load()`` imports ``VGGTSettings.model_class`` ("module:Class") lazily, which
+also lets tests point the adapter at a stand-in honouring the same contract.
+
+Contract of the model object (read from ``vggt/models/vggt.py`` and its heads):
+
+- ``model.aggregator(images [B, S, 3, H, W] in [0, 1])`` -> ``(tokens_list, patch_start_idx)``;
+  every list entry is [B, S, P, 2C] with the camera token at 0, register tokens at
+  1..patch_start_idx-1 and the Hp x Wp patch grid row-major after them (Hp = H/14, Wp = W/14).
+- ``model.camera_head(tokens_list)`` -> list of pose encodings [B, S, 9], one per refinement
+  iteration; the last one is the prediction.
+- ``model.depth_head(tokens_list, images=images, patch_start_idx=i)`` -> (depth [B, S, H, W, 1],
+  conf [B, S, H, W]); ``model.point_head(...)`` alike -> (world points [B, S, H, W, 3], conf).
+- ``VGGT.forward`` runs the aggregator under the caller's autocast and the heads with autocast
+  disabled (fp32); ``infer`` does the same, calling the submodules itself so that it can also
+  keep the last-layer tokens without a second pass.
+
+Pose encoding ("absT_quaR_FoV", ``vggt/utils/pose_enc.py``): translation (3), quaternion XYZW
+(4, scalar last, ``vggt/utils/rotation.py``), fov_h, fov_w (radians). Extrinsics are OpenCV
+camera-from-world [R | T] (x right, y down, z forward).
+"""
+from __future__ import annotations
+
+import importlib
+import re
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import NavcacheError
+from .weights import read_provenance, weights_fingerprint
+
+INSTALL_HINT = "pip install git+https://github.com/facebookresearch/vggt"
+
+#: VGGT's loader constants (``vggt/utils/load_fn.py``, crop mode)
+TARGET_SIZE = 518
+PATCH_SIZE = 14
+
+_DTYPES = ("auto", "bf16", "fp16", "fp32")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_CLASS_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class VGGTSettings:
+    #: hub id or local folder, passed to ``Class.from_pretrained``
+    model: str = "facebook/VGGT-1B"
+    #: "package.module:Class" of the model; tests point it at a stand-in
+    model_class: str = "vggt.models.vggt:VGGT"
+    #: autocast dtype of the aggregator; "auto" = bf16 on CUDA capability >= 8, fp16 on older
+    #: CUDA, fp32 (no autocast) on CPU. The heads always run in fp32, as in ``VGGT.forward``.
+    dtype: str = "auto"
+    #: "auto" = cuda if available else cpu; or cpu, mps, cuda, cuda:N
+    device: str = "auto"
+    #: also return the last aggregator layer's patch tokens, pooled (large: 2C = 2048 channels)
+    keep_tokens: bool = False
+    #: average-pool the patch-token grid by token_pool x token_pool
+    token_pool: int = 2
+
+    def __post_init__(self):
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(f"model must be a non-empty hub id or folder, got {self.model!r}")
+        if not isinstance(self.model_class, str) or not _CLASS_RE.match(self.model_class):
+            raise ValueError(f"model_class must look like 'package.module:Class', got {self.model_class!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
+            raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
+        if not isinstance(self.keep_tokens, bool):
+            raise ValueError(f"keep_tokens must be true or false, got {self.keep_tokens!r}")
+        if isinstance(self.token_pool, bool) or not isinstance(self.token_pool, int) or self.token_pool < 1:
+            raise ValueError(f"token_pool must be an integer >= 1, got {self.token_pool!r}")
+
+
+# -- pure conversions (numpy; no torch, no vggt) -----------------------------------------------
+
+
+def quat_xyzw_to_rotmat(q) -> np.ndarray:
+    """Quaternions [..., 4] in XYZW order (scalar last, as VGGT) -> rotation matrices [..., 3, 3].
+
+    q is normalised first, which is what VGGT's ``quat_to_mat`` does implicitly (it scales by
+    2 / |q|^2), so q and c*q give the same matrix. A zero quaternion gives NaN, as in VGGT;
+    callers that store the result must check finiteness. float64.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    if q.shape[-1:] != (4,):
+        raise ValueError(f"quaternions must have shape [..., 4], got {q.shape}")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    x, y, z, w = np.moveaxis(q, -1, 0)
+    r = np.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+            2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+            2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+        ],
+        axis=-1,
+    )
+    return r.reshape(q.shape[:-1] + (3, 3))
+
+
+def pose_encoding_to_extri_intri(pose_enc, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """VGGT pose encodings [..., 9] -> (extrinsic [..., 3, 4], intrinsic [..., 3, 3]), float64.
+
+    pose_enc = (T [3], quaternion XYZW [4], fov_h, fov_w) in radians; ``image_hw`` = (H, W) of
+    the images VGGT saw (after preprocessing). Extrinsic = [R | T], OpenCV camera-from-world.
+    Intrinsic: fy = (H/2) / tan(fov_h/2), fx = (W/2) / tan(fov_w/2), principal point (W/2, H/2)
+    (VGGT puts it at the image centre in pixel units, not at (W-1)/2).
+    """
+    p = np.asarray(pose_enc, dtype=np.float64)
+    if p.shape[-1:] != (9,):
+        raise ValueError(f"pose encodings must have shape [..., 9], got {p.shape}")
+    if len(image_hw) != 2 or any(isinstance(v, bool) or int(v) != v or v <= 0 for v in image_hw):
+        raise ValueError(f"image_hw must be two positive integers (H, W), got {image_hw!r}")
+    h, w = float(image_hw[0]), float(image_hw[1])
+    rot = quat_xyzw_to_rotmat(p[..., 3:7])
+    extrinsic = np.concatenate([rot, p[..., :3, None]], axis=-1)
+    intrinsic = np.zeros(p.shape[:-1] + (3, 3), dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        intrinsic[..., 0, 0] = (w / 2.0) / np.tan(p[..., 8] / 2.0)
+        intrinsic[..., 1, 1] = (h / 2.0) / np.tan(p[..., 7] / 2.0)
+    intrinsic[..., 0, 2] = w / 2.0
+    intrinsic[..., 1, 2] = h / 2.0
+    intrinsic[..., 2, 2] = 1.0
+    return extrinsic, intrinsic
+
+
+def _resized_height(h: int, w: int, target: int, patch: int) -> int:
+    # Same expression, evaluation order and built-in round() (half to even) as VGGT's loader,
+    # so that ties land on the same side: h * (518 / w) / 14, not h * 518 / w / 14.
+    return round(h * (target / w) / patch) * patch
+
+
+def processed_size(h: int, w: int, target: int = TARGET_SIZE, patch: int = PATCH_SIZE) -> tuple[int, int]:
+    """(H', W') that VGGT's crop-mode loader gives an h x w image: W' = target, H' = the
+    aspect-preserving height rounded to a multiple of ``patch``, centre-cropped to ``target``."""
+    for name, v in (("h", h), ("w", w), ("target", target), ("patch", patch)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if target % patch:
+        raise ValueError(f"target ({target}) must be a multiple of patch ({patch})")
+    nh = _resized_height(int(h), int(w), int(target), int(patch))
+    if nh < patch:
+        raise ValueError(f"a {h}x{w} (h x w) image is too wide for VGGT's crop mode: its height rounds to {nh} pixels")
+    return min(nh, int(target)), int(target)
+
+
+def preprocess_crop(frames):
+    """Decoded RGB frames uint8 [S, H, W, 3] -> float32 torch tensor [S, 3, H', W'] in [0, 1].
+
+    Reproduces ``load_and_preprocess_images(paths, mode="crop")``: PIL bicubic resize to
+    (W', resized height) with ``processed_size``'s rounding, ``ToTensor`` scaling (uint8 / 255 in
+    float32) and a centre crop of the height to 518 (top offset floor((h' - 518) / 2)). Given the
+    same RGB pixels the result is identical; the loader's other branches do not arise here
+    (alpha compositing onto white: frames are RGB; white padding of mixed sizes: one [S, H, W, 3]
+    array has one size). Pixels can still differ from VGGT's own pipeline when the frames were
+    decoded by a different JPEG/video decoder than PIL.
+    """
+    import torch
+    from PIL import Image
+
+    a = np.asarray(frames)
+    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3 or a.shape[0] < 1:
+        raise ValueError(f"frames must be uint8 [S, H, W, 3] RGB with S >= 1, got {a.dtype} {a.shape}")
+    s, h, w, _ = a.shape
+    out_h, out_w = processed_size(h, w)
+    rh = _resized_height(h, w, TARGET_SIZE, PATCH_SIZE)
+    top = (rh - out_h) // 2
+    out = torch.empty((s, 3, out_h, out_w), dtype=torch.float32)
+    for i in range(s):
+        img = Image.fromarray(np.ascontiguousarray(a[i]), mode="RGB").resize((out_w, rh), Image.Resampling.BICUBIC)
+        t = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div(255)
+        out[i] = t[:, top : top + out_h]
+    return out
+
+
+# -- the adapter -----------------------------------------------------------------------------
+
+
+def _free_cuda_cache() -> None:
+    """Hand cached CUDA blocks back so that the caller (or the next, smaller episode) can use them."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _oom_type():
+    import torch
+
+    # torch >= 2.5 exposes torch.OutOfMemoryError; it is the same class as torch.cuda's
+    return getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+
+class VGGTAdapter:
+    """Loads lazily (``load()``) so that planning and ``status`` never touch the weights."""
+
+    def __init__(self, settings: VGGTSettings):
+        self.s = settings
+        self._model = None
+        self._lock = threading.Lock()
+
+    # -- cheap metadata -----------------------------------------------------------------------
+    def resolved_device(self) -> str:
+        import torch
+
+        return ("cuda" if torch.cuda.is_available() else "cpu") if self.s.device == "auto" else self.s.device
+
+    def resolved_dtype(self) -> str:
+        if self.s.dtype != "auto":
+            return self.s.dtype
+        import torch
+
+        dev = self.resolved_device()
+        if dev.startswith("cuda"):
+            return "bf16" if torch.cuda.get_device_capability(torch.device(dev))[0] >= 8 else "fp16"
+        return "fp32"
+
+    def identity(self) -> dict:
+        """Everything about the encoder that changes its outputs (enters part fingerprints)."""
+        ident: dict[str, Any] = {
+            "model": self.s.model,
+            "class": self.s.model_class,
+            "weights": weights_fingerprint(self.s.model),
+            "preprocess": {"mode": "crop", "target": TARGET_SIZE, "patch": PATCH_SIZE, "resample": "PIL.BICUBIC"},
+            "dtype": self.resolved_dtype(),
+            "keep_tokens": self.s.keep_tokens,
+        }
+        if self.s.keep_tokens:
+            # the pool size changes nothing when no tokens are kept
+            ident["token_pool"] = self.s.token_pool
+        return ident
+
+    def provenance(self) -> dict:
+        return {"id": self.s.model, "architecture": self.s.model_class, **read_provenance(self.s.model)}
+
+    # -- heavy path ---------------------------------------------------------------------------
+    def _import_class(self):
+        module_name, _, cls_name = self.s.model_class.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise NavcacheError(
+                f"VGGT model class {self.s.model_class!r} cannot be imported ({e}); VGGT is not on PyPI, "
+                f"install it with: {INSTALL_HINT}"
+            ) from None
+        try:
+            return getattr(module, cls_name)
+        except AttributeError:
+            raise NavcacheError(f"module {module_name!r} has no class {cls_name!r} (vggt.model_class = {self.s.model_class!r})") from None
+
+    def load(self):
+        with self._lock:
+            if self._model is None:
+                cls = self._import_class()
+                try:
+                    model = cls.from_pretrained(self.s.model)
+                # OSError: not downloadable / not in the cache; ValueError: huggingface_hub's
+                # HFValidationError for a local path that does not exist (read as a repo id)
+                except (OSError, ValueError) as e:
+                    raise NavcacheError(f"VGGT weights {self.s.model!r} cannot be loaded: {e}") from None
+                self._model = model.eval().requires_grad_(False).to(self.resolved_device())
+        return self._model
+
+    def infer(self, images) -> dict[str, np.ndarray]:
+        """All S frames of one episode in ONE forward (VGGT relates them through global attention).
+
+        images: float32 torch [S, 3, H, W] in [0, 1], H and W multiples of 14 (``preprocess_crop``).
+        Returns numpy float32 arrays: ``extrinsic`` [S, 3, 4], ``intrinsic`` [S, 3, 3], ``depth``
+        [S, H, W], ``depth_conf`` [S, H, W], ``world_points`` [S, H, W, 3], ``world_points_conf``
+        [S, H, W], and with ``keep_tokens`` ``tokens`` [S, Hp // pool, Wp // pool, 2C].
+        ``torch.OutOfMemoryError`` propagates (after the CUDA cache is freed); the caller decides
+        what a too-long episode means.
+        """
+        self.load()
+        if getattr(images, "ndim", None) != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be a torch tensor [S, 3, H, W], got shape {tuple(getattr(images, 'shape', ()))}")
+        try:
+            return self._forward(images)
+        except _oom_type() as e:
+            err = e
+        # Drop the locals of the failed forward (activations referenced from the traceback)
+        # before emptying the cache; otherwise the memory cannot be returned.
+        traceback.clear_frames(err.__traceback__)
+        _free_cuda_cache()
+        raise err
+
+    def _forward(self, images) -> dict[str, np.ndarray]:
+        import torch
+        import torch.nn.functional as F
+
+        model = self._model
+        dev = self.resolved_device()
+        dev_type = torch.device(dev).type
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.resolved_dtype())
+        patch = int(getattr(model.aggregator, "patch_size", PATCH_SIZE))
+        s, _, h, w = images.shape
+        if h % patch or w % patch:
+            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {patch}")
+        hp, wp = h // patch, w // patch
+
+        x = images.to(dev, dtype=torch.float32, non_blocking=True)[None]  # [1, S, 3, H, W]
+        with torch.inference_mode():
+            with torch.autocast(device_type=dev_type, dtype=amp or torch.float32, enabled=amp is not None):
+                tokens_list, patch_start_idx = model.aggregator(x)
+            with torch.autocast(device_type=dev_type, enabled=False):
+                # VGGT's tokens come out fp32 (the residual stream stays fp32 under autocast);
+                # .float() is then free, and it keeps the fp32 heads working if a layer is not.
+                tokens_list = [t.float() for t in tokens_list]
+                pose_enc = model.camera_head(tokens_list)[-1]
+                depth, depth_conf = model.depth_head(tokens_list, images=x, patch_start_idx=patch_start_idx)
+                points, points_conf = model.point_head(tokens_list, images=x, patch_start_idx=patch_start_idx)
+                tokens = None
+                if self.s.keep_tokens:
+                    last = tokens_list[-1][0, :, patch_start_idx:]  # [S, Hp*Wp, 2C]
+                    if last.shape[1] != hp * wp:
+                        raise NavcacheError(f"VGGT returned {last.shape[1]} patch tokens per frame, expected {hp}x{wp}")
+                    grid = last.reshape(s, hp, wp, -1).permute(0, 3, 1, 2)
+                    pool = self.s.token_pool
+                    # floor: a grid not divisible by the pool drops its last row/column
+                    tokens = F.avg_pool2d(grid, pool, pool).permute(0, 2, 3, 1) if pool > 1 else grid.permute(0, 2, 3, 1)
+
+        def arr(t, shape, name):
+            if tuple(t.shape) != shape:
+                raise NavcacheError(f"VGGT {name} has shape {tuple(t.shape)}, expected {shape}")
+            return t.detach().float().cpu().numpy()
+
+        pose = arr(pose_enc, (1, s, 9), "pose encoding")[0]
+        extrinsic, intrinsic = pose_encoding_to_extri_intri(pose, (h, w))
+        out = {
+            "extrinsic": extrinsic.astype(np.float32),
+            "intrinsic": intrinsic.astype(np.float32),
+            "depth": np.ascontiguousarray(arr(depth, (1, s, h, w, 1), "depth")[0, ..., 0]),
+            "depth_conf": arr(depth_conf, (1, s, h, w), "depth_conf")[0],
+            "world_points": arr(points, (1, s, h, w, 3), "world_points")[0],
+            "world_points_conf": arr(points_conf, (1, s, h, w), "world_points_conf")[0],
+        }
+        if tokens is not None:
+            out["tokens"] = np.ascontiguousarray(tokens.cpu().numpy(), dtype=np.float32)
+        return out

@@ -1,0 +1,83 @@
+"""``keyframes``: choose N_k of an episode's N_m sampled frames from its ``geometry`` rows.
+
+``space-aware`` is Spatial-MLLM's greedy voxel coverage (``pipeline/keyframes.py``); ``uniform`` is
+the evenly spaced baseline, scored on the same voxels. ``frame-features`` can then encode only the
+chosen frames (``frames_from: keyframes``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Mapping
+
+import numpy as np
+
+from cache_specs.specs import get_spec
+
+from ..errors import Quarantine
+from .base import Prepared, Stage
+
+
+@dataclass(frozen=True)
+class KeyframesSettings:
+    strategy: Literal["space-aware", "uniform"] = "space-aware"
+    #: N_k, keyframes per episode (fewer when coverage saturates early)
+    num_keyframes: int = 16
+
+    def __post_init__(self):
+        if self.strategy not in ("space-aware", "uniform"):
+            raise ValueError(f"strategy must be 'space-aware' or 'uniform', got {self.strategy!r}")
+        if self.num_keyframes < 1:
+            raise ValueError(f"num_keyframes must be >= 1, got {self.num_keyframes}")
+
+
+class KeyframesStage(Stage):
+    name = "keyframes"
+    code_version = "1"
+    reads_files = False  # everything comes from the geometry rows, whose fingerprint is upstream
+    record_keys = ("n_frames",)
+    Settings = KeyframesSettings
+
+    @property
+    def consumes(self) -> tuple[str, ...]:
+        return ("geometry",)
+
+    def spec(self):
+        return get_spec("keyframes")
+
+    def dims(self) -> dict[str, int]:
+        return {}
+
+    @property
+    def batch_cost(self) -> int:
+        return 1
+
+    def prepare(self, episode, upstream: Mapping) -> Prepared:
+        from .. import keyframes
+
+        geo = upstream["geometry"]
+        points, conf = geo["world_points"], geo["world_points_conf"]  # [S,h,w,3], [S,h,w] fp16
+        if not np.isfinite(points).all():
+            raise Quarantine("geometry has NaN or infinite world points")
+        pick = keyframes.space_aware if self.settings.strategy == "space-aware" else keyframes.uniform
+        try:
+            sel = pick(points, conf, self.settings.num_keyframes)
+        except ValueError as e:
+            raise Quarantine(f"keyframes: {e}") from None
+        n = len(sel.positions)
+        coverage = sel.coverage[sel.pick_order].astype(np.float32)  # pick order -> rows sorted by frame
+        return Prepared(
+            episode.episode_id,
+            {
+                "frame_index": geo["frame_index"][sel.positions].astype(np.int64),
+                "position": sel.positions.astype(np.int64),
+                "pick_order": sel.pick_order.astype(np.int64),
+                "gain": sel.gains.astype(np.int64),
+                "coverage": coverage,
+                "n_voxels": np.full(n, sel.n_voxels, np.int64),
+                "voxel_size": np.full(n, sel.voxel_size, np.float32),
+                "threshold": np.full(n, sel.threshold, np.float32),
+            },
+        )
+
+    def compute(self, items):
+        return [it.payload for it in items]

@@ -1,0 +1,226 @@
+"""The Spatial-MLLM chain on real files: geometry -> space-aware keyframes -> frame features, and
+geometry-derived poses, checked against the demo simulator's own ground truth."""
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cache_specs import open_cache
+from cache_specs.verify import verify_cache
+from pipeline import keyframes as kf
+from pipeline.camera import planar_poses
+from pipeline.config import config_from_dict
+from pipeline.demo import video_writer
+from pipeline.motion import bin_steps, egocentric_deltas
+from pipeline.project import demo_config_dict, resolve_project
+from pipeline.runner import ExtractOptions, extract
+from tests.standins.vggt_standin import make_standin
+
+CHAIN = ("geometry", "keyframes", "frame-features")
+
+
+@pytest.fixture(scope="module")
+def tours(tmp_path_factory, demo_world):
+    cwd = tmp_path_factory.mktemp("tours_job")
+    shutil.copytree(demo_world, cwd / "navcache_demo")
+    project = resolve_project(cwd=cwd, say=lambda m: None)
+    summary = extract(project, ExtractOptions("train", datasets=("demo_tours",)))
+    return cwd, project, summary
+
+
+def _project(cwd: Path, edit) -> object:
+    """The demo project with ``edit(config_dict)`` applied; same cache root as ``tours``."""
+    cfg = copy.deepcopy(demo_config_dict(cwd / "navcache_demo", cwd / "navcache_cache"))
+    edit(cfg)
+    return config_from_dict(cfg, cwd)
+
+
+def _built(summary) -> dict[str, int]:
+    return {s.stage: s.parts_built for s in summary.stages}
+
+
+def test_chain_builds_clean(tours):
+    _, _, s = tours
+    assert not s.errors
+    assert [x.stage for x in s.stages] == list(CHAIN)
+    for x in s.stages:
+        assert x.finalized and x.episodes_ok == 6 and x.episodes_quarantined == 0
+        assert verify_cache(x.cache_dir) == []
+
+
+def test_gt_geometry_agrees_with_the_simulator(tours):
+    _, project, _ = tours
+    g = open_cache(project.cache_root, "demo_tours", "train", "geometry")
+    for i, ep in enumerate(g.episodes):
+        tour = video_writer.make_tour(0, "train", i)
+        row = g[ep]
+        idx = row["frame_index"]
+        assert (idx == np.linspace(0, len(tour.poses) - 1, min(128, len(tour.poses))).astype(int)).all()
+        # motion between cameras is frame-independent: planar poses from the cache must move like the walker
+        want = egocentric_deltas(tour.poses[idx])
+        got = egocentric_deltas(planar_poses(row["extrinsic"]))
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        # world = first camera, y down: every valid point lies between the floor (+0.9 m) and the ceiling (-1.6 m)
+        valid = row["world_points_conf"] > 0
+        y = row["world_points"][..., 1][valid].astype(np.float64)
+        assert y.min() > -1.6 - 0.01 and y.max() < 0.9 + 0.01
+        assert np.mean(np.abs(y - 0.9) < 0.01) > 0.05 and np.mean(np.abs(y + 1.6) < 0.01) > 0.05  # floor and ceiling
+        # stored depth is the z of each point in its own camera
+        r, t = row["extrinsic"][:, :, :3].astype(np.float64), row["extrinsic"][:, :, 3].astype(np.float64)
+        z = np.einsum("sij,shwj->shwi", r, row["world_points"].astype(np.float64))[..., 2] + t[:, None, None, 2]
+        np.testing.assert_allclose(z[valid], row["depth"][valid].astype(np.float64), rtol=2e-3, atol=2e-2)
+
+
+def test_space_aware_keyframes_beat_uniform_on_revisiting_tours(tours):
+    _, project, _ = tours
+    g = open_cache(project.cache_root, "demo_tours", "train", "geometry")
+    k = open_cache(project.cache_root, "demo_tours", "train", "keyframes")
+    for ep in g.episodes:
+        geo, keys = g[ep], k[ep]
+        sel = kf.space_aware(geo["world_points"], geo["world_points_conf"], 16)
+        assert (keys["position"] == sel.positions).all() and (keys["frame_index"] == geo["frame_index"][sel.positions]).all()
+        uni = kf.uniform(geo["world_points"], geo["world_points_conf"], 16)
+        assert len(keys["position"]) == len(uni.positions) == 16
+        assert keys["coverage"].max() > uni.coverage[-1]  # strictly more of the rooms seen with the same budget
+        assert np.all(np.diff(keys["coverage"][np.argsort(keys["pick_order"])]) >= 0)
+
+
+def test_frame_features_encode_exactly_the_keyframes(tours):
+    _, project, _ = tours
+    k = open_cache(project.cache_root, "demo_tours", "train", "keyframes")
+    f = open_cache(project.cache_root, "demo_tours", "train", "frame_features")
+    assert f.episodes == k.episodes
+    for ep in f.episodes:
+        assert (f[ep]["frame_index"] == k[ep]["frame_index"]).all()
+    assert f.manifest["identity"]["frames_from"] == "keyframes"
+
+
+def test_changing_keyframe_settings_recomputes_keyframes_and_features_only(tours):
+    cwd, project, _ = tours
+
+    def fewer(cfg):
+        cfg["stages"]["keyframes"]["num_keyframes"] = 8
+
+    s = extract(_project(cwd, fewer), ExtractOptions("train", datasets=("demo_tours",)))
+    assert not s.errors and _built(s) == {"geometry": 0, "keyframes": 2, "frame-features": 2}
+    assert len(open_cache(project.cache_root, "demo_tours", "train", "frame_features").array("cls")) == 6 * 8
+    s = extract(project, ExtractOptions("train", datasets=("demo_tours",)))  # back: same again
+    assert _built(s) == {"geometry": 0, "keyframes": 2, "frame-features": 2}
+    s = extract(project, ExtractOptions("train", datasets=("demo_tours",)))
+    assert _built(s) == {"geometry": 0, "keyframes": 0, "frame-features": 0}
+
+
+def test_poses_from_the_geometry_cache_match_the_walker(tours):
+    cwd, _, _ = tours
+
+    def eight(cfg):
+        ds = cfg["datasets"]["demo_tours"]
+        cfg["datasets"] = {"tours8": {**ds, "stages": ["poses"], "options": {"num_frames": 8},
+                                      "stage_settings": {"poses": {"provider": "geometry"}}}}
+        cfg["cache_root"] = str(cwd / "cache8")
+
+    project = _project(cwd, eight)
+    s = extract(project, ExtractOptions("train"))
+    assert not s.errors and [x.stage for x in s.stages] == ["geometry", "poses"]
+    c = open_cache(project.cache_root, "tours8", "train", "poses")
+    assert len(c) == 6
+    for i, ep in enumerate(c.episodes):
+        poses = video_writer.make_tour(0, "train", i).poses
+        idx = np.linspace(0, len(poses) - 1, 8).astype(int)
+        row = c[ep]
+        want = egocentric_deltas(poses[idx])
+        np.testing.assert_allclose(row["deltas"], want, atol=1e-4)
+        np.testing.assert_allclose(row["poses"][0], 0.0, atol=1e-6)  # first camera = origin, heading 0
+        d, y = bin_steps(want)
+        assert (row["dist_bins"] == d).all() and (row["yaw_bins"] == y).all() and row["step_valid"].all()
+
+
+# ------------------------------------------------------------------ VGGT provider (stand-in model)
+
+def _vggt_project(cwd: Path, model: Path, num_frames: int = 4, cache: str = "cache_vggt"):
+    def edit(cfg):
+        ds = cfg["datasets"]["demo_tours"]
+        cfg["datasets"] = {"tours_vggt": {**ds, "stages": ["geometry", "keyframes"], "options": {"num_frames": num_frames}, "stage_settings": {}}}
+        cfg["stages"]["geometry"] = {"provider": "vggt", "image_size": [518, 518], "stride": 14,
+                                     "vggt": {"model": str(model), "model_class": "tests.standins.vggt_standin:StandInVGGT", "keep_tokens": True}}
+        cfg["cache_root"] = str(cwd / cache)
+
+    return _project(cwd, edit)
+
+
+def test_vggt_provider_writes_the_geometry_spec(tours, tmp_path):
+    cwd, _, _ = tours
+    project = _vggt_project(cwd, make_standin(tmp_path / "vggt", seed=0))
+    s = extract(project, ExtractOptions("val"))
+    assert not s.errors and all(x.episodes_ok == 2 and x.finalized for x in s.stages)
+    g = open_cache(project.cache_root, "tours_vggt", "val", "geometry")
+    row = g[g.episodes[0]]
+    assert row["depth"].shape == (4, 37, 37) and row["world_points"].shape == (4, 37, 37, 3)
+    assert row["tokens"].shape == (4, 18, 18, 32) and row["tokens"].dtype == np.float16
+    np.testing.assert_allclose(row["intrinsic"][:, :2, 2], 259.0)  # principal point at the 518x518 centre
+    assert g.manifest["provenance"]["geometry"]["random_init"] is True
+
+
+def test_vggt_out_of_memory_quarantines_with_the_frame_count(tours, tmp_path):
+    cwd, _, _ = tours
+    project = _vggt_project(cwd, make_standin(tmp_path / "vggt", oom_above_frames=3), cache="cache_oom")
+    s = extract(project, ExtractOptions("val"))
+    geo = s.stages[0]
+    assert geo.finalized and geo.episodes_quarantined == 2
+    assert all("N_m=4" in q["reason"] and "out of GPU memory" in q["reason"] for q in geo.quarantined)
+    assert s.stages[1].episodes_quarantined == 2  # downstream says why, too
+
+
+def test_vggt_non_finite_cameras_are_quarantined(tours, tmp_path):
+    cwd, _, _ = tours
+    zero_fov = [[0, 0, 0, 0, 0, 0, 1, 0.0, 0.0]]  # fov 0 -> infinite focal length
+    project = _vggt_project(cwd, make_standin(tmp_path / "vggt", fixed_pose_enc=zero_fov), cache="cache_nan")
+    s = extract(project, ExtractOptions("val"))
+    assert s.stages[0].episodes_quarantined == 2
+    assert all("NaN or infinite intrinsic" in q["reason"] for q in s.stages[0].quarantined)
+
+
+# ------------------------------------------------------------------ bad input with the gt provider
+
+def _write_episode(root: Path, name: str, n: int, depth=None, extr=None):
+    root.mkdir(parents=True, exist_ok=True)
+    w = cv2.VideoWriter(str(root / f"{name}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (32, 32))
+    for i in range(n):
+        w.write(np.full((32, 32, 3), 10 * i % 255, np.uint8))
+    w.release()
+    poses = np.stack([np.linspace(0, 1, n), np.zeros(n), np.linspace(0, 0.5, n)], 1)
+    e = video_writer.extrinsics(poses) if extr is None else extr
+    d = np.full((n, 32, 32), 2.0, np.float32) if depth is None else depth
+    k = np.array([[16.0, 0, 15.5], [0, 16.0, 15.5], [0, 0, 1]])
+    np.savez(root / f"{name}.gt.npz", depth=d, extrinsics=e, intrinsics=k)
+
+
+def test_bad_geometry_input_is_quarantined_with_reasons(tmp_path):
+    split = tmp_path / "data/train"
+    _write_episode(split, "ok", 12)
+    _write_episode(split, "one_frame", 1)
+    _write_episode(split, "no_depth", 12, depth=np.zeros((12, 32, 32), np.float32))
+    _write_episode(split, "nan_depth", 12, depth=np.full((12, 32, 32), np.nan, np.float32))
+    bad = video_writer.extrinsics(np.zeros((12, 3)))
+    bad[3, 0, 3] = np.nan
+    _write_episode(split, "nan_pose", 12, extr=bad)
+    cfg = {"cache_root": str(tmp_path / "cache"),
+           "datasets": {"d": {"source": "videos", "root": str(tmp_path / "data"), "splits": ["train"],
+                              "stages": ["geometry", "keyframes"], "options": {"num_frames": 8}}},
+           "stages": {"geometry": {"provider": "gt", "image_size": [32, 32], "stride": 1}, "keyframes": {"num_keyframes": 3}}}
+    project = config_from_dict(cfg, tmp_path)
+    s = extract(project, ExtractOptions("train"))
+    geo = s.stages[0]
+    assert geo.finalized and geo.episodes_ok == 1
+    why = {q["episode_id"]: q["reason"] for q in geo.quarantined}
+    assert set(why) == {"one_frame", "no_depth", "nan_depth", "nan_pose"}
+    assert "min_frames" in why["one_frame"]
+    assert "no valid pixel" in why["no_depth"] and "no valid pixel" in why["nan_depth"]
+    assert "NaN" in why["nan_pose"] or "finite" in why["nan_pose"]
+    assert open_cache(project.cache_root, "d", "train", "keyframes").episodes == ["ok"]
+    assert s.quarantined == 8  # 4 per stage; what `--strict` turns into exit code 3 (tests/test_cli.py)
