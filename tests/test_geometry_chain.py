@@ -224,3 +224,18 @@ def test_bad_geometry_input_is_quarantined_with_reasons(tmp_path):
     assert "NaN" in why["nan_pose"] or "finite" in why["nan_pose"]
     assert open_cache(project.cache_root, "d", "train", "keyframes").episodes == ["ok"]
     assert s.quarantined == 8  # 4 per stage; what `--strict` turns into exit code 3 (tests/test_cli.py)
+
+
+def test_inspect_plot_writes_the_contact_sheet_and_top_down_view(tours, tmp_path):
+    from tests.helpers import run_cli
+
+    cwd, project, _ = tours
+    keys = Path(project.cache_root) / "demo_tours/train/keyframes"
+    p = run_cli("inspect", str(keys), "--episode", "tour_0000", "--plot", str(tmp_path / "plots"), cwd=cwd)
+    sheet, top = tmp_path / "plots/tour_0000.sheet.png", tmp_path / "plots/tour_0000.topdown.png"
+    assert str(sheet) in p.stdout and str(top) in p.stdout
+    img = cv2.imread(str(sheet))
+    assert img is not None and img.shape[1] > 1000  # 117 thumbnails and the coverage curve
+    assert cv2.imread(str(top)) is not None
+    bad = run_cli("inspect", str(keys), "--episode", "nope", "--plot", str(tmp_path / "plots"), cwd=cwd, check=False)
+    assert bad.returncode == 1 and "nope" in bad.stderr
