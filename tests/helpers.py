@@ -65,3 +65,25 @@ def cache_checksums(cache: Path) -> dict:
         out[p.name] = {k: v["sha256"] for k, v in meta["arrays"].items()}
     out["index"] = pl.read_parquet(cache / "index.parquet").rows()
     return out
+
+
+def assert_colours(pixels, frame_numbers, colour, tol: float) -> None:
+    """Each decoded frame's mean RGB is ``colour(i)`` of its source frame number, within ``tol``."""
+    import numpy as np
+
+    assert len(pixels) == len(frame_numbers)
+    for row, i in zip(pixels, frame_numbers):
+        mean = row.reshape(-1, 3).mean(axis=0)
+        assert np.abs(mean - np.array(colour(i))).max() < tol, (i, mean, colour(i))
+
+
+def demo_job(tmp_path_factory, demo_world: Path, name: str, say=None):
+    """(cwd, project): a fresh working folder holding a copy of the session's demo world, as
+    "generated on first use" leaves it, and the embedded demo project resolved there."""
+    import shutil
+
+    from pipeline.project import resolve_project
+
+    cwd = tmp_path_factory.mktemp(name)
+    shutil.copytree(demo_world, cwd / "navcache_demo")
+    return cwd, resolve_project(cwd=cwd, say=say or (lambda m: None))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -12,18 +11,15 @@ from cache_specs import open_cache
 from cache_specs.verify import verify_cache
 from pipeline.config import load_config
 from pipeline.motion import bin_steps, egocentric_deltas
-from pipeline.project import resolve_project
 from pipeline.runner import ExtractOptions, extract
 from pipeline.sampling import navila_indices
-from tests.helpers import cache_checksums, make_navila, write_project
+from tests.helpers import cache_checksums, demo_job, make_navila, write_project
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, demo_world):
-    cwd = tmp_path_factory.mktemp("job")
-    shutil.copytree(demo_world, cwd / "navcache_demo")  # what "generated on first use" leaves behind
     messages = []
-    project = resolve_project(cwd=cwd, say=messages.append)
+    cwd, project = demo_job(tmp_path_factory, demo_world, "job", say=messages.append)
     assert project.origin == "demo"
     summary = extract(project, ExtractOptions("train"))
     return cwd, project, summary

@@ -3,7 +3,6 @@ geometry-derived poses, checked against the demo simulator's own ground truth.""
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 
 import cv2
@@ -17,8 +16,9 @@ from pipeline.camera import planar_poses
 from pipeline.config import config_from_dict
 from pipeline.demo import video_writer
 from pipeline.motion import bin_steps, egocentric_deltas
-from pipeline.project import demo_config_dict, resolve_project
+from pipeline.project import demo_config_dict
 from pipeline.runner import ExtractOptions, extract
+from tests.helpers import demo_job
 from tests.standins.vggt_standin import make_standin
 
 CHAIN = ("geometry", "keyframes", "frame-features")
@@ -26,9 +26,7 @@ CHAIN = ("geometry", "keyframes", "frame-features")
 
 @pytest.fixture(scope="module")
 def tours(tmp_path_factory, demo_world):
-    cwd = tmp_path_factory.mktemp("tours_job")
-    shutil.copytree(demo_world, cwd / "navcache_demo")
-    project = resolve_project(cwd=cwd, say=lambda m: None)
+    cwd, project = demo_job(tmp_path_factory, demo_world, "tours_job")
     summary = extract(project, ExtractOptions("train", datasets=("demo_tours",)))
     return cwd, project, summary
 

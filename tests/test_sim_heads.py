@@ -9,7 +9,6 @@ Measured (demo scale 1: 240 train / 80 val clips; 30 epochs, lr 3e-3, last epoch
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -26,12 +25,10 @@ HEADS = ("risk", "reason", "action")
 
 @pytest.fixture(scope="module")
 def rover_caches(demo_world, tmp_path_factory):
-    from pipeline.project import resolve_project
     from pipeline.runner import ExtractOptions, extract
+    from tests.helpers import demo_job
 
-    cwd = tmp_path_factory.mktemp("sim_job")
-    shutil.copytree(demo_world, cwd / "navcache_demo")
-    project = resolve_project(cwd=cwd, say=lambda m: None)
+    cwd, project = demo_job(tmp_path_factory, demo_world, "sim_job")
     for split in ("train", "val"):
         assert not extract(project, ExtractOptions(split, datasets=("demo_rover",))).errors
     return Path(project.cache_root)

@@ -20,6 +20,7 @@ from pipeline.sources import SOURCES, make_source
 from pipeline.sources.base import Episode, Frames
 from pipeline.sources.navila import NavilaSource
 from pipeline.sources.rover import RoverSource
+from tests import helpers
 
 W, H = 32, 24
 
@@ -45,10 +46,7 @@ def write_video(path: Path, n: int) -> Path:
 
 
 def assert_colours(pixels: np.ndarray, frame_numbers, tol: float = 8.0) -> None:
-    assert len(pixels) == len(frame_numbers)
-    for row, i in zip(pixels, frame_numbers):
-        mean = row.reshape(-1, 3).mean(axis=0)
-        assert np.abs(mean - np.array(colour(i))).max() < tol, (i, mean, colour(i))
+    helpers.assert_colours(pixels, frame_numbers, colour, tol)
 
 
 def by_id(episodes: list[Episode]) -> dict[str, Episode]:

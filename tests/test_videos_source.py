@@ -14,6 +14,7 @@ from pipeline.fingerprint import FileHasher, episode_fingerprint
 from pipeline.sources import SOURCES, make_source
 from pipeline.sources.base import Episode
 from pipeline.sources.videos import VideosSource
+from tests import helpers
 
 W = H = 32
 FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
@@ -49,10 +50,7 @@ def write_frames(folder: Path, names: list[str], jpeg_colours: bool = False) -> 
 
 
 def assert_colours(pixels: np.ndarray, frame_numbers, tol: float = 10.0) -> None:
-    assert len(pixels) == len(frame_numbers)
-    for row, i in zip(pixels, frame_numbers):
-        mean = row.reshape(-1, 3).mean(axis=0)
-        assert np.abs(mean - np.array(colour(i))).max() < tol, (i, mean, colour(i))
+    helpers.assert_colours(pixels, frame_numbers, colour, tol)
 
 
 def by_id(episodes: list[Episode]) -> dict[str, Episode]:
