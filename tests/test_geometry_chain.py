@@ -237,3 +237,25 @@ def test_inspect_plot_writes_the_contact_sheet_and_top_down_view(tours, tmp_path
     assert cv2.imread(str(top)) is not None
     bad = run_cli("inspect", str(keys), "--episode", "nope", "--plot", str(tmp_path / "plots"), cwd=cwd, check=False)
     assert bad.returncode == 1 and "nope" in bad.stderr
+
+
+def test_chain_on_dask_and_slurm_shards_matches_the_local_run(tours, tmp_path):
+    """Downstream stages read upstream parts on other processes (dask workers, shard jobs)."""
+    from tests.helpers import cache_checksums
+
+    cwd, project, _ = tours
+
+    def moved(root):
+        return lambda cfg: cfg.update(cache_root=str(root))
+
+    dask_project = _project(cwd, moved(tmp_path / "dask"))
+    assert not extract(dask_project, ExtractOptions("train", datasets=("demo_tours",), executor="dask", workers=2)).errors
+    sharded = _project(cwd, moved(tmp_path / "shards"))
+    for i in range(2):
+        extract(sharded, ExtractOptions("train", datasets=("demo_tours",), shard=(i, 2)))
+    s = extract(sharded, ExtractOptions("train", datasets=("demo_tours",)))
+    assert all(x.parts_built == 0 for x in s.stages)  # the shard jobs built everything
+    for name in ("geometry", "keyframes", "frame_features"):
+        want = cache_checksums(Path(project.cache_root) / "demo_tours/train" / name)
+        assert cache_checksums(tmp_path / "dask/demo_tours/train" / name) == want
+        assert cache_checksums(tmp_path / "shards/demo_tours/train" / name) == want
