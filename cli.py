@@ -154,5 +154,25 @@ def train_sim_heads(
     raise typer.Exit(train_sim_heads_cmd(config, out_dir, epochs, seed, lr))
 
 
+predict_app = typer.Typer(no_args_is_help=True, help="Run trained heads on a split's caches.")
+app.add_typer(predict_app, name="predict")
+
+
+@predict_app.command("sim-heads")
+def predict_sim_heads(
+    out: Path = typer.Argument(..., help="Output .jsonl: one prediction per clip, with its id (written atomically)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A sim-heads run's checkpoints/best.pt (or last.pt)."),
+    split: str = typer.Option("val", "--split", "-s"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Default: the checkpoint's, else demo_rover."),
+    cache_root: Optional[Path] = typer.Option(None, "--cache-root", help="Default: the checkpoint's (if still there), else the demo's."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+):
+    """SIM v0 risk / reason / action predictions (label + class probabilities) for every clip of a split; prints accuracy per head."""
+    from pipeline.commands import predict_sim_heads_cmd
+
+    raise typer.Exit(predict_sim_heads_cmd(checkpoint, out, split, dataset, cache_root, batch_size, device))
+
+
 if __name__ == "__main__":
     app()

@@ -224,3 +224,47 @@ def train_sim_heads_cmd(config: Path | None, out_dir: Path | None, epochs: int |
     print(json.dumps(train_sim_heads(cfg), indent=1, default=str))
     return EXIT_OK
 
+
+
+def predict_sim_heads_cmd(checkpoint: Path, out: Path, split: str = "val", dataset: str | None = None, cache_root: Path | None = None,
+                          batch_size: int = 256, device: str = "cpu") -> int:
+    """Without --dataset / --cache-root: the checkpoint's recorded ones (the cache root only while it
+    still exists here), else the embedded demo's rover caches (brought up to date first, as in training)."""
+    import pickle
+
+    import torch
+
+    from cache_specs.manifest import IncompleteCache
+    from heads.sim_heads.predict import predict_split, read_checkpoint
+
+    if not (device == "cpu" or device.startswith("cuda")) or (device.startswith("cuda") and not torch.cuda.is_available()):
+        print(f"navcache: configuration error: --device {device!r}: expected cpu, or cuda[:N] on a machine with CUDA", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        recorded = read_checkpoint(checkpoint)["metadata"].get("config", {})
+    except (FileNotFoundError, ValueError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
+        print(f"navcache: configuration error: --checkpoint {checkpoint}: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    dataset = dataset or recorded.get("dataset") or "demo_rover"
+    try:
+        if cache_root is None:
+            rec_root = recorded.get("cache_root")
+            if rec_root and Path(rec_root).is_dir():
+                cache_root = Path(rec_root)
+            else:
+                from .runner import ExtractOptions, extract
+
+                project = _project(None)
+                project.dataset(dataset)  # a ConfigError naming the known datasets when it is not there
+                for stage in ("frame-features", "rover-meta"):
+                    s = extract(project, ExtractOptions(split, only=stage, datasets=(dataset,)))
+                    if s.errors:
+                        print("navcache: " + "; ".join(s.errors), file=sys.stderr)
+                        return EXIT_FAILED
+                cache_root = Path(project.cache_root)
+        summary = predict_split(checkpoint, cache_root, dataset, split, out, batch_size=batch_size, device=device)
+    except (ConfigError, ValueError, IncompleteCache, FileNotFoundError) as e:
+        print(f"navcache: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(json.dumps(summary, indent=1))
+    return EXIT_OK

@@ -7,34 +7,64 @@ every other token).
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from cache_specs.labels import ACTION, REASON, RISK, TELEMETRY_FIELDS
+from cache_specs.labels import ACTION, LABELS, REASON, RISK, TELEMETRY_FIELDS
 
 N_CLASSES = {"risk": len(RISK), "reason": len(REASON), "action": len(ACTION)}
 RANDOM_GPT2 = {"n_layer": 2, "n_head": 2, "n_embd": 64}
 
 
-def make_random_gpt2(path: str | Path, seed: int = 0) -> Path:
-    """A tiny seeded random-init GPT-2 saved with ``save_pretrained`` (reused when already there)."""
+RANDOM_INIT_MARKER = "navcache_random_init.json"
+
+
+def random_gpt2_marker(seed: int, arch: dict | None = None) -> dict:
+    """What ``make_random_gpt2`` writes beside the weights: the seed and sizes that define them."""
+    return {"random_init": True, "seed": seed, **(arch or RANDOM_GPT2)}
+
+
+def make_random_gpt2(path: str | Path, seed: int = 0, arch: dict | None = None) -> Path:
+    """A tiny seeded random-init GPT-2 saved with ``save_pretrained`` (reused when already there).
+
+    ``arch``: {n_layer, n_head, n_embd}, default ``RANDOM_GPT2`` (a checkpoint records the sizes it
+    was trained with, so inference can re-create the same weights even if the default changes).
+    """
     from transformers import GPT2Config, GPT2Model
 
     path = Path(path)
-    marker = path / "navcache_random_init.json"
-    want = {"random_init": True, "seed": seed, **RANDOM_GPT2}
+    arch = dict(arch or RANDOM_GPT2)
+    marker = path / RANDOM_INIT_MARKER
+    want = random_gpt2_marker(seed, arch)
     if marker.exists() and json.loads(marker.read_text()) == want:
         return path
-    cfg = GPT2Config(**RANDOM_GPT2, n_positions=64, vocab_size=256, bos_token_id=None, eos_token_id=None, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(**arch, n_positions=64, vocab_size=256, bos_token_id=None, eos_token_id=None, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = GPT2Model(cfg)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    marker.write_text(json.dumps(want) + "\n")
+    # build beside, then rename: DDP ranks may all get here at once, and none may see half a model
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        model.save_pretrained(tmp)
+        (tmp / RANDOM_INIT_MARKER).write_text(json.dumps(want) + "\n")
+        if path.exists():
+            if marker.exists() and json.loads(marker.read_text()) == want:
+                return path  # another rank finished first
+            shutil.rmtree(path)
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another rank renamed its identical copy into place meanwhile
+            if not (marker.exists() and json.loads(marker.read_text()) == want):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -80,3 +110,40 @@ class SimV0Model(nn.Module):
         emb = torch.cat([vis, tel, q], 1).to(next(self.llm.parameters()).dtype)
         h = self.llm(inputs_embeds=emb).last_hidden_state[:, -1].float()  # query token
         return {name: head(h) for name, head in self.heads.items()}
+
+    @torch.no_grad()
+    def predict_json(self, batch: dict) -> list[dict]:
+        """One plain dict per sample, ready for ``json.dumps``::
+
+            {"id": "ep_0007",                      # only when the batch carries "id" or "sample_id"
+             "risk":   {"label": "high", "probs": {"none": 0.01, "low": 0.04, "medium": 0.15, "high": 0.80}},
+             "reason": {"label": ..., "probs": {...}},
+             "action": {"label": ..., "probs": {...}}}
+
+        batch: "vis_feats" [B, F, dv], "telemetry" [B, 8] (already normalised with the TRAIN stats),
+        optionally "id" / "sample_id": B strings. probs: softmax of the logits; label: the argmax of
+        the logits (the prediction the trainer's metrics score). Class names: ``cache_specs.labels``.
+        Runs in eval mode and restores the previous mode.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            dev = next(p for p in self.parameters() if p.requires_grad).device
+            logits = self(batch["vis_feats"].to(dev), batch["telemetry"].to(dev))
+        finally:
+            self.train(was_training)
+        ids = batch.get("id", batch.get("sample_id"))
+        B = len(batch["vis_feats"])
+        if ids is not None and len(ids) != B:
+            raise ValueError(f"batch has {len(ids)} ids for {B} samples")
+        per_head = {}
+        for h, names in LABELS.items():
+            lg = logits[h].float()
+            per_head[h] = (lg.argmax(-1).tolist(), lg.softmax(-1).cpu().tolist(), names)
+        out = []
+        for i in range(B):
+            rec: dict = {} if ids is None else {"id": str(ids[i])}
+            for h, (pred, probs, names) in per_head.items():
+                rec[h] = {"label": names[pred[i]], "probs": dict(zip(names, probs[i]))}
+            out.append(rec)
+        return out

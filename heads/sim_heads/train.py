@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from cache_specs.labels import LABELS, RISK
@@ -47,8 +48,15 @@ class SimHeadsTask:
 
     def _losses(self, out, b) -> dict[str, torch.Tensor]:
         w = b["weight"].float() if self.cfg.use_sample_weights else torch.ones_like(b["weight"], dtype=torch.float32)
-        denom = w.sum().clamp_min(1e-12)
-        return {h: (F.cross_entropy(out[h].float(), b[h], reduction="none") * w).sum() / denom for h in HEAD_NAMES}
+        denom, scale = w.sum(), 1.0
+        if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # DDP averages gradients over ranks; dividing by the GLOBAL weight sum (times the world
+            # size) makes that average the gradient of the global weighted mean, not a mean of means
+            denom = denom.detach().clone()
+            dist.all_reduce(denom)
+            scale = float(dist.get_world_size())
+        denom = denom.clamp_min(1e-12)
+        return {h: scale * (F.cross_entropy(out[h].float(), b[h], reduction="none") * w).sum() / denom for h in HEAD_NAMES}
 
     def _total(self, losses):
         return sum(self.cfg.loss_weights[h] * losses[h] for h in HEAD_NAMES)
@@ -132,7 +140,13 @@ def train_sim_heads(config: SimHeadsConfig | None = None) -> dict:
     metadata = {"head": "sim-heads", **{k: v for k, v in info.items() if k not in ("train_cache", "val_cache")}, "config": cfg.to_dict()}
     result = run_loop(task, cfg.loop, config_dict={"sim_heads": cfg.to_dict(), "data": info}, metadata=metadata)
     out = Path(cfg.out_dir)
-    labels = export_labels(out) if result["rank"] == 0 and is_master() else out / "export" / "labels.json"
+    master = result["rank"] == 0 and is_master()
+    labels = export_labels(out) if master else out / "export" / "labels.json"
+    report = None
+    if master:  # only rank 0 writes files; the run's device (where run_loop left the model) predicts
+        from .report import write_training_report
+
+        report = write_training_report(out, task.val_arrays, next(task.model.parameters()).device)
     base = {k: v for k, v in result["last"]["val"].items() if k.startswith("base_majority_")}
     return {**{k: result[k] for k in ("best", "last")}, "baselines_val": base, "majority": task.majority,
-            "out_dir": str(out), "labels": str(labels)}
+            "out_dir": str(out), "labels": str(labels), "report": report}

@@ -1,0 +1,50 @@
+"""End-of-training pictures of a SIM heads run, written under ``<out_dir>/metrics/``::
+
+    curves.png                           every metric over epochs, train vs val (``heads.plots.training_curves``)
+    confusion_val_{risk,reason,action}.png
+    confusion_val.json                   {"epoch", "checkpoint", "n", "labels": {head: [names]},
+                                          "matrices": {head: [[int]] row = true, column = predicted}}
+
+The confusion matrices come from the BEST checkpoint (the one a user would deploy), rebuilt with
+``load_for_inference`` exactly as ``navcache predict sim-heads`` does, on the val arrays the trainer
+scored (telemetry already normalised with the train stats).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cache_specs.labels import LABELS
+from cache_specs.layout import atomic_write_json
+from heads.plots import confusion_matrix, plot_confusion, training_curves
+
+from .predict import load_for_inference, predict_arrays, predicted_ids
+
+
+def write_training_report(out_dir: str | Path, val_arrays: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> dict:
+    """Write curves.png and the best checkpoint's val confusion matrices; returns {name: path}.
+
+    val_arrays: the trainer's val split, "vis_feats" [N, F, dv], "telemetry" [N, 8] (normalised),
+    "risk" / "reason" / "action" [N] int64.
+    """
+    out = Path(out_dir)
+    metrics = out / "metrics"
+    written = {"curves": training_curves(metrics / "train_metrics.jsonl", metrics / "val_metrics.jsonl", metrics / "curves.png")}
+
+    best = out / "checkpoints" / "best.pt"
+    model, md = load_for_inference(best, device)
+    preds = predict_arrays(model, md, val_arrays["vis_feats"], val_arrays["telemetry"])
+    epoch = md["checkpoint"]["epoch"]
+    matrices = {}
+    for h, names in LABELS.items():
+        m = confusion_matrix(val_arrays[h].cpu().numpy(), predicted_ids(preds, h), len(names))
+        matrices[h] = m.tolist()
+        acc = m.trace() / max(int(m.sum()), 1)
+        written[f"confusion_{h}"] = plot_confusion(m, names, metrics / f"confusion_val_{h}.png",
+                                                   title=f"val {h}: best epoch {epoch}, accuracy {acc:.3f} ({int(m.sum())} clips)")
+    doc = {"epoch": epoch, "checkpoint": str(best), "n": len(preds), "rows": "true", "columns": "predicted",
+           "labels": {h: list(v) for h, v in LABELS.items()}, "matrices": matrices}
+    written["confusion_json"] = metrics / "confusion_val.json"
+    atomic_write_json(written["confusion_json"], doc)
+    return {k: str(v) for k, v in written.items()}
