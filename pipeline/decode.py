@@ -13,7 +13,7 @@ Observed with decord 0.6.0 / OpenCV 5.0 on mp4v files written by cv2.VideoWriter
     ``read()`` returns fewer frames.
   * faststart file cut inside the *last* packet (up to ~1 kB short here): decord and cv2 both
     report and return every frame, the last one partly grey. Only the container itself shows it:
-    the mdat box declares more bytes than the file has, hence ``_check_iso_bmff_complete``.
+    the mdat box declares more bytes than the file has, hence ``check_iso_bmff_complete``.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def black_frames(k: int, h: int, w: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- files
 
 
-def _check_file(path: Path, what: str) -> int:
+def check_file(path: Path, what: str) -> int:
     """Size in bytes of ``path``; Quarantine if it is missing, not a regular file, or empty."""
     try:
         st = path.stat()
@@ -73,7 +73,7 @@ def _short(err: BaseException) -> str:
 _BMFF_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"})
 
 
-def _check_iso_bmff_complete(path: Path, size: int) -> None:
+def check_iso_bmff_complete(path: Path, size: int) -> None:
     """Quarantine an mp4/mov whose top-level boxes do not exactly tile the file, or lack ``moov``.
 
     A truncated file ends inside a box (usually ``mdat``), so that box declares more bytes than
@@ -175,8 +175,8 @@ def read_video_sampled(
     other than ``expected_frames``, for out-of-range indices and for a short or misshapen batch.
     """
     path = Path(path)
-    size = _check_file(path, "video")
-    _check_iso_bmff_complete(path, size)
+    size = check_file(path, "video")
+    check_iso_bmff_complete(path, size)
     try:
         vr = VideoReader(str(path), ctx=cpu(0), num_threads=1)
         n = len(vr)
@@ -257,7 +257,7 @@ def _check_image_complete(data: np.ndarray, path: Path) -> None:
 def read_image(path: Path) -> np.ndarray:
     """One image file (JPEG, or anything OpenCV decodes) as uint8 [H, W, 3] RGB."""
     path = Path(path)
-    _check_file(path, "image")
+    check_file(path, "image")
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from pipeline.decode import _check_file, _check_iso_bmff_complete, read_jpegs, read_video_sampled
+from pipeline.decode import check_file, check_iso_bmff_complete, read_jpegs, read_video_sampled
 from pipeline.errors import DatasetError, Quarantine
 from pipeline.safepaths import UnsafePath, resolve_under
 from pipeline.sampling import uniform_indices
@@ -458,8 +458,8 @@ def _probe_video(path: Path) -> tuple[int, float | None]:
     (the sample table) and avi (the header); for mkv/webm it is duration x fps, which
     ``read_frames`` cross-checks against decord's packet count.
     """
-    size = _check_file(path, "video")
-    _check_iso_bmff_complete(path, size)
+    size = check_file(path, "video")
+    check_iso_bmff_complete(path, size)
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
