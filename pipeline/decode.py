@@ -123,17 +123,20 @@ def _container_frame_count(path: Path) -> int | None:
     return int(count) if count and count > 0 else None
 
 
-def _validate_indices(indices: Sequence[int], n: int, path: Path) -> list[int]:
-    """Plain ints, each in [0, n); decord itself would wrap -1 to the last frame silently."""
+def validate_indices(indices: Sequence[int], n: int, what: object) -> list[int]:
+    """Plain ints, each in [0, n); decord itself would wrap -1 to the last frame silently.
+
+    Raises Quarantine naming ``what`` (a path or an episode id) for an index out of range.
+    """
     out = []
     for i in indices:
         if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
             raise TypeError(f"frame indices must be integers, got {type(i).__name__} {i!r}")
         if not 0 <= int(i) < n:
-            raise Quarantine(f"frame index {int(i)} out of range for video {path} with {n} frames")
+            raise Quarantine(f"frame index {int(i)} out of range for {n} frames of {what}")
         out.append(int(i))
     if not out:
-        raise ValueError(f"no frame indices requested for {path}")
+        raise ValueError(f"no frame indices requested for {what}")
     return out
 
 
@@ -193,7 +196,7 @@ def read_video_sampled(
             stated = _container_frame_count(path)
             if stated is not None and stated != expected_frames:
                 raise Quarantine(f"video {path}: container states {stated} frames, annotation says {expected_frames}")
-        idx = _validate_indices(sample(n), n, path)
+        idx = validate_indices(sample(n), n, path)
         try:
             pixels = vr.get_batch(idx).asnumpy()
         except _DECORD_ERRORS as e:

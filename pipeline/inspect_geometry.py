@@ -30,11 +30,14 @@ def plot_episode(project: ProjectConfig, cache_path: Path, episode: str, out_dir
     geo_dir, key_dir = split_dir / "geometry", split_dir / "keyframes"
     if not geo_dir.exists():
         raise NavcacheError(f"no geometry cache beside {cache_path} (looked for {geo_dir}); --plot needs one")
-    geo = open_cache(geo_dir)
-    if episode not in geo:
-        raise NavcacheError(f"episode {episode!r} is not in {geo_dir} (quarantined or unknown)")
-    g = geo[episode]
-    keys = open_cache(key_dir)[episode] if key_dir.exists() and episode in open_cache(key_dir) else None
+    with open_cache(geo_dir) as geo:
+        if episode not in geo:
+            raise NavcacheError(f"episode {episode!r} is not in {geo_dir} (quarantined or unknown)")
+        g = geo[episode]
+    keys = None
+    if key_dir.exists():
+        with open_cache(key_dir) as kc:
+            keys = kc[episode] if episode in kc else None
 
     ds = project.dataset(dataset)
     source = make_source(ds.source, ds.root, **ds.options)

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from pipeline.decode import check_file, check_iso_bmff_complete, read_jpegs, read_video_sampled
+from pipeline.decode import check_file, check_iso_bmff_complete, read_jpegs, read_video_sampled, validate_indices
 from pipeline.errors import DatasetError, Quarantine
 from pipeline.safepaths import UnsafePath, resolve_under
 from pipeline.sampling import uniform_indices
@@ -253,16 +253,7 @@ class VideosSource:
         n = episode.record["n_frames"]
         if indices is None:
             return [int(k) for k in episode.record["sample_indices"]]
-        out = []
-        for k in indices:
-            if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-                raise TypeError(f"frame indices must be integers, got {type(k).__name__} {k!r}")
-            if not 0 <= int(k) < n:
-                raise Quarantine(f"{episode.episode_id}: frame index {int(k)} out of range for {n} frames")
-            out.append(int(k))
-        if not out:
-            raise ValueError(f"{episode.episode_id}: no frame indices requested")
-        return out
+        return validate_indices(indices, n, episode.episode_id)
 
     def read_frames(self, episode: Episode, indices: Sequence[int] | None = None) -> Frames:
         """The sampled frames (or ``indices``): pixels uint8 [T, H, W, 3] RGB, no padding.
