@@ -97,11 +97,13 @@ def demo_data(
     out: Path = typer.Argument(..., help="Folder to write the demo world into."),
     scale: float = typer.Option(1.0, "--scale", help="Multiply the number of episodes (benchmarks)."),
     seed: int = typer.Option(0, "--seed"),
+    pixels: bool = typer.Option(True, "--pixels/--no-pixels",
+                                help="--no-pixels: NaVILA annotations and poses only (poses stage, gru-motion at scale)."),
 ):
     """Generate the procedural demo world (NaVILA + rover formats) and its tiny encoder."""
     from pipeline.commands import demo_data_cmd
 
-    raise typer.Exit(demo_data_cmd(out, scale, seed))
+    raise typer.Exit(demo_data_cmd(out, scale, seed, pixels))
 
 
 export_app = typer.Typer(no_args_is_help=True, help="Write caches out in the formats other projects consume.")

@@ -160,12 +160,12 @@ def verify_cmd(path: Path | None, config: Path | None, repair: bool, as_json: bo
         return EXIT_CONFIG
 
 
-def demo_data_cmd(out: Path, scale: float, seed: int) -> int:
+def demo_data_cmd(out: Path, scale: float, seed: int, pixels: bool = True) -> int:
     from .demo import generate_demo
     from .encoders.tiny import make_random_dinov3
     from .project import DEMO_ENCODER
 
-    info = generate_demo(Path(out), scale=scale, seed=seed)
+    info = generate_demo(Path(out), scale=scale, seed=seed, pixels=pixels)
     make_random_dinov3(Path(out) / DEMO_ENCODER, size="tiny", seed=0)
     print(json.dumps({"out": str(out), "info": repr(info)}, indent=1))
     return EXIT_OK

@@ -74,8 +74,8 @@ def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float
         generate_demo(demo_dir, scale=scale)
     else:
         meta = json.loads(info.read_text())
-        if meta.get("format") != FORMAT:  # written by an older navcache: rebuild it at the same scale and seed
-            say(f"navcache: the demo world in {demo_dir} is from an older navcache; regenerating it")
+        if meta.get("format") != FORMAT or not meta.get("pixels", True):  # same scale and seed, with every dataset
+            say(f"navcache: the demo world in {demo_dir} is from an older navcache or has no pixels; regenerating it")
             generate_demo(demo_dir, scale=float(meta.get("scale", scale)), seed=int(meta.get("seed", 0)))
     make_random_dinov3(demo_dir / DEMO_ENCODER, size="tiny", seed=0)
 

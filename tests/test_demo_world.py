@@ -85,6 +85,30 @@ def test_replaces_other_demo_but_never_foreign_folder(tmp_path: Path):
     assert (foreign / "notes.txt").read_text() == "keep"
 
 
+def test_pixel_free_demo_has_the_same_records_and_poses(demo: DemoInfo, tmp_path: Path):
+    lean = generate_demo(tmp_path / "lean", pixels=False, workers=1)
+    for split in ("train", "val"):
+        for name in (f"annotations_{split}.json", f"poses_{split}.json"):
+            assert (lean.navila_root / name).read_bytes() == (demo.navila_root / name).read_bytes(), name
+    assert not list(lean.root.rglob("*.jpg")) and not (lean.root / "videos").exists()
+    assert not (lean.rover_root / "train.parquet").exists()
+    assert json.loads((lean.root / "demo_info.json").read_text())["pixels"] is False
+    assert lean.counts["navila/train/samples"] == demo.counts["navila/train/samples"]
+    full = generate_demo(lean.root, workers=1)  # asking for pixels replaces it
+    assert (full.rover_root / "train.parquet").is_file() and list(full.root.rglob("*.jpg"))
+
+
+def test_ensure_demo_replaces_a_pixel_free_demo(tmp_path: Path):
+    from pipeline.project import ensure_demo
+
+    generate_demo(tmp_path / "d", scale=0.05, pixels=False, workers=1)
+    said = []
+    ensure_demo(tmp_path / "d", say=said.append, scale=0.05)
+    meta = json.loads((tmp_path / "d" / "demo_info.json").read_text())
+    assert meta["pixels"] is True and meta["scale"] == 0.05 and "no pixels" in said[0]
+    assert (tmp_path / "d" / "rover" / "train.parquet").is_file()
+
+
 # ---------------------------------------------------------------- NaVILA format
 
 

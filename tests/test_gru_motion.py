@@ -11,26 +11,31 @@ from heads.gru_motion.train import build_task
 from heads.train_loop import LoopConfig, load_trainable
 
 
-#: 8 train episodes (scale 1) are too few to generalise heading changes; scale 5 gives 40
-DEMO_SCALE = 5
+#: k-step yaw is close to unpredictable from motion alone on the demo (the turn direction comes
+#: from the goal, which the history does not show): a GRU on 40k samples reaches 0.470 vs majority
+#: 0.438. Scale 20 (1,624 train / 594 val episodes) is where the margin over majority is stable
+#: (+0.015..0.021 over seeds 0-3); the pixel-free demo makes that scale cheap.
+DEMO_SCALE = 20
 
 
 @pytest.fixture(scope="module")
 def demo_caches(tmp_path_factory):
+    from pipeline.config import config_from_dict
     from pipeline.demo import generate_demo
-    from pipeline.project import resolve_project
     from pipeline.runner import ExtractOptions, extract
 
     cwd = tmp_path_factory.mktemp("gru_job")
-    generate_demo(cwd / "navcache_demo", scale=DEMO_SCALE)
-    project = resolve_project(cwd=cwd, say=lambda m: None)  # keeps the scale-5 world it finds
+    info = generate_demo(cwd / "demo", scale=DEMO_SCALE, pixels=False)
+    project = config_from_dict({"cache_root": str(cwd / "cache"), "datasets": {"demo_navila": {
+        "source": "navila", "root": str(info.navila_root), "splits": ["train", "val"], "stages": ["poses"],
+        "options": {"num_frames": 8}, "part_size": 256}}}, cwd)
     for split in ("train", "val"):
         assert not extract(project, ExtractOptions(split, only="poses", datasets=("demo_navila",))).errors
     return project.cache_root
 
 
 def _cfg(cache_root, out, **kw):
-    loop = LoopConfig(epochs=30, batch_size=16, lr=3e-3, weight_decay=0.05, seed=0, device="cpu")
+    loop = LoopConfig(epochs=30, batch_size=64, lr=3e-3, weight_decay=0.05, seed=0, device="cpu")
     return GruMotionConfig(cache_root=str(cache_root), hidden=32, emb_dim=8, dropout=0.2, out_dir=str(out), loop=loop, **kw)
 
 
@@ -42,6 +47,7 @@ def trained(demo_caches, tmp_path_factory):
 
 
 MARGIN = 0.05
+K_YAW_MARGIN = 0.01  # see DEMO_SCALE: the information limit is about +0.03
 
 
 def test_beats_baselines_on_val(trained):
@@ -53,11 +59,10 @@ def test_beats_baselines_on_val(trained):
     assert v["acc_k_dist"] >= max(v["base_repeat_k_dist"], v["base_majority_k_dist"]) + MARGIN, v
 
 
-@pytest.mark.xfail(strict=False, reason="demo: the heading change 3 sampled steps ahead depends on planner waypoints "
-                   "that motion history does not reveal; measured 0.463 vs majority 0.496 at scale 5")
 def test_k_step_yaw_beats_majority_on_val(trained):
     v = trained[1]["last"]["val"]
-    assert v["acc_k_yaw"] >= max(v["base_majority_k_yaw"], v["base_repeat_k_yaw"]) + MARGIN, v
+    assert v["n_k"] > 2000
+    assert v["acc_k_yaw"] >= max(v["base_majority_k_yaw"], v["base_repeat_k_yaw"]) + K_YAW_MARGIN, v
 
 
 def test_outputs_and_export_match_trained_encoder(trained):

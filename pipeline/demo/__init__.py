@@ -111,8 +111,16 @@ def _read_meta(out: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 
 
-def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None) -> dict[str, Any]:
+def _same(meta: dict[str, Any] | None, seed: int, scale: float, pixels: bool) -> bool:
+    """``meta`` describes the demo these arguments would write (demos before ``pixels`` had pixels)."""
+    return (meta is not None and meta["seed"] == seed and float(meta["scale"]) == float(scale)
+            and bool(meta.get("pixels", True)) == pixels)
+
+
+def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None, pixels: bool = True) -> dict[str, Any]:
     n_nav, n_rov, n_tour = _sizes(scale)
+    if not pixels:  # NaVILA records and poses only: the same episodes, none of the rendering
+        n_rov, n_tour = dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0)
     nav_root, rov_root = tmp / "navila", tmp / "rover"
     nav_root.mkdir(parents=True)
     rov_root.mkdir(parents=True)
@@ -121,7 +129,8 @@ def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None)
     where: dict[tuple[str, str], slice] = {}
     for split in SPLITS:
         start = len(jobs)
-        jobs += [(navila_writer.write_episode, (nav_root, seed, split, i)) for i in range(n_nav[split])]
+        jobs += [(navila_writer.write_episode, (nav_root, seed, split, i)) if pixels else
+                 (navila_writer.trajectory_records, (seed, split, i)) for i in range(n_nav[split])]
         where["navila", split] = slice(start, len(jobs))
     for split in SPLITS:
         start = len(jobs)
@@ -142,6 +151,8 @@ def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None)
         counts[f"navila/{split}/episodes"] = n_nav[split]
         counts[f"navila/{split}/samples"] = sum(len(recs) for recs, _ in parts)
         counts[f"navila/{split}/frames"] = sum(len(recs[-1]["frames"]) for recs, _ in parts)
+        if not pixels:
+            continue
         tours = results[where["videos", split]]
         counts[f"videos/{split}/tours"] = len(tours)
         counts[f"videos/{split}/frames"] = sum(r["n_frames"] for r in tours)
@@ -149,13 +160,14 @@ def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None)
         rover_writer.write_parquet(rov_root, split, rows)
         counts[f"rover/{split}/clips"] = len(rows)
         balance[split] = {head: {c: Counter(r[head] for r in rows)[c] for c in classes} for head, classes in LABELS.items()}
-    return {"format": FORMAT, "seed": seed, "scale": scale, "navila": "navila", "rover": "rover", "videos": "videos",
+    return {"format": FORMAT, "seed": seed, "scale": scale, "pixels": pixels, "navila": "navila", "rover": "rover", "videos": "videos",
             "cameras": {"navila": navila_writer.NAVILA_CAM.intrinsics(), "rover": rover_writer.ROVER_CAM.intrinsics(),
                         "videos": video_writer.TOUR_CAM.intrinsics()},
             "counts": counts, "class_balance": balance}
 
 
-def generate_demo(out: Path, scale: float = 1.0, seed: int = 0, workers: int | None = None) -> DemoInfo:
+def generate_demo(out: Path, scale: float = 1.0, seed: int = 0, workers: int | None = None,
+                  pixels: bool = True) -> DemoInfo:
     """Write the demo datasets under ``out`` (``out/navila``, ``out/rover``) and describe them.
 
     Deterministic in (seed, scale). Returns at once when ``out/demo_info.json`` already records the
@@ -163,12 +175,16 @@ def generate_demo(out: Path, scale: float = 1.0, seed: int = 0, workers: int | N
     place, so a crash never leaves a half-written demo at ``out``. ``workers``: processes to use
     (None: one per CPU, at most 8; 1: no pool; a script read from stdin always runs serially). Raises FileExistsError rather than replace an
     ``out`` that is not empty and is not a demo.
+
+    ``pixels=False`` writes only the NaVILA annotations and pose files, identical to the full demo's:
+    enough for the ``poses`` stage and ``gru-motion`` at scales where rendering would dominate. The
+    frames those records list do not exist, so pixel stages quarantine them; no rover or tours.
     """
     out = Path(out)
     if not (scale > 0 and math.isfinite(scale)):
         raise ValueError(f"scale must be a positive number, got {scale!r}")
     meta = _read_meta(out)
-    if meta is not None and meta["seed"] == seed and float(meta["scale"]) == float(scale):
+    if _same(meta, seed, scale, pixels):
         return DemoInfo.from_json(out, meta)
     if out.exists() and meta is None and any(out.iterdir()) and not _is_old_demo(out):
         raise FileExistsError(f"{out} exists, is not empty and holds no demo_info.json; not replacing it")
@@ -181,13 +197,13 @@ def generate_demo(out: Path, scale: float = 1.0, seed: int = 0, workers: int | N
         if workers > 1:
             # spawn, not fork: callers may hold torch/dask threads, and forking those can deadlock
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                meta = _build(tmp, seed, float(scale), pool)
+                meta = _build(tmp, seed, float(scale), pool, pixels)
         else:
-            meta = _build(tmp, seed, float(scale), None)
+            meta = _build(tmp, seed, float(scale), None, pixels)
         # demo_info.json last: its presence marks a complete demo
         (tmp / "demo_info.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
         done = _read_meta(out)
-        if done is not None and done["seed"] == seed and float(done["scale"]) == float(scale):
+        if _same(done, seed, scale, pixels):
             return DemoInfo.from_json(out, done)  # a concurrent call finished the same demo first
         old = out.with_name(f"{out.name}.old-{secrets.token_hex(4)}")
         if out.exists():

@@ -78,7 +78,18 @@ def write_episode(root: Path, seed: int, split: str, index: int) -> tuple[list[d
         (ep_dir / f"frame_{k:03d}.jpg").write_bytes(jpg.tobytes())
         (ep_dir / f"depth_{k:03d}.png").write_bytes(png.tobytes())
     (ep_dir / "intrinsics.json").write_text(json.dumps(NAVILA_CAM.intrinsics(), indent=1))
+    return episode_records(seed, split, index, traj)
 
+
+def trajectory_records(seed: int, split: str, index: int) -> tuple[list[dict], dict[str, list]]:
+    """Episode ``index``'s records and pose lists, exactly as ``write_episode`` returns them, without
+    rendering: the frames they list are not written (a pixel-free demo for the poses stage)."""
+    return episode_records(seed, split, index, make_episode(seed, split, index)[1])
+
+
+def episode_records(seed: int, split: str, index: int, traj: Trajectory) -> tuple[list[dict], dict[str, list]]:
+    """NaVILA records ``{video_id, frames, q, a}`` of the sampled prefixes and their pose lists [t + 1, 3]."""
+    eid = episode_id(index)
     rng = np.random.default_rng([seed, 0, SPLITS[split], index, 8])
     records, poses = [], {}
     for t in sample_steps(len(traj.poses), rng):
