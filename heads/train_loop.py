@@ -120,6 +120,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def global_mean(values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted mean of ``values`` [n] (weights [n], default 1) whose gradient under DDP is that of
+    the mean over ALL ranks' elements.
+
+    DDP averages gradients over ranks, so a per-rank mean gives the mean of per-rank means: wrong
+    whenever ranks hold different amounts of weight (masked steps, sample weights). While grad is
+    enabled in a multi-rank run, the weight sum is all-reduced and the result scaled by the world
+    size; elsewhere (one process, evaluation) this is the plain weighted mean. n may be 0.
+    """
+    w = torch.ones_like(values) if weights is None else weights.to(values.dtype)
+    denom, scale = w.sum().detach(), 1.0
+    if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        denom = denom.clone()
+        dist.all_reduce(denom)
+        scale = float(dist.get_world_size())
+    return scale * (values * w).sum() / denom.clamp_min(1e-12)
+
+
 def _dist_env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) when not launched by it."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

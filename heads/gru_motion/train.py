@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from heads.train_loop import load_trainable, run_loop, seed_everything
+from heads.train_loop import global_mean, load_trainable, run_loop, seed_everything
 
 from .config import GruMotionConfig
 from .data import ensure_demo_caches, load_poses_split
@@ -65,10 +65,11 @@ class GruMotionTask:
             for kind in ("dist", "yaw"):
                 logits = out[f"{name}_{kind}"].float()[m]
                 tgt = _shift(b[f"{kind}_bins"], off)[m]
-                losses[f"{name}_{kind}"] = F.cross_entropy(logits, tgt) if tgt.numel() else logits.sum() * 0.0
+                losses[f"{name}_{kind}"] = global_mean(F.cross_entropy(logits, tgt, reduction="none"))
         if "next_delta" in out:
             m = _pairs(b["step_valid"], 1)
-            losses["next_delta"] = F.smooth_l1_loss(out["next_delta"].float()[m], _shift(b["deltas"], 1)[m]) if m.any() else out["next_delta"].sum() * 0.0
+            per_pair = F.smooth_l1_loss(out["next_delta"].float()[m], _shift(b["deltas"], 1)[m], reduction="none")  # [n, 3]
+            losses["next_delta"] = global_mean(per_pair.mean(-1))
         return losses
 
     def _total(self, losses):

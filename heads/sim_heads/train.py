@@ -13,11 +13,10 @@ import json
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from cache_specs.labels import LABELS, RISK
-from heads.train_loop import is_master, run_loop, seed_everything
+from heads.train_loop import global_mean, is_master, run_loop, seed_everything
 
 from .config import HEAD_NAMES, SimHeadsConfig
 from .data import load_split, normalise_telemetry
@@ -47,16 +46,8 @@ class SimHeadsTask:
         self.majority = {h: int(torch.bincount(train_arrays[h], minlength=N_CLASSES[h]).argmax()) for h in HEAD_NAMES}
 
     def _losses(self, out, b) -> dict[str, torch.Tensor]:
-        w = b["weight"].float() if self.cfg.use_sample_weights else torch.ones_like(b["weight"], dtype=torch.float32)
-        denom, scale = w.sum(), 1.0
-        if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # DDP averages gradients over ranks; dividing by the GLOBAL weight sum (times the world
-            # size) makes that average the gradient of the global weighted mean, not a mean of means
-            denom = denom.detach().clone()
-            dist.all_reduce(denom)
-            scale = float(dist.get_world_size())
-        denom = denom.clamp_min(1e-12)
-        return {h: scale * (F.cross_entropy(out[h].float(), b[h], reduction="none") * w).sum() / denom for h in HEAD_NAMES}
+        w = b["weight"].float() if self.cfg.use_sample_weights else None
+        return {h: global_mean(F.cross_entropy(out[h].float(), b[h], reduction="none"), w) for h in HEAD_NAMES}
 
     def _total(self, losses):
         return sum(self.cfg.loss_weights[h] * losses[h] for h in HEAD_NAMES)

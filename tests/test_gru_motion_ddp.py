@@ -1,0 +1,102 @@
+"""``torchrun --nproc-per-node 2 cli.py train gru-motion`` (gloo, CPU) equals one process.
+
+The poses cache holds front-padded records (short histories), so the two ranks' shards hold
+different numbers of valid (t, t+offset) pairs. A per-rank mean loss would then make DDP optimise
+a mean of per-rank means; ``heads.train_loop.global_mean`` divides by the all-reduced count, so a
+full-batch DDP step is the gradient of the global mean, as in one process. Settings under which
+the two runs must match (see tests/test_sim_heads_ddp.py): full batch per rank, N % 2 == 0, no
+dropout.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.helpers import REPO
+
+WORLD = 2
+EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def poses_caches(tmp_path_factory) -> Path:
+    from pipeline.config import config_from_dict
+    from pipeline.demo import generate_demo
+    from pipeline.runner import ExtractOptions, extract
+
+    cwd = tmp_path_factory.mktemp("gru_ddp_job")
+    info = generate_demo(cwd / "demo", scale=2, pixels=False, workers=1)  # 154 train records: even
+    project = config_from_dict({"cache_root": str(cwd / "cache"), "datasets": {"demo_navila": {
+        "source": "navila", "root": str(info.navila_root), "splits": ["train", "val"], "stages": ["poses"],
+        "options": {"num_frames": 8}, "part_size": 64}}}, cwd)
+    for split in ("train", "val"):
+        assert not extract(project, ExtractOptions(split, datasets=("demo_navila",))).errors
+    return Path(project.cache_root)
+
+
+def _config(caches: Path, out: Path, batch_size: int, path: Path) -> Path:
+    cfg = {"cache_root": str(caches), "dataset": "demo_navila", "hidden": 16, "emb_dim": 4, "dropout": 0.0,
+           "predict_deltas": True, "out_dir": str(out),
+           "loop": {"epochs": EPOCHS, "batch_size": batch_size, "lr": 3.0e-3, "seed": 0, "device": "cpu"}}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(poses_caches, tmp_path_factory):
+    if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available in this torch build")
+    from heads.gru_motion.data import load_poses_split
+
+    arrays, _ = load_poses_split(poses_caches, "demo_navila", "train")
+    n = len(arrays["step_valid"])
+    valid = arrays["step_valid"].sum(1)
+    assert n % WORLD == 0 and (valid < valid.max()).sum() >= 4  # padded records exist: ranks differ in pair counts
+    tmp = tmp_path_factory.mktemp("gru_ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
+                          str(REPO / "cli.py"), "train", "gru-motion", "--config",
+                          str(_config(poses_caches, tmp / "ddp", n // WORLD, tmp / "ddp.yaml"))],
+                         cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    single = subprocess.run([sys.executable, str(REPO / "cli.py"), "train", "gru-motion", "--config",
+                             str(_config(poses_caches, tmp / "single", n, tmp / "single.yaml"))],
+                            cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    return {"ddp": ddp, "single": single, "tmp": tmp}
+
+
+def test_both_runs_exit_0(runs):
+    for name in ("ddp", "single"):
+        p = runs[name]
+        assert p.returncode == 0, (name, p.stdout[-3000:], p.stderr[-3000:])
+    resolved = yaml.safe_load((runs["tmp"] / "ddp/config_resolved.yaml").read_text())
+    assert resolved["loop"]["world_size"] == WORLD
+
+
+def test_ddp_weights_equal_single_process(runs):
+    assert runs["ddp"].returncode == 0, runs["ddp"].stderr[-3000:]
+    a = torch.load(runs["tmp"] / "ddp/checkpoints/last.pt", weights_only=True)
+    b = torch.load(runs["tmp"] / "single/checkpoints/last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == EPOCHS and set(a["model"]) == set(b["model"])
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], rtol=1e-4, atol=2e-6), (k, (a["model"][k] - b["model"][k]).abs().max())
+
+
+def test_exported_encoders_agree(runs):
+    from heads.gru_motion import MotionEncoder
+
+    assert runs["ddp"].returncode == 0, runs["ddp"].stderr[-3000:]
+    ea = MotionEncoder.from_pretrained(runs["tmp"] / "ddp/export")
+    eb = MotionEncoder.from_pretrained(runs["tmp"] / "single/export")
+    g = torch.Generator().manual_seed(0)
+    deltas = torch.randn(3, 7, 3, generator=g)
+    dist_bins, yaw_bins = torch.randint(0, 5, (3, 7), generator=g), torch.randint(0, 9, (3, 7), generator=g)
+    valid = torch.ones(3, 7, dtype=torch.bool)
+    valid[0, :3] = False
+    with torch.no_grad():
+        torch.testing.assert_close(ea(deltas, dist_bins, yaw_bins, valid), eb(deltas, dist_bins, yaw_bins, valid), rtol=1e-4, atol=2e-6)
