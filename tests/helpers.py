@@ -87,3 +87,20 @@ def demo_job(tmp_path_factory, demo_world: Path, name: str, say=None):
     cwd = tmp_path_factory.mktemp(name)
     shutil.copytree(demo_world, cwd / "navcache_demo")
     return cwd, resolve_project(cwd=cwd, say=say or (lambda m: None))
+
+
+def pixel_free_poses_caches(cwd: Path, scale: float, part_size: int = 256) -> Path:
+    """The demo's NaVILA records at ``scale`` without pixels (``generate_demo(pixels=False)``) and
+    their train/val ``poses`` caches under ``cwd/cache``; returns the cache root."""
+    from pipeline.config import config_from_dict
+    from pipeline.demo import generate_demo
+    from pipeline.runner import ExtractOptions, extract
+
+    info = generate_demo(cwd / "demo", scale=scale, pixels=False, workers=1)
+    project = config_from_dict({"cache_root": str(cwd / "cache"), "datasets": {"demo_navila": {
+        "source": "navila", "root": str(info.navila_root), "splits": ["train", "val"], "stages": ["poses"],
+        "options": {"num_frames": 8}, "part_size": part_size}}}, cwd)
+    for split in ("train", "val"):
+        summary = extract(project, ExtractOptions(split, datasets=("demo_navila",)))
+        assert not summary.errors, summary.errors
+    return Path(project.cache_root)

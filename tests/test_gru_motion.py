@@ -6,10 +6,15 @@ import json
 import pytest
 import torch
 
-from heads.gru_motion import GruMotionConfig, MotionEncoder, load_config, train_gru_motion
+from heads.gru_motion import (
+    GruMotionConfig,
+    MotionEncoder,
+    load_config,
+    train_gru_motion,
+)
 from heads.gru_motion.train import build_task
 from heads.train_loop import LoopConfig, load_trainable
-
+from tests.helpers import pixel_free_poses_caches
 
 #: k-step yaw is close to unpredictable from motion alone on the demo (the turn direction comes
 #: from the goal, which the history does not show): a GRU on 40k samples reaches 0.470 vs majority
@@ -20,18 +25,7 @@ DEMO_SCALE = 20
 
 @pytest.fixture(scope="module")
 def demo_caches(tmp_path_factory):
-    from pipeline.config import config_from_dict
-    from pipeline.demo import generate_demo
-    from pipeline.runner import ExtractOptions, extract
-
-    cwd = tmp_path_factory.mktemp("gru_job")
-    info = generate_demo(cwd / "demo", scale=DEMO_SCALE, pixels=False)
-    project = config_from_dict({"cache_root": str(cwd / "cache"), "datasets": {"demo_navila": {
-        "source": "navila", "root": str(info.navila_root), "splits": ["train", "val"], "stages": ["poses"],
-        "options": {"num_frames": 8}, "part_size": 256}}}, cwd)
-    for split in ("train", "val"):
-        assert not extract(project, ExtractOptions(split, only="poses", datasets=("demo_navila",))).errors
-    return project.cache_root
+    return pixel_free_poses_caches(tmp_path_factory.mktemp("gru_job"), DEMO_SCALE)
 
 
 def _cfg(cache_root, out, **kw):

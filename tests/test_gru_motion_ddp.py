@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import REPO
+from tests.helpers import REPO, pixel_free_poses_caches
 
 WORLD = 2
 EPOCHS = 4
@@ -26,18 +26,7 @@ EPOCHS = 4
 
 @pytest.fixture(scope="module")
 def poses_caches(tmp_path_factory) -> Path:
-    from pipeline.config import config_from_dict
-    from pipeline.demo import generate_demo
-    from pipeline.runner import ExtractOptions, extract
-
-    cwd = tmp_path_factory.mktemp("gru_ddp_job")
-    info = generate_demo(cwd / "demo", scale=2, pixels=False, workers=1)  # 154 train records: even
-    project = config_from_dict({"cache_root": str(cwd / "cache"), "datasets": {"demo_navila": {
-        "source": "navila", "root": str(info.navila_root), "splits": ["train", "val"], "stages": ["poses"],
-        "options": {"num_frames": 8}, "part_size": 64}}}, cwd)
-    for split in ("train", "val"):
-        assert not extract(project, ExtractOptions(split, datasets=("demo_navila",))).errors
-    return Path(project.cache_root)
+    return pixel_free_poses_caches(tmp_path_factory.mktemp("gru_ddp_job"), scale=2, part_size=64)  # 154 train records: even
 
 
 def _config(caches: Path, out: Path, batch_size: int, path: Path) -> Path:
