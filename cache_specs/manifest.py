@@ -13,7 +13,20 @@ from typing import Any, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .layout import INDEX, MANIFEST, PART_JSON, PARTS, atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from .layout import (
+    INDEX,
+    MANIFEST,
+    PART_JSON,
+    PARTS,
+    TMP_PREFIX,
+    TRASH_PREFIX,
+    atomic_write_bytes,
+    atomic_write_json,
+    canonical_json,
+    fsync_dir,
+    read_json,
+    sha256_file,
+)
 from .parts import read_part_meta
 
 MANIFEST_FORMAT = "navcache-cache/1"
@@ -83,8 +96,36 @@ def finalize_cache(cache_dir: Path, expected: Mapping[str, str], info: Mapping[s
         "index_sha256": sha256_file(cache_dir / INDEX),
         "finalized_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    manifest[MANIFEST_SHA_KEY] = manifest_checksum(manifest)
     atomic_write_json(cache_dir / MANIFEST, manifest)
     return manifest
+
+
+#: the manifest's checksum of its own other keys: stats, spec and counts are read from it directly
+MANIFEST_SHA_KEY = "manifest_sha256"
+
+
+def manifest_checksum(manifest: Mapping[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(canonical_json({k: v for k, v in manifest.items() if k != MANIFEST_SHA_KEY})).hexdigest()
+
+
+def remove_temporaries(cache_dir: Path) -> list[str]:
+    """Delete what killed writers leave: ``.tmp-*``/trash folders under ``parts/`` and ``.tmp-*``
+    files of the index/manifest writes in the cache folder. Returns the names removed. Only for a
+    process that owns the cache (a plain run, a repair): a shard job's temporaries may be live."""
+    import shutil
+
+    gone = []
+    for folder, prefixes in ((Path(cache_dir) / PARTS, (TMP_PREFIX, TRASH_PREFIX)), (Path(cache_dir), (TMP_PREFIX,))):
+        if not folder.is_dir():
+            continue
+        for x in folder.iterdir():
+            if x.name.startswith(prefixes):
+                shutil.rmtree(x, ignore_errors=True) if x.is_dir() and not x.is_symlink() else x.unlink(missing_ok=True)
+                gone.append(str(x.relative_to(cache_dir)))
+    return gone
 
 
 def read_manifest(cache_dir: Path) -> dict:
@@ -102,4 +143,5 @@ def invalidate(cache_dir: Path) -> None:
     try:
         (Path(cache_dir) / MANIFEST).unlink()
     except FileNotFoundError:
-        pass
+        return
+    fsync_dir(Path(cache_dir))  # the removal must be durable before any part changes

@@ -110,19 +110,20 @@ def write_part(
         }
         atomic_write_json(tmp / PART_JSON, meta)
         fsync_tree(tmp)
-        _publish(tmp, parts_dir / pid, fingerprint)
+        _publish(tmp, parts_dir / pid, fingerprint, backend)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
 
-def _publish(tmp: Path, final: Path, fingerprint: str) -> None:
-    """Rename ``tmp`` to ``final``; an existing part with the same fingerprint wins (idempotent retries)."""
+def _publish(tmp: Path, final: Path, fingerprint: str, backend: str) -> None:
+    """Rename ``tmp`` to ``final``; an existing part with the same fingerprint and backend wins
+    (idempotent retries); one in another backend is replaced (a backend switch)."""
     for _ in range(3):
         if final.exists():
             old = read_part_meta(final)
-            if old is not None and old.get("fingerprint") == fingerprint:
+            if old is not None and old.get("fingerprint") == fingerprint and old.get("backend") == backend:
                 return  # another attempt (e.g. a retried dask task) already committed identical content
             trash = final.parent / private_name(TRASH_PREFIX, final.name)
             try:

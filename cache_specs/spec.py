@@ -93,7 +93,12 @@ class CacheSpec:
             n = rows
         return int(n or 0)
 
-    def to_json(self, dims: Mapping[str, int]) -> dict:
+    def to_json(self, dims: Mapping[str, int], docs: bool = True) -> dict:
+        """The spec with ``dims`` resolved; ``docs=False`` leaves out the arrays' doc strings (for
+        fingerprints: rewording a doc must not recompute caches)."""
+        if not docs:
+            d = self.to_json(dims)
+            return {**d, "arrays": {k: {kk: vv for kk, vv in a.items() if kk != "doc"} for k, a in d["arrays"].items()}}
         return {
             "name": self.name,
             "version": self.version,

@@ -2,7 +2,7 @@
 
 Damage kinds (``Damage.kind``):
     no_manifest          the cache was never finalised (or was invalidated by an interrupted build)
-    bad_manifest         manifest.json unreadable
+    bad_manifest         manifest.json unreadable, or its content differs from its own checksum
     bad_index            index.parquet missing, unreadable or not matching the parts
     missing_part         a part listed in the manifest is gone (or its part.json is unreadable)
     part_mismatch        part.json differs from what the manifest recorded (fingerprint / checksum)
@@ -13,7 +13,7 @@ Damage kinds (``Damage.kind``):
     unexpected_file      a file in a part that part.json does not list
     unreadable_array     an array cannot be decoded
     array_mismatch       an array decodes, but to different values than were written
-    orphan_temp          a writer's temporary folder left behind by a killed process
+    orphan_temp          a writer's temporary folder (or index/manifest temp file) left by a killed process
     orphan_part          a part folder the manifest does not list
 """
 from __future__ import annotations
@@ -23,8 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .layout import INDEX, MANIFEST, PART_JSON, PARTS, TMP_PREFIX, TRASH_PREFIX, list_files, read_json, sha256_file
-from .manifest import MANIFEST_FORMAT
+from .layout import (
+    INDEX,
+    MANIFEST,
+    PART_JSON,
+    PARTS,
+    TMP_PREFIX,
+    TRASH_PREFIX,
+    list_files,
+    read_json,
+    sha256_file,
+)
+from .manifest import MANIFEST_FORMAT, MANIFEST_SHA_KEY, manifest_checksum
 from .parts import array_sha256, open_part_data, read_part_meta
 
 
@@ -89,6 +99,8 @@ def verify_cache(cache_dir: Path, deep: bool = True) -> list[Damage]:
     for name in on_disk:
         if name.startswith((TMP_PREFIX, TRASH_PREFIX)):
             out.append(Damage("orphan_temp", None, f"{PARTS}/{name}"))
+    for x in sorted(cache_dir.glob(TMP_PREFIX + "*")):  # an index/manifest write cut short
+        out.append(Damage("orphan_temp", None, x.name))
     if not (cache_dir / MANIFEST).exists():
         out.append(Damage("no_manifest", None, f"{cache_dir} has no {MANIFEST}: build not finished"))
         for name in on_disk:
@@ -101,6 +113,8 @@ def verify_cache(cache_dir: Path, deep: bool = True) -> list[Damage]:
         parts = manifest["parts"]
     except Exception as e:  # noqa: BLE001
         return out + [Damage("bad_manifest", None, f"{type(e).__name__}: {e}")]
+    if MANIFEST_SHA_KEY in manifest and manifest[MANIFEST_SHA_KEY] != manifest_checksum(manifest):
+        out.append(Damage("bad_manifest", None, f"{MANIFEST} content differs from its {MANIFEST_SHA_KEY} (edited or corrupt)"))
     for name in on_disk:
         if not name.startswith((TMP_PREFIX, TRASH_PREFIX)) and name not in parts:
             out.append(Damage("orphan_part", name, "not listed in the manifest"))

@@ -152,18 +152,35 @@ def _pick_device(cfg: LoopConfig, local_rank: int, world: int) -> torch.device:
     return torch.device("cuda") if cfg.device == "auto" else torch.device(cfg.device)
 
 
+def trained_keys(model: nn.Module) -> set[str]:
+    """State-dict keys a checkpoint must hold: every parameter that trains, plus the persistent
+    buffers (e.g. BatchNorm running stats) of each module that owns such a parameter, since they
+    change in training too. Frozen backbones stay out."""
+    keys = set()
+    for prefix, module in model.named_modules():
+        own = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        dot = f"{prefix}." if prefix else ""
+        keys |= {dot + n for n in own}
+        keys |= {dot + n for n, b in module.named_buffers(recurse=False)
+                 if b is not None and n not in module._non_persistent_buffers_set}
+    return keys
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the parameters that train (``requires_grad``), detached, on CPU."""
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """``trained_keys`` of the model's state dict, detached, on CPU."""
+    keys = trained_keys(model)
+    return {n: t.detach().cpu().clone() for n, t in model.state_dict().items() if n in keys}
 
 
 def load_trainable(model: nn.Module, path_or_state: str | Path | dict) -> dict:
-    """Load a checkpoint's trainable weights into ``model``; returns the whole checkpoint dict."""
+    """Load a checkpoint's trained weights (and buffers) into ``model``; returns the whole checkpoint dict."""
     ckpt = torch.load(path_or_state, map_location="cpu", weights_only=True) if not isinstance(path_or_state, dict) else path_or_state
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    if unexpected or trainable & set(missing):
-        raise RuntimeError(f"checkpoint does not match the model: missing {sorted(trainable & set(missing))}, unexpected {unexpected}")
+    lacking = sorted(trained_keys(model) & set(missing))
+    if unexpected or lacking:
+        raise RuntimeError(f"checkpoint does not match the model: missing {lacking}, unexpected {unexpected}")
     return ckpt
 
 
@@ -189,10 +206,41 @@ def _plain(x: Any) -> Any:
 
 
 def _truncate_jsonl(path: Path, last_epoch: int) -> None:
-    """Drop lines of epochs after ``last_epoch`` (written just before a crash, never checkpointed)."""
-    if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= last_epoch]
-        path.write_text("".join(ln + "\n" for ln in keep))
+    """Keep only whole lines of epochs <= ``last_epoch``: later ones were written before a crash
+    that came before their checkpoint, and a line cut short by the crash does not parse."""
+    if not path.exists():
+        return
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:
+            row = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= last_epoch:
+            keep.append(ln)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
+
+
+def _append_line(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+#: LoopConfig fields a resumed run may change; any other change would silently mix two trainings
+RESUMABLE_CHANGES = ("epochs", "resume", "device", "out_dir", "save_every_epoch")
+
+
+def _check_resume_config(saved: dict, cfg: LoopConfig, path: Path) -> None:
+    now = _plain(asdict(cfg))
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and k in saved and saved[k] != now[k])
+    if changed:
+        diffs = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+        raise ValueError(f"cannot resume from {path}: LoopConfig changed ({diffs}); only {list(RESUMABLE_CHANGES)} may change "
+                         "on resume. Train into a new out_dir, or set the old values back")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,7 +299,9 @@ def run_loop(task: Task, cfg: LoopConfig, config_dict: dict | None = None, metad
     last_val: dict = {}
     last_path = ckpt_dir / "last.pt"
     if cfg.resume and last_path.exists():
-        ckpt = load_trainable(model, last_path)
+        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
+        _check_resume_config(ckpt.get("loop_config") or {}, cfg, last_path)
+        load_trainable(model, ckpt)
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch = int(ckpt["epoch"])
         best_rank = tuple(ckpt["best_rank"]) if ckpt.get("best_rank") is not None else None
@@ -335,15 +385,15 @@ def run_loop(task: Task, cfg: LoopConfig, config_dict: dict | None = None, metad
                 "metadata": _plain(metadata or {}),
                 "loop_config": _plain(asdict(cfg)),
             }
+            # metrics first, last.pt last: a crash anywhere before last.pt replays this epoch on
+            # resume, and resume drops the metrics lines of epochs after last.pt's
+            _append_line(metrics_dir / "train_metrics.jsonl", last_train)
+            _append_line(metrics_dir / "val_metrics.jsonl", last_val)
             if improved:
                 _atomic_save(ckpt, ckpt_dir / "best.pt")
             if cfg.save_every_epoch:
                 _atomic_save(ckpt, ckpt_dir / f"epoch_{epoch:03d}.pt")
-            _atomic_save(ckpt, last_path)  # last: a crash before this line replays the epoch
-            with open(metrics_dir / "train_metrics.jsonl", "a") as f:
-                f.write(json.dumps(last_train) + "\n")
-            with open(metrics_dir / "val_metrics.jsonl", "a") as f:
-                f.write(json.dumps(last_val) + "\n")
+            _atomic_save(ckpt, last_path)
         short = {k: round(v, 4) for k, v in last_val.items() if isinstance(v, float)}
         log(f"epoch {epoch}/{cfg.epochs} loss {running.get('running_loss', float('nan')):.4f} val {short}{' *best*' if improved else ''} ({time.time() - t0:.2f}s)")
 

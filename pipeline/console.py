@@ -3,12 +3,19 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from .plan import StagePlan
 from .runner import Reporter
-from .summary import RunSummary
+from .summary import RunSummary, mismatch_lines
 
 console = Console(stderr=True)
 
@@ -77,5 +84,7 @@ def print_summary(s: RunSummary, max_reasons: int = 20) -> None:
             shown += 1
     if shown > max_reasons:
         console.print(f"... and {shown - max_reasons} more quarantined episodes (see `navcache inspect` or --json)")
+    for line in mismatch_lines(s):
+        console.print(f"[yellow]ids[/] {escape(line)}")
     for e in s.errors:
         console.print(f"[red]error[/] {escape(e)}")

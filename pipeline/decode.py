@@ -188,14 +188,15 @@ def read_video_sampled(
     try:
         if n <= 0:
             raise Quarantine(f"video {path} has no decodable frames")
-        if expected_frames is not None:
-            if n != expected_frames:
-                raise Quarantine(f"video {path}: decoder finds {n} frames, annotation says {expected_frames}")
-            # decord counts packets it could index; the container header is a second opinion that
-            # disagrees when the index and the stream have drifted apart.
-            stated = _container_frame_count(path)
-            if stated is not None and stated != expected_frames:
-                raise Quarantine(f"video {path}: container states {stated} frames, annotation says {expected_frames}")
+        if expected_frames is not None and n != expected_frames:
+            raise Quarantine(f"video {path}: decoder finds {n} frames, annotation says {expected_frames}")
+        # decord counts packets it could index; the container header is a second opinion that
+        # disagrees when the file was cut short (avi/mkv carry no box table to check) or the index
+        # and the stream have drifted apart. Checked with or without an annotated count.
+        stated = _container_frame_count(path)
+        if stated is not None and stated != n:
+            said = f", annotation says {expected_frames}" if expected_frames is not None else ""
+            raise Quarantine(f"video {path}: container states {stated} frames, decoder finds {n}{said} (truncated?)")
         idx = validate_indices(sample(n), n, path)
         try:
             pixels = vr.get_batch(idx).asnumpy()

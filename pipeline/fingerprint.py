@@ -37,6 +37,7 @@ class FileHasher:
             db.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(db), timeout=30, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # a memo: a lost row only costs a rehash
             self._db.execute("CREATE TABLE IF NOT EXISTS h (path TEXT, size INT, mtime INT, ino INT, sha TEXT, PRIMARY KEY (path, size, mtime, ino))")
 
     def __call__(self, path: Path) -> str:
@@ -61,6 +62,9 @@ class FileHasher:
             self._mem[key] = sha
             if self._db is not None:
                 self._db.execute("INSERT OR REPLACE INTO h VALUES (?,?,?,?,?)", (*key, sha))
+                # commit now: an open write transaction would lock out every concurrent shard job
+                # (SLURM array tasks plan at the same time) until this whole planning ends
+                self._db.commit()
         return sha
 
     def many(self, paths: Iterable[Path]) -> list[str]:

@@ -112,7 +112,7 @@ def plan_split(
         cdir = cache_dir(project.cache_root, dataset, split, cache_name(name))
         spec, dims = stage.spec(), stage.dims()
         base = {
-            "spec": spec.to_json(dims),
+            "spec": spec.to_json(dims, docs=False),
             "stage": name,
             "code_version": stage.code_version,
             "identity": stage.identity(),
@@ -124,7 +124,9 @@ def plan_split(
             upstream = {u: plans[u].parts[i].fingerprint for u in stage.consumes}
             fp = hash_obj({**base, "episodes": [fps(stage)[e.episode_id] for e in chunk], "upstream": upstream})
             meta = read_part_meta(cdir / PARTS / pid)
-            state = "missing" if meta is None else ("up-to-date" if meta["fingerprint"] == fp else "stale")
+            # a part in another backend is stale too: a backend switch must not leave a mixed cache
+            fresh = meta is not None and meta["fingerprint"] == fp and meta.get("backend") == project.backend
+            state = "missing" if meta is None else ("up-to-date" if fresh else "stale")
             parts.append(PartPlan(pid, chunk, fp, state))
         sp = StagePlan(dataset, split, name, stage, cdir, parts, {u: plans[u].cache_dir for u in stage.consumes})
         sp.finalized = _manifest_matches(cdir, sp.expected())

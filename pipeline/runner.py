@@ -12,15 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from cache_specs.layout import PARTS, TMP_PREFIX, TRASH_PREFIX
-from cache_specs.manifest import finalize_cache, invalidate
+from cache_specs.layout import PARTS
+from cache_specs.manifest import finalize_cache, invalidate, remove_temporaries
 from cache_specs.parts import read_part_meta
 
 from .config import ProjectConfig
 from .errors import DatasetError, NavcacheError
 from .fingerprint import FileHasher
 from .plan import StagePlan, plan_split
-from .summary import RunSummary, StageSummary
+from .sources import make_source
+from .summary import RunSummary, StageSummary, brief_report
 
 log = logging.getLogger("navcache")
 
@@ -63,9 +64,18 @@ def plan_all(project: ProjectConfig, opts: ExtractOptions, summary: RunSummary, 
         if opts.only and opts.only not in ds.stages:
             continue
         try:
-            plans += plan_split(project, name, opts.split, opts.only, hasher)
+            ds = project.dataset(name)
+            source = make_source(ds.source, ds.root, **ds.options)
+            plans += plan_split(project, name, opts.split, opts.only, hasher, source=source)
         except (DatasetError, NavcacheError, OSError) as e:
             summary.errors.append(f"dataset {name} split {opts.split}: {e}")
+            continue
+        except Exception as e:  # noqa: BLE001 - input no check foresaw must not stop the other datasets
+            summary.errors.append(f"dataset {name} split {opts.split}: listing failed: {type(e).__name__}: {e}")
+            continue
+        report = getattr(source, "report", None)
+        if report:
+            summary.sources[f"{name}/{opts.split}"] = brief_report(report)
     return plans
 
 
@@ -125,10 +135,14 @@ def _build(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptions, pr
 
 
 def _finalize(project: ProjectConfig, sp: StagePlan, ss: StageSummary) -> None:
-    _remove_leftovers(sp)
     if not sp.todo and sp.finalized:
+        _remove_leftovers(sp)  # only temporaries: the manifest lists exactly the plan's parts
         ss.finalized = True
         return
+    # the dataset may have shrunk with nothing to rebuild: drop the old manifest BEFORE deleting
+    # parts it lists, so no kill in between leaves a "complete" cache pointing at missing parts
+    invalidate(sp.cache_dir)
+    _remove_leftovers(sp)
     info = {
         "stage": sp.stage_name,
         "dataset": sp.dataset,
@@ -169,12 +183,13 @@ def _remove_leftovers(sp: StagePlan) -> None:
 
     Only a plain (non-shard) run does this: shard jobs may be writing temporaries concurrently.
     """
+    remove_temporaries(sp.cache_dir)
     pdir = sp.cache_dir / PARTS
     if not pdir.is_dir():
         return
     keep = set(sp.expected())
     for d in pdir.iterdir():
-        if d.name.startswith((TMP_PREFIX, TRASH_PREFIX)) or d.name not in keep:
+        if d.name not in keep:
             shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
 
 

@@ -48,6 +48,10 @@ def resolve_under(root: Path, rel: str) -> Path:
         raise UnsafePath(f"empty path {rel!r}")
     if "\x00" in rel:
         raise UnsafePath(f"path contains a NUL byte: {rel!r}")
+    try:
+        os.fsencode(rel)
+    except UnicodeEncodeError:
+        raise UnsafePath(f"path {rel!r} cannot be encoded for the file system (lone surrogate?)") from None
     if _URL_WITH_AUTHORITY.match(rel):
         raise UnsafePath(f"URL-like path {rel!r}: only local files under the dataset root are read")
     m = _SCHEME_PREFIX.match(rel)

@@ -31,13 +31,15 @@ class RunSummary:
     stages: list[StageSummary] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     dry_run: bool = False
+    #: "dataset/split" -> the source's cross-file report (``brief_report``): ids in one file only, ...
+    sources: dict[str, dict] = field(default_factory=dict)
 
     @property
     def quarantined(self) -> int:
         return sum(s.episodes_quarantined for s in self.stages)
 
     def to_dict(self) -> dict:
-        d = {"stages": [], "errors": self.errors, "dry_run": self.dry_run}
+        d = {"stages": [], "errors": self.errors, "dry_run": self.dry_run, "sources": self.sources}
         for s in self.stages:
             d["stages"].append({**asdict(s), "frames_per_s": round(s.frames_per_s, 2)})
         d["totals"] = {
@@ -47,3 +49,28 @@ class RunSummary:
             "frames_built": sum(s.frames_built for s in self.stages),
         }
         return d
+
+
+def brief_report(report: dict, keep: int = 20) -> dict:
+    """A source report with every id list cut to its first ``keep`` entries plus ``n_<key>`` counts
+    (a 350K-record split must not put 350K ids into the run summary)."""
+    out: dict = {}
+    for k, v in report.items():
+        if isinstance(v, list):
+            out[f"n_{k}"] = len(v)
+            out[k] = v[:keep]
+        else:
+            out[k] = v
+    return out
+
+
+def mismatch_lines(s: "RunSummary") -> list[str]:
+    """One line per non-empty id list in the source reports, e.g.
+    ``demo_navila/train: 3 poses without annotation (e.g. ep1-4, ...)``."""
+    lines = []
+    for where, rep in s.sources.items():
+        for k, n in rep.items():
+            if k.startswith("n_") and n:
+                ids = ", ".join(map(str, rep[k[2:]][:5]))
+                lines.append(f"{where}: {n} {k[2:].replace('_', ' ')} (e.g. {ids})")
+    return lines

@@ -5,8 +5,8 @@ import json
 import shutil
 from pathlib import Path
 
-from cache_specs.layout import PARTS, TMP_PREFIX, TRASH_PREFIX
-from cache_specs.manifest import invalidate
+from cache_specs.layout import PARTS
+from cache_specs.manifest import invalidate, remove_temporaries
 from cache_specs.reader import iter_caches
 from cache_specs.verify import damaged_parts, verify_cache
 
@@ -55,14 +55,10 @@ def _repair(project, damaged: dict) -> dict[str, list[str]]:
     done = {}
     for d, dmg in damaged.items():
         parts = sorted(damaged_parts(dmg))
-        pdir = d / PARTS
-        for p in parts:
-            shutil.rmtree(pdir / p, ignore_errors=True)
-        if pdir.is_dir():
-            for x in pdir.iterdir():
-                if x.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
-                    shutil.rmtree(x, ignore_errors=True)
         invalidate(d)
+        for p in parts:
+            shutil.rmtree(d / PARTS / p, ignore_errors=True)
+        remove_temporaries(d)
         dataset, split, spec = d.parts[-3], d.parts[-2], d.parts[-1]
         stage = by_name.get(spec)
         if stage is None or dataset not in project.datasets:

@@ -90,3 +90,91 @@ def test_only_builds_stage_and_its_needs(project):
     s = extract(load_config(cfg), ExtractOptions("train", only="poses"))
     assert [x.stage for x in s.stages] == ["poses"]
     assert not (tmp / "cache/nav/train/frame_features").exists()
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL at that point: nothing after it runs."""
+
+
+def test_kill_after_a_shrink_never_leaves_a_complete_cache_pointing_at_deleted_parts(project, monkeypatch):
+    import pipeline.runner as runner
+    from cache_specs.manifest import IncompleteCache
+
+    tmp, cfg, data = project
+    recs = json.loads((data / "annotations_train.json").read_text())
+    (data / "annotations_train.json").write_text(json.dumps(recs[:8]))  # 12 -> 8 records: part 2 goes
+
+    def killed(*a, **k):
+        raise _Killed
+
+    monkeypatch.setattr(runner, "finalize_cache", killed)  # the kill lands after leftovers are removed
+    with pytest.raises(_Killed):
+        extract(load_config(cfg), ExtractOptions("train"))
+    monkeypatch.undo()
+    assert not (tmp / "cache/nav/train/poses/parts/part-00002").exists()
+    with pytest.raises(IncompleteCache):
+        open_cache(tmp / "cache/nav/train/poses")
+    s = extract(load_config(cfg), ExtractOptions("train"))
+    assert not s.errors and built(s) == {"poses": 0, "frame-features": 0}
+    assert len(open_cache(tmp / "cache/nav/train/poses").episodes) == 8
+
+
+def test_backend_switch_rebuilds_every_part(project):
+    import yaml
+
+    from cache_specs.layout import PARTS
+    from cache_specs.parts import read_part_meta
+
+    tmp, cfg, _ = project
+    doc = yaml.safe_load(cfg.read_text())
+    doc["backend"] = "hdf5"
+    cfg.write_text(yaml.safe_dump(doc))
+    s = extract(load_config(cfg), ExtractOptions("train"))
+    assert built(s) == {"poses": 3, "frame-features": 3}
+    for stage in ("poses", "frame_features"):
+        parts = tmp / "cache/nav/train" / stage / PARTS
+        assert {read_part_meta(p)["backend"] for p in parts.iterdir()} == {"hdf5"}
+        assert open_cache(tmp / "cache/nav/train" / stage).manifest["backend"] == "hdf5"
+
+
+def test_rewording_an_array_doc_recomputes_nothing(project, monkeypatch):
+    import dataclasses
+
+    import pipeline.stages.poses as poses_stage
+    from cache_specs.specs import get_spec
+
+    _, cfg, _ = project
+    spec = get_spec("poses")
+    reworded = dataclasses.replace(spec, arrays=tuple(dataclasses.replace(a, doc=a.doc + " (reworded)") for a in spec.arrays))
+    monkeypatch.setattr(poses_stage, "get_spec", lambda name: reworded)
+    assert built(extract(load_config(cfg), ExtractOptions("train"))) == {"poses": 0, "frame-features": 0}
+
+
+def test_a_rerun_removes_index_temp_files_a_kill_left(project):
+    tmp, cfg, _ = project
+    debris = tmp / "cache/nav/train/poses/.tmp-index.parquet-7326-59ccf2db"
+    debris.write_bytes(b"PAR1 half")
+    extract(load_config(cfg), ExtractOptions("train"))
+    assert not debris.exists()
+
+
+def test_two_jobs_share_the_file_hash_memo_without_locking_each_other(tmp_path):
+    from pipeline.fingerprint import FileHasher
+
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"f{i}")
+        files[-1].write_bytes(bytes([i]) * 100)
+    a, b = FileHasher(tmp_path / "memo.sqlite"), FileHasher(tmp_path / "memo.sqlite")
+    try:
+        ha = a(files[0])  # job A is still planning (its hasher stays open) when job B hashes
+        hb = b(files[1])
+        assert ha != hb and b(files[0]) == ha
+    finally:
+        a.close()
+        b.close()
+    c = FileHasher(tmp_path / "memo.sqlite")
+    try:
+        assert c._db.execute("SELECT COUNT(*) FROM h").fetchone()[0] == 2  # both memos persisted
+    finally:
+        c.close()

@@ -85,6 +85,77 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (BaseException, so no handler catches it)."""
+
+
+@pytest.mark.parametrize("kill_after", ["metrics", "last.pt"])
+def test_kill_around_the_epoch_commit_then_resume_matches_uninterrupted(tmp_path, monkeypatch, kill_after):
+    import heads.train_loop as tl
+
+    full = run_loop(ToyTask(0), _cfg(tmp_path / "full"))
+    real_save, real_append = tl._atomic_save, tl._append_line
+
+    def save(obj, path):
+        real_save(obj, path)
+        if kill_after == "last.pt" and path.name == "last.pt" and obj["epoch"] == 2:
+            raise _Killed
+
+    def append(path, row):
+        real_append(path, row)
+        if kill_after == "metrics" and path.name == "val_metrics.jsonl" and row["epoch"] == 3:
+            raise _Killed  # epoch 3's lines are on disk, its checkpoint is not
+
+    monkeypatch.setattr(tl, "_atomic_save", save)
+    monkeypatch.setattr(tl, "_append_line", append)
+    with pytest.raises(_Killed):
+        run_loop(ToyTask(0), _cfg(tmp_path / "cut"))
+    monkeypatch.undo()
+    resumed = run_loop(ToyTask(0), _cfg(tmp_path / "cut", resume=True))
+    for name in ("train_metrics.jsonl", "val_metrics.jsonl"):
+        assert _lines(tmp_path / "cut/metrics" / name) == _lines(tmp_path / "full/metrics" / name), name
+    assert resumed["last"]["val"] == full["last"]["val"] and resumed["best"] == full["best"]
+
+
+def test_resume_survives_a_metrics_line_cut_short(tmp_path):
+    run_loop(ToyTask(0), _cfg(tmp_path / "full"))
+    run_loop(ToyTask(0), _cfg(tmp_path / "cut", epochs=2))
+    with open(tmp_path / "cut/metrics/val_metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "loss": 0.5')  # the kill came mid-write
+    run_loop(ToyTask(0), _cfg(tmp_path / "cut", resume=True))
+    assert _lines(tmp_path / "cut/metrics/val_metrics.jsonl") == _lines(tmp_path / "full/metrics/val_metrics.jsonl")
+
+
+def test_resume_refuses_a_changed_loop_config(tmp_path):
+    run_loop(ToyTask(0), _cfg(tmp_path, epochs=2))
+    with pytest.raises(ValueError, match=r"LoopConfig changed \(lr: 0.01 -> 1e-05, seed: 0 -> 7\)"):
+        run_loop(ToyTask(0), _cfg(tmp_path, epochs=4, lr=1e-5, seed=7, resume=True))
+    run_loop(ToyTask(0), _cfg(tmp_path, epochs=3, resume=True, save_every_epoch=True))  # allowed changes
+
+
+class BatchNormTask(ToyTask):
+    """ToyTask with a BatchNorm: its running statistics are buffers that training changes."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__(seed)
+        seed_everything(seed)
+        self.model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def test_checkpoints_keep_the_buffers_of_trained_modules(tmp_path):
+    task = BatchNormTask(0)
+    full = run_loop(task, _cfg(tmp_path / "full"))
+    last = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=True)["model"]
+    assert {"1.running_mean", "1.running_var", "1.num_batches_tracked"} <= set(last)
+    fresh = BatchNormTask(3)
+    load_trainable(fresh.model, {"model": last})
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.model.eval()(task.val_arrays["x"]), task.model.eval()(task.val_arrays["x"]))
+    run_loop(BatchNormTask(0), _cfg(tmp_path / "cut", epochs=2))
+    resumed = run_loop(BatchNormTask(0), _cfg(tmp_path / "cut", resume=True))
+    assert resumed["last"]["val"] == full["last"]["val"]
+
+
 def test_checkpoints_load_weights_only_and_hold_trainable_only(tmp_path):
     task = ToyTask(0)
     res = run_loop(task, _cfg(tmp_path, epochs=3, save_every_epoch=True))

@@ -327,6 +327,29 @@ def test_unreadable_manifest(cache):
     assert report(verify_cache(c)) == [("bad_manifest", None)]
 
 
+def test_orphan_index_temp_file_in_the_cache_folder(cache):
+    backend, c = cache
+    (c / ".tmp-index.parquet-7326-59ccf2db").write_bytes(b"PAR1 half")
+    damage = verify_cache(c)
+    assert report(damage) == [("orphan_temp", None)] and damage[0].detail == ".tmp-index.parquet-7326-59ccf2db"
+
+
+@pytest.mark.parametrize("edit", ["stats", "counts", "spec"])
+def test_manifest_content_edited(cache, edit):
+    backend, c = cache
+    m = json.loads((c / MANIFEST).read_text())
+    assert "manifest_sha256" in m
+    if edit == "stats":
+        m["stats"] = {"telemetry": {"mean": [0.1]}}
+    elif edit == "counts":
+        m["counts"]["rows"] += 1
+    else:
+        next(iter(m["spec"]["arrays"].values()))["dtype"] = "float64"
+    (c / MANIFEST).write_text(json.dumps(m))
+    damage = verify_cache(c)
+    assert report(damage) == [("bad_manifest", None)] and "differs from its manifest_sha256" in damage[0].detail
+
+
 # -- several damages at once --------------------------------------------------------------------
 
 

@@ -338,7 +338,7 @@ def test_split_list_selects_and_reports(tmp_path):
     assert q["<splits/train.txt line 7>"] == "splits/train.txt line 7: duplicate episode id 'c' (first listed on line 3)"
     assert "line 8" in q["b.mp4"] and "without the file extension" in q["b.mp4"]
     assert eps["missing"].record == {"split": "train", "split_list": "splits/train.txt", "line": 6, "listed_id": "missing"}
-    assert src.report["media_not_listed"] == 2  # b and broken
+    assert len(src.report["media_not_listed"]) == 2  # b and broken
 
 
 def test_split_list_errors(tmp_path):

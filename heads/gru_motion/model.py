@@ -66,7 +66,7 @@ class MotionEncoder(nn.Module):
         enc.export_config = cfg
         for p in enc.parameters():
             p.requires_grad_(False)
-        return enc.eval()
+        return enc.to(map_location).eval()  # load_state_dict copies into the CPU-built module
 
 
 class GruMotionModel(nn.Module):

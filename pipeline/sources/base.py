@@ -5,6 +5,7 @@ A source never raises for one bad episode while listing: it returns the episode 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
@@ -26,6 +27,32 @@ class Episode:
     record: Mapping[str, Any]
     files: tuple[Path, ...] = ()
     quarantine: str | None = None
+
+    def __post_init__(self):
+        if self.quarantine is not None:
+            # a quarantined record carries whatever the annotation held; it must still go into
+            # strict JSON (fingerprints, the cache index), so NaN/inf and lone surrogates become text
+            object.__setattr__(self, "record", json_safe(self.record))
+            object.__setattr__(self, "episode_id", json_safe(self.episode_id))
+            object.__setattr__(self, "quarantine", json_safe(self.quarantine))
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats as their repr and strings made UTF-8 encodable (backslash
+    escapes for lone surrogates); containers are rebuilt, everything else is returned as is."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else repr(obj)
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+            return obj
+        except UnicodeEncodeError:
+            return obj.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(obj, Mapping):
+        return {json_safe(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 @dataclass(frozen=True)

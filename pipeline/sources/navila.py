@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,9 +28,27 @@ from pipeline.sources.options import check_int, check_template
 
 __all__ = ["NavilaSource"]
 
+#: ids given to records that have no usable video_id; a real id of this form is refused
+_PLACEHOLDER = re.compile(r"^<record #\d+>$")
+
+
+class _Object(dict):
+    """A parsed JSON object that remembers keys given more than once (the last value is kept)."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _object(pairs: list[tuple[str, Any]]) -> _Object:
+    obj = _Object(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        obj.duplicates = tuple(sorted({k for k, _ in pairs if k in seen or seen.add(k)}))
+    return obj
+
 
 def _load_json(path: Path) -> Any:
-    """Parsed JSON, or DatasetError naming the file and the line/column of a syntax error."""
+    """Parsed JSON (objects as ``_Object``), or DatasetError naming the file and the line/column of
+    a syntax error, or what else made it unreadable (nesting too deep, an integer too long)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -36,9 +56,20 @@ def _load_json(path: Path) -> Any:
     except OSError as e:
         raise DatasetError(f"{path}: cannot read: {e.strerror or e}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_object)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer literal past Python's digit limit
+        raise DatasetError(f"{path}: unreadable JSON: {e}") from None
+
+
+def _finite(v: int | float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer literal too large for a float
+        return False
 
 
 def _is_real(x: object) -> bool:
@@ -53,7 +84,7 @@ def _check_poses(poses: object, n_frames: int) -> tuple[list[list[float]] | None
     for j, p in enumerate(poses):
         if not isinstance(p, list) or len(p) != 3 or not all(_is_real(v) for v in p):
             return None, f"pose #{j} must be [x, y, yaw] numbers, got {p!r}"
-        if not all(math.isfinite(v) for v in p):
+        if not all(_finite(v) for v in p):
             return None, f"pose #{j} is not finite: {p!r}"
         out.append([float(v) for v in p])
     if len(out) != n_frames:
@@ -83,7 +114,13 @@ class NavilaSource:
         self.report: dict[str, Any] = {}
 
     def _image_dir(self, split: str) -> Path:
-        return self.root / self.images.format(split=split)
+        """The split's image folder; DatasetError if it leaves the dataset root (e.g. a symlink)."""
+        rel = self.images.format(split=split)
+        real_root = Path(os.path.realpath(self.root))
+        real = Path(os.path.realpath(self.root / rel))
+        if not real.is_relative_to(real_root):
+            raise DatasetError(f"navila option 'images' for split {split!r}: {rel!r} resolves to {str(real)!r}, outside the dataset root {str(real_root)!r}")
+        return self.root / rel
 
     # ------------------------------------------------------------------------------ listing
 
@@ -102,15 +139,17 @@ class NavilaSource:
 
         pose_path = self.root / self.poses.format(split=split)
         pose_map: dict[str, Any] | None = None
+        ambiguous: set[str] = set()  # video_ids listed more than once in the pose file
         if pose_path.exists():
             pose_map = _load_json(pose_path)
             if not isinstance(pose_map, dict):
                 raise DatasetError(f"{pose_path}: expected a JSON object {{video_id: poses}}, got {type(pose_map).__name__}")
+            ambiguous = set(pose_map.duplicates)
 
         image_dir = self._image_dir(split)
         seen: dict[str, int] = {}  # video_id -> index of the record that claimed it first
         episodes = [
-            self._episode(i, rec, split, image_dir, ann_path.name, pose_map, pose_path.name, seen)
+            self._episode(i, rec, split, image_dir, ann_path.name, pose_map, pose_path.name, seen, ambiguous)
             for i, rec in enumerate(records)
         ]
 
@@ -137,6 +176,7 @@ class NavilaSource:
         pose_map: dict[str, Any] | None,
         pose_name: str,
         seen: dict[str, int],
+        ambiguous: set[str],
     ) -> Episode:
         where = f"{ann_name} record #{i}"
         placeholder = f"<record #{i}>"
@@ -146,9 +186,13 @@ class NavilaSource:
         def bad(episode_id: str, reason: str) -> Episode:
             return Episode(episode_id, {"record_index": i, **rec}, (), f"{where}: {reason}")
 
+        if getattr(rec, "duplicates", ()):
+            return bad(placeholder, f"keys given more than once: {list(rec.duplicates)}")
         vid = rec.get("video_id")
         if not isinstance(vid, str) or not vid.strip():
             return bad(placeholder, f"'video_id' must be a non-empty string, got {vid!r}")
+        if _PLACEHOLDER.match(vid):
+            return bad(placeholder, f"video_id {vid!r} has the form navcache reserves for unusable records")
         if vid in seen:
             # A duplicate keeps a placeholder id so that episode ids stay unique in the cache index.
             return bad(placeholder, f"duplicate video_id {vid!r} (first used by record #{seen[vid]})")
@@ -175,6 +219,8 @@ class NavilaSource:
         if pose_map is not None:
             if vid not in pose_map:
                 pose_error = f"no poses for video_id {vid!r} in {pose_name}"
+            elif vid in ambiguous:
+                pose_error = f"{pose_name} lists video_id {vid!r} more than once"
             else:
                 poses, reason = _check_poses(pose_map[vid], len(frames))
                 if reason:

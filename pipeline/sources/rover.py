@@ -9,6 +9,7 @@ Each clip is decoded at ``num_frames`` uniformly spread frames, first and last i
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,6 +34,9 @@ OPTIONAL_COLUMNS: tuple[str, ...] = ("n_frames", "weight")
 def _is_real(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
+
+#: ids given to rows that have no usable clip_id; a real id of this form is refused
+_PLACEHOLDER = re.compile(r"^<row #\d+>$")
 
 def _read_table(path: Path) -> pa.Table:
     """The parquet table at ``path``; DatasetError naming the file if it is absent or unreadable."""
@@ -70,7 +74,10 @@ class RoverSource:
         """
         path = self.root / self.table.format(split=split)
         table = _read_table(path)
-        columns = {c: table.column(c).to_pylist() for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in table.column_names}
+        try:
+            columns = {c: table.column(c).to_pylist() for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in table.column_names}
+        except (pa.ArrowException, UnicodeDecodeError, ValueError) as e:  # e.g. a string column that is not UTF-8
+            raise DatasetError(f"{path}: a column cannot be read: {type(e).__name__}: {e}") from None
         seen: dict[str, int] = {}
         episodes = []
         for i in range(table.num_rows):
@@ -89,6 +96,8 @@ class RoverSource:
 
         if not isinstance(clip, str) or not clip.strip():
             return bad(placeholder, f"'clip_id' must be a non-empty string, got {clip!r}")
+        if _PLACEHOLDER.match(clip):
+            return bad(placeholder, f"clip_id {clip!r} has the form navcache reserves for unusable rows")
         if clip in seen:
             # A duplicate keeps a placeholder id so that episode ids stay unique in the cache index.
             return bad(placeholder, f"duplicate clip_id {clip!r} (first used by row #{seen[clip]})")

@@ -33,7 +33,13 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from pipeline.decode import check_file, check_iso_bmff_complete, read_jpegs, read_video_sampled, validate_indices
+from pipeline.decode import (
+    check_file,
+    check_iso_bmff_complete,
+    read_jpegs,
+    read_video_sampled,
+    validate_indices,
+)
 from pipeline.errors import DatasetError, Quarantine
 from pipeline.safepaths import UnsafePath, resolve_under
 from pipeline.sampling import uniform_indices
@@ -128,7 +134,7 @@ class VideosSource:
             "episodes": len(episodes),
             "quarantined": sum(ep.quarantine is not None for ep in episodes),
             "split_list": listed,
-            "media_not_listed": 0 if listed is None else len(set(found) - {ep.episode_id for ep in episodes}),
+            "media_not_listed": [] if listed is None else sorted(set(found) - {ep.episode_id for ep in episodes}),
         }
         return episodes
 
@@ -244,8 +250,11 @@ class VideosSource:
         if not isinstance(meta, dict):
             raise Quarantine(f"metadata sidecar {name}: expected a JSON object, got {type(meta).__name__}")
         fps = meta.get("fps")
-        ok = isinstance(fps, (int, float)) and not isinstance(fps, bool) and math.isfinite(fps) and fps > 0
-        return meta, float(fps) if ok else None
+        try:  # float() of an integer literal longer than a double overflows
+            fps = float(fps) if isinstance(fps, (int, float)) and not isinstance(fps, bool) else None
+        except OverflowError:
+            fps = None
+        return meta, fps if fps is not None and math.isfinite(fps) and fps > 0 else None
 
     # ------------------------------------------------------------------------------ decoding
 
