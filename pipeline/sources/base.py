@@ -6,6 +6,7 @@ A source never raises for one bad episode while listing: it returns the episode 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
@@ -95,3 +96,23 @@ class Source(Protocol):
 
         Raises Quarantine when a file is missing/corrupt or a decoder returns fewer frames than promised.
         """
+
+
+#: ids navcache gives items with no usable id ("<record #3>", "<row #12>"); a real id of this form is refused
+PLACEHOLDER_ID = re.compile(r"^<(record|row) #\d+>$")
+
+
+def claim_id(value: object, field_name: str, seen: dict[str, int], i: int, item: str = "record") -> str | None:
+    """Why ``value`` cannot be item ``i``'s episode id (None: it can, and ``seen`` now records it).
+
+    Refused: a non-string or blank id, one of navcache's placeholder form, one already claimed by an
+    earlier item (the duplicate is quarantined under a placeholder, so ids stay unique in the index).
+    """
+    if not isinstance(value, str) or not value.strip():
+        return f"{field_name!r} must be a non-empty string, got {value!r}"
+    if PLACEHOLDER_ID.match(value):
+        return f"{field_name} {value!r} has the form navcache reserves for unusable {item}s"
+    if value in seen:
+        return f"duplicate {field_name} {value!r} (first used by {item} #{seen[value]})"
+    seen[value] = i
+    return None

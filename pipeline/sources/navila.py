@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,13 +22,10 @@ from pipeline.decode import black_frames, read_jpegs
 from pipeline.errors import DatasetError, Quarantine
 from pipeline.safepaths import UnsafePath, resolve_under
 from pipeline.sampling import navila_indices
-from pipeline.sources.base import Episode, Frames
+from pipeline.sources.base import Episode, Frames, claim_id
 from pipeline.sources.options import check_int, check_template
 
 __all__ = ["NavilaSource"]
-
-#: ids given to records that have no usable video_id; a real id of this form is refused
-_PLACEHOLDER = re.compile(r"^<record #\d+>$")
 
 
 class _Object(dict):
@@ -189,14 +185,9 @@ class NavilaSource:
         if getattr(rec, "duplicates", ()):
             return bad(placeholder, f"keys given more than once: {list(rec.duplicates)}")
         vid = rec.get("video_id")
-        if not isinstance(vid, str) or not vid.strip():
-            return bad(placeholder, f"'video_id' must be a non-empty string, got {vid!r}")
-        if _PLACEHOLDER.match(vid):
-            return bad(placeholder, f"video_id {vid!r} has the form navcache reserves for unusable records")
-        if vid in seen:
-            # A duplicate keeps a placeholder id so that episode ids stay unique in the cache index.
-            return bad(placeholder, f"duplicate video_id {vid!r} (first used by record #{seen[vid]})")
-        seen[vid] = i
+        refused = claim_id(vid, "video_id", seen, i)
+        if refused:
+            return bad(placeholder, refused)
 
         frames = rec.get("frames")
         if not isinstance(frames, list) or not frames:

@@ -9,7 +9,6 @@ Each clip is decoded at ``num_frames`` uniformly spread frames, first and last i
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,7 +21,7 @@ from pipeline.decode import read_video_sampled
 from pipeline.errors import DatasetError, Quarantine
 from pipeline.safepaths import UnsafePath, resolve_under
 from pipeline.sampling import uniform_indices
-from pipeline.sources.base import Episode, Frames
+from pipeline.sources.base import Episode, Frames, claim_id
 from pipeline.sources.options import check_int, check_template
 
 __all__ = ["RoverSource", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS"]
@@ -34,9 +33,6 @@ OPTIONAL_COLUMNS: tuple[str, ...] = ("n_frames", "weight")
 def _is_real(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
-
-#: ids given to rows that have no usable clip_id; a real id of this form is refused
-_PLACEHOLDER = re.compile(r"^<row #\d+>$")
 
 def _read_table(path: Path) -> pa.Table:
     """The parquet table at ``path``; DatasetError naming the file if it is absent or unreadable."""
@@ -94,14 +90,9 @@ class RoverSource:
         def bad(episode_id: str, reason: str) -> Episode:
             return Episode(episode_id, {"row_index": i, **_jsonable(row)}, (), f"{where}: {reason}")
 
-        if not isinstance(clip, str) or not clip.strip():
-            return bad(placeholder, f"'clip_id' must be a non-empty string, got {clip!r}")
-        if _PLACEHOLDER.match(clip):
-            return bad(placeholder, f"clip_id {clip!r} has the form navcache reserves for unusable rows")
-        if clip in seen:
-            # A duplicate keeps a placeholder id so that episode ids stay unique in the cache index.
-            return bad(placeholder, f"duplicate clip_id {clip!r} (first used by row #{seen[clip]})")
-        seen[clip] = i
+        refused = claim_id(clip, "clip_id", seen, i, item="row")
+        if refused:
+            return bad(placeholder, refused)
 
         try:
             video_path = resolve_under(self.root, row["video"])
