@@ -119,7 +119,12 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
             ss.frames_built = sum(m["n_rows"] for m in metas) if sp.stage.spec().row == "frame" else 0
         ss.seconds = time.perf_counter() - t0
         if opts.shard is None:
-            _finalize(project, sp, ss)
+            try:
+                _finalize(project, sp, ss)
+            except Exception as e:  # noqa: BLE001 - e.g. a part replaced by a stray writer, stats unreadable
+                log.exception("finalizing %s failed", sp.cache_dir)
+                summary.errors.append(f"{sp.dataset}/{sp.split}/{sp.stage_name}: not finalized: {type(e).__name__}: {e}")
+                failed.add((sp.dataset, sp.stage_name))
         _count_quarantine(sp, ss)
     return summary
 

@@ -178,3 +178,24 @@ def test_two_jobs_share_the_file_hash_memo_without_locking_each_other(tmp_path):
         assert c._db.execute("SELECT COUNT(*) FROM h").fetchone()[0] == 2  # both memos persisted
     finally:
         c.close()
+
+
+def test_a_cache_that_cannot_be_finalized_is_reported_and_the_run_goes_on(project, monkeypatch):
+    import pipeline.runner as runner
+    from cache_specs.manifest import IncompleteCache
+
+    tmp, cfg, data = project
+    f = data / "train/ep004/frame_013.jpg"
+    cv2.imwrite(str(f), 255 - cv2.imread(str(f)))  # frame-features must rebuild a part and finalize
+    real = runner.finalize_cache
+
+    def finalize(cache_dir, expected, info):
+        if info["stage"] == "frame-features":  # as when a stray writer replaced a part meanwhile
+            raise IncompleteCache(f"{cache_dir}: parts not built or stale: part-00002")
+        return real(cache_dir, expected, info)
+
+    monkeypatch.setattr(runner, "finalize_cache", finalize)
+    s = extract(load_config(cfg), ExtractOptions("train"))
+    assert s.errors == ["nav/train/frame-features: not finalized: IncompleteCache: "
+                        f"{tmp / 'cache/nav/train/frame_features'}: parts not built or stale: part-00002"]
+    assert [st.finalized for st in s.stages] == [True, False]
