@@ -163,8 +163,7 @@ def trained_keys(model: nn.Module) -> set[str]:
             continue
         dot = f"{prefix}." if prefix else ""
         keys |= {dot + n for n in own}
-        keys |= {dot + n for n, b in module.named_buffers(recurse=False)
-                 if b is not None and n not in module._non_persistent_buffers_set}
+        keys |= {dot + n for n, _ in module.named_buffers(recurse=False)}  # non-persistent ones never reach a state dict
     return keys
 
 

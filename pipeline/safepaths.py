@@ -7,6 +7,7 @@ an absolute path to somewhere else, or a symlink inside the dataset that points 
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from pathlib import Path
 
@@ -70,3 +71,12 @@ def resolve_under(root: Path, rel: str) -> Path:
     if not real.is_relative_to(real_root):
         raise UnsafePath(f"path {rel!r} resolves to {str(real)!r}, outside the dataset root {str(real_root)!r}")
     return real
+
+
+def folder_under(root: Path, rel: str) -> Path:
+    """``root / rel`` (unresolved) for a folder named by a config template; ``rel`` may be "." (the
+    root itself), otherwise ``resolve_under``'s rules apply. Raises UnsafePath."""
+    if posixpath.normpath(rel) == ".":
+        return Path(root)
+    resolve_under(root, rel)
+    return Path(root) / rel

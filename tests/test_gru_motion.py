@@ -6,12 +6,7 @@ import json
 import pytest
 import torch
 
-from heads.gru_motion import (
-    GruMotionConfig,
-    MotionEncoder,
-    load_config,
-    train_gru_motion,
-)
+from heads.gru_motion import GruMotionConfig, MotionEncoder, load_config, train_gru_motion
 from heads.gru_motion.train import build_task
 from heads.train_loop import LoopConfig, load_trainable
 from tests.helpers import pixel_free_poses_caches

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from pipeline.decode import black_frames, read_jpegs
 from pipeline.errors import DatasetError, Quarantine
-from pipeline.safepaths import UnsafePath, resolve_under
+from pipeline.safepaths import UnsafePath, folder_under, resolve_under
 from pipeline.sampling import navila_indices
 from pipeline.sources.base import Episode, Frames, claim_id
 from pipeline.sources.options import check_int, check_template
@@ -111,12 +110,10 @@ class NavilaSource:
 
     def _image_dir(self, split: str) -> Path:
         """The split's image folder; DatasetError if it leaves the dataset root (e.g. a symlink)."""
-        rel = self.images.format(split=split)
-        real_root = Path(os.path.realpath(self.root))
-        real = Path(os.path.realpath(self.root / rel))
-        if not real.is_relative_to(real_root):
-            raise DatasetError(f"navila option 'images' for split {split!r}: {rel!r} resolves to {str(real)!r}, outside the dataset root {str(real_root)!r}")
-        return self.root / rel
+        try:
+            return folder_under(self.root, self.images.format(split=split))
+        except UnsafePath as e:
+            raise DatasetError(f"navila option 'images' for split {split!r}: {e}") from None
 
     # ------------------------------------------------------------------------------ listing
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import posixpath
 import re
 import zipfile
 import zlib
@@ -33,15 +32,9 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from pipeline.decode import (
-    check_file,
-    check_iso_bmff_complete,
-    read_jpegs,
-    read_video_sampled,
-    validate_indices,
-)
+from pipeline.decode import check_file, check_iso_bmff_complete, read_jpegs, read_video_sampled, validate_indices
 from pipeline.errors import DatasetError, Quarantine
-from pipeline.safepaths import UnsafePath, resolve_under
+from pipeline.safepaths import UnsafePath, folder_under, resolve_under
 from pipeline.sampling import uniform_indices
 from pipeline.sources.base import Episode, Frames
 from pipeline.sources.options import check_int, check_template
@@ -101,14 +94,10 @@ class VideosSource:
 
     def _split_folder(self, split: str) -> Path:
         """The split folder (unresolved path); DatasetError if it is missing or leaves the root."""
-        rel = self.split_dir.format(split=split)
-        if posixpath.normpath(rel) == ".":
-            return self.root
         try:
-            resolve_under(self.root, rel)
+            folder = folder_under(self.root, self.split_dir.format(split=split))
         except UnsafePath as e:
             raise DatasetError(f"videos option 'split_dir' for split {split!r}: {e}") from None
-        folder = self.root / rel
         if not folder.is_dir():
             raise DatasetError(f"videos split folder not found: {folder}")
         return folder
