@@ -1,14 +1,8 @@
-"""Run the backend conformance suite (tests/backend_conformance.py) against every built-in backend."""
+"""Run the backend conformance suite shipped in ``cache_specs.testing`` against every built-in backend."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from backend_conformance import BackendConformance  # noqa: E402
-
-from cache_specs.backends import BACKENDS  # noqa: E402
+from cache_specs.backends import BACKENDS
+from cache_specs.testing import BackendConformance
 
 
 class TestZarr(BackendConformance):

@@ -1,6 +1,7 @@
 """A reusable conformance suite for navcache storage backends, written once.
 
-Subclass ``BackendConformance`` with a ``backend_name`` (see ``tests/test_backends.py``)::
+Subclass ``BackendConformance`` with a ``backend_name`` (``tests/test_backends.py`` does it for the
+built-in backends)::
 
     class TestZarr(BackendConformance):
         backend_name = "zarr"
@@ -19,28 +20,22 @@ Everything runs on real files under pytest's ``tmp_path``; nothing is mocked.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:  # the repository is not installed into the venv
-    sys.path.insert(0, str(_ROOT))
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from cache_specs import open_cache  # noqa: E402
-from cache_specs.backends import BACKENDS, get_backend  # noqa: E402
-from cache_specs.layout import MANIFEST, PART_JSON, PARTS, TMP_PREFIX, TRASH_PREFIX, cache_dir as layout_cache_dir, part_id  # noqa: E402
-from cache_specs.manifest import IncompleteCache, finalize_cache, invalidate, read_manifest  # noqa: E402
-from cache_specs.parts import EpisodeResult, read_part_meta, write_part  # noqa: E402
-from cache_specs.spec import ArraySpec, CacheSpec  # noqa: E402
-from cache_specs.specs import get_spec  # noqa: E402
+from ..backends import BACKENDS, get_backend
+from ..layout import MANIFEST, PART_JSON, PARTS, TMP_PREFIX, TRASH_PREFIX, cache_dir as layout_cache_dir, part_id
+from ..manifest import IncompleteCache, finalize_cache, invalidate, read_manifest
+from ..parts import EpisodeResult, read_part_meta, write_part
+from ..reader import open_cache
+from ..spec import ArraySpec, CacheSpec
+from ..specs import get_spec
 
 # --------------------------------------------------------------------------------------------
 # Specs and data used by the suite
