@@ -8,15 +8,12 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from backend_conformance import SPECS, build_cache, make_episode, quarantined  # noqa: E402
+from cache_specs.testing.backends import SPECS, build_cache, make_episode, quarantined  # noqa: E402
 
 from cache_specs import open_cache  # noqa: E402
 from cache_specs.layout import INDEX, MANIFEST, PART_JSON, PARTS, part_id  # noqa: E402
