@@ -250,6 +250,13 @@ def test_reading_an_undeclared_field_through_the_declarations_fails_loudly(cases
     ep = src.episodes("train")[0]
     with pytest.raises(UndeclaredField, match="'sample_indices'.*declared: frames, split"):
         src.read_frames(ep)
+    # .get() and `in` must not hide an undeclared field behind a default
+    rec = FrameFeaturesStage(FrameFeaturesSettings(), src, {}).record(ep)
+    with pytest.raises(UndeclaredField):
+        rec.get("sample_indices", [])
+    with pytest.raises(UndeclaredField):
+        "n_pad" in rec  # noqa: B015
+    assert dict(rec) == {k: ep.record[k] for k in ("frames", "split")}
 
 
 def test_stage_fingerprint_fields_come_from_the_source(cases):

@@ -75,8 +75,11 @@ class Stage:
         return tuple(sorted({*fingerprint_fields(self.source, self.uses), *self.kept_fields}))
 
     def record(self, episode: Episode) -> DeclaredRecord:
-        """The episode's record as this stage may read it: the fields declared for ``uses``."""
-        return declared_record(self.source, episode, self.uses or ())
+        """The episode's record as this stage may read it: the fields declared for ``uses``
+        (every field when ``uses`` is None, as then every field enters the fingerprint)."""
+        if self.uses is None:
+            return DeclaredRecord(episode.record, frozenset(episode.record), f"stage {self.name}")
+        return declared_record(self.source, episode, self.uses)
 
     @property
     def consumes(self) -> tuple[str, ...]:
