@@ -120,12 +120,13 @@ def config_from_dict(data: Mapping[str, Any], base: Path, origin: str = "file") 
     if not isinstance(data, Mapping):
         raise ConfigError("project file: expected a mapping at the top level")
     cfg = build(ProjectConfig, {**_absolutise(dict(data), base), "origin": origin}, "config")
-    from .sources import SOURCES
+    from .sources import SOURCES, source_options
     from .stages import STAGES
 
     for name, ds in cfg.datasets.items():
         if ds.source not in SOURCES:
             raise ConfigError(f"datasets.{name}.source: unknown source {ds.source!r} (valid: {', '.join(SOURCES)})")
+        source_options(ds.source, ds.options, f"datasets.{name}.options")  # validate now, naming the field
         for st in ds.stages:
             if st not in STAGES:
                 raise ConfigError(f"datasets.{name}.stages: unknown stage {st!r} (valid: {', '.join(STAGES)})")

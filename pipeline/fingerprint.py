@@ -82,7 +82,9 @@ def episode_fingerprint(episode, root: Path, hasher: FileHasher, with_files: boo
 
     ``with_files=False`` for stages that use only the record (e.g. ground-truth poses), so a
     re-encoded JPEG does not recompute them; ``record_keys`` limits the record to the fields a
-    stage reads, so e.g. a corrected pose does not recompute image features.
+    stage reads, so e.g. a corrected pose does not recompute image features. Pass
+    ``Stage.record_keys``: the fields the stage's source declares for the stage's uses
+    (``pipeline/sources/fields.py``), never a hand-written list.
     """
     record = episode.record if record_keys is None else {k: episode.record[k] for k in record_keys if k in episode.record}
     files = []

@@ -309,9 +309,9 @@ def test_navila_unreadable_frames_quarantine_on_read(tmp_path):
 
 
 def test_navila_rejects_bad_options(tmp_path):
-    with pytest.raises(ConfigError, match="num_frames"):
+    with pytest.raises(ConfigError, match=r"^navila.options: 'num_frames' must be an integer >= 2, got 1$"):
         NavilaSource(tmp_path, num_frames=1)
-    with pytest.raises(ConfigError, match="num_frames"):
+    with pytest.raises(ConfigError, match=r"^navila.options.num_frames: expected an integer, got '8'$"):
         NavilaSource(tmp_path, num_frames="8")
     with pytest.raises(ConfigError, match="'images'.*placeholder"):
         NavilaSource(tmp_path, images="{split}/{camera}")
@@ -503,7 +503,7 @@ def test_make_source_unknown_kind_and_options(tmp_path):
     assert "'habitat'" in str(err.value) and "navila, rover" in str(err.value)
     with pytest.raises(ConfigError) as err:
         make_source("rover", tmp_path, num_frame=8, fps=3)
-    assert "fps, num_frame" in str(err.value) and "num_frames" in str(err.value)
+    assert "unknown field 'fps'" in str(err.value) and "valid: num_frames, table" in str(err.value)
     with pytest.raises(ConfigError, match="num_frames"):
         make_source("navila", tmp_path, num_frames=0)
 

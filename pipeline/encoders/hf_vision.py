@@ -11,14 +11,13 @@ wheel matching the CPU torch build on our machines; torchvision's tensor resize 
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import NavcacheError
-from .weights import read_provenance, weights_fingerprint
+from .base import FrozenEncoder, check_device, check_precision
 
 
 @dataclass(frozen=True)
@@ -33,8 +32,8 @@ class EncoderSettings:
     precision: str = "auto"
 
     def __post_init__(self):
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        check_precision(self.precision)
+        check_device(self.device)
 
 
 def _processor_config(model: str, revision: str | None) -> dict:
@@ -47,13 +46,8 @@ def _processor_config(model: str, revision: str | None) -> dict:
     return cfg
 
 
-class HFVisionEncoder:
+class HFVisionEncoder(FrozenEncoder):
     """Loads lazily (``load()``) so that planning and ``status`` never touch the weights."""
-
-    def __init__(self, s: EncoderSettings):
-        self.s = s
-        self._model = None
-        self._lock = threading.Lock()
 
     # -- cheap metadata -----------------------------------------------------------------------
     def model_config(self):
@@ -67,57 +61,34 @@ class HFVisionEncoder:
     def processor_config(self) -> dict:
         return _processor_config(self.s.model, self.s.revision)
 
-    def resolved_device(self) -> str:
-        import torch
+    def architecture(self) -> str:
+        return type(self.model_config()).__name__
 
-        return ("cuda" if torch.cuda.is_available() else "cpu") if self.s.device == "auto" else self.s.device
-
-    def resolved_precision(self) -> str:
-        if self.s.precision != "auto":
-            return self.s.precision
-        import torch
-
-        if self.resolved_device().startswith("cuda"):
-            return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
-        return "fp32"
-
-    def identity(self) -> dict:
-        """Everything about the encoder that changes its outputs (enters part fingerprints)."""
-        cfg = self.model_config()
+    def output_identity(self) -> dict:
         return {
-            "model": self.s.model,
-            "revision": self.s.revision,
-            "class": type(cfg).__name__,
-            "weights": weights_fingerprint(self.s.model, self.s.revision),
+            "class": self.architecture(),
             "processor": {k: v for k, v in self.processor_config().items() if k not in ("processor_class", "image_processor_type")},
-            "precision": self.resolved_precision(),
         }
 
-    def provenance(self) -> dict:
-        prov = read_provenance(self.s.model, self.s.revision)
-        return {"id": self.s.model, "revision": self.s.revision, "architecture": type(self.model_config()).__name__, **prov}
-
     # -- heavy path ---------------------------------------------------------------------------
-    def load(self):
-        with self._lock:
-            if self._model is None:
-                import torch
-                import transformers
-                from transformers import AutoModel
+    def _load_model(self):
+        import transformers
+        from transformers import AutoModel
 
-                transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+        return AutoModel.from_pretrained(self.s.model, revision=self.s.revision, trust_remote_code=self.s.trust_remote_code)
 
-                model = AutoModel.from_pretrained(self.s.model, revision=self.s.revision, trust_remote_code=self.s.trust_remote_code)
-                self._model = model.eval().requires_grad_(False).to(self.resolved_device())
-                self._n_reg = int(getattr(model.config, "num_register_tokens", 0) or 0)
-                self._patch = int(model.config.patch_size)
-                pc = self.processor_config()
-                size = pc.get("size") or {"height": 224, "width": 224}
-                self._size = (int(size.get("height", size.get("shortest_edge", 224))), int(size.get("width", size.get("shortest_edge", 224))))
-                self._mean = torch.tensor(pc.get("image_mean", (0.485, 0.456, 0.406)), dtype=torch.float32).view(1, 3, 1, 1)
-                self._std = torch.tensor(pc.get("image_std", (0.229, 0.224, 0.225)), dtype=torch.float32).view(1, 3, 1, 1)
-                self._scale = float(pc.get("rescale_factor", 1 / 255))
-        return self._model
+    def _on_loaded(self, model) -> None:
+        import torch
+
+        self._n_reg = int(getattr(model.config, "num_register_tokens", 0) or 0)
+        self._patch = int(model.config.patch_size)
+        pc = self.processor_config()
+        size = pc.get("size") or {"height": 224, "width": 224}
+        self._size = (int(size.get("height", size.get("shortest_edge", 224))), int(size.get("width", size.get("shortest_edge", 224))))
+        self._mean = torch.tensor(pc.get("image_mean", (0.485, 0.456, 0.406)), dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(pc.get("image_std", (0.229, 0.224, 0.225)), dtype=torch.float32).view(1, 3, 1, 1)
+        self._scale = float(pc.get("rescale_factor", 1 / 255))
 
     def preprocess(self, pixels: np.ndarray):
         """uint8 [N, H, W, 3] RGB -> float32 [N, 3, S_h, S_w] normalised. Thread-safe, CPU."""
@@ -135,11 +106,8 @@ class HFVisionEncoder:
         import torch
 
         model = self.load()
-        dev = self.resolved_device()
-        prec = self.resolved_precision()
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
-        with torch.inference_mode(), torch.autocast(device_type=dev.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
-            h = model(pixel_values=x.to(dev, non_blocking=True)).last_hidden_state
+        with torch.inference_mode(), self.autocast():
+            h = model(pixel_values=x.to(self.resolved_device(), non_blocking=True)).last_hidden_state
         h = h.float()
         hp, wp = x.shape[-2] // self._patch, x.shape[-1] // self._patch
         cls = h[:, 0]

@@ -26,15 +26,15 @@ from __future__ import annotations
 
 import importlib
 import re
-import threading
 import traceback
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ..errors import NavcacheError
-from .weights import read_provenance, weights_fingerprint
+from .base import FrozenEncoder, check_device, check_precision
+from .base import free_cuda_cache as _free_cuda_cache
+from .base import oom_error_type as _oom_type
 
 INSTALL_HINT = "pip install git+https://github.com/facebookresearch/vggt"
 
@@ -42,8 +42,6 @@ INSTALL_HINT = "pip install git+https://github.com/facebookresearch/vggt"
 TARGET_SIZE = 518
 PATCH_SIZE = 14
 
-_DTYPES = ("auto", "bf16", "fp16", "fp32")
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _CLASS_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_]\w*$")
 
 
@@ -68,10 +66,8 @@ class VGGTSettings:
             raise ValueError(f"model must be a non-empty hub id or folder, got {self.model!r}")
         if not isinstance(self.model_class, str) or not _CLASS_RE.match(self.model_class):
             raise ValueError(f"model_class must look like 'package.module:Class', got {self.model_class!r}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
-        if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
-            raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
+        check_precision(self.dtype, "dtype")
+        check_device(self.device)
         if not isinstance(self.keep_tokens, bool):
             raise ValueError(f"keep_tokens must be true or false, got {self.keep_tokens!r}")
         if isinstance(self.token_pool, bool) or not isinstance(self.token_pool, int) or self.token_pool < 1:
@@ -183,65 +179,28 @@ def preprocess_crop(frames):
 # -- the adapter -----------------------------------------------------------------------------
 
 
-def _free_cuda_cache() -> None:
-    """Hand cached CUDA blocks back so that the caller (or the next, smaller episode) can use them."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
-
-
-def _oom_type():
-    import torch
-
-    # torch >= 2.5 exposes torch.OutOfMemoryError; it is the same class as torch.cuda's
-    return getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-
-
-class VGGTAdapter:
+class VGGTAdapter(FrozenEncoder):
     """Loads lazily (``load()``) so that planning and ``status`` never touch the weights."""
 
-    def __init__(self, settings: VGGTSettings):
-        self.s = settings
-        self._model = None
-        self._lock = threading.Lock()
+    precision_field = "dtype"
 
     # -- cheap metadata -----------------------------------------------------------------------
-    def resolved_device(self) -> str:
-        import torch
-
-        return ("cuda" if torch.cuda.is_available() else "cpu") if self.s.device == "auto" else self.s.device
-
     def resolved_dtype(self) -> str:
-        if self.s.dtype != "auto":
-            return self.s.dtype
-        import torch
+        return self.resolved_precision()
 
-        dev = self.resolved_device()
-        if dev.startswith("cuda"):
-            return "bf16" if torch.cuda.get_device_capability(torch.device(dev))[0] >= 8 else "fp16"
-        return "fp32"
+    def architecture(self) -> str:
+        return self.s.model_class
 
-    def identity(self) -> dict:
-        """Everything about the encoder that changes its outputs (enters part fingerprints)."""
-        ident: dict[str, Any] = {
-            "model": self.s.model,
+    def output_identity(self) -> dict:
+        ident = {
             "class": self.s.model_class,
-            "weights": weights_fingerprint(self.s.model),
             "preprocess": {"mode": "crop", "target": TARGET_SIZE, "patch": PATCH_SIZE, "resample": "PIL.BICUBIC"},
-            "dtype": self.resolved_dtype(),
             "keep_tokens": self.s.keep_tokens,
         }
         if self.s.keep_tokens:
             # the pool size changes nothing when no tokens are kept
             ident["token_pool"] = self.s.token_pool
         return ident
-
-    def provenance(self) -> dict:
-        return {"id": self.s.model, "architecture": self.s.model_class, **read_provenance(self.s.model)}
 
     # -- heavy path ---------------------------------------------------------------------------
     def _import_class(self):
@@ -258,18 +217,14 @@ class VGGTAdapter:
         except AttributeError:
             raise NavcacheError(f"module {module_name!r} has no class {cls_name!r} (vggt.model_class = {self.s.model_class!r})") from None
 
-    def load(self):
-        with self._lock:
-            if self._model is None:
-                cls = self._import_class()
-                try:
-                    model = cls.from_pretrained(self.s.model)
-                # OSError: not downloadable / not in the cache; ValueError: huggingface_hub's
-                # HFValidationError for a local path that does not exist (read as a repo id)
-                except (OSError, ValueError) as e:
-                    raise NavcacheError(f"VGGT weights {self.s.model!r} cannot be loaded: {e}") from None
-                self._model = model.eval().requires_grad_(False).to(self.resolved_device())
-        return self._model
+    def _load_model(self):
+        cls = self._import_class()
+        try:
+            return cls.from_pretrained(self.s.model)
+        # OSError: not downloadable / not in the cache; ValueError: huggingface_hub's
+        # HFValidationError for a local path that does not exist (read as a repo id)
+        except (OSError, ValueError) as e:
+            raise NavcacheError(f"VGGT weights {self.s.model!r} cannot be loaded: {e}") from None
 
     def infer(self, images) -> dict[str, np.ndarray]:
         """All S frames of one episode in ONE forward (VGGT relates them through global attention).
@@ -301,7 +256,6 @@ class VGGTAdapter:
         model = self._model
         dev = self.resolved_device()
         dev_type = torch.device(dev).type
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.resolved_dtype())
         patch = int(getattr(model.aggregator, "patch_size", PATCH_SIZE))
         s, _, h, w = images.shape
         if h % patch or w % patch:
@@ -310,7 +264,7 @@ class VGGTAdapter:
 
         x = images.to(dev, dtype=torch.float32, non_blocking=True)[None]  # [1, S, 3, H, W]
         with torch.inference_mode():
-            with torch.autocast(device_type=dev_type, dtype=amp or torch.float32, enabled=amp is not None):
+            with self.autocast():
                 tokens_list, patch_start_idx = model.aggregator(x)
             with torch.autocast(device_type=dev_type, enabled=False):
                 # VGGT's tokens come out fp32 (the residual stream stays fp32 under autocast);

@@ -3,13 +3,14 @@ kinds (or importing ``pipeline.sources``) never pulls in decoders a run does not
 from __future__ import annotations
 
 import importlib
-import inspect
 from pathlib import Path
+from typing import Any, Mapping
 
 from pipeline.errors import ConfigError
 from pipeline.sources.base import Episode, Frames, Source
+from pipeline.sources.options import build_options
 
-__all__ = ["SOURCES", "Episode", "Frames", "Source", "make_source", "source_class"]
+__all__ = ["SOURCES", "Episode", "Frames", "Source", "make_source", "source_class", "source_options"]
 
 SOURCES: dict[str, str] = {
     "navila": "pipeline.sources.navila:NavilaSource",
@@ -20,26 +21,31 @@ SOURCES: dict[str, str] = {
 
 def source_class(kind: str) -> type:
     """The class registered as ``kind``; ConfigError listing the valid kinds if there is none."""
-    if not isinstance(kind, str) or kind not in SOURCES:
-        raise ConfigError(f"unknown source kind {kind!r}; valid kinds: {', '.join(sorted(SOURCES))}")
+    source_kind_known(kind)
     module_name, _, attr = SOURCES[kind].partition(":")
     return getattr(importlib.import_module(module_name), attr)
 
 
+def source_options(kind: str, options: Mapping[str, Any] | None, where: str | None = None) -> Any:
+    """Source ``kind``'s options as its frozen dataclass, without importing the source module.
+
+    ConfigError for an unknown kind (listing the valid ones), an unknown option (listing the
+    valid ones) or a bad value, naming the field under ``where`` (e.g. ``datasets.nav.options``).
+    """
+    source_kind_known(kind)
+    return build_options(kind, options or {}, where)
+
+
+def source_kind_known(kind: str) -> None:
+    if not isinstance(kind, str) or kind not in SOURCES:
+        raise ConfigError(f"unknown source kind {kind!r}; valid kinds: {', '.join(sorted(SOURCES))}")
+
+
 def make_source(kind: str, root: Path, **options) -> Source:
-    """Instantiate the source ``kind`` on ``root`` with ``options`` (its keyword arguments).
+    """Instantiate the source ``kind`` on ``root`` with ``options`` (its ``Options`` fields).
 
     Raises ConfigError for an unknown kind (listing the valid ones), for option names the source
-    does not take (listing the ones it does), and for invalid option values (raised by the source).
+    does not take (listing the ones it does), and for invalid option values, naming the field.
     """
     cls = source_class(kind)
-    params = inspect.signature(cls).parameters
-    accepted = [name for name, p in params.items() if name != "root" and p.kind is not p.VAR_KEYWORD]
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    unknown = sorted(set(options) - set(accepted))
-    if unknown and not takes_any:
-        raise ConfigError(
-            f"unknown option(s) for source {kind!r}: {', '.join(unknown)}; "
-            f"valid options: {', '.join(accepted) or 'none'}"
-        )
     return cls(Path(root), **options)

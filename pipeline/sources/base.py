@@ -84,6 +84,10 @@ class Source(Protocol):
 
     kind: str
     root: Path
+    #: frozen dataclass of the source's options (``pipeline/sources/options.py``); ``options`` is the instance
+    Options: type
+    #: record fields that change each use's result, by use (``pipeline/sources/fields.py``)
+    record_fields: Mapping[str, tuple[str, ...]]
 
     def episodes(self, split: str) -> list[Episode]:
         """All episodes of ``split``, sorted by ``episode_id``; bad ones carry ``quarantine``.

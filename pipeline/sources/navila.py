@@ -22,7 +22,8 @@ from pipeline.errors import DatasetError, Quarantine
 from pipeline.safepaths import UnsafePath, folder_under, resolve_under
 from pipeline.sampling import navila_indices
 from pipeline.sources.base import Episode, Frames, claim_id
-from pipeline.sources.options import check_int, check_template
+from pipeline.sources.fields import declared_record
+from pipeline.sources.options import NavilaOptions, build_options
 
 __all__ = ["NavilaSource"]
 
@@ -91,20 +92,20 @@ class NavilaSource:
     """Source of kind ``navila``; see the module docstring for the layout."""
 
     kind = "navila"
+    Options = NavilaOptions
+    #: see ``pipeline/sources/fields.py``. n_frames and n_pad follow from frames and
+    #: sample_indices (so they never cause a recompute of their own) and keep the fingerprints of
+    #: caches built before the declarations; split finds the image folder for explicit indices.
+    record_fields = {
+        "frames": ("frames", "sample_indices", "n_pad", "n_frames", "split"),
+        "poses": ("poses", "pose_error", "n_frames", "sample_indices"),
+    }
 
-    def __init__(
-        self,
-        root: Path,
-        annotations: str = "annotations_{split}.json",
-        images: str = "{split}",
-        poses: str = "poses_{split}.json",
-        num_frames: int = 8,
-    ):
+    def __init__(self, root: Path, **options: Any):
+        """``options``: the fields of ``NavilaOptions`` (ConfigError naming a bad one)."""
         self.root = Path(root)
-        self.annotations = check_template("navila", "annotations", annotations)
-        self.images = check_template("navila", "images", images)
-        self.poses = check_template("navila", "poses", poses)
-        self.num_frames = check_int("navila", "num_frames", num_frames, 2)
+        self.options = o = build_options(self.kind, options)
+        self.annotations, self.images, self.poses, self.num_frames = o.annotations, o.images, o.poses, o.num_frames
         # Filled by episodes(): cross-file consistency that is not any one episode's fault.
         self.report: dict[str, Any] = {}
 
@@ -240,7 +241,7 @@ class NavilaSource:
         """
         if episode.quarantine is not None:
             raise Quarantine(episode.quarantine)
-        rec = episode.record
+        rec = declared_record(self, episode, ("frames",))
         if indices is None:
             idx = [int(k) for k in rec["sample_indices"]]
             paths = list(episode.files)  # exactly what was fingerprinted

@@ -1,21 +1,94 @@
-"""Validation of source options shared by every source (errors name the source and the option)."""
+"""Each source's options as a frozen dataclass, built by the project's one config builder.
+
+This module imports no decoder (cv2, pyarrow...), so a project file's ``datasets.<name>.options``
+are validated when it is loaded, before any source module is imported. Messages name the field:
+``datasets.nav.options.num_frames: expected an integer, got 'x'``, ``datasets.nav.options:
+num_frames must be an integer >= 2, got 1``, ``datasets.nav.options: unknown field 'fps' (valid:
+annotations, images, num_frames, poses)``.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Mapping
+
 from ..errors import ConfigError
+from ..typed import build
 
 
-def check_template(kind: str, option: str, value: object) -> str:
-    """A file-name template may use ``{split}`` and nothing else."""
+def check_template(option: str, value: object) -> None:
+    """A file-name template may use ``{split}`` and nothing else (ValueError naming ``option``)."""
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{kind} option {option!r} must be a non-empty string, got {value!r}")
+        raise ValueError(f"{option!r} must be a non-empty string, got {value!r}")
     try:
         value.format(split="x")
     except (KeyError, IndexError, ValueError) as e:
-        raise ConfigError(f"{kind} option {option!r}={value!r}: only the placeholder {{split}} is allowed ({e})") from None
-    return value
+        raise ValueError(f"{option!r} = {value!r}: only the placeholder {{split}} is allowed ({e})") from None
 
 
-def check_int(kind: str, option: str, value: object, minimum: int) -> int:
+def check_min(option: str, value: object, minimum: int) -> None:
+    # build() already refused non-integers; this guards direct construction too
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{kind} option {option!r} must be an integer >= {minimum}, got {value!r}")
-    return value
+        raise ValueError(f"{option!r} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class NavilaOptions:
+    #: annotation file, relative to the dataset root
+    annotations: str = "annotations_{split}.json"
+    #: image folder; the records' "frames" paths are relative to it
+    images: str = "{split}"
+    #: optional pose file {video_id: [[x, y, yaw], ...]}
+    poses: str = "poses_{split}.json"
+    #: T, frames NaVILA's sampling keeps (front-padded with black when the history is shorter)
+    num_frames: int = 8
+
+    def __post_init__(self):
+        for name in ("annotations", "images", "poses"):
+            check_template(name, getattr(self, name))
+        check_min("num_frames", self.num_frames, 2)
+
+
+@dataclass(frozen=True)
+class RoverOptions:
+    #: parquet table, relative to the dataset root
+    table: str = "{split}.parquet"
+    #: frames decoded per clip, spread uniformly, first and last included
+    num_frames: int = 8
+
+    def __post_init__(self):
+        check_template("table", self.table)
+        check_min("num_frames", self.num_frames, 1)
+
+
+@dataclass(frozen=True)
+class VideosOptions:
+    #: the split folder, relative to the dataset root
+    split_dir: str = "{split}"
+    #: optional file listing the split's episode ids, one a line
+    split_list: str | None = None
+    #: N_m, the most frames decoded per episode
+    num_frames: int = 128
+    #: episodes with fewer frames are quarantined
+    min_frames: int = 2
+
+    def __post_init__(self):
+        check_template("split_dir", self.split_dir)
+        if self.split_list is not None:
+            check_template("split_list", self.split_list)
+        check_min("num_frames", self.num_frames, 1)
+        check_min("min_frames", self.min_frames, 1)
+
+
+#: options class of each source kind (the keys are ``pipeline.sources.SOURCES``'s)
+OPTIONS: dict[str, type] = {"navila": NavilaOptions, "rover": RoverOptions, "videos": VideosOptions}
+
+
+def build_options(kind: str, options: Any, where: str | None = None) -> Any:
+    """``options`` (a mapping, or already the options dataclass) as source ``kind``'s frozen
+    options; ConfigError naming the field under ``where`` (default ``<kind>.options``)."""
+    if kind not in OPTIONS:
+        raise ConfigError(f"unknown source kind {kind!r}; valid kinds: {', '.join(sorted(OPTIONS))}")
+    if options is not None and not isinstance(options, (Mapping, OPTIONS[kind])):
+        raise ConfigError(f"{where or kind + '.options'}: expected a mapping, got {type(options).__name__}")
+    data = dict(options) if isinstance(options, Mapping) else options
+    return build(OPTIONS[kind], data, where or f"{kind}.options")

@@ -22,7 +22,8 @@ from pipeline.errors import DatasetError, Quarantine
 from pipeline.safepaths import UnsafePath, resolve_under
 from pipeline.sampling import uniform_indices
 from pipeline.sources.base import Episode, Frames, claim_id
-from pipeline.sources.options import check_int, check_template
+from pipeline.sources.fields import declared_record
+from pipeline.sources.options import RoverOptions, build_options
 
 __all__ = ["RoverSource", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS"]
 
@@ -55,11 +56,19 @@ class RoverSource:
     """Source of kind ``rover``; see the module docstring for the table layout."""
 
     kind = "rover"
+    Options = RoverOptions
+    #: see ``pipeline/sources/fields.py``; the clip is ``files[0]`` (content-hashed), ``video`` its
+    #: name, ``n_frames`` the count the decoder must find. The string labels only name the ids.
+    record_fields = {
+        "frames": ("video", "n_frames"),
+        "labels": ("telemetry", "risk_id", "reason_id", "action_id", "weight"),
+    }
 
-    def __init__(self, root: Path, table: str = "{split}.parquet", num_frames: int = 8):
+    def __init__(self, root: Path, **options: Any):
+        """``options``: the fields of ``RoverOptions`` (ConfigError naming a bad one)."""
         self.root = Path(root)
-        self.table = check_template("rover", "table", table)
-        self.num_frames = check_int("rover", "num_frames", num_frames, 1)
+        self.options = o = build_options(self.kind, options)
+        self.table, self.num_frames = o.table, o.num_frames
 
     # ------------------------------------------------------------------------------ listing
 
@@ -162,7 +171,7 @@ class RoverSource:
         if episode.quarantine is not None:
             raise Quarantine(episode.quarantine)
         (path,) = episode.files
-        expected = episode.record.get("n_frames")
+        expected = declared_record(self, episode, ("frames",)).get("n_frames")
         chosen: list[int] = []
 
         def sample(n: int) -> Sequence[int]:

@@ -37,7 +37,8 @@ from pipeline.errors import DatasetError, Quarantine
 from pipeline.safepaths import UnsafePath, folder_under, resolve_under
 from pipeline.sampling import uniform_indices
 from pipeline.sources.base import Episode, Frames
-from pipeline.sources.options import check_int, check_template
+from pipeline.sources.fields import DeclaredRecord, declared_record
+from pipeline.sources.options import VideosOptions, build_options
 
 __all__ = ["VideosSource", "VIDEO_EXTS", "IMAGE_EXTS"]
 
@@ -73,20 +74,20 @@ class VideosSource:
     """Source of kind ``videos``; see the module docstring for the layout."""
 
     kind = "videos"
+    Options = VideosOptions
+    #: see ``pipeline/sources/fields.py``. Videos carry no ground-truth poses: the ``poses`` use
+    #: names the fields a poses reader looks for, so it finds them absent instead of undeclared.
+    record_fields = {
+        "frames": ("media", "kind", "n_frames", "sample_indices"),
+        "gt_geometry": ("gt_geometry", "media", "n_frames", "sample_indices"),
+        "poses": ("poses", "pose_error", "n_frames", "sample_indices"),
+    }
 
-    def __init__(
-        self,
-        root: Path,
-        split_dir: str = "{split}",
-        split_list: str | None = None,
-        num_frames: int = 128,
-        min_frames: int = 2,
-    ):
+    def __init__(self, root: Path, **options: Any):
+        """``options``: the fields of ``VideosOptions`` (ConfigError naming a bad one)."""
         self.root = Path(root)
-        self.split_dir = check_template("videos", "split_dir", split_dir)
-        self.split_list = None if split_list is None else check_template("videos", "split_list", split_list)
-        self.num_frames = check_int("videos", "num_frames", num_frames, 1)
-        self.min_frames = check_int("videos", "min_frames", min_frames, 1)
+        self.options = o = build_options(self.kind, options)
+        self.split_dir, self.split_list, self.num_frames, self.min_frames = o.split_dir, o.split_list, o.num_frames, o.min_frames
         # Filled by episodes(): what the listing saw, for the run summary.
         self.report: dict[str, Any] = {}
 
@@ -247,10 +248,11 @@ class VideosSource:
 
     # ------------------------------------------------------------------------------ decoding
 
-    def _indices(self, episode: Episode, indices: Sequence[int] | None) -> list[int]:
-        n = episode.record["n_frames"]
+    @staticmethod
+    def _indices(episode: Episode, rec: DeclaredRecord, indices: Sequence[int] | None) -> list[int]:
+        n = rec["n_frames"]
         if indices is None:
-            return [int(k) for k in episode.record["sample_indices"]]
+            return [int(k) for k in rec["sample_indices"]]
         return validate_indices(indices, n, episode.episode_id)
 
     def read_frames(self, episode: Episode, indices: Sequence[int] | None = None) -> Frames:
@@ -261,8 +263,8 @@ class VideosSource:
         """
         if episode.quarantine is not None:
             raise Quarantine(episode.quarantine)
-        rec = episode.record
-        idx = self._indices(episode, indices)
+        rec = declared_record(self, episode, ("frames",))
+        idx = self._indices(episode, rec, indices)
         n = rec["n_frames"]
         if rec["kind"] == "video":
 
@@ -305,16 +307,17 @@ class VideosSource:
         """
         if episode.quarantine is not None:
             raise Quarantine(episode.quarantine)
-        rel = episode.record.get("gt_geometry")
+        rec = declared_record(self, episode, ("gt_geometry",))
+        rel = rec.get("gt_geometry")
         if rel is None:
-            raise Quarantine(f"{episode.record['media']}: no ground-truth geometry sidecar (<name>{GT_SUFFIX}) next to it")
-        idx = self._indices(episode, indices)
+            raise Quarantine(f"{rec['media']}: no ground-truth geometry sidecar (<name>{GT_SUFFIX}) next to it")
+        idx = self._indices(episode, rec, indices)
         try:
             path = resolve_under(self.root, rel)
         except UnsafePath as e:
             raise Quarantine(f"{rel}: {e}") from None
         try:
-            return {"indices": np.asarray(idx, np.int64), **_read_gt(path, episode.record["n_frames"], idx)}
+            return {"indices": np.asarray(idx, np.int64), **_read_gt(path, rec["n_frames"], idx)}
         except Quarantine as e:
             raise Quarantine(f"ground truth {rel}: {e.reason}") from None
 

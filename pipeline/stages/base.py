@@ -15,7 +15,9 @@ import numpy as np
 
 from cache_specs.spec import CacheSpec
 
+from ..errors import ConfigError
 from ..sources.base import Episode, Source
+from ..sources.fields import DeclaredRecord, declared_record, fingerprint_fields
 
 
 @dataclass
@@ -34,17 +36,51 @@ class Stage:
     code_version: ClassVar[str] = "1"
     #: whether the stage reads the episode's files (else only its record enters fingerprints)
     reads_files: ClassVar[bool] = True
-    #: the record fields the stage uses (None = all); only these enter its fingerprints
-    record_keys: ClassVar[tuple[str, ...] | None] = None
+    #: what the stage takes from an episode's record, as uses of the fields its source declares
+    #: (``pipeline/sources/fields.py``: frames, gt_geometry, poses, labels); None = the whole record.
+    #: Fingerprints cover exactly those fields (``record_keys``), so none can be left out by hand.
+    uses: ClassVar[tuple[str, ...] | None] = None
+    #: fields kept in fingerprints although no use reads them (so that caches built before the
+    #: source declarations keep their fingerprints); adding one never removes a declared field
+    kept_fields: ClassVar[tuple[str, ...]] = ()
+    #: uses without which the stage has nothing to read (ConfigError when the source lacks one)
+    required_uses: ClassVar[tuple[str, ...]] = ()
     #: frozen dataclass of this stage's settings (the ``stages.<name>`` block of the project file)
     Settings: ClassVar[type]
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "record_keys" in cls.__dict__:
+            # a hand-written list is what the source declarations replace
+            raise TypeError(f"stage {cls.__name__}: declare `uses`; its record fields come from the source's record_fields")
 
     def __init__(self, settings: Any, source: Source, source_options: Mapping[str, Any]):
         self.settings = settings
         self.source = source
         self.source_options = dict(source_options)
+        missing = [u for u in self.required_uses if u not in getattr(source, "record_fields", {})]
+        if missing:
+            raise ConfigError(
+                f"stage {self.name!r} reads the records' {', '.join(missing)} fields, which source "
+                f"{getattr(source, 'kind', type(source).__name__)!r} does not have"
+            )
 
     # -- planning (cheap) -----------------------------------------------------------------------
+    @property
+    def record_keys(self) -> tuple[str, ...] | None:
+        """Sorted record fields that enter this stage's episode fingerprints (None = all): the
+        fields the source declares for ``uses``, plus ``kept_fields``."""
+        if self.uses is None:
+            return None
+        return tuple(sorted({*fingerprint_fields(self.source, self.uses), *self.kept_fields}))
+
+    def record(self, episode: Episode) -> DeclaredRecord:
+        """The episode's record as this stage may read it: the fields declared for ``uses``
+        (every field when ``uses`` is None, as then every field enters the fingerprint)."""
+        if self.uses is None:
+            return DeclaredRecord(episode.record, frozenset(episode.record), f"stage {self.name}")
+        return declared_record(self.source, episode, self.uses)
+
     @property
     def consumes(self) -> tuple[str, ...]:
         """Upstream stages whose cache rows ``prepare`` receives (same dataset, split and part)."""

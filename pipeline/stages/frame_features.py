@@ -38,9 +38,9 @@ class FrameFeaturesSettings:
 class FrameFeaturesStage(Stage):
     name = "frame-features"
     code_version = "1"
-    # what is decoded is fixed by the files read (content-hashed) and the sampling; labels,
-    # instructions and poses do not change pixels
-    record_keys = ("frames", "sample_indices", "n_pad", "video", "n_frames", "media", "kind")
+    # what is decoded is fixed by the files read (content-hashed) and the fields the source
+    # declares for its frames; labels, instructions and poses do not change pixels
+    uses = ("frames",)
     Settings = FrameFeaturesSettings
 
     def __init__(self, settings, source, source_options):

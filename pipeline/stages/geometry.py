@@ -49,8 +49,9 @@ class GeometrySettings:
 class GeometryStage(Stage):
     name = "geometry"
     code_version = "1"
-    # what is decoded (navila: frames, video; videos: media, kind) and the ground-truth sidecar
-    record_keys = ("frames", "video", "n_pad", "media", "kind", "n_frames", "sample_indices", "gt_geometry")
+    # what is decoded, and the ground-truth sidecar for either provider (its file is hashed with
+    # the episode's files anyway; the field keeps fingerprints of existing caches)
+    uses = ("frames", "gt_geometry")
     Settings = GeometrySettings
 
     def __init__(self, settings, source, source_options):
@@ -101,7 +102,7 @@ class GeometryStage(Stage):
     # -- per episode ----------------------------------------------------------------------------
     def prepare(self, episode, upstream: Mapping) -> Prepared:
         if self.adapter is None:
-            return Prepared(episode.episode_id, self._from_gt(episode), cost=len(episode.record["sample_indices"]))
+            return Prepared(episode.episode_id, self._from_gt(episode), cost=len(self.record(episode)["sample_indices"]))
         frames = self.source.read_frames(episode)
         real = ~frames.padded  # black front-padding frames (NaVILA) would only confuse VGGT
         if not real.any():
@@ -171,7 +172,7 @@ class GeometryStage(Stage):
             raise Quarantine("non-finite world point from the ground truth (check its intrinsics/extrinsics)")
         conf = valid.astype(np.float16)
         return {
-            "frame_index": np.asarray(episode.record["sample_indices"], np.int64),
+            "frame_index": np.asarray(self.record(episode)["sample_indices"], np.int64),
             "extrinsic": extr.astype(np.float32),
             "intrinsic": intr.astype(np.float32),
             "depth": _f16(np.where(valid, depth[:, ::s, ::s], 0.0)),

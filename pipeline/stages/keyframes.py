@@ -34,7 +34,8 @@ class KeyframesStage(Stage):
     name = "keyframes"
     code_version = "1"
     reads_files = False  # everything comes from the geometry rows, whose fingerprint is upstream
-    record_keys = ("n_frames",)
+    uses = ()  # everything comes from the geometry rows
+    kept_fields = ("n_frames",)
     Settings = KeyframesSettings
 
     @property

@@ -43,7 +43,8 @@ class PosesStage(Stage):
     name = "poses"
     code_version = "2"
     reads_files = False
-    record_keys = ("poses", "pose_error", "n_frames", "sample_indices")
+    uses = ("poses",)
+    required_uses = ("poses",)  # the sampled frame numbers live there, whatever the provider
     Settings = PosesSettings
 
     def spec(self):
@@ -64,7 +65,7 @@ class PosesStage(Stage):
         return ident
 
     def prepare(self, episode, upstream: Mapping) -> Prepared:
-        rec = episode.record
+        rec = self.record(episode)
         frame_index = np.asarray(rec["sample_indices"], dtype=np.int64)  # [T], -1 on front padding
         t = self.dims()["T"]
         if frame_index.shape != (t,):

@@ -25,7 +25,8 @@ class RoverMetaStage(Stage):
     name = "rover-meta"
     code_version = "1"
     reads_files = False
-    record_keys = ("telemetry", "risk_id", "reason_id", "action_id", "weight")
+    uses = ("labels",)
+    required_uses = ("labels",)
     Settings = RoverMetaSettings
 
     def spec(self):
@@ -35,7 +36,7 @@ class RoverMetaStage(Stage):
         return {}
 
     def prepare(self, episode, upstream: Mapping) -> Prepared:
-        r = episode.record
+        r = self.record(episode)
         return Prepared(
             episode.episode_id,
             {

@@ -1,0 +1,171 @@
+"""What every frozen encoder shares: device, autocast precision, lazy loading, identity, provenance.
+
+``FrozenEncoder`` holds one frozen settings dataclass (``self.s``) and the model, loaded once and
+thread-safely on first use, so planning and ``status`` never touch the weights. It resolves
+"auto" device and precision the same way for every encoder:
+
+    device     "auto" -> "cuda" when available, else "cpu"
+    precision  "auto" -> bf16 autocast on CUDA capability >= 8 (Ampere+), fp16 on older CUDA,
+               fp32 (autocast off) elsewhere
+
+and gives the weights' content fingerprint and the ``random_init`` provenance label
+(``weights.py``).
+
+Adding an encoder (a SigLIP/DINOv2 tower for OpenVLA, MapAnything, LLaVA-3D...):
+
+1. Settings: a ``@dataclass(frozen=True)`` with at least ``model`` (hub id or local folder),
+   ``device`` and a precision field (``precision`` by default; set ``precision_field`` on the
+   encoder class if the config calls it otherwise, as VGGT's ``dtype``); add ``revision`` if the
+   weights come from the hub by revision. Call ``check_device`` / ``check_precision`` in
+   ``__post_init__`` so that a bad value names its field.
+2. Subclass ``FrozenEncoder`` and implement ``_load_model()`` (return the ``torch.nn.Module``;
+   the base puts it in eval mode, freezes it and moves it to the device) and
+   ``output_identity()`` (everything besides model id, weights and precision that changes the
+   outputs: preprocessing constants, which layers are kept, pooling). Override ``architecture()``
+   for the provenance, and ``_on_loaded(model)`` to read constants off the loaded model.
+3. Run the forward pass under ``with torch.inference_mode(), self.autocast():``.
+
+Only ``torch`` is imported lazily, so importing an encoder module stays cheap.
+"""
+from __future__ import annotations
+
+import abc
+import re
+import threading
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar
+
+from .weights import read_provenance, weights_fingerprint
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device(value: object, field: str = "device") -> None:
+    """ValueError naming ``field`` unless ``value`` is auto, cpu, mps, cuda or cuda:N."""
+    if not isinstance(value, str) or not _DEVICE_RE.match(value):
+        raise ValueError(f"{field} must be auto, cpu, mps, cuda or cuda:N, got {value!r}")
+
+
+def check_precision(value: object, field: str = "precision") -> None:
+    """ValueError naming ``field`` unless ``value`` is one of ``PRECISIONS``."""
+    if value not in PRECISIONS:
+        raise ValueError(f"{field} must be one of {', '.join(PRECISIONS)}, got {value!r}")
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``precision`` with "auto" made concrete for the resolved ``device``."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.get_device_capability(torch.device(device))[0] >= 8 else "fp16"
+    return "fp32"
+
+
+def free_cuda_cache() -> None:
+    """Hand cached CUDA blocks back so that the caller (or the next, smaller input) can use them."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def oom_error_type() -> type[BaseException]:
+    import torch
+
+    # torch >= 2.5 exposes torch.OutOfMemoryError; it is the same class as torch.cuda's
+    return getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+
+class FrozenEncoder(abc.ABC):
+    """A frozen pretrained model behind one settings dataclass ``s``; see the module docstring."""
+
+    #: name of the settings field holding "auto" | "fp32" | "bf16" | "fp16" (also its identity key)
+    precision_field: ClassVar[str] = "precision"
+
+    def __init__(self, settings: Any):
+        self.s = settings
+        self._model = None
+        self._lock = threading.Lock()
+
+    # -- subclass contract ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def _load_model(self):
+        """Build the model from ``self.s`` (weights on CPU); raise NavcacheError if impossible."""
+
+    @abc.abstractmethod
+    def output_identity(self) -> dict:
+        """What else changes the outputs (preprocessing, kept layers, pooling); JSON-ready."""
+
+    def architecture(self) -> str:
+        """Architecture named in the provenance (a config or model class name)."""
+        return type(self).__name__
+
+    def _on_loaded(self, model) -> None:
+        """Read constants off the loaded model (runs under the load lock, before it is published)."""
+
+    # -- cheap metadata -------------------------------------------------------------------------
+    @property
+    def revision(self) -> str | None:
+        return getattr(self.s, "revision", None)
+
+    def resolved_device(self) -> str:
+        return resolve_device(self.s.device)
+
+    def resolved_precision(self) -> str:
+        return resolve_precision(getattr(self.s, self.precision_field), self.resolved_device())
+
+    def weights_fingerprint(self) -> str:
+        return weights_fingerprint(self.s.model, self.revision)
+
+    def identity(self) -> dict:
+        """Everything about the encoder that changes its outputs (enters part fingerprints)."""
+        ident = {"model": self.s.model, "weights": self.weights_fingerprint(), self.precision_field: self.resolved_precision()}
+        if hasattr(self.s, "revision"):
+            ident["revision"] = self.s.revision
+        return {**ident, **self.output_identity()}
+
+    def provenance(self) -> dict:
+        """Where the weights come from, with ``random_init`` True for navcache's random models."""
+        prov: dict[str, Any] = {"id": self.s.model}
+        if hasattr(self.s, "revision"):
+            prov["revision"] = self.s.revision
+        return {**prov, "architecture": self.architecture(), **read_provenance(self.s.model, self.revision)}
+
+    @property
+    def random_init(self) -> bool:
+        return bool(read_provenance(self.s.model, self.revision).get("random_init", False))
+
+    # -- heavy path -----------------------------------------------------------------------------
+    def load(self):
+        """The model in eval mode, without gradients, on ``resolved_device()``; loaded once."""
+        with self._lock:
+            if self._model is None:
+                model = self._load_model().eval().requires_grad_(False).to(self.resolved_device())
+                self._on_loaded(model)
+                self._model = model
+        return self._model
+
+    def autocast_dtype(self):
+        """torch dtype of autocast, or None for fp32 (autocast off)."""
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.resolved_precision())
+
+    def autocast(self) -> AbstractContextManager:
+        """``torch.autocast`` for the resolved device and precision (disabled for fp32)."""
+        import torch
+
+        amp = self.autocast_dtype()
+        return torch.autocast(device_type=torch.device(self.resolved_device()).type, dtype=amp or torch.float32, enabled=amp is not None)
