@@ -50,3 +50,21 @@ def test_a_forbidden_import_breaks_a_contract(tmp_path, module, source, contract
     assert p.returncode != 0, p.stdout[-3000:]
     bad = module.removesuffix(".py").replace("/", ".")
     assert bad in p.stdout and f"{contract}" in p.stdout and "BROKEN" in p.stdout, p.stdout[-3000:]
+
+
+def test_every_registered_head_has_the_kit():
+    from cache_specs.specs import SPECS
+    from heads.registry import HEADS, get
+
+    assert HEADS and list(HEADS) == sorted(HEADS)
+    for name, module in HEADS.items():
+        folder = REPO / Path(*module.split("."))
+        for f in ("configuration.py", "data.py", "model.py", "train.py", "predict.py"):
+            assert (folder / f).is_file(), (name, f)
+        head = get(name)
+        assert {"demo", "default"} <= set(head.PRESETS), name
+        assert all(isinstance(c, head.Config) for c in head.PRESETS.values()), name
+        assert head.READS and set(head.READS) <= set(SPECS), name
+        assert head.load_config() == head.PRESETS["demo"], name
+        for fn in ("train_head", "read_checkpoint", "predict_split"):
+            assert callable(getattr(head, fn)), (name, fn)
