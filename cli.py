@@ -1,11 +1,15 @@
-"""navcache command line: a thin Typer shell. Each command parses options and calls one function in
-``pipeline.commands``; heavy modules are imported inside the commands so ``--help`` stays instant."""
+"""navcache command line: a thin Typer shell. Each command parses options and calls one function:
+``pipeline.commands`` for the cache commands, ``orchestrate`` for train / predict / export (caches
+brought up to date, then ``heads``). Heavy modules are imported inside the commands so ``--help``
+stays instant."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from heads.registry import HEADS  # a dict of names: imports nothing else
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Extract frozen-encoder caches for navigation/VLA training, and inspect them.")
 
@@ -38,7 +42,8 @@ def extract(
     as_json: bool = JsonOpt,
 ):
     """Build the caches of every configured stage for a split (only what is missing or stale)."""
-    from pipeline.commands import EXIT_CONFIG, extract_cmd
+    from cache_specs.errors import EXIT_CONFIG
+    from pipeline.commands import extract_cmd
     from pipeline.runner import ExtractOptions
 
     if scheduler:
@@ -118,62 +123,59 @@ def export_navila_poses(
     config: Optional[Path] = ConfigOpt,
 ):
     """NaVILA pose sidecar: {video_id, poses, deltas, dist_bins, yaw_bins} per line, streamed and atomic."""
-    from pipeline.commands import export_navila_poses_cmd
+    from orchestrate import export_navila_poses
 
-    raise typer.Exit(export_navila_poses_cmd(config, dataset, split, out))
-
-
-train_app = typer.Typer(no_args_is_help=True, help="Train small heads that read only caches.")
-app.add_typer(train_app, name="train")
+    raise typer.Exit(export_navila_poses(config, dataset, split, out))
 
 
-@train_app.command("gru-motion")
-def train_gru_motion(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Trainer YAML (default: the demo caches)."),
+HeadArg = typer.Argument(..., metavar="HEAD", help=f"Which head: {' | '.join(HEADS)}.")
+SetOpt = typer.Option([], "--set", help="KEY=VALUE on top of the preset and the file, e.g. loop.lr=0.001 (repeatable; values read as YAML).")
+
+
+@app.command()
+def train(
+    name: str = HeadArg,
+    preset: str = typer.Option("demo", "--preset", "-p", help="A named config of the head (its configuration.py PRESETS); demo: the embedded demo."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Trainer YAML, on top of the preset."),
+    sets: list[str] = SetOpt,
     cache_root: Optional[Path] = typer.Option(None, "--cache-root"),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir"),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     seed: Optional[int] = typer.Option(None, "--seed"),
-    device: Optional[str] = typer.Option(None, "--device"),
-):
-    """GRU motion encoder on the poses cache: next-step and k-step bin prediction; exports a frozen MotionEncoder."""
-    from pipeline.commands import train_gru_motion_cmd
-
-    raise typer.Exit(train_gru_motion_cmd(config, cache_root, out_dir, epochs, seed, device))
-
-
-@train_app.command("sim-heads")
-def train_sim_heads(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Trainer YAML (default: the demo rover caches)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir"),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
     lr: Optional[float] = typer.Option(None, "--lr"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
 ):
-    """SIM v0 risk / reason / action heads over rover frame features + telemetry through a frozen LLM."""
-    from pipeline.commands import train_sim_heads_cmd
+    """Train a small head that reads only caches (the demo's caches are brought up to date first).
 
-    raise typer.Exit(train_sim_heads_cmd(config, out_dir, epochs, seed, lr))
+    sim-heads: SIM v0 risk / reason / action heads over rover frame features + telemetry through a frozen LLM.
+    gru-motion: GRU motion encoder on the poses cache; exports a frozen MotionEncoder.
+    """
+    from orchestrate import train as run
+
+    overrides = {"cache_root": cache_root and str(cache_root), "out_dir": out_dir and str(out_dir),
+                 "loop": {"epochs": epochs, "seed": seed, "lr": lr, "device": device}}
+    raise typer.Exit(run(name, preset, config, overrides, sets))
 
 
-predict_app = typer.Typer(no_args_is_help=True, help="Run trained heads on a split's caches.")
-app.add_typer(predict_app, name="predict")
-
-
-@predict_app.command("sim-heads")
-def predict_sim_heads(
-    out: Path = typer.Argument(..., help="Output .jsonl: one prediction per clip, with its id (written atomically)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A sim-heads run's checkpoints/best.pt (or last.pt)."),
+@app.command()
+def predict(
+    name: str = HeadArg,
+    out: Path = typer.Argument(..., help="Output .jsonl: one prediction per example, with its id (written atomically)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run's checkpoints/best.pt (or last.pt)."),
     split: str = typer.Option("val", "--split", "-s"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Default: the checkpoint's, else demo_rover."),
-    cache_root: Optional[Path] = typer.Option(None, "--cache-root", help="Default: the checkpoint's (if still there), else the demo's."),
-    batch_size: int = typer.Option(256, "--batch-size"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Default: the checkpoint's, else the demo's."),
+    cache_root: Optional[Path] = typer.Option(None, "--cache-root", help="Default: the checkpoint's (if still there), else the project's."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default: the head's."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
 ):
-    """SIM v0 risk / reason / action predictions (label + class probabilities) for every clip of a split; prints accuracy per head."""
-    from pipeline.commands import predict_sim_heads_cmd
+    """Predict every example of a split's caches with a trained head; prints the summary (accuracy per target).
 
-    raise typer.Exit(predict_sim_heads_cmd(checkpoint, out, split, dataset, cache_root, batch_size, device))
+    sim-heads: risk / reason / action label + class probabilities per clip.
+    gru-motion: next-step and k-step dist / yaw bins per step of each episode.
+    """
+    from orchestrate import predict as run
+
+    raise typer.Exit(run(name, checkpoint, out, split, dataset, cache_root, batch_size, device))
 
 
 if __name__ == "__main__":

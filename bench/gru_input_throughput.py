@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from heads.gru_motion.data import ARRAYS, ensure_demo_caches, load_poses_split
+from heads.gru_motion.data import ARRAYS, load_poses_split
 
 
 def epochs_loop(arrays: dict[str, torch.Tensor], epochs: int, batch_size: int, seed: int = 0) -> int:
@@ -39,8 +39,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
-    if a.dataset.startswith("demo_"):
-        ensure_demo_caches(a.cache_root, a.dataset, [a.split])
+    from orchestrate import ensure_caches
+    from pipeline.project import demo_project
+
+    project = demo_project(a.cache_root)  # the embedded demo's caches: built when missing
+    if project is not None:
+        ensure_caches(project, [(a.dataset, a.split, "poses")])
     torch.set_num_threads(1)
 
     ref, _ = load_poses_split(a.cache_root, a.dataset, a.split)

@@ -8,7 +8,7 @@
     val:   {"epoch", <task.evaluate on val>}
 
 matplotlib is imported inside the functions so importing this module (and ``navcache --help``)
-stays fast; figures are written atomically by ``pipeline.plots.save_figure``.
+stays fast; figures are written atomically by ``cache_specs.plotting.save_figure``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.plots import new_figure, save_figure
+from cache_specs.plotting import new_figure, save_figure
 
 LOSS_PANEL = "losses"
 

@@ -1,11 +1,6 @@
-"""The library functions behind each CLI command. Each returns the process exit code.
-
-Exit codes (documented in the README):
-    0  success
-    1  a dataset or stage failed (errors listed), or nothing to open
-    2  invalid configuration or options
-    3  --strict and at least one episode was quarantined
-    4  verify found damage (and --repair was not given or could not fix it)
+"""The library functions behind the pipeline's CLI commands (extract, status, inspect, verify,
+demo-data). Each returns the process exit code (``cache_specs.errors``: 0 ok, 1 failed, 2 bad
+configuration, 3 quarantine under --strict, 4 damage). Head commands live in ``heads.commands``.
 """
 from __future__ import annotations
 
@@ -13,12 +8,13 @@ import json
 import sys
 from pathlib import Path
 
+from cache_specs.errors import EXIT_CONFIG, EXIT_DAMAGE, EXIT_FAILED, EXIT_OK, EXIT_QUARANTINE  # noqa: F401  (re-exported)
+
 from .errors import ConfigError, NavcacheError
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_QUARANTINE, EXIT_DAMAGE = 0, 1, 2, 3, 4
 
-
-def _project(config: Path | None):
+def load_project(config: Path | None):
+    """The project (``--config``, ./navcache.yaml, else the embedded demo), saying what it does in cyan."""
     from .console import console
     from .project import resolve_project
 
@@ -30,7 +26,7 @@ def extract_cmd(config: Path | None, opts, as_json: bool = False, strict: bool =
     from .runner import extract, plan_all
 
     try:
-        project = _project(config)
+        project = load_project(config)
         if opts.dry_run:
             from .fingerprint import FileHasher
             from .summary import RunSummary
@@ -65,7 +61,7 @@ def status_cmd(config: Path | None, split: str | None, as_json: bool) -> int:
     from .runner import ExtractOptions
 
     try:
-        project = _project(config)
+        project = load_project(config)
         splits = sorted({s for d in project.datasets.values() for s in d.splits}) if split is None else [split]
     except ConfigError as e:
         print(f"navcache: configuration error: {e}", file=sys.stderr)
@@ -89,7 +85,7 @@ def inspect_cmd(path: Path | None, config: Path | None, as_json: bool, episode: 
         from .inspect_geometry import plot_episode
 
         try:
-            written = plot_episode(_project(config), Path(path), episode, plot)
+            written = plot_episode(load_project(config), Path(path), episode, plot)
         except (NavcacheError, IncompleteCache) as e:
             print(f"navcache: {e}", file=sys.stderr)
             return EXIT_FAILED
@@ -99,7 +95,7 @@ def inspect_cmd(path: Path | None, config: Path | None, as_json: bool, episode: 
 
     if path is None:
         try:
-            path = Path(_project(config).cache_root)
+            path = Path(load_project(config).cache_root)
         except ConfigError as e:
             print(f"navcache: configuration error: {e}", file=sys.stderr)
             return EXIT_CONFIG
@@ -154,7 +150,7 @@ def verify_cmd(path: Path | None, config: Path | None, repair: bool, as_json: bo
     from .verify_repair import verify_and_repair
 
     try:
-        return verify_and_repair(path, config, repair, as_json)
+        return verify_and_repair(path, load_project(config) if (path is None or repair) else None, repair, as_json)
     except ConfigError as e:
         print(f"navcache: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -171,100 +167,9 @@ def demo_data_cmd(out: Path, scale: float, seed: int, pixels: bool = True) -> in
     return EXIT_OK
 
 
-def export_navila_poses_cmd(config: Path | None, dataset: str, split: str, out: Path) -> int:
-    from heads.exports.navila_poses import export_for_dataset
+def source_episode_ids(project, dataset: str, split: str) -> list[str]:
+    """The ids the dataset's source lists for ``split`` (e.g. the annotation ids a NaVILA export is checked against)."""
+    from .sources import make_source
 
-    try:
-        report = export_for_dataset(_project(config), dataset, split, out)
-    except ConfigError as e:
-        print(f"navcache: configuration error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except (NavcacheError, RuntimeError) as e:
-        print(f"navcache: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    print(json.dumps(report.to_dict(), indent=1))
-    return EXIT_OK
-
-
-def train_gru_motion_cmd(config: Path | None, cache_root: Path | None, out_dir: Path | None, epochs: int | None, seed: int | None, device: str | None) -> int:
-    from heads.gru_motion import load_config, train_gru_motion
-
-    try:
-        cfg = load_config(config, cache_root=cache_root, out_dir=out_dir, loop={"epochs": epochs, "seed": seed, "device": device})
-    except (ConfigError, ValueError) as e:
-        print(f"navcache: configuration error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    result = train_gru_motion(cfg)
-    print(json.dumps(result, indent=1, default=str))
-    return EXIT_OK
-
-
-def train_sim_heads_cmd(config: Path | None, out_dir: Path | None, epochs: int | None, seed: int | None, lr: float | None) -> int:
-    """Without a trainer config: the embedded demo (its rover caches are brought up to date first)."""
-    from heads.sim_heads import load_config, train_sim_heads
-
-    from .runner import ExtractOptions, extract
-
-    try:
-        overrides: dict = {"out_dir": out_dir, "loop": {"epochs": epochs, "seed": seed, "lr": lr}}
-        if config is None:
-            project = _project(None)
-            ds = project.dataset("demo_rover")
-            for split in ds.splits:
-                for stage in ("frame-features", "rover-meta"):
-                    s = extract(project, ExtractOptions(split, only=stage, datasets=("demo_rover",)))
-                    if s.errors:
-                        print("navcache: " + "; ".join(s.errors), file=sys.stderr)
-                        return EXIT_FAILED
-            overrides.update(cache_root=str(project.cache_root))
-        cfg = load_config(config, **overrides)
-    except (ConfigError, ValueError) as e:
-        print(f"navcache: configuration error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    print(json.dumps(train_sim_heads(cfg), indent=1, default=str))
-    return EXIT_OK
-
-
-
-def predict_sim_heads_cmd(checkpoint: Path, out: Path, split: str = "val", dataset: str | None = None, cache_root: Path | None = None,
-                          batch_size: int = 256, device: str = "cpu") -> int:
-    """Without --dataset / --cache-root: the checkpoint's recorded ones (the cache root only while it
-    still exists here), else the embedded demo's rover caches (brought up to date first, as in training)."""
-    import pickle
-
-    import torch
-
-    from cache_specs.manifest import IncompleteCache
-    from heads.sim_heads.predict import predict_split, read_checkpoint
-
-    if not (device == "cpu" or device.startswith("cuda")) or (device.startswith("cuda") and not torch.cuda.is_available()):
-        print(f"navcache: configuration error: --device {device!r}: expected cpu, or cuda[:N] on a machine with CUDA", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        recorded = read_checkpoint(checkpoint)["metadata"].get("config", {})
-    except (FileNotFoundError, ValueError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
-        print(f"navcache: configuration error: --checkpoint {checkpoint}: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    dataset = dataset or recorded.get("dataset") or "demo_rover"
-    try:
-        if cache_root is None:
-            rec_root = recorded.get("cache_root")
-            if rec_root and Path(rec_root).is_dir():
-                cache_root = Path(rec_root)
-            else:
-                from .runner import ExtractOptions, extract
-
-                project = _project(None)
-                project.dataset(dataset)  # a ConfigError naming the known datasets when it is not there
-                for stage in ("frame-features", "rover-meta"):
-                    s = extract(project, ExtractOptions(split, only=stage, datasets=(dataset,)))
-                    if s.errors:
-                        print("navcache: " + "; ".join(s.errors), file=sys.stderr)
-                        return EXIT_FAILED
-                cache_root = Path(project.cache_root)
-        summary = predict_split(checkpoint, cache_root, dataset, split, out, batch_size=batch_size, device=device)
-    except (ConfigError, ValueError, IncompleteCache, FileNotFoundError) as e:
-        print(f"navcache: configuration error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    print(json.dumps(summary, indent=1))
-    return EXIT_OK
+    ds = project.dataset(dataset)
+    return [e.episode_id for e in make_source(ds.source, ds.root, **ds.options).episodes(split)]

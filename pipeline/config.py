@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from cache_specs.config import build, merge, read_yaml, to_plain, unknown_name
+
 from .errors import ConfigError
-from .typed import build, to_plain
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class ProjectConfig:
 
     def dataset(self, name: str) -> DatasetConfig:
         if name not in self.datasets:
-            raise ConfigError(f"unknown dataset {name!r}; datasets: {', '.join(sorted(self.datasets))}")
+            raise unknown_name("dataset", name, sorted(self.datasets))
         return self.datasets[name]
 
     def stage_settings(self, stage: str, dataset: str | None = None):
@@ -89,18 +90,11 @@ class ProjectConfig:
         if dataset is not None:
             override = self.dataset(dataset).stage_settings.get(stage)
             if override:
-                raw, where = _merge(raw, override), f"datasets.{dataset}.stage_settings.{stage} (over stages.{stage})"
+                raw, where = merge(raw, override), f"datasets.{dataset}.stage_settings.{stage} (over stages.{stage})"
         return build(stage_class(stage).Settings, raw, where)
 
     def to_dict(self) -> dict:
         return to_plain(self)
-
-
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
-    return out
 
 
 def _absolutise(cfg: dict, base: Path) -> dict:
@@ -125,30 +119,22 @@ def config_from_dict(data: Mapping[str, Any], base: Path, origin: str = "file") 
 
     for name, ds in cfg.datasets.items():
         if ds.source not in SOURCES:
-            raise ConfigError(f"datasets.{name}.source: unknown source {ds.source!r} (valid: {', '.join(SOURCES)})")
+            raise unknown_name("source", ds.source, SOURCES, f"datasets.{name}.source")
         source_options(ds.source, ds.options, f"datasets.{name}.options")  # validate now, naming the field
         for st in ds.stages:
             if st not in STAGES:
-                raise ConfigError(f"datasets.{name}.stages: unknown stage {st!r} (valid: {', '.join(STAGES)})")
+                raise unknown_name("stage", st, STAGES, f"datasets.{name}.stages")
         for st in ds.stage_settings:
             if st not in STAGES:
-                raise ConfigError(f"datasets.{name}.stage_settings: unknown stage {st!r} (valid: {', '.join(STAGES)})")
+                raise unknown_name("stage", st, STAGES, f"datasets.{name}.stage_settings")
             cfg.stage_settings(st, name)
     for st in cfg.stages:
         if st not in STAGES:
-            raise ConfigError(f"stages: unknown stage {st!r} (valid: {', '.join(STAGES)})")
+            raise unknown_name("stage", st, STAGES, "stages")
         cfg.stage_settings(st)  # validate now, not halfway through a run
     return cfg
 
 
 def load_config(path: Path) -> ProjectConfig:
-    import yaml
-
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"project file {path} not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return config_from_dict(data or {}, path.parent.resolve(), origin=str(path))
+    return config_from_dict(read_yaml(path, "project file"), path.parent.resolve(), origin=str(path))

@@ -1,13 +1,9 @@
-"""Exceptions shared by sources, stages and executors."""
+"""Exceptions shared by sources, stages and executors (the base classes live in ``cache_specs.errors``)."""
 from __future__ import annotations
 
+from cache_specs.errors import ConfigError, NavcacheError
 
-class NavcacheError(Exception):
-    """A user-facing error: the message says what is wrong and where."""
-
-
-class ConfigError(NavcacheError):
-    """An invalid project file or option; the message names the field."""
+__all__ = ["ConfigError", "DatasetError", "NavcacheError", "Quarantine"]
 
 
 class Quarantine(Exception):

@@ -1,21 +1,19 @@
 """Pictures for inspecting geometry and keyframe choice: a contact sheet and a top-down map.
 
 Pure functions of arrays (no cache reading): the CLI loads the arrays and calls these. Every
-picture is written with ``save_figure``, atomically, so a crash never leaves half a PNG behind.
-
-matplotlib is imported inside the functions, never at module level, so ``navcache --help`` stays
-fast. Figures are ``matplotlib.figure.Figure`` objects on an Agg canvas (no pyplot global state).
+picture is written with ``save_figure`` (``cache_specs.plotting``), atomically, so a crash never
+leaves half a PNG behind. matplotlib is imported inside the functions, so ``navcache --help`` stays fast.
 """
 from __future__ import annotations
 
 import math
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from cache_specs.plotting import DPI, new_figure, save_figure  # noqa: F401  (save_figure: re-exported)
 
 # Keyframes everywhere (sheet borders, sheet labels, map markers, coverage curve) use this colour:
 # a saturated magenta is rare in real footage, so a border cannot be mistaken for image content.
@@ -23,44 +21,7 @@ HIGHLIGHT_RGB: tuple[int, int, int] = (230, 0, 126)
 HIGHLIGHT = "#e6007e"
 BACKGROUND_RGB: tuple[int, int, int] = (255, 255, 255)
 
-DPI = 100  # pixel layouts below are in PNG pixels, so figure inches are pixels / DPI
-
 MAX_DRAWN_POINTS = 50_000
-
-
-# ----------------------------------------------------------------------------------------------
-# writing figures
-
-
-def new_figure(width_px: float, height_px: float) -> Any:
-    """A ``matplotlib.figure.Figure`` of that many pixels at ``DPI``, on an Agg canvas."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    # +1e-3: Agg truncates width * dpi to an int, and px / 100 * 100 may land just below px
-    fig = Figure(figsize=((width_px + 1e-3) / DPI, (height_px + 1e-3) / DPI), dpi=DPI, facecolor="white")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_figure(fig: Any, out: str | os.PathLike, dpi: float | None = None) -> Path:
-    """Write ``fig`` as PNG to ``out`` atomically; returns ``out`` as a Path.
-
-    The PNG goes to a hidden temp file in the same folder (same filesystem, so ``os.replace`` is
-    atomic), then replaces ``out``: readers see the old picture or the new one, never a torn one.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # plain open() (not mkstemp) so the PNG gets the usual umask permissions, not 0600
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi or fig.dpi, facecolor=fig.get_facecolor())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
 
 
 # ----------------------------------------------------------------------------------------------

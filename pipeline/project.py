@@ -89,3 +89,22 @@ def resolve_project(config: Path | None = None, cwd: Path | None = None, say: Ca
     demo_dir = cwd / DEMO_DIR
     ensure_demo(demo_dir, say)
     return config_from_dict(demo_config_dict(demo_dir, cwd / DEMO_CACHE), cwd, origin="demo")
+
+
+def default_cache_root(cwd: Path | None = None) -> Path:
+    """The cache root ``resolve_project`` would use here, without generating the demo world."""
+    cwd = Path(cwd or Path.cwd())
+    if (cwd / DEFAULT_FILE).exists():
+        return Path(load_config(cwd / DEFAULT_FILE).cache_root)
+    return cwd / DEMO_CACHE
+
+
+def demo_project(cache_root: str | Path, cwd: Path | None = None, say: Callable[[str], None] = print) -> ProjectConfig | None:
+    """The embedded demo project when ``cache_root`` is its cache root here (no ./navcache.yaml), else None.
+
+    Only then is the demo world generated: a head pointed at caches of its own is never given a demo.
+    """
+    cwd = Path(cwd or Path.cwd())
+    if (cwd / DEFAULT_FILE).exists() or Path(cache_root).resolve() != (cwd / DEMO_CACHE).resolve():
+        return None
+    return resolve_project(cwd=cwd, say=say)

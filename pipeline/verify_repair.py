@@ -5,17 +5,17 @@ import json
 import shutil
 from pathlib import Path
 
+from cache_specs.errors import EXIT_DAMAGE, EXIT_FAILED, EXIT_OK
 from cache_specs.layout import PARTS
 from cache_specs.manifest import invalidate, remove_temporaries
 from cache_specs.reader import iter_caches
 from cache_specs.verify import damaged_parts, verify_cache
 
 
-def verify_and_repair(path: Path | None, config: Path | None, repair: bool, as_json: bool) -> int:
-    from .commands import EXIT_DAMAGE, EXIT_FAILED, EXIT_OK, _project
+def verify_and_repair(path: Path | None, project, repair: bool, as_json: bool) -> int:
+    """``project``: the ProjectConfig (needed when ``path`` is None or ``repair``), else None."""
     from .console import console
 
-    project = _project(config) if (path is None or repair) else None
     root = Path(path) if path is not None else Path(project.cache_root)
     caches = [root] if (root / PARTS).is_dir() or (root / "manifest.json").exists() else list(iter_caches(root))
     report, damaged = {}, {}

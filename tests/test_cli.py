@@ -206,12 +206,62 @@ def test_unknown_executor_is_exit_2(tmp_path, tiny_model):
     assert "executor" in r.stderr
 
 
+def test_unknown_source_suggests_the_closest(tmp_path, tiny_model):
+    cfg = new_project(tmp_path, tiny_model)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["datasets"]["nav"]["source"] = "navilla"
+    cfg.write_text(yaml.safe_dump(doc))
+    r = navcache("extract", "-c", cfg, code=2)
+    assert "datasets.nav.source: unknown source 'navilla'" in r.stderr and "did you mean 'navila'?" in r.stderr
+
+
+# ------------------------------------------------------------------------------------ heads
+
+
+@pytest.mark.parametrize("args, want", [
+    (("train", "sim-head"), "unknown head 'sim-head' (valid: gru-motion, sim-heads); did you mean 'sim-heads'?"),
+    (("predict", "gru-motoin", "o.jsonl", "--checkpoint", "x.pt"), "unknown head 'gru-motoin' (valid: gru-motion, sim-heads); did you mean 'gru-motion'?"),
+    (("train", "sim-heads", "--preset", "dem"), "unknown sim-heads preset 'dem' (valid: default, demo); did you mean 'demo'?"),
+    (("train", "gru-motion", "--set", "loop.lr=x"), "loop.lr: expected a number, got 'x'"),
+    (("train", "gru-motion", "--set", "hiden=3"), "unknown field 'hiden' (valid: cache_root, "),
+    (("train", "gru-motion", "--set", "hiden=3"), "did you mean 'hidden'?"),
+    (("train", "sim-heads", "--epochs", "0"), "loop: LoopConfig.epochs must be an int >= 1, got 0"),
+    (("train", "sim-heads", "--set", "noequals"), "expected KEY=VALUE"),
+])
+def test_head_errors_name_the_field_and_the_closest(tmp_path, monkeypatch, args, want):
+    monkeypatch.chdir(tmp_path)
+    r = navcache(*args, code=2)
+    assert want in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before generating the demo or training anything
+
+
+def test_ensure_caches_builds_only_what_is_read_and_never_under_torchrun(tmp_path, tiny_model, monkeypatch):
+    from cache_specs.errors import ConfigError, NavcacheError
+    from orchestrate import ensure_caches
+    from pipeline.config import load_config
+
+    project = load_config(new_project(tmp_path, tiny_model))
+    needs = [("nav", "train", "poses")]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # every rank would build at once: refused, nothing written
+    with pytest.raises(NavcacheError, match="not built"):
+        ensure_caches(project, needs)
+    assert not (tmp_path / "cache").exists()
+    monkeypatch.delenv("WORLD_SIZE")
+    ensure_caches(project, needs)
+    assert (tmp_path / "cache/nav/train/poses/manifest.json").is_file()
+    assert not (tmp_path / "cache/nav/train/frame_features").exists()  # only the stage that writes what is read
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ensure_caches(project, needs)  # complete: nothing to do on any rank
+    with pytest.raises(ConfigError, match="unknown dataset 'nva'.*did you mean 'nav'"):
+        ensure_caches(project, [("nva", "train", "poses")])
+
+
 # ------------------------------------------------------------------------------------ shell
 
 
 def test_help_lists_the_commands():
     r = navcache("--help")
-    for command in ("extract", "status", "inspect", "verify", "demo-data"):
+    for command in ("extract", "status", "inspect", "verify", "demo-data", "train", "predict", "export"):
         assert command in r.stdout
     assert "--strict" in navcache("extract", "--help").stdout
 

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from heads.gru_motion import GruMotionConfig, MotionEncoder, load_config, train_gru_motion
+from cache_specs.errors import ConfigError
+from heads.gru_motion import PRESETS, GruMotionConfig, MotionEncoder, load_config, predict_split, train_gru_motion
+from heads.gru_motion.data import load_poses_split
+from heads.gru_motion.predict import TARGETS
 from heads.gru_motion.train import build_task
 from heads.train_loop import LoopConfig, load_trainable
 from tests.helpers import pixel_free_poses_caches
@@ -111,3 +117,58 @@ def test_config_yaml_and_validation(tmp_path):
         load_config(p, bogus=1)
     with pytest.raises(ValueError, match="LoopConfig.epochs"):
         load_config(p, loop={"epochs": 0})
+
+
+def test_presets_file_and_field_errors(tmp_path):
+    assert load_config() == PRESETS["demo"] == GruMotionConfig()
+    assert (PRESETS["default"].dataset, PRESETS["default"].splits) == ("r2r", ("train", "val_unseen"))
+    p = tmp_path / "g.yaml"
+    p.write_text("hidden: 24\nloop: {epochs: 2}\n")
+    c = load_config(p, preset="default")  # the file changes only what it names
+    assert (c.dataset, c.splits, c.hidden, c.loop.epochs, c.loop.lr) == ("r2r", ("train", "val_unseen"), 24, 2, PRESETS["default"].loop.lr)
+    p.write_text("loop: {out_dir: /tmp/elsewhere}\n")
+    assert load_config(p).out_dir == load_config(p).loop.out_dir == "/tmp/elsewhere"
+    p.write_text("hidden: 24\nloop: {lr: x}\n")
+    with pytest.raises(ConfigError, match=re.escape("loop.lr: expected a number, got 'x'")):
+        load_config(p)
+    with pytest.raises(ConfigError, match="unknown gru-motion preset 'defualt' .*did you mean 'default'"):
+        load_config(preset="defualt")
+
+
+def test_predict_split_reproduces_the_trainers_val_metrics(trained, demo_caches, tmp_path):
+    cfg, res = trained
+    best = Path(cfg.out_dir) / "checkpoints/best.pt"
+    ckpt = torch.load(best, weights_only=True)
+    recorded = ckpt["metrics"]["val"]
+    summary = predict_split(best, demo_caches, "demo_navila", "val", tmp_path / "val.jsonl")
+    assert summary["epoch"] == ckpt["epoch"] == res["best"]["epoch"]
+    for key in ("acc_next_dist", "acc_next_yaw", "acc_k_dist", "acc_k_yaw", "n_next", "n_k"):
+        assert summary["accuracy"][key] == pytest.approx(recorded[key], abs=1e-9), key
+    # and from the file alone, against the cache's own bins
+    lines = [json.loads(x) for x in (tmp_path / "val.jsonl").read_text().splitlines()]
+    arrays, info = load_poses_split(demo_caches, "demo_navila", "val")
+    assert [r["id"] for r in lines] == info["episodes"] and summary["n"] == len(lines) > 300
+    valid = arrays["step_valid"].bool()
+    for t in TARGETS:
+        pred = torch.tensor([r[t] for r in lines])
+        assert pred.shape == valid.shape and torch.equal(pred == -1, ~valid), t
+    nxt = torch.tensor([r["next_dist"] for r in lines])
+    pairs = valid[:, :-1] & valid[:, 1:]
+    acc = float((nxt[:, :-1][pairs] == arrays["dist_bins"][:, 1:][pairs]).double().mean())
+    assert acc == pytest.approx(recorded["acc_next_dist"], abs=1e-9)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_cli_predict_gru_motion(trained, demo_caches, tmp_path):
+    import cli
+
+    cfg, _ = trained
+    best = Path(cfg.out_dir) / "checkpoints/best.pt"
+    out = tmp_path / "preds" / "val.jsonl"
+    r = CliRunner().invoke(cli.app, ["predict", "gru-motion", str(out), "--checkpoint", str(best)])  # the checkpoint's dataset and caches
+    assert r.exit_code == 0, r.output
+    lib = predict_split(best, demo_caches, "demo_navila", "val", tmp_path / "lib.jsonl")
+    assert out.read_text() == (tmp_path / "lib.jsonl").read_text() and json.loads(r.stdout)["accuracy"] == lib["accuracy"]
+    r = CliRunner().invoke(cli.app, ["predict", "sim-heads", str(tmp_path / "x.jsonl"), "--checkpoint", str(best)])
+    assert r.exit_code == 2 and "not a sim-heads checkpoint" in r.stderr
+    assert not (tmp_path / "x.jsonl").exists()

@@ -124,3 +124,27 @@ def test_llm_from_local_folder(trained, rover_caches, tmp_path):
     task, info = build_task(local)
     assert info["llm"] == {"path": local.llm, "random_init": False, "hidden_size": 64}
     assert task.model.d == 64 and not (tmp_path / "run" / "frozen_llm").exists()
+
+
+def test_cli_train_on_the_demo_rebuilds_a_missing_cache_first(rover_caches, tmp_path, monkeypatch):
+    """`navcache train sim-heads` where the embedded demo lives (no navcache.yaml): the caches the head READS
+    are brought up to date first (a deleted one rebuilt, identical), then trained on; the run records their
+    absolute root, so predicting works from anywhere."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    import cli
+    from tests.helpers import cache_checksums
+
+    meta, feats = rover_caches / "demo_rover/val/rover_meta", rover_caches / "demo_rover/val/frame_features"
+    before = {meta: cache_checksums(meta), feats: cache_checksums(feats)}
+    shutil.rmtree(meta)
+    monkeypatch.chdir(rover_caches.parent)
+    r = CliRunner().invoke(cli.app, ["train", "sim-heads", "--epochs", "1", "--out-dir", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert {d: cache_checksums(d) for d in before} == before
+    lines = r.stdout.splitlines()  # the loop's log lines, then the result as indented JSON
+    assert json.loads("\n".join(lines[lines.index("{"):]))["out_dir"] == str(tmp_path / "run")
+    md = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["metadata"]
+    assert md["config"]["cache_root"] == str(rover_caches) and Path(md["config"]["cache_root"]).is_absolute()

@@ -156,7 +156,7 @@ def test_cli_predict_sim_heads(trained, rover_caches, tmp_path):
 
 
 def test_cli_errors_are_config_errors(trained, tmp_path):
-    from pipeline.commands import EXIT_CONFIG
+    from cache_specs.errors import EXIT_CONFIG
 
     best, _ = _best(trained)
     r = _navcache("predict", "sim-heads", "--checkpoint", tmp_path / "nope.pt", tmp_path / "o.jsonl")

@@ -6,6 +6,9 @@
 Streamed part by part (memory flat in the number of records), written to a temporary file and
 renamed into place, so a killed export never leaves a truncated sidecar that looks complete.
 Floats are rounded to 6 decimals (micrometres / microradians) to keep the file compact.
+
+``navcache export navila-poses`` brings the poses cache up to date and reads the source's annotation
+ids (the pipeline's work) before calling ``export_navila_poses`` with them (this module reads caches only).
 """
 from __future__ import annotations
 
@@ -105,19 +108,3 @@ class _SortedDiff:
         self.only_ann += self.ann[self.i :]
         self.i = len(self.ann)
         return self.only_ann, self.only_seen
-
-
-def export_for_dataset(project, dataset: str, split: str, out: Path) -> ExportReport:
-    """Export (dataset, split) of a project, building the poses cache first if needed."""
-    from pipeline.runner import ExtractOptions, extract
-    from pipeline.sources import make_source
-    from pipeline.stages import cache_name
-
-    from cache_specs.layout import cache_dir
-
-    s = extract(project, ExtractOptions(split=split, only="poses", datasets=(dataset,)))
-    if s.errors:
-        raise RuntimeError("; ".join(s.errors))
-    ds = project.dataset(dataset)
-    ids = [e.episode_id for e in make_source(ds.source, ds.root, **ds.options).episodes(split)]
-    return export_navila_poses(cache_dir(project.cache_root, dataset, split, cache_name("poses")), out, ids)

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from heads.train_loop import global_mean, load_trainable, run_loop, seed_everything
 
-from .config import GruMotionConfig
-from .data import ensure_demo_caches, load_poses_split
+from .configuration import GruMotionConfig
+from .data import load_poses_split
 from .export import export_encoder
 from .model import GruMotionModel
 
@@ -131,12 +131,10 @@ def build_task(cfg: GruMotionConfig) -> tuple[GruMotionTask, dict]:
 def train_gru_motion(config: GruMotionConfig | None = None) -> dict:
     """Train, keep the best checkpoint, export its frozen encoder; returns the final metrics.
 
-    With no config: the demo caches under ./navcache_cache (built with the pipeline when missing).
+    With no config: the demo caches under ./navcache_cache (``navcache train gru-motion`` builds them first).
     Returns {"best": {"epoch", "val"}, "last": {"train", "val"}, "export_dir", "out_dir"}.
     """
     cfg = config or GruMotionConfig()
-    if cfg.dataset.startswith("demo_"):
-        ensure_demo_caches(cfg.cache_root, cfg.dataset, cfg.splits)
     task, info = build_task(cfg)
     metadata = {"head": "gru-motion", **{k: v for k, v in info.items() if k not in ("train_cache", "val_cache")}, "config": cfg.to_dict()}
     result = run_loop(task, cfg.loop, config_dict={"gru_motion": cfg.to_dict(), "data": info}, metadata=metadata)

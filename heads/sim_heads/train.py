@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from cache_specs.labels import LABELS, RISK
 from heads.train_loop import global_mean, is_master, run_loop, seed_everything
 
-from .config import HEAD_NAMES, SimHeadsConfig
+from .configuration import HEAD_NAMES, SimHeadsConfig
 from .data import load_split, normalise_telemetry
 from .model import N_CLASSES, RANDOM_GPT2, SimV0Model, load_frozen_llm, make_random_gpt2
 

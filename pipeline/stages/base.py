@@ -94,7 +94,7 @@ class Stage:
 
     def identity(self) -> dict:
         """Everything besides inputs that changes this stage's output: settings, encoder, weights."""
-        from ..typed import to_plain
+        from cache_specs.config import to_plain
 
         return {"settings": to_plain(self.settings)}
 

@@ -1,6 +1,8 @@
-"""``SimHeadsConfig``: everything the SIM v0 heads trainer needs, frozen, loadable from YAML.
+"""``SimHeadsConfig``: everything the SIM v0 heads trainer needs, frozen; named presets; the caches it reads.
 
-    # sim_heads.yaml (every key optional)
+    navcache train sim-heads [--preset demo|default] [--config sim_heads.yaml] [--set loop.lr=0.001]
+
+    # sim_heads.yaml (every key optional; on top of the preset)
     cache_root: ./navcache_cache
     dataset: demo_rover
     splits: [train, val]
@@ -15,10 +17,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from heads.config_io import config_from_dict, load_head_config
+from cache_specs.config import build
+from heads.configs import load_head_config
 from heads.train_loop import LoopConfig
 
+HEAD = "sim-heads"
 HEAD_NAMES = ("risk", "reason", "action")
+#: the caches this head reads, for each split of its dataset (spec names, see cache_specs/specs)
+READS = ("frame_features", "rover_meta")
 
 
 def _default_loop() -> LoopConfig:
@@ -74,9 +80,19 @@ class SimHeadsConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SimHeadsConfig":
-        return config_from_dict(cls, d)
+        return build(cls, d)
 
 
-def load_config(path: str | Path | None = None, **overrides) -> SimHeadsConfig:
-    """Read a YAML file (or nothing: the defaults), then apply keyword overrides (None = not given)."""
-    return load_head_config(SimHeadsConfig, path, **overrides)
+Config = SimHeadsConfig
+
+#: demo: the embedded demo world's rover caches (what ``navcache train sim-heads`` runs with no options);
+#: default: a project laid out like the README's navcache.yaml (its ``rover`` dataset).
+PRESETS: dict[str, SimHeadsConfig] = {
+    "demo": SimHeadsConfig(),
+    "default": SimHeadsConfig(dataset="rover"),
+}
+
+
+def load_config(path: str | Path | None = None, preset: str = "demo", **overrides) -> SimHeadsConfig:
+    """``preset``, then the YAML file at ``path`` (if any), then keyword overrides (None = not given)."""
+    return load_head_config(SimHeadsConfig, PRESETS, preset, path, overrides, HEAD)

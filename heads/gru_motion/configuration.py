@@ -1,6 +1,8 @@
-"""``GruMotionConfig``: everything ``navcache train gru-motion`` needs, frozen, loadable from YAML.
+"""``GruMotionConfig``: everything ``navcache train gru-motion`` needs, frozen; named presets; the caches it reads.
 
-    # gru_motion.yaml (every key optional)
+    navcache train gru-motion [--preset demo|default] [--config gru_motion.yaml] [--set hidden=32]
+
+    # gru_motion.yaml (every key optional; on top of the preset)
     cache_root: ./navcache_cache
     dataset: demo_navila
     splits: [train, val]
@@ -16,8 +18,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from heads.config_io import config_from_dict, load_head_config
+from cache_specs.config import build
+from heads.configs import load_head_config
 from heads.train_loop import LoopConfig
+
+HEAD = "gru-motion"
+#: the caches this head reads, for each split of its dataset (spec names, see cache_specs/specs)
+READS = ("poses",)
 
 
 @dataclass(frozen=True)
@@ -62,9 +69,19 @@ class GruMotionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GruMotionConfig":
-        return config_from_dict(cls, d)
+        return build(cls, d)
 
 
-def load_config(path: str | Path | None = None, **overrides) -> GruMotionConfig:
-    """Read a YAML file (or nothing: the defaults), then apply keyword overrides (None = not given)."""
-    return load_head_config(GruMotionConfig, path, **overrides)
+Config = GruMotionConfig
+
+#: demo: the embedded demo world's NaVILA poses (what ``navcache train gru-motion`` runs with no options);
+#: default: a project laid out like the README's navcache.yaml (its ``r2r`` dataset, val_unseen).
+PRESETS: dict[str, GruMotionConfig] = {
+    "demo": GruMotionConfig(),
+    "default": GruMotionConfig(dataset="r2r", splits=("train", "val_unseen")),
+}
+
+
+def load_config(path: str | Path | None = None, preset: str = "demo", **overrides) -> GruMotionConfig:
+    """``preset``, then the YAML file at ``path`` (if any), then keyword overrides (None = not given)."""
+    return load_head_config(GruMotionConfig, PRESETS, preset, path, overrides, HEAD)

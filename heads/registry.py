@@ -1,0 +1,42 @@
+"""Every head, by CLI name: one line each, imported only when asked for (``navcache --help`` imports nothing).
+
+Adding a head is one folder ``heads/<name>/`` laid out like its siblings plus one line in ``HEADS``::
+
+    configuration.py  Config (a frozen dataclass), PRESETS {name: Config}, READS (cache spec names per split)
+    data.py           caches -> in-memory tensors
+    model.py          the nn.Modules
+    train.py          the Task for ``heads.train_loop.run_loop``
+    predict.py        read_checkpoint(path) -> dict; predict_split(checkpoint, cache_root, dataset, split, out, ...)
+    __init__.py       the head's interface: Config, PRESETS, READS, load_config, train_head, read_checkpoint, predict_split
+
+The CLI reads a head's ``READS`` for its dataset and splits to bring those caches up to date first
+(the demo only); a head itself only ever reads caches.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+HEADS: dict[str, str] = {
+    "gru-motion": "heads.gru_motion",
+    "sim-heads": "heads.sim_heads",
+}
+
+
+def check(name: str) -> str:
+    """``name`` if it is a registered head; else a ConfigError listing the heads and the closest."""
+    from cache_specs.config import unknown_name  # here, so the CLI can list HEADS without importing cache_specs
+
+    if name not in HEADS:
+        raise unknown_name("head", name, sorted(HEADS))
+    return name
+
+
+def get(name: str) -> ModuleType:
+    """The head's package (its interface, see the module docstring), imported now."""
+    return importlib.import_module(HEADS[check(name)])
+
+
+def reads(head: ModuleType, dataset: str, splits) -> list[tuple[str, str, str]]:
+    """[(dataset, split, spec name)] of every cache ``head`` reads for those splits."""
+    return [(dataset, split, spec) for split in splits for spec in head.READS]
