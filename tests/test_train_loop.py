@@ -91,10 +91,10 @@ class _Killed(BaseException):
 
 @pytest.mark.parametrize("kill_after", ["metrics", "last.pt"])
 def test_kill_around_the_epoch_commit_then_resume_matches_uninterrupted(tmp_path, monkeypatch, kill_after):
-    import heads.train_loop as tl
+    import heads.checkpoint as tl
 
     full = run_loop(ToyTask(0), _cfg(tmp_path / "full"))
-    real_save, real_append = tl._atomic_save, tl._append_line
+    real_save, real_append = tl.atomic_save, tl.append_line
 
     def save(obj, path):
         real_save(obj, path)
@@ -106,8 +106,8 @@ def test_kill_around_the_epoch_commit_then_resume_matches_uninterrupted(tmp_path
         if kill_after == "metrics" and path.name == "val_metrics.jsonl" and row["epoch"] == 3:
             raise _Killed  # epoch 3's lines are on disk, its checkpoint is not
 
-    monkeypatch.setattr(tl, "_atomic_save", save)
-    monkeypatch.setattr(tl, "_append_line", append)
+    monkeypatch.setattr(tl, "atomic_save", save)
+    monkeypatch.setattr(tl, "append_line", append)
     with pytest.raises(_Killed):
         run_loop(ToyTask(0), _cfg(tmp_path / "cut"))
     monkeypatch.undo()
