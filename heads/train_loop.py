@@ -325,7 +325,7 @@ def _resume(run: _Run) -> dict | None:
         run.ema.load_state_dict(ckpt["ema"])
     p = run.prog
     saved = ckpt.get("progress") or {}
-    for k in ("epoch_step", "lr", "since_eval", "since_log", "best_step"):
+    for k in ("epoch_step", "lr", "best_step"):
         if k in saved:
             setattr(p, k, saved[k])
     p.epoch = int(ckpt["epoch"])
@@ -333,13 +333,15 @@ def _resume(run: _Run) -> dict | None:
     p.best_rank, p.best_metrics, p.best_epoch = ckpt.get("best_rank"), ckpt.get("best_metrics"), ckpt.get("best_epoch")
     p.last_train, p.last_val = ckpt["metrics"]["train"], ckpt["metrics"]["val"]
     run.env.log(f"resumed from {path} at epoch {p.epoch}, step {p.step}")
-    ranks = ckpt.get("ranks")
-    if ranks is None:
-        return None
+    ranks = ckpt.get("ranks") or []
     if len(ranks) != run.env.world:
-        raise ValueError(f"cannot resume from {path}: it was taken mid-epoch by {len(ranks)} process(es), this run has {run.env.world}; "
-                         "resume with the same number of processes")
-    return ranks[run.env.rank]
+        if p.epoch_step:
+            raise ValueError(f"cannot resume from {path}: it was taken mid-epoch by {len(ranks)} process(es), this run has "
+                             f"{run.env.world}; resume with the same number of processes")
+        return None  # between epochs: a new world size only restarts the running stats of the next log row
+    mine = ranks[run.env.rank]
+    p.since_eval, p.since_log = mine["running"]["since_eval"], mine["running"]["since_log"]
+    return mine if "data" in mine else None
 
 
 def _start_files(run: _Run, config_dict: dict) -> None:
@@ -497,17 +499,18 @@ def _log_step(run: _Run, epoch: int) -> None:
 
 
 def _checkpoint(run: _Run, mid_epoch: bool) -> dict:
-    """The checkpoint dict (collective under DDP when ``mid_epoch``: gathers every rank's data state).
+    """The checkpoint dict (collective under DDP: gathers every rank's own state).
 
     model / ema      trained tensors (``trained_keys``), training and EMA weights ("ema" only when on)
     optimizer / scheduler   their state dicts
     epoch / step     completed epochs / optimizer steps taken
     progress         position in the epoch, running-stat sums, lr of the last step, best step
-    ranks            mid-epoch only: per rank {"data": BatchSource state, "rng": generator states}
+    ranks            per rank {"running": its running-stat sums; mid-epoch also "data": its BatchSource
+                     state, "rng": its generator states}
     metrics, best_rank, best_metrics, best_epoch, metadata, loop_config, world_size
     """
     p = run.prog
-    ranks = _gather_rank_states(run) if mid_epoch else None
+    ranks = _gather_rank_states(run, mid_epoch)
     if not run.env.master:
         return {}
     ckpt = {
@@ -516,8 +519,7 @@ def _checkpoint(run: _Run, mid_epoch: bool) -> dict:
         "scheduler": checkpoint.plain(run.scheduler.state_dict()),
         "epoch": p.epoch,
         "step": p.step,
-        "progress": checkpoint.plain({"epoch_step": p.epoch_step, "lr": p.lr, "since_eval": p.since_eval, "since_log": p.since_log,
-                                      "best_step": p.best_step}),
+        "progress": checkpoint.plain({"epoch_step": p.epoch_step, "lr": p.lr, "best_step": p.best_step}),
         "ranks": ranks,
         "metrics": {"train": p.last_train, "val": p.last_val},
         "best_rank": p.best_rank,
@@ -554,9 +556,12 @@ def _reduce_running(run: _Run, acc: dict) -> dict[str, float]:
     return running
 
 
-def _gather_rank_states(run: _Run) -> list[dict]:
-    """Every rank's {"data": source state, "rng": generator states}, in rank order (collective)."""
-    mine = {"data": checkpoint.plain(run.source.state_dict()), "rng": checkpoint.rng_state(run.env.device)}
+def _gather_rank_states(run: _Run, mid_epoch: bool) -> list[dict]:
+    """Every rank's running-stat sums (each rank sums its own batches' stats until a row reduces
+    them), and mid-epoch its source and generator states, in rank order (collective)."""
+    mine: dict = {"running": checkpoint.plain({"since_eval": run.prog.since_eval, "since_log": run.prog.since_log})}
+    if mid_epoch:
+        mine |= {"data": checkpoint.plain(run.source.state_dict()), "rng": checkpoint.rng_state(run.env.device)}
     if run.env.world == 1:
         return [mine]
     out: list = [None] * run.env.world
