@@ -1,4 +1,5 @@
-"""heads/train_loop.py: seeding, resume, weights_only checkpoints, config validation, torchrun DDP."""
+"""heads/train_loop.py (+ checkpoint, schedule, ema, batches): seeding, resume (also mid-epoch), weights_only checkpoints,
+config validation, lr schedule, EMA, gradient accumulation, streaming batch sources, step-based evaluation, torchrun DDP."""
 from __future__ import annotations
 
 import json
