@@ -77,14 +77,14 @@ def curve_panels(train: list[dict], val: list[dict], keys: Sequence[str] | None 
     split is "train" or "val"; key a numeric field of that split's records. All losses (``loss``,
     ``loss_*`` and their ``running_`` batch averages) share the ``LOSS_PANEL``; every other metric
     gets a panel named after it, with its ``running_`` variant in the same panel. Non-numeric fields,
-    ``epoch`` and sample counts (``n``, ``n_*``) are skipped. ``keys`` (metric names; a name also
+    ``epoch``, ``step`` and sample counts (``n``, ``n_*``) are skipped. ``keys`` (metric names; a name also
     selects its ``running_`` variant) restricts the plot and raises on names found nowhere.
     """
     seen: dict[tuple[str, str], None] = {}  # insertion-ordered set
     for split, records in (("train", train), ("val", val)):
         for rec in records:
             for k, v in rec.items():
-                if k != "epoch" and _is_number(v):
+                if k not in ("epoch", "step") and _is_number(v):
                     seen[(split, k)] = None
     series = list(seen)
     if keys is not None:

@@ -1,52 +1,61 @@
-"""The one training loop every head in ``heads/`` shares. Read it top to bottom.
+"""The one training loop every head in ``heads/`` shares. Read ``run_loop`` top to bottom.
 
-A head implements the small ``Task`` protocol (a model, its data as in-memory tensors, a loss, an
-evaluation and a ranking of evaluations) and calls ``run_loop(task, LoopConfig(...))``. The loop does
-the rest: seeding, AdamW, gradient clipping, bf16 autocast on CUDA, checkpoints (``last.pt``,
-``best.pt``, optionally ``epoch_XXX.pt``), resuming, metrics JSONL, a log file, the resolved config,
-and DDP when launched with ``torchrun --nproc-per-node N``.
+A head implements the small ``Task`` protocol (a model, its data, a loss, an evaluation and a
+ranking of evaluations) and calls ``run_loop(task, LoopConfig(...))``. The loop does the rest:
+seeding, AdamW with a warmup + constant/cosine learning-rate schedule, gradient accumulation and
+clipping, an optional EMA of the weights, bf16 autocast on CUDA, checkpoints (``last.pt``,
+``best.pt``, optionally ``epoch_XXX.pt``; also every N steps), resuming (also in the middle of an
+epoch), metrics JSONL, a log file, the resolved config, and DDP when launched with
+``torchrun --nproc-per-node N``.
 
 Output folder::
 
     <out_dir>/config_resolved.yaml
-    <out_dir>/checkpoints/{last,best,epoch_XXX}.pt    trainable weights + optimizer + epoch + metrics
-    <out_dir>/metrics/{train,val}_metrics.jsonl       one line per epoch
+    <out_dir>/checkpoints/{last,best,epoch_XXX}.pt   see ``_checkpoint``
+    <out_dir>/metrics/{train,val}_metrics.jsonl      one row per evaluation (each epoch end, and
+                                                     every ``eval_every_steps``), with epoch and step
+    <out_dir>/metrics/train_steps.jsonl              running stats every ``log_every_steps``
     <out_dir>/logs/stdout.log
 
-Data never goes through a DataLoader: the caches are small enough to sit in memory, so one epoch is
-a shuffled index, cut into batches, each batch gathered with ``tensor[idx]`` from every array.
-Under DDP each rank takes a disjoint shard of that shuffled index, and only rank 0 writes files.
-
-Checkpoints hold only plain containers of tensors / str / int / float / bool (no pickled objects),
-so they load with ``torch.load(path, weights_only=True)``.
+Steps: one optimizer step takes ``grad_accum`` batches from the task's ``BatchSource``
+(``heads.batches``). Under DDP each rank reads its own shard, ``batch_size`` is per rank and
+per micro-batch, and only rank 0 writes files. Every rank evaluates the (identical) model itself.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from heads import checkpoint
+from heads.batches import BatchSource, TensorBatches, batch_len, evaluate_split
+from heads.checkpoint import load_trainable, trainable_state, trained_keys  # noqa: F401  (re-exported for heads)
+from heads.ema import EMA
+from heads.schedule import SCHEDULES, make_scheduler
+from heads.distributed import dist_env, global_mean, is_master, pick_device, seed_everything  # noqa: F401  (re-exported)
 
 # ----------------------------------------------------------------------------------------------
 # configuration
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
+    batch_size: int = 32  # per rank and per micro-batch: one optimizer step sees batch_size * grad_accum * world
+    lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.01
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     amp: str = "auto"  # "auto": bf16 autocast on CUDA, nothing on CPU | "off"
@@ -55,23 +64,42 @@ class LoopConfig:
     save_every_epoch: bool = False  # also keep checkpoints/epoch_XXX.pt
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     resume: bool = False  # continue from <out_dir>/checkpoints/last.pt when it exists
+    schedule: str = "constant"  # "constant" | "cosine" (down to min_lr at the last step), per optimizer step
+    warmup_steps: int = 0  # linear warmup from 0 over this many optimizer steps
+    min_lr: float = 0.0  # the cosine's floor (schedule "cosine" only)
+    ema_decay: float = 0.0  # EMA of the trained weights, used to evaluate and in best.pt; 0 = off
+    grad_accum: int = 1  # batches per optimizer step
+    log_every_steps: int = 0  # running stats to train_steps.jsonl and the log; 0 = off
+    eval_every_steps: int = 0  # also evaluate every N optimizer steps; 0 = at epoch ends only
+    eval_max_batches: int = 0  # evaluate on the first N batches of each split; 0 = all
+    save_every_steps: int = 0  # also write last.pt every N optimizer steps (mid-epoch resume); 0 = epoch ends only
 
     def __post_init__(self):
         def need(ok: bool, name: str, msg: str):
             if not ok:
                 raise ValueError(f"LoopConfig.{name} {msg}, got {getattr(self, name)!r}")
 
-        need(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", "must be an int >= 1")
-        need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "must be an int >= 1")
-        need(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0, "lr", "must be a finite number > 0")
-        need(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        need(isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables)")
+        def number(x) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        need(_is_int(self.epochs) and self.epochs >= 1, "epochs", "must be an int >= 1")
+        need(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "must be an int >= 1")
+        need(number(self.lr) and self.lr > 0, "lr", "must be a finite number > 0")
+        need(number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(number(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables)")
         need(self.amp in ("auto", "off"), "amp", "must be 'auto' or 'off'")
-        need(isinstance(self.seed, int), "seed", "must be an int")
+        need(_is_int(self.seed), "seed", "must be an int")
         need(isinstance(self.out_dir, (str, os.PathLike)) and str(self.out_dir) != "", "out_dir", "must be a non-empty path")
         need(self.device == "auto" or self.device == "cpu" or str(self.device).startswith("cuda"), "device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if str(self.device).startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"LoopConfig.device is {self.device!r} but CUDA is not available")
+        need(self.schedule in SCHEDULES, "schedule", f"must be one of {list(SCHEDULES)}")
+        need(number(self.min_lr) and 0 <= self.min_lr <= self.lr, "min_lr", "must be a number in [0, lr]")
+        need(self.schedule == "cosine" or self.min_lr == 0, "min_lr", "applies to schedule 'cosine' only; must be 0 with 'constant'")
+        need(number(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1) (0 = off)")
+        need(_is_int(self.grad_accum) and self.grad_accum >= 1, "grad_accum", "must be an int >= 1")
+        for name in ("warmup_steps", "log_every_steps", "eval_every_steps", "eval_max_batches", "save_every_steps"):
+            need(_is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "must be an int >= 0 (0 = off)")
 
     @classmethod
     def from_dict(cls, d: dict) -> "LoopConfig":
@@ -87,15 +115,21 @@ class LoopConfig:
 
 @runtime_checkable
 class Task(Protocol):
-    """A head, as the loop sees it.
+    """A head whose splits fit in memory, as the loop sees it.
 
     model          nn.Module; only parameters with ``requires_grad`` are trained and checkpointed.
     train_arrays   {name: tensor [N, ...]}: the whole train split in memory, same N for every array.
     val_arrays     {name: tensor [M, ...]}.
     loss(model, batch) -> (scalar loss tensor, {name: float} running stats); ``model`` may be the
-                   DDP wrapper, so call it rather than reaching into its submodules.
+                   DDP wrapper, so call it rather than reaching into its submodules. A mean over the
+                   batch's samples: accumulation weighs each micro-batch by its size.
     evaluate(model, arrays) -> {name: float}: metrics on a whole split (model in eval mode, no grad).
     select(metrics) -> tuple: rank of a val evaluation; the largest tuple is the best checkpoint.
+
+    A head that streams instead (see ``StreamingTask``) replaces the arrays with
+    ``train_batches(...)``, and ``evaluate`` with ``eval_batches`` + ``evaluate_batches``. A task may
+    also have just one of those: ``train_batches`` wins over ``train_arrays`` for training, and
+    ``evaluate_batches`` over ``evaluate`` for evaluation.
     """
 
     model: nn.Module
@@ -109,178 +143,149 @@ class Task(Protocol):
     def select(self, metrics: dict[str, float]) -> tuple: ...
 
 
-# ----------------------------------------------------------------------------------------------
-# helpers: seeding, devices, distributed, files
+@runtime_checkable
+class StreamingTask(Protocol):
+    """A head whose splits do not fit in memory.
 
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA). Same seed on CPU => identical runs."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def global_mean(values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted mean of ``values`` [n] (weights [n], default 1) whose gradient under DDP is that of
-    the mean over ALL ranks' elements.
-
-    DDP averages gradients over ranks, so a per-rank mean gives the mean of per-rank means: wrong
-    whenever ranks hold different amounts of weight (masked steps, sample weights). While grad is
-    enabled in a multi-rank run, the weight sum is all-reduced and the result scaled by the world
-    size; elsewhere (one process, evaluation) this is the plain weighted mean. n may be 0.
+    train_batches(batch_size, seed, rank, world) -> BatchSource: this rank's training batches.
+    eval_batches(split, batch_size) -> iterable of batches of split "train" or "val", in a fixed
+                   order; the loop may stop early (``eval_max_batches``). Every rank reads all of it.
+    evaluate_batches(model, batches) -> {name: float}: metrics accumulated over ``batches``.
     """
-    w = torch.ones_like(values) if weights is None else weights.to(values.dtype)
-    denom, scale = w.sum().detach(), 1.0
-    if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        denom = denom.clone()
-        dist.all_reduce(denom)
-        scale = float(dist.get_world_size())
-    return scale * (values * w).sum() / denom.clamp_min(1e-12)
+
+    model: nn.Module
+
+    def train_batches(self, batch_size: int, seed: int, rank: int, world: int) -> BatchSource: ...
+
+    def eval_batches(self, split: str, batch_size: int) -> Any: ...
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def evaluate_batches(self, model: nn.Module, batches: Any) -> dict[str, float]: ...
+
+    def select(self, metrics: dict[str, float]) -> tuple: ...
 
 
-def _dist_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) when not launched by it."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+def train_source(task: Any, cfg: LoopConfig, rank: int, world: int) -> BatchSource:
+    """The task's own ``BatchSource``, or ``TensorBatches`` over its ``train_arrays``."""
+    if hasattr(task, "train_batches"):
+        return task.train_batches(batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
+    return TensorBatches(task.train_arrays, cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
 
 
-def _pick_device(cfg: LoopConfig, local_rank: int, world: int) -> torch.device:
-    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if world > 1:  # one GPU per rank
-        return torch.device("cuda", local_rank)
-    return torch.device("cuda") if cfg.device == "auto" else torch.device(cfg.device)
+# ----------------------------------------------------------------------------------------------
+# the state of one run
 
 
-def trained_keys(model: nn.Module) -> set[str]:
-    """State-dict keys a checkpoint must hold: every parameter that trains, plus the persistent
-    buffers (e.g. BatchNorm running stats) of each module that owns such a parameter, since they
-    change in training too. Frozen backbones stay out."""
-    keys = set()
-    for prefix, module in model.named_modules():
-        own = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
-        if not own:
-            continue
-        dot = f"{prefix}." if prefix else ""
-        keys |= {dot + n for n in own}
-        keys |= {dot + n for n, _ in module.named_buffers(recurse=False)}  # non-persistent ones never reach a state dict
-    return keys
+@dataclass
+class _Env:
+    """Where this process runs and writes: fixed for the whole run."""
+
+    rank: int
+    world: int
+    device: torch.device
+    amp: bool  # bf16 autocast
+    out: Path
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def path(self, *parts: str) -> Path:
+        return self.out.joinpath(*parts)
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    def log(self, msg: str) -> None:
+        if self.master:
+            print(msg, flush=True)
+            with open(self.path("logs", "stdout.log"), "a") as f:
+                f.write(msg + "\n")
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``trained_keys`` of the model's state dict, detached, on CPU."""
-    keys = trained_keys(model)
-    return {n: t.detach().cpu().clone() for n, t in model.state_dict().items() if n in keys}
+@dataclass
+class _Progress:
+    """Everything a checkpoint restores besides weights, optimizer, schedule, EMA and data position."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps taken in all
+    epoch_step: int = 0  # optimizer steps taken in the epoch under way (0 between epochs)
+    lr: float = 0.0  # learning rate of the last step
+    since_eval: dict = field(default_factory=lambda: {"sums": {}, "n": 0})  # running stats since the last evaluation
+    since_log: dict = field(default_factory=lambda: {"sums": {}, "n": 0})  # ... since the last log row
+    best_rank: list | None = None
+    best_metrics: dict | None = None
+    best_epoch: int | None = None
+    best_step: int | None = None
+    last_train: dict = field(default_factory=dict)
+    last_val: dict = field(default_factory=dict)
 
 
-def load_trainable(model: nn.Module, path_or_state: str | Path | dict) -> dict:
-    """Load a checkpoint's trained weights (and buffers) into ``model``; returns the whole checkpoint dict."""
-    ckpt = torch.load(path_or_state, map_location="cpu", weights_only=True) if not isinstance(path_or_state, dict) else path_or_state
-    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-    lacking = sorted(trained_keys(model) & set(missing))
-    if unexpected or lacking:
-        raise RuntimeError(f"checkpoint does not match the model: missing {lacking}, unexpected {unexpected}")
-    return ckpt
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _plain(x: Any) -> Any:
-    """Numbers / strings / lists / dicts only (checkpoints must load with weights_only=True)."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, (np.generic, torch.Tensor)) and getattr(x, "ndim", 0) == 0:
-        return x.item()
-    if isinstance(x, Path):
-        return str(x)
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return x
-    raise TypeError(f"cannot store {type(x).__name__} in a checkpoint or metrics line")
-
-
-def _truncate_jsonl(path: Path, last_epoch: int) -> None:
-    """Keep only whole lines of epochs <= ``last_epoch``: later ones were written before a crash
-    that came before their checkpoint, and a line cut short by the crash does not parse."""
-    if not path.exists():
-        return
-    keep = []
-    for ln in path.read_text().splitlines():
-        try:
-            row = json.loads(ln)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= last_epoch:
-            keep.append(ln)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
-
-
-def _append_line(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-#: LoopConfig fields a resumed run may change; any other change would silently mix two trainings
-RESUMABLE_CHANGES = ("epochs", "resume", "device", "out_dir", "save_every_epoch")
-
-
-def _check_resume_config(saved: dict, cfg: LoopConfig, path: Path) -> None:
-    now = _plain(asdict(cfg))
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and k in saved and saved[k] != now[k])
-    if changed:
-        diffs = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
-        raise ValueError(f"cannot resume from {path}: LoopConfig changed ({diffs}); only {list(RESUMABLE_CHANGES)} may change "
-                         "on resume. Train into a new out_dir, or set the old values back")
+@dataclass
+class _Run:
+    task: Any
+    cfg: LoopConfig
+    env: _Env
+    model: nn.Module  # the task's model, on the device
+    train_model: nn.Module  # the DDP wrapper of ``model``, or ``model`` itself
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: EMA | None
+    source: BatchSource
+    steps_per_epoch: int
+    metadata: dict
+    prog: _Progress = field(default_factory=_Progress)
+    clock: float = field(default_factory=time.time)  # start of the epoch (or of the resumed part of it)
 
 
 # ----------------------------------------------------------------------------------------------
 # the loop
 
 
-def run_loop(task: Task, cfg: LoopConfig, config_dict: dict | None = None, metadata: dict | None = None) -> dict:
-    """Train ``task.model`` for ``cfg.epochs`` epochs. Returns {"last": {...}, "best": {...}} metrics.
+def run_loop(task: Task | StreamingTask, cfg: LoopConfig, config_dict: dict | None = None, metadata: dict | None = None) -> dict:
+    """Train ``task.model`` for ``cfg.epochs`` epochs. Returns {"last": {...}, "best": {...}, "rank", "world_size"}.
 
     config_dict: the head's whole resolved config, written to config_resolved.yaml.
     metadata: plain values stored in every checkpoint (e.g. the head's name and model sizes).
-    On return ``task.model`` holds the last epoch's weights (load ``best.pt`` with ``load_trainable``).
+    On return ``task.model`` holds the last step's training weights, in eval mode (load ``best.pt``
+    with ``load_trainable`` for the best evaluation's weights, the EMA ones when EMA is on).
     """
-    # -- processes and devices ------------------------------------------------------------------
-    rank, world, local_rank = _dist_env()
-    device = _pick_device(cfg, local_rank, world)
+    env = _setup(cfg)
+    run = _build(task, cfg, env, metadata or {})
+    resume_state = _resume(run)
+    _start_files(run, config_dict or {})
+    first = run.prog.epoch + 1
+    for epoch in range(first, cfg.epochs + 1):
+        _train_epoch(run, epoch, resume_state if epoch == first else None)
+    run.model.eval()
+    if env.world > 1:
+        dist.barrier()
+    p = run.prog
+    return {"last": {"train": p.last_train, "val": p.last_val}, "best": {"epoch": p.best_epoch, "step": p.best_step, "val": p.best_metrics},
+            "rank": env.rank, "world_size": env.world}
+
+
+def _setup(cfg: LoopConfig) -> _Env:
+    """Processes, device and output folder (rank 0 creates it, everyone reads it)."""
+    rank, world, local_rank = dist_env()
+    device = pick_device(cfg.device, local_rank, world)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    master = rank == 0
-    use_amp = cfg.amp == "auto" and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+    env = _Env(rank, world, device, amp=cfg.amp == "auto" and device.type == "cuda", out=Path(cfg.out_dir))
+    if env.master:
+        for d in ("checkpoints", "metrics", "logs"):
+            env.path(d).mkdir(parents=True, exist_ok=True)
+    return env
 
-    # -- output folder (rank 0 writes, everyone reads) ------------------------------------------
-    out = Path(cfg.out_dir)
-    ckpt_dir, metrics_dir, logs_dir = out / "checkpoints", out / "metrics", out / "logs"
-    if master:
-        for d in (ckpt_dir, metrics_dir, logs_dir):
-            d.mkdir(parents=True, exist_ok=True)
-    log_file = logs_dir / "stdout.log"
 
-    def log(msg: str) -> None:
-        if master:
-            print(msg, flush=True)
-            with open(log_file, "a") as f:
-                f.write(msg + "\n")
-
-    # -- model and optimizer --------------------------------------------------------------------
+def _build(task: Any, cfg: LoopConfig, env: _Env, metadata: dict) -> _Run:
+    """Model on the device, AdamW, the lr schedule, the EMA and the batch source."""
     seed_everything(cfg.seed)
-    model = task.model.to(device)
+    model = task.model.to(env.device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the task's model has no trainable parameters")
@@ -290,116 +295,275 @@ def run_loop(task: Task, cfg: LoopConfig, config_dict: dict | None = None, metad
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    train_model = model
+    if env.world > 1:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    source = train_source(task, cfg, env.rank, env.world)
+    steps_per_epoch = -(-len(source) // cfg.grad_accum)
+    if steps_per_epoch == 0:
+        raise ValueError(f"no training batches on rank {env.rank} of {env.world}: the train split is smaller than the number of processes")
+    scheduler = make_scheduler(optimizer, schedule=cfg.schedule, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                               total_steps=cfg.epochs * steps_per_epoch, min_lr=cfg.min_lr)
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    run = _Run(task, cfg, env, model, train_model, params, optimizer, scheduler, ema, source, steps_per_epoch, metadata)
+    run.prog.lr = optimizer.param_groups[0]["lr"]
+    return run
 
-    # -- resume -----------------------------------------------------------------------------------
-    start_epoch, best_rank, best_metrics, best_epoch = 0, None, None, None
-    last_train: dict = {}
-    last_val: dict = {}
-    last_path = ckpt_dir / "last.pt"
-    if cfg.resume and last_path.exists():
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
-        _check_resume_config(ckpt.get("loop_config") or {}, cfg, last_path)
-        load_trainable(model, ckpt)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch = int(ckpt["epoch"])
-        best_rank = tuple(ckpt["best_rank"]) if ckpt.get("best_rank") is not None else None
-        best_metrics, best_epoch = ckpt.get("best_metrics"), ckpt.get("best_epoch")
-        last_train, last_val = ckpt["metrics"]["train"], ckpt["metrics"]["val"]
-        log(f"resumed from {last_path} at epoch {start_epoch}")
-    if master:
-        for name in ("train_metrics.jsonl", "val_metrics.jsonl"):
-            if start_epoch:
-                _truncate_jsonl(metrics_dir / name, start_epoch)
-            else:
-                (metrics_dir / name).write_text("")
-        import yaml
 
-        resolved = {"loop": _plain(asdict(cfg)), **_plain(config_dict or {})}
-        resolved["loop"]["world_size"] = world
-        resolved["loop"]["device_resolved"] = str(device)
-        (out / "config_resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+def _resume(run: _Run) -> dict | None:
+    """Load ``last.pt`` when resuming; returns this rank's data + RNG state if it was taken mid-epoch."""
+    path = run.env.path("checkpoints", "last.pt")
+    if not (run.cfg.resume and path.exists()):
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint.check_resume_config(ckpt.get("loop_config") or {}, checkpoint.plain(asdict(run.cfg)), path)
+    load_trainable(run.model, ckpt, prefer_ema=False)
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scheduler") is not None:
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+    if run.ema is not None and ckpt.get("ema") is not None:
+        run.ema.load_state_dict(ckpt["ema"])
+    p = run.prog
+    saved = ckpt.get("progress") or {}
+    for k in ("epoch_step", "lr", "best_step"):
+        if k in saved:
+            setattr(p, k, saved[k])
+    p.epoch = int(ckpt["epoch"])
+    p.step = int(ckpt.get("step", p.epoch * run.steps_per_epoch))
+    p.best_rank, p.best_metrics, p.best_epoch = ckpt.get("best_rank"), ckpt.get("best_metrics"), ckpt.get("best_epoch")
+    p.last_train, p.last_val = ckpt["metrics"]["train"], ckpt["metrics"]["val"]
+    run.env.log(f"resumed from {path} at epoch {p.epoch}, step {p.step}")
+    ranks = ckpt.get("ranks") or []
+    if len(ranks) != run.env.world:
+        if p.epoch_step:
+            raise ValueError(f"cannot resume from {path}: it was taken mid-epoch by {len(ranks)} process(es), this run has "
+                             f"{run.env.world}; resume with the same number of processes")
+        return None  # between epochs: a new world size only restarts the running stats of the next log row
+    mine = ranks[run.env.rank]
+    p.since_eval, p.since_log = mine["running"]["since_eval"], mine["running"]["since_log"]
+    return mine if "data" in mine else None
 
-    n_train = len(next(iter(task.train_arrays.values())))
-    if any(len(v) != n_train for v in task.train_arrays.values()):
-        raise ValueError("train_arrays must all have the same first dimension")
-    n_trainable = sum(p.numel() for p in params)
-    log(f"training {type(model).__name__} ({n_trainable} trainable params) on {device} x{world}, {n_train} train samples, amp={'bf16' if use_amp else 'off'}")
 
-    # -- epochs -------------------------------------------------------------------------------------
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        t0 = time.time()
-        # Reseed per epoch: dropout etc. depend only on (seed, epoch), so a resumed run matches an
-        # uninterrupted one exactly; the shuffle uses its own generator, identical on every rank.
-        seed_everything(cfg.seed * 100_003 + epoch)
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        perm = torch.randperm(n_train, generator=g)
-        per_rank = n_train // world  # equal step counts on every rank (DDP syncs each step)
-        shard = perm[rank * per_rank : (rank + 1) * per_rank] if world > 1 else perm
+def _start_files(run: _Run, config_dict: dict) -> None:
+    """Metrics files emptied (new run) or cut back to the checkpoint (resume); config_resolved.yaml."""
+    env, p = run.env, run.prog
+    if not env.master:
+        return
+    for name in ("train_metrics.jsonl", "val_metrics.jsonl", "train_steps.jsonl"):
+        if p.step or p.epoch:
+            checkpoint.truncate_jsonl(env.path("metrics", name), p.epoch, p.step)
+        else:
+            env.path("metrics", name).write_text("")
+    import yaml
 
-        train_model.train()
-        sums: dict[str, float] = {}
-        n_batches = 0
-        for i in range(0, len(shard), cfg.batch_size):
-            idx = shard[i : i + cfg.batch_size]
-            batch = {k: v[idx].to(device, non_blocking=True) for k, v in task.train_arrays.items()}
-            with autocast():
-                loss, stats = task.loss(train_model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                stats = {**stats, "grad_norm": float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))}
-            optimizer.step()
-            for k, v in {"loss": float(loss.detach()), **stats}.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            n_batches += 1
-        running = {f"running_{k}": v / max(n_batches, 1) for k, v in sums.items()}
-        if world > 1:  # average the running stats over ranks (same keys everywhere)
-            keys = sorted(running)
-            t = torch.tensor([running[k] for k in keys], dtype=torch.float64, device=device)
-            dist.all_reduce(t)
-            running = {k: float(x) / world for k, x in zip(keys, t.tolist())}
+    resolved = {"loop": checkpoint.plain(asdict(run.cfg)), **checkpoint.plain(config_dict)}
+    resolved["loop"]["world_size"] = env.world
+    resolved["loop"]["device_resolved"] = str(env.device)
+    env.path("config_resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    n_trainable = sum(p.numel() for p in run.params)
+    env.log(f"training {type(run.model).__name__} ({n_trainable} trainable params) on {env.device} x{env.world}, "
+            f"{len(run.source)} batches of {run.cfg.batch_size} per rank per epoch, {run.steps_per_epoch} steps per epoch, "
+            f"amp={'bf16' if env.amp else 'off'}")
 
-        # every rank evaluates the (identical) model on the whole splits; only rank 0 writes
-        model.eval()
-        with torch.no_grad(), autocast():
-            train_eval = task.evaluate(model, task.train_arrays)
-            val_eval = task.evaluate(model, task.val_arrays)
-        last_train = {"epoch": epoch, **_plain(train_eval), **running, "time_s": round(time.time() - t0, 4)}
-        last_val = {"epoch": epoch, **_plain(val_eval)}
-        rank_now = tuple(_plain(list(task.select(val_eval))))
-        improved = best_rank is None or rank_now > best_rank
+
+def _train_epoch(run: _Run, epoch: int, resume_state: dict | None) -> None:
+    """All optimizer steps of ``epoch`` (those left, when resuming inside it)."""
+    # Reseed per epoch: dropout etc. depend only on (seed, epoch), so a resumed run matches an
+    # uninterrupted one exactly; a mid-epoch checkpoint carries the generators' states instead.
+    seed_everything(run.cfg.seed * 100_003 + epoch)
+    run.source.set_epoch(epoch)
+    if resume_state is not None:
+        run.source.load_state_dict(resume_state["data"])
+        checkpoint.set_rng_state(resume_state["rng"], run.env.device)
+    else:
+        run.prog.epoch_step = 0
+    run.clock = time.time()
+    n_batches, k = len(run.source), run.cfg.grad_accum
+    batches = iter(run.source)
+    run.train_model.train()
+    for s in range(run.prog.epoch_step, run.steps_per_epoch):
+        want = min(k, n_batches - s * k)
+        group = list(islice(batches, want))
+        if len(group) != want:
+            raise RuntimeError(f"the batch source yielded fewer batches than its len() ({n_batches}) in epoch {epoch}")
+        stats = _optimizer_step(run, group)
+        _after_step(run, epoch, stats)
+
+
+def _optimizer_step(run: _Run, group: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """One optimizer step over the micro-batches of ``group``.
+
+    Each micro-batch's loss is weighted by its share of the group's samples, so for a loss that is
+    a mean over samples the summed gradient is that of one batch holding them all. Under DDP only
+    the last micro-batch all-reduces gradients (``no_sync`` before it). Returns the step's stats
+    (loss and the task's stats, weighted the same way; grad_norm when clipping).
+    """
+    sizes = [batch_len(b) for b in group]
+    total = sum(sizes)
+    run.optimizer.zero_grad(set_to_none=True)
+    stats: dict[str, float] = {}
+    for i, (batch, n) in enumerate(zip(group, sizes)):
+        w = n / total
+        last = i == len(group) - 1
+        sync = nullcontext() if last or run.env.world == 1 else run.train_model.no_sync()
+        with sync:
+            batch = {key: v.to(run.env.device, non_blocking=True) for key, v in batch.items()}
+            with run.env.autocast():
+                loss, task_stats = run.task.loss(run.train_model, batch)
+            (loss if len(group) == 1 else loss * w).backward()
+        for key, v in {"loss": float(loss.detach()), **task_stats}.items():
+            stats[key] = stats.get(key, 0.0) + w * float(v)
+    if run.cfg.grad_clip > 0:
+        stats["grad_norm"] = float(nn.utils.clip_grad_norm_(run.params, run.cfg.grad_clip))
+    run.prog.lr = run.optimizer.param_groups[0]["lr"]
+    run.optimizer.step()
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(run.model)
+    return stats
+
+
+def _after_step(run: _Run, epoch: int, stats: dict[str, float]) -> None:
+    """Bookkeeping after optimizer step ``prog.step``: log, evaluate, checkpoint, whichever is due.
+
+    Every rank takes the same decisions (they depend on the step only), since the running-stat
+    reductions and the gathering of data states are collective. An epoch's last step always
+    evaluates and writes last.pt.
+    """
+    p, cfg = run.prog, run.cfg
+    p.step += 1
+    p.epoch_step += 1
+    for acc in (p.since_eval, p.since_log):
+        _accumulate(acc, stats)
+    end = p.epoch_step == run.steps_per_epoch
+    if end:
+        p.epoch, p.epoch_step = epoch, 0
+
+    def due(every: int) -> bool:
+        return every > 0 and p.step % every == 0
+
+    if due(cfg.log_every_steps):
+        _log_step(run, epoch)
+    evaluate, save = end or due(cfg.eval_every_steps), end or due(cfg.save_every_steps)
+    if not (evaluate or save):
+        return
+    improved = _evaluate(run, epoch) if evaluate else False
+    ckpt = _checkpoint(run, mid_epoch=not end)  # on every rank: collective mid-epoch
+    if run.env.master:
+        # metrics rows are already on disk; last.pt goes last: a crash before it replays these
+        # steps on resume, and resume drops the rows of steps after last.pt's
         if improved:
-            best_rank, best_metrics, best_epoch = rank_now, last_val, epoch
-
-        if master:
-            ckpt = {
-                "model": trainable_state(model),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "metrics": {"train": last_train, "val": last_val},
-                "best_rank": list(best_rank),
-                "best_metrics": best_metrics,
-                "best_epoch": best_epoch,
-                "metadata": _plain(metadata or {}),
-                "loop_config": _plain(asdict(cfg)),
-            }
-            # metrics first, last.pt last: a crash anywhere before last.pt replays this epoch on
-            # resume, and resume drops the metrics lines of epochs after last.pt's
-            _append_line(metrics_dir / "train_metrics.jsonl", last_train)
-            _append_line(metrics_dir / "val_metrics.jsonl", last_val)
-            if improved:
-                _atomic_save(ckpt, ckpt_dir / "best.pt")
-            if cfg.save_every_epoch:
-                _atomic_save(ckpt, ckpt_dir / f"epoch_{epoch:03d}.pt")
-            _atomic_save(ckpt, last_path)
-        short = {k: round(v, 4) for k, v in last_val.items() if isinstance(v, float)}
-        log(f"epoch {epoch}/{cfg.epochs} loss {running.get('running_loss', float('nan')):.4f} val {short}{' *best*' if improved else ''} ({time.time() - t0:.2f}s)")
-
-    if world > 1:
-        dist.barrier()
-    return {"last": {"train": last_train, "val": last_val}, "best": {"epoch": best_epoch, "val": best_metrics}, "rank": rank, "world_size": world}
+            checkpoint.atomic_save(ckpt, run.env.path("checkpoints", "best.pt"))
+        if end and cfg.save_every_epoch:
+            checkpoint.atomic_save(ckpt, run.env.path("checkpoints", f"epoch_{epoch:03d}.pt"))
+        if save:
+            checkpoint.atomic_save(ckpt, run.env.path("checkpoints", "last.pt"))
 
 
-def is_master() -> bool:
-    return _dist_env()[0] == 0
+def _evaluate(run: _Run, epoch: int) -> bool:
+    """Evaluate train and val (EMA weights when on), append their rows; True when val is the best yet."""
+    cfg, p, env, model = run.cfg, run.prog, run.env, run.model
+    with run.ema.applied(model) if run.ema is not None else nullcontext():
+        model.eval()
+        try:
+            with torch.no_grad(), env.autocast():
+                train_eval = evaluate_split(run.task, model, "train", cfg.batch_size, cfg.eval_max_batches)
+                val_eval = evaluate_split(run.task, model, "val", cfg.batch_size, cfg.eval_max_batches)
+        finally:
+            model.train()
+    running = _reduce_running(run, p.since_eval)
+    where = {"epoch": epoch, "step": p.step}
+    p.last_train = {**where, **checkpoint.plain(train_eval), **running, "lr": p.lr, "time_s": round(time.time() - run.clock, 4)}
+    p.last_val = {**where, **checkpoint.plain(val_eval)}
+    rank_now = checkpoint.plain(list(run.task.select(val_eval)))
+    improved = p.best_rank is None or tuple(rank_now) > tuple(p.best_rank)
+    if improved:
+        p.best_rank, p.best_metrics, p.best_epoch, p.best_step = rank_now, p.last_val, epoch, p.step
+    if env.master:
+        checkpoint.append_line(env.path("metrics", "train_metrics.jsonl"), p.last_train)
+        checkpoint.append_line(env.path("metrics", "val_metrics.jsonl"), p.last_val)
+    short = {k: round(v, 4) for k, v in p.last_val.items() if isinstance(v, float)}
+    at = f"epoch {epoch}/{cfg.epochs}" if p.epoch_step == 0 else f"step {p.step} (epoch {epoch}, step {p.epoch_step} of {run.steps_per_epoch})"
+    env.log(f"{at} loss {running.get('running_loss', float('nan')):.4f} val {short}{' *best*' if improved else ''} "
+            f"({time.time() - run.clock:.2f}s)")
+    return improved
+
+
+def _log_step(run: _Run, epoch: int) -> None:
+    """Running stats since the last log row, to train_steps.jsonl and the log."""
+    p = run.prog
+    row = {"epoch": epoch, "step": p.step, "lr": p.lr, **_reduce_running(run, p.since_log), "time_s": round(time.time() - run.clock, 4)}
+    if run.env.master:
+        checkpoint.append_line(run.env.path("metrics", "train_steps.jsonl"), row)
+    run.env.log(f"step {p.step} (epoch {epoch}) loss {row.get('running_loss', float('nan')):.4f} lr {p.lr:.3g}")
+
+
+def _checkpoint(run: _Run, mid_epoch: bool) -> dict:
+    """The checkpoint dict (collective under DDP: gathers every rank's own state).
+
+    model / ema      trained tensors (``trained_keys``), training and EMA weights ("ema" only when on)
+    optimizer / scheduler   their state dicts
+    epoch / step     completed epochs / optimizer steps taken
+    progress         position in the epoch, running-stat sums, lr of the last step, best step
+    ranks            per rank {"running": its running-stat sums; mid-epoch also "data": its BatchSource
+                     state, "rng": its generator states}
+    metrics, best_rank, best_metrics, best_epoch, metadata, loop_config, world_size
+    """
+    p = run.prog
+    ranks = _gather_rank_states(run, mid_epoch)
+    if not run.env.master:
+        return {}
+    ckpt = {
+        "model": trainable_state(run.model),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": checkpoint.plain(run.scheduler.state_dict()),
+        "epoch": p.epoch,
+        "step": p.step,
+        "progress": checkpoint.plain({"epoch_step": p.epoch_step, "lr": p.lr, "best_step": p.best_step}),
+        "ranks": ranks,
+        "metrics": {"train": p.last_train, "val": p.last_val},
+        "best_rank": p.best_rank,
+        "best_metrics": p.best_metrics,
+        "best_epoch": p.best_epoch,
+        "metadata": checkpoint.plain(run.metadata),
+        "loop_config": checkpoint.plain(asdict(run.cfg)),
+        "world_size": run.env.world,
+    }
+    if run.ema is not None:
+        ckpt["ema"] = run.ema.state_dict()
+    return ckpt
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers: running stats, distributed
+
+
+def _accumulate(acc: dict, stats: dict[str, float]) -> None:
+    for k, v in stats.items():
+        acc["sums"][k] = acc["sums"].get(k, 0.0) + float(v)
+    acc["n"] += 1
+
+
+def _reduce_running(run: _Run, acc: dict) -> dict[str, float]:
+    """{running_<stat>: mean over the steps in ``acc`` and over ranks}, and empty ``acc`` (collective)."""
+    running = {f"running_{k}": v / max(acc["n"], 1) for k, v in acc["sums"].items()}
+    acc["sums"], acc["n"] = {}, 0
+    if run.env.world > 1:  # same keys on every rank
+        keys = sorted(running)
+        t = torch.tensor([running[k] for k in keys], dtype=torch.float64, device=run.env.device)
+        dist.all_reduce(t)
+        running = {k: float(x) / run.env.world for k, x in zip(keys, t.tolist())}
+    return running
+
+
+def _gather_rank_states(run: _Run, mid_epoch: bool) -> list[dict]:
+    """Every rank's running-stat sums (each rank sums its own batches' stats until a row reduces
+    them), and mid-epoch its source and generator states, in rank order (collective)."""
+    mine: dict = {"running": checkpoint.plain({"since_eval": run.prog.since_eval, "since_log": run.prog.since_log})}
+    if mid_epoch:
+        mine |= {"data": checkpoint.plain(run.source.state_dict()), "rng": checkpoint.rng_state(run.env.device)}
+    if run.env.world == 1:
+        return [mine]
+    out: list = [None] * run.env.world
+    dist.all_gather_object(out, mine)
+    return out
