@@ -1,14 +1,17 @@
 """navcache command line: a thin Typer shell. Each command parses options and calls one function:
-``pipeline.commands`` for the cache commands, ``orchestrate`` for train / predict / export (caches
-brought up to date, then ``heads``). Heavy modules are imported inside the commands so ``--help``
-stays instant."""
+``pipeline.commands`` for the cache commands; train / predict / export compose the two layers here
+(the only place that imports both): ``pipeline.ensure.ensure_caches`` for what the head READS, then
+``heads.commands``. Heavy modules are imported inside the commands so ``--help`` stays instant."""
 from __future__ import annotations
 
+import dataclasses
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterable, Optional
 
 import typer
 
+from cache_specs.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, NavcacheError
 from heads.registry import HEADS  # a dict of names: imports nothing else
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Extract frozen-encoder caches for navigation/VLA training, and inspect them.")
@@ -42,7 +45,6 @@ def extract(
     as_json: bool = JsonOpt,
 ):
     """Build the caches of every configured stage for a split (only what is missing or stale)."""
-    from cache_specs.errors import EXIT_CONFIG
     from pipeline.commands import extract_cmd
     from pipeline.runner import ExtractOptions
 
@@ -123,9 +125,7 @@ def export_navila_poses(
     config: Optional[Path] = ConfigOpt,
 ):
     """NaVILA pose sidecar: {video_id, poses, deltas, dist_bins, yaw_bins} per line, streamed and atomic."""
-    from orchestrate import export_navila_poses
-
-    raise typer.Exit(export_navila_poses(config, dataset, split, out))
+    raise typer.Exit(_export_navila_poses(config, dataset, split, out))
 
 
 HeadArg = typer.Argument(..., metavar="HEAD", help=f"Which head: {' | '.join(HEADS)}.")
@@ -150,11 +150,9 @@ def train(
     sim-heads: SIM v0 risk / reason / action heads over rover frame features + telemetry through a frozen LLM.
     gru-motion: GRU motion encoder on the poses cache; exports a frozen MotionEncoder.
     """
-    from orchestrate import train as run
-
     overrides = {"cache_root": cache_root and str(cache_root), "out_dir": out_dir and str(out_dir),
                  "loop": {"epochs": epochs, "seed": seed, "lr": lr, "device": device}}
-    raise typer.Exit(run(name, preset, config, overrides, sets))
+    raise typer.Exit(_train(name, preset, config, overrides, sets))
 
 
 @app.command()
@@ -173,9 +171,100 @@ def predict(
     sim-heads: risk / reason / action label + class probabilities per clip.
     gru-motion: next-step and k-step dist / yaw bins per step of each episode.
     """
-    from orchestrate import predict as run
+    raise typer.Exit(_predict(name, checkpoint, out, split, dataset, cache_root, batch_size, device))
 
-    raise typer.Exit(run(name, checkpoint, out, split, dataset, cache_root, batch_size, device))
+
+# -- the two layers composed: caches up to date (pipeline), then the head (heads) ----------------
+
+
+def _say(msg: str) -> None:
+    from pipeline.console import console
+
+    console.print(f"[cyan]{msg}[/]")
+
+
+def _error(e: Exception, code: int) -> int:
+    print(f"navcache: {'configuration error: ' if code == EXIT_CONFIG else ''}{e}", file=sys.stderr)
+    return code
+
+
+def _train(name: str, preset: str, config: Path | None, overrides: dict[str, Any], sets: Iterable[str] = ()) -> int:
+    """``navcache train NAME``: the head's config (preset, file, options, then ``--set KEY=VALUE``), its demo
+    caches brought up to date, then training."""
+    from cache_specs.config import merge, parse_assignments
+    from heads import commands, registry
+    from pipeline.ensure import ensure_caches
+    from pipeline.project import demo_project
+
+    try:
+        cfg = commands.load_config(name, preset, config, merge(overrides, parse_assignments(list(sets))))
+        project = demo_project(cfg.cache_root, say=_say)
+        if project is not None:
+            ensure_caches(project, registry.reads(registry.get(name), cfg.dataset, cfg.splits))
+            cfg = dataclasses.replace(cfg, cache_root=str(project.cache_root))  # absolute: predict finds it from anywhere
+    except ConfigError as e:
+        return _error(e, EXIT_CONFIG)
+    except NavcacheError as e:
+        return _error(e, EXIT_FAILED)
+    return commands.train_cmd(name, cfg)
+
+
+def _predict(name: str, checkpoint: Path, out: Path, split: str, dataset: str | None, cache_root: Path | None,
+            batch_size: int | None, device: str) -> int:
+    """``navcache predict NAME``. Without --dataset / --cache-root: the checkpoint's recorded ones (the cache
+    root while it still exists here), else the project's cache root (the demo's brought up to date first)."""
+    from heads import commands, registry
+    from pipeline.ensure import ensure_caches
+    from pipeline.project import default_cache_root, demo_project
+
+    try:
+        head = registry.get(name)
+        commands.check_device(device)
+        recorded = commands.recorded_inputs(name, checkpoint)
+        dataset = dataset or recorded.get("dataset") or head.PRESETS["demo"].dataset
+        if cache_root is None:
+            rec_root = recorded.get("cache_root")
+            if rec_root and Path(rec_root).is_dir():
+                cache_root = Path(rec_root)
+            else:
+                cache_root = default_cache_root()
+                project = demo_project(cache_root, say=_say)
+                if project is not None:
+                    ensure_caches(project, registry.reads(head, dataset, [split]))
+    except ConfigError as e:
+        return _error(e, EXIT_CONFIG)
+    except NavcacheError as e:
+        return _error(e, EXIT_FAILED)
+    return commands.predict_cmd(name, checkpoint, out, split, dataset, Path(cache_root), batch_size, device)
+
+
+def export_for_dataset(project, dataset: str, split: str, out: Path):
+    """The NaVILA pose sidecar of (dataset, split): poses cache brought up to date, checked against the
+    source's annotation ids. Returns the ``ExportReport``."""
+    from cache_specs.layout import cache_dir
+    from heads.exports.navila_poses import export_navila_poses
+    from pipeline.commands import source_episode_ids
+    from pipeline.ensure import ensure_caches
+
+    ensure_caches(project, [(dataset, split, "poses")])
+    ids = source_episode_ids(project, dataset, split)
+    return export_navila_poses(cache_dir(project.cache_root, dataset, split, "poses"), out, ids)
+
+
+def _export_navila_poses(config: Path | None, dataset: str, split: str, out: Path) -> int:
+    """``navcache export navila-poses``: prints the export report."""
+    import json
+
+    from pipeline.commands import load_project
+
+    try:
+        report = export_for_dataset(load_project(config), dataset, split, out)
+    except ConfigError as e:
+        return _error(e, EXIT_CONFIG)
+    except (NavcacheError, RuntimeError) as e:
+        return _error(e, EXIT_FAILED)
+    print(json.dumps(report.to_dict(), indent=1))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

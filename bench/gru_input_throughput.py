@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
-    from orchestrate import ensure_caches
+    from pipeline.ensure import ensure_caches
     from pipeline.project import demo_project
 
     project = demo_project(a.cache_root)  # the embedded demo's caches: built when missing

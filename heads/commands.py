@@ -1,7 +1,7 @@
 """The library functions behind ``navcache train / predict <head>``: caches in, runs and predictions out.
 
 They take cache roots and paths and never build caches: the CLI brings the caches a head ``READS``
-up to date first (``orchestrate``). Each ``*_cmd`` prints its JSON result and returns the exit code
+up to date first (``cli.py`` with ``pipeline.ensure``). Each ``*_cmd`` prints its JSON result and returns the exit code
 (``cache_specs.errors``).
 """
 from __future__ import annotations

@@ -237,7 +237,7 @@ def test_head_errors_name_the_field_and_the_closest(tmp_path, monkeypatch, args,
 
 def test_ensure_caches_builds_only_what_is_read_and_never_under_torchrun(tmp_path, tiny_model, monkeypatch):
     from cache_specs.errors import ConfigError, NavcacheError
-    from orchestrate import ensure_caches
+    from pipeline.ensure import ensure_caches
     from pipeline.config import load_config
 
     project = load_config(new_project(tmp_path, tiny_model))

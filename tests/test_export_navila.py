@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from cache_specs import open_cache
-from orchestrate import export_for_dataset
+from cli import export_for_dataset
 from pipeline.config import load_config
 from tests.helpers import make_navila, write_project
 
