@@ -62,9 +62,9 @@ def build(cls: type, data: Any, where: str = "", base: Any = None) -> Any:
         raise ConfigError(_at(where, f"expected a mapping, got {type(data).__name__}"))
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for name in data:
-        if name not in fields:
-            raise unknown_name("field", name, sorted(fields), where)
+    unknown = sorted((str(n) for n in data if n not in fields))
+    if unknown:  # the first in sorted order: the same message whatever order the file lists keys in
+        raise unknown_name("field", unknown[0], sorted(fields), where)
     kwargs = {}
     for name, f in fields.items():
         path = _join(where, name)
