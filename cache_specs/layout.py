@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+RETIRED_MANIFEST = "manifest.retired.json"
 INDEX = "index.parquet"
 PARTS = "parts"
 PART_JSON = "part.json"

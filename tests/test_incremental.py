@@ -97,26 +97,37 @@ class _Killed(BaseException):
 
 
 def test_kill_after_a_shrink_never_leaves_a_complete_cache_pointing_at_deleted_parts(project, monkeypatch):
-    import pipeline.runner as runner
+    import cache_specs.finalize as fin
     from cache_specs.manifest import IncompleteCache
+    from cache_specs.verify import verify_cache
 
     tmp, cfg, data = project
+    poses = tmp / "cache/nav/train/poses"
     recs = json.loads((data / "annotations_train.json").read_text())
     (data / "annotations_train.json").write_text(json.dumps(recs[:8]))  # 12 -> 8 records: part 2 goes
 
     def killed(*a, **k):
         raise _Killed
 
-    monkeypatch.setattr(runner, "finalize_cache", killed)  # the kill lands after leftovers are removed
+    # a kill before the new manifest lands: the cache is incomplete, no part was deleted yet
+    monkeypatch.setattr(fin, "write_cache_files", killed)
     with pytest.raises(_Killed):
         extract(load_config(cfg), ExtractOptions("train"))
     monkeypatch.undo()
-    assert not (tmp / "cache/nav/train/poses/parts/part-00002").exists()
+    assert (poses / "parts/part-00002").exists()
     with pytest.raises(IncompleteCache):
-        open_cache(tmp / "cache/nav/train/poses")
+        open_cache(poses)
+    # a kill after it, before the superseded part is deleted: complete, and every part it lists exists
+    monkeypatch.setattr(fin, "sweep", killed)
+    with pytest.raises(_Killed):
+        extract(load_config(cfg), ExtractOptions("train"))
+    monkeypatch.undo()
+    assert len(open_cache(poses).episodes) == 8
+    assert [(d.kind, d.part) for d in verify_cache(poses)] == [("orphan_part", "part-00002")]
     s = extract(load_config(cfg), ExtractOptions("train"))
     assert not s.errors and built(s) == {"poses": 0, "frame-features": 0}
-    assert len(open_cache(tmp / "cache/nav/train/poses").episodes) == 8
+    assert not (poses / "parts/part-00002").exists()
+    assert len(open_cache(poses).episodes) == 8 and verify_cache(poses) == []
 
 
 def test_backend_switch_rebuilds_every_part(project):
@@ -187,14 +198,14 @@ def test_a_cache_that_cannot_be_finalized_is_reported_and_the_run_goes_on(projec
     tmp, cfg, data = project
     f = data / "train/ep004/frame_013.jpg"
     cv2.imwrite(str(f), 255 - cv2.imread(str(f)))  # frame-features must rebuild a part and finalize
-    real = runner.finalize_cache
+    real = runner.finalize
 
-    def finalize(cache_dir, expected, info):
+    def finalize(cache_dir, layout, parts, info, stats_fn, **kw):
         if info["stage"] == "frame-features":  # as when a stray writer replaced a part meanwhile
             raise IncompleteCache(f"{cache_dir}: parts not built or stale: part-00002")
-        return real(cache_dir, expected, info)
+        return real(cache_dir, layout, parts, info, stats_fn, **kw)
 
-    monkeypatch.setattr(runner, "finalize_cache", finalize)
+    monkeypatch.setattr(runner, "finalize", finalize)
     s = extract(load_config(cfg), ExtractOptions("train"))
     assert s.errors == ["nav/train/frame-features: not finalized: IncompleteCache: "
                         f"{tmp / 'cache/nav/train/frame_features'}: parts not built or stale: part-00002"]
