@@ -27,7 +27,7 @@ import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -39,11 +39,12 @@ from .manifest import (
     IncompleteCache,
     check_parts,
     invalidate,
+    last_finalized,
     manifest_checksum,
     remove_temporaries,
     write_cache_files,
 )
-from .parts import copy_part, open_part_data, part_fingerprint
+from .parts import copy_part, free_numbers, open_part_data, part_fingerprint, part_number
 
 #: ``load(name)`` -> the array's rows of every ok episode, in index order
 Load = Callable[[str], np.ndarray]
@@ -58,12 +59,12 @@ def finalize(
     *,
     part_size: int,
     chunk_rows: int = 64,
-    next_part: int = 0,
     min_live: float = 0.5,
 ) -> dict:
     """Make ``cache_dir`` a complete cache of ``layout`` ((episode id, part id), index order);
     return its manifest. ``parts``: {part id: fingerprint} of every part ``layout`` names.
-    ``next_part``: first part number free for compacted parts. Raises IncompleteCache when a part
+    Compacted parts take the lowest numbers neither ``layout`` nor the last finalised manifest
+    uses. Raises IncompleteCache when a part
     is missing, stale, or lacks an episode the layout puts there."""
     cache_dir = Path(cache_dir)
     metas = {m["part"]: m for m in check_parts(cache_dir, parts)}
@@ -71,7 +72,9 @@ def finalize(
     for eid, pid in layout:
         if eid not in entries.get(pid, {}):
             raise IncompleteCache(f"{cache_dir}: part {pid} does not hold episode {eid!r}")
-    layout, new_parts = _compact(cache_dir, list(layout), metas, entries, part_size, chunk_rows, next_part, min_live)
+    last = last_finalized(cache_dir) or {"parts": {}}
+    free = free_numbers({part_number(p) for p in parts} | {part_number(p) for p in last["parts"]})
+    layout, new_parts = _compact(cache_dir, list(layout), metas, entries, part_size, chunk_rows, free, min_live)
     for m in new_parts:
         metas[m["part"]] = m
         entries[m["part"]] = {e["episode_id"]: e for e in m["episodes"]}
@@ -87,13 +90,13 @@ def finalize(
     stats = stats_fn(_loader(cache_dir, rows, metas)) if stats_fn is not None else None
     if stats:
         full["stats"] = dict(stats)
-    extra = {"layout_sha256": digest, "next_part": next_part + len(new_parts)}
+    extra = {"layout_sha256": digest}
     manifest = write_cache_files(cache_dir, [metas[p] for p in live], rows, full, extra)
     sweep(cache_dir, set(live))
     return manifest
 
 
-def _compact(cache_dir: Path, layout: list, metas: dict, entries: dict, part_size: int, chunk_rows: int, next_part: int, min_live: float):
+def _compact(cache_dir: Path, layout: list, metas: dict, entries: dict, part_size: int, chunk_rows: int, free: Iterator[int], min_live: float):
     """(layout with moved episodes, part.json of each new part); see the module docstring."""
     live: dict[str, list[str]] = defaultdict(list)
     for eid, pid in layout:
@@ -112,11 +115,11 @@ def _compact(cache_dir: Path, layout: list, metas: dict, entries: dict, part_siz
         return layout, []
     picks = sorted((eid, pid) for pid in chosen for eid in live[pid])
     moved, new_parts = {}, []
-    for j, lo in enumerate(range(0, len(picks), part_size)):
+    for lo in range(0, len(picks), part_size):
         group = picks[lo : lo + part_size]
         backend = metas[group[0][1]]["backend"]
         fp = part_fingerprint(backend, [(eid, entries[pid][eid].get("fingerprint")) for eid, pid in group])
-        new = part_id(next_part + j)
+        new = part_id(next(free))
         meta = copy_part(cache_dir / PARTS, new, fp, [(cache_dir / PARTS / pid, metas[pid], eid) for eid, pid in group], chunk_rows)
         new_parts.append(meta)
         moved.update({eid: new for eid, _ in group})

@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -41,6 +41,24 @@ class EpisodeResult:
     arrays: Mapping[str, np.ndarray] | None = None
     reason: str | None = None
     meta: dict = field(default_factory=dict)
+
+
+def part_number(pid: str) -> int:
+    """N of ``part-N`` (-1 for another name)."""
+    try:
+        return int(pid.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def free_numbers(taken: Iterable[int]) -> Iterator[int]:
+    """The part numbers not in ``taken``, lowest first: new parts reuse the names of swept ones."""
+    taken = set(taken)
+    n = 0
+    while True:
+        if n not in taken:
+            yield n
+        n += 1
 
 
 def part_fingerprint(backend: str, episodes: Sequence[tuple[str, str | None]]) -> str:

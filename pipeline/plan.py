@@ -15,8 +15,10 @@ Grouping the todo episodes into new parts: stages linked by ``consumes`` form a 
 their todo episodes, sorted by id, is cut into groups of ``part_size``, numbered across the split's
 chains; a stage's new part for group k holds its todo episodes of group k. So a downstream part
 reads its upstream episodes from the upstream part of the same group (the same shard builds it:
-``group % N``) or from upstream parts already finalised. New parts are named ``part-NNNNN`` from the
-base manifest's ``next_part`` on, and fingerprinted by their content (``part_fingerprint``). The plan
+``group % N``) or from upstream parts already finalised. New parts are named ``part-NNNNN`` with the
+lowest numbers the base manifest does not list (a setting changed and changed back ends with the
+names a fresh build gives; a part lost to damage is rebuilt under its own name), and fingerprinted
+by their content (``part_fingerprint``). The plan
 is a function of the source and the last finalised manifests only, so shard jobs, dask workers, a
 rerun after a kill and an uninterrupted run agree on it, part for part.
 """
@@ -24,10 +26,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from cache_specs.layout import INDEX, MANIFEST, PARTS, cache_dir, part_id
 from cache_specs.manifest import MANIFEST_FORMAT, last_finalized
-from cache_specs.parts import PART_FORMAT, part_fingerprint, read_part_meta
+from cache_specs.parts import PART_FORMAT, free_numbers, part_fingerprint, part_number, read_part_meta
 
 from .config import ProjectConfig
 from .errors import ConfigError
@@ -64,18 +67,22 @@ class StagePlan:
     parts: list[PartPlan]
     upstream_dirs: dict[str, Path] = field(default_factory=dict)
     finalized: bool = False
-    #: first part number free after the new parts (compaction names its parts from here)
-    next_part: int = 0
     part_size: int = 32
+    #: parts of the last finalised layout that lose live episodes (changed or gone) in this plan
+    superseded: set[str] = field(default_factory=set)
 
     @property
     def todo(self) -> list[PartPlan]:
-        return [p for p in self.parts if p.state != "up-to-date"]
+        """New parts not committed yet (a kept part is never rebuilt)."""
+        return [p for p in self.parts if p.group >= 0 and p.state != "up-to-date"]
 
     def counts(self) -> dict[str, int]:
+        """Parts by state, for ``status``: a finalised part that loses live episodes counts as
+        stale (its rows of those episodes die), a new part as missing until committed."""
         out = {"up-to-date": 0, "stale": 0, "missing": 0}
         for p in self.parts:
-            out[p.state] += 1
+            out["stale" if p.part_id in self.superseded else p.state] += 1
+        out["stale"] += len(self.superseded - {p.part_id for p in self.parts})
         return out
 
     def expected(self) -> dict[str, str]:
@@ -124,31 +131,46 @@ class _Base:
     """What the last finalised manifest offers: (episode id, episode fingerprint) -> its part."""
 
     holders: dict[tuple[str, str], tuple[str, str]]
-    next_part: int
+    #: part numbers the manifest lists: new parts take the lowest numbers not among them
+    taken: set[int]
+    #: episode id -> part of its live rows in the last finalised index (empty if unreadable)
+    live: dict[str, str] = field(default_factory=dict)
+    #: part fingerprint -> id of every part the manifest lists (a lost part is rebuilt under its id)
+    names: dict[str, str] = field(default_factory=dict)
 
 
 def _read_base(cdir: Path, backend: str) -> _Base:
     m = last_finalized(cdir)
     if m is None:
-        return _Base({}, 0)
+        return _Base({}, set())
+    live = _live_rows(cdir, m)
     holders: dict[tuple[str, str], tuple[str, str]] = {}
-    numbers = [-1]
+    numbers = set()
+    names: dict[str, str] = {}
     for pid, rec in sorted(m["parts"].items()):  # sorted: of two copies, the lower part id wins
-        numbers.append(_number(pid))
+        numbers.add(part_number(pid))
+        names.setdefault(str(rec.get("fingerprint")), pid)
         meta = read_part_meta(cdir / PARTS / pid)
         if meta is None or meta.get("format") != PART_FORMAT or meta["fingerprint"] != rec.get("fingerprint") or meta.get("backend") != backend:
             continue  # gone, damaged, replaced or in another backend: its episodes are todo
         for e in meta["episodes"]:
             if e.get("fingerprint"):
                 holders.setdefault((e["episode_id"], e["fingerprint"]), (pid, meta["fingerprint"]))
-    return _Base(holders, max(int(m.get("next_part", 0)), max(numbers) + 1))
+    return _Base(holders, numbers, live, names)
 
 
-def _number(pid: str) -> int:
+def _live_rows(cdir: Path, m: dict) -> dict[str, str]:
+    import pyarrow.parquet as pq
+
+    from cache_specs.layout import sha256_file
+
     try:
-        return int(pid.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
+        if sha256_file(cdir / INDEX) != m.get("index_sha256"):
+            return {}  # rewritten by a finalisation killed before its manifest: not this base's
+        t = pq.read_table(cdir / INDEX, columns=["episode_id", "part"]).to_pydict()
+    except (OSError, ValueError):
+        return {}
+    return dict(zip(t["episode_id"], t["part"]))
 
 
 def plan_split(
@@ -195,15 +217,16 @@ def plan_split(
             if e.episode_id in kept[name]:
                 by_part.setdefault(kept[name][e.episode_id], []).append(e)
         parts = [PartPlan(pid, eps, pfp, "up-to-date", -1, {e.episode_id: fps[e.episode_id] for e in eps}) for (pid, pfp), eps in sorted(by_part.items())]
-        nxt = bases[name].next_part
-        for j, (k, eps) in enumerate(groups[name]):
-            parts.append(_new_part(cdir, part_id(nxt + j), k, eps, fps, project.backend))
+        free = free_numbers(bases[name].taken)
+        for k, eps in groups[name]:
+            parts.append(_new_part(cdir, bases[name], free, k, eps, fps, project.backend))
         ups = {u: plans[u].locations() for u in stage.consumes}
         for p in parts:
             if p.group >= 0:
                 p.upstream = {u: {e.episode_id: ups[u][e.episode_id] for e in p.episodes} for u in stage.consumes}
         sp = StagePlan(dataset, split, name, stage, cdir, parts, {u: plans[u].cache_dir for u in stage.consumes},
-                       next_part=nxt + len(groups[name]), part_size=ds.part_size)
+                       part_size=ds.part_size)
+        sp.superseded = {pid for eid, pid in bases[name].live.items() if kept[name].get(eid, ("",))[0] != pid}
         sp.finalized = not groups[name] and _manifest_matches(cdir, sp.layout())
         plans[name] = sp
     return list(plans.values())
@@ -248,9 +271,12 @@ def _group(names: list[str], stages: dict[str, Stage], todo: dict[str, list[Epis
     return out
 
 
-def _new_part(cdir: Path, pid: str, group: int, eps: list[Episode], fps: dict[str, str], backend: str) -> PartPlan:
+def _new_part(cdir: Path, base: _Base, free: Iterator[int], group: int, eps: list[Episode], fps: dict[str, str], backend: str) -> PartPlan:
+    """The part of ``eps``: named after the listed part of the same content if one was lost
+    (a repair restores the cache byte for byte), else after the next free number."""
     efp = {e.episode_id: fps[e.episode_id] for e in eps}
     fp = part_fingerprint(backend, [(e.episode_id, efp[e.episode_id]) for e in eps])
+    pid = base.names.get(fp) or part_id(next(free))
     meta = read_part_meta(cdir / PARTS / pid)
     # committed by an earlier (killed or shard) run of this same plan, or a leftover of another
     state = "missing" if meta is None else ("up-to-date" if meta["fingerprint"] == fp and meta.get("backend") == backend else "stale")

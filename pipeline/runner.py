@@ -113,7 +113,7 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
     for sp, ss in built if opts.shard is None else ():
         try:
             finalize(sp.cache_dir, sp.layout(), sp.expected(), _info(project, sp), sp.stage.cache_stats,
-                     part_size=sp.part_size, chunk_rows=project.chunk_rows, next_part=sp.next_part)
+                     part_size=sp.part_size, chunk_rows=project.chunk_rows)
             ss.finalized = True
         except Exception as e:  # noqa: BLE001 - e.g. a part replaced by a stray writer, stats unreadable
             log.exception("finalizing %s failed", sp.cache_dir)
