@@ -210,3 +210,54 @@ def test_a_cache_that_cannot_be_finalized_is_reported_and_the_run_goes_on(projec
     assert s.errors == ["nav/train/frame-features: not finalized: IncompleteCache: "
                         f"{tmp / 'cache/nav/train/frame_features'}: parts not built or stale: part-00002"]
     assert [st.finalized for st in s.stages] == [True, False]
+
+
+def _videos_project(tmp_path, tiny_model, stages):
+    from pipeline.config import config_from_dict
+    from pipeline.demo import video_writer
+
+    split = tmp_path / "data/train"
+    split.mkdir(parents=True)
+    for name in ("a", "b"):
+        w = cv2.VideoWriter(str(split / f"{name}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (32, 32))
+        for i in range(8):
+            w.write(np.full((32, 32, 3), 20 * i + (name == "b") * 7, np.uint8))
+        w.release()
+        poses = np.stack([np.linspace(0, 1, 8), np.zeros(8), np.linspace(0, 0.5, 8)], 1)
+        np.savez(split / f"{name}.gt.npz", depth=np.full((8, 32, 32), 2.0, np.float32), extrinsics=video_writer.extrinsics(poses),
+                 intrinsics=np.array([[16.0, 0, 15.5], [0, 16.0, 15.5], [0, 0, 1]]))
+    cfg = {"cache_root": str(tmp_path / "cache"),
+           "datasets": {"d": {"source": "videos", "root": str(tmp_path / "data"), "splits": ["train"], "stages": stages, "options": {"num_frames": 4}}},
+           "stages": {"geometry": {"provider": "gt", "image_size": [32, 32], "stride": 1}, "keyframes": {"num_keyframes": 2},
+                      "frame-features": {"encoder": {"model": str(tiny_model)}}}}
+    return config_from_dict(cfg, tmp_path), split
+
+
+def test_a_changed_gt_sidecar_recomputes_geometry_not_frame_features(tmp_path, tiny_model):
+    project, split = _videos_project(tmp_path, tiny_model, ["geometry", "frame-features"])
+    s = extract(project, ExtractOptions("train"))
+    assert not s.errors and {x.stage: x.episodes_built for x in s.stages} == {"geometry": 2, "frame-features": 2}
+    gt = dict(np.load(split / "a.gt.npz"))
+    gt["depth"] = gt["depth"] * 1.5
+    np.savez(split / "a.gt.npz", **gt)
+    s = extract(project, ExtractOptions("train"))
+    assert not s.errors and {x.stage: x.episodes_built for x in s.stages} == {"geometry": 1, "frame-features": 0}
+    assert float(open_cache(tmp_path / "cache/d/train/geometry")["a"]["depth"].max()) == pytest.approx(3.0)
+
+
+def test_an_upstream_part_replaced_after_planning_fails_the_build(tmp_path, tiny_model):
+    from cache_specs.layout import PARTS
+    from pipeline.executors.local import UpstreamChanged, build_parts
+    from pipeline.plan import plan_split
+
+    project, _ = _videos_project(tmp_path, tiny_model, ["geometry", "keyframes"])
+    assert not extract(project, ExtractOptions("train", only="geometry")).errors
+    geo, keys = plan_split(project, "d", "train")
+    assert not geo.todo and keys.todo
+    pj = geo.cache_dir / PARTS / geo.parts[0].part_id / "part.json"
+    meta = json.loads(pj.read_text())
+    meta["fingerprint"] = "a-stray-writer"  # as if another run replaced the part meanwhile
+    pj.write_text(json.dumps(meta))
+    with pytest.raises(UpstreamChanged, match="replaced since planning"):
+        build_parts(keys, keys.todo, project.backend, project.chunk_rows, project.run)
+    assert not (keys.cache_dir / PARTS).exists() or not any((keys.cache_dir / PARTS).glob("part-*"))
