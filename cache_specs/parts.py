@@ -252,8 +252,9 @@ def open_part_data(part_dir: Path, meta: Mapping[str, Any]):
 class PartEpisodes:
     """Per-episode access to one committed part, without the cache manifest.
 
-    Downstream stages read their upstream this way, so a SLURM shard can build stage B's part i
-    right after stage A's part i, before anyone has finalised stage A's cache.
+    Downstream stages read their upstream this way (the plan says which part holds each episode),
+    so a SLURM shard can build stage B's part of a group right after stage A's part of that group,
+    before anyone has finalised stage A's cache.
     """
 
     def __init__(self, part_dir: Path):
