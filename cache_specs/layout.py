@@ -2,11 +2,16 @@
 
     <cache_root>/<dataset>/<split>/<spec>/
         manifest.json          written last, by atomic rename: its presence means "complete"
-        index.parquet          one row per episode: part, start, length, status, reason
+        manifest.retired.json  the last finalised manifest while a rebuild runs (planning's base)
+        index.parquet          one row per episode, sorted by id: part, start, length, status, reason
         parts/part-00000/      one folder per part, renamed into place by its single writer
-            part.json          fingerprint, episodes, row counts, per-array and per-file checksums
+            part.json          fingerprint, episodes (each with its fingerprint), row counts,
+                               per-array and per-file checksums
             data.zarr | data.h5
         parts/.tmp-*           a writer's private folder while it works (orphan if it died)
+
+Parts are immutable and may hold dead rows (episodes the index no longer points at); see
+``finalize.py`` for compaction and sweeping.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+RETIRED_MANIFEST = "manifest.retired.json"
 INDEX = "index.parquet"
 PARTS = "parts"
 PART_JSON = "part.json"

@@ -1,14 +1,19 @@
 """The cache-level manifest and episode index, written once every part is committed.
 
 The manifest is the last file written (atomic rename): a cache without one is incomplete and
-``open_cache`` refuses it, so a partial cache never looks complete.
+``open_cache`` refuses it, so a partial cache never looks complete. ``invalidate`` does not delete
+it but renames it to ``manifest.retired.json``: the cache stops looking complete, while planning
+still knows the last finalised state (which parts hold which episode fingerprints), so an
+interrupted or sharded rebuild keeps every unchanged episode and groups the rest the same way.
+Finalising a planned cache (compaction, stats, index, manifest, sweeping) is ``finalize.finalize``.
 """
 from __future__ import annotations
 
 import io
+import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,6 +22,7 @@ from .layout import (
     INDEX,
     MANIFEST,
     PART_JSON,
+    RETIRED_MANIFEST,
     PARTS,
     TMP_PREFIX,
     TRASH_PREFIX,
@@ -29,7 +35,9 @@ from .layout import (
 )
 from .parts import read_part_meta
 
-MANIFEST_FORMAT = "navcache-cache/1"
+MANIFEST_FORMAT = "navcache-cache/2"
+#: formats ``open_cache`` still reads (format 1: parts were fixed id-sorted slices, no dead rows)
+READABLE_MANIFEST_FORMATS = ("navcache-cache/1", MANIFEST_FORMAT)
 INDEX_SCHEMA = pa.schema(
     [
         ("episode_id", pa.string()),
@@ -46,24 +54,36 @@ class IncompleteCache(RuntimeError):
     pass
 
 
-def index_table(part_metas: Sequence[Mapping[str, Any]]) -> pa.Table:
+def index_rows_table(rows: Iterable[tuple[str, Mapping[str, Any]]]) -> pa.Table:
+    """The index of (part id, part.json episode entry) rows, in the order given."""
     cols: dict[str, list] = {f.name: [] for f in INDEX_SCHEMA}
-    for meta in part_metas:
-        for e in meta["episodes"]:
-            cols["episode_id"].append(e["episode_id"])
-            cols["part"].append(meta["part"])
-            cols["start"].append(e["start"])
-            cols["length"].append(e["length"])
-            cols["status"].append(e["status"])
-            cols["reason"].append(e["reason"])
+    for pid, e in rows:
+        cols["episode_id"].append(e["episode_id"])
+        cols["part"].append(pid)
+        cols["start"].append(e["start"])
+        cols["length"].append(e["length"])
+        cols["status"].append(e["status"])
+        cols["reason"].append(e["reason"])
     return pa.table(cols, schema=INDEX_SCHEMA)
 
 
+def index_table(part_metas: Sequence[Mapping[str, Any]]) -> pa.Table:
+    return index_rows_table((meta["part"], e) for meta in part_metas for e in meta["episodes"])
+
+
 def finalize_cache(cache_dir: Path, expected: Mapping[str, str], info: Mapping[str, Any]) -> dict:
-    """Write ``index.parquet`` then ``manifest.json`` for parts ``expected`` ({part_id: fingerprint}).
+    """Write ``index.parquet`` then ``manifest.json`` for parts ``expected`` ({part_id: fingerprint}),
+    every row of every part live, parts in id order (the low-level form; ``finalize.finalize`` is
+    what a pipeline run calls).
 
     Raises IncompleteCache if any expected part is missing or has another fingerprint.
     """
+    metas = check_parts(cache_dir, expected)
+    return write_cache_files(cache_dir, metas, [(m["part"], e) for m in metas for e in m["episodes"]], info)
+
+
+def check_parts(cache_dir: Path, expected: Mapping[str, str]) -> list[dict]:
+    """part.json of every expected part, in id order; IncompleteCache naming those missing or stale."""
     metas, bad = [], []
     for pid, fp in sorted(expected.items()):
         meta = read_part_meta(cache_dir / PARTS / pid)
@@ -73,17 +93,24 @@ def finalize_cache(cache_dir: Path, expected: Mapping[str, str], info: Mapping[s
             metas.append(meta)
     if bad:
         raise IncompleteCache(f"{cache_dir}: parts not built or stale: {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}")
+    return metas
+
+
+def write_cache_files(
+    cache_dir: Path, metas: Sequence[Mapping[str, Any]], rows: Sequence[tuple[str, Mapping[str, Any]]], info: Mapping[str, Any], extra: Mapping[str, Any] | None = None
+) -> dict:
+    """Commit the index of ``rows`` ((part id, episode entry), index order) then the manifest
+    listing parts ``metas``. Rows of a part not in ``rows`` are dead: readers never see them."""
     buf = io.BytesIO()
-    pq.write_table(index_table(metas), buf, compression="zstd")
+    pq.write_table(index_rows_table(rows), buf, compression="zstd")
     atomic_write_bytes(cache_dir / INDEX, buf.getvalue())
-    episodes = sum(m["n_episodes"] for m in metas)
-    ok = sum(m["n_ok"] for m in metas)
+    ok = [e for _, e in rows if e["status"] == "ok"]
     manifest = {
         "format": MANIFEST_FORMAT,
         "complete": True,
         **dict(info),
         "spec": metas[0]["spec"] if metas else info.get("spec"),
-        "counts": {"parts": len(metas), "episodes": episodes, "ok": ok, "quarantined": episodes - ok, "rows": sum(m["n_rows"] for m in metas)},
+        "counts": {"parts": len(metas), "episodes": len(rows), "ok": len(ok), "quarantined": len(rows) - len(ok), "rows": sum(e["length"] for e in ok)},
         "parts": {
             m["part"]: {
                 "fingerprint": m["fingerprint"],
@@ -94,10 +121,13 @@ def finalize_cache(cache_dir: Path, expected: Mapping[str, str], info: Mapping[s
             for m in metas
         },
         "index_sha256": sha256_file(cache_dir / INDEX),
+        **dict(extra or {}),
         "finalized_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     manifest[MANIFEST_SHA_KEY] = manifest_checksum(manifest)
     atomic_write_json(cache_dir / MANIFEST, manifest)
+    # the new manifest is durable: the retired one no longer describes the last finalised state
+    (cache_dir / RETIRED_MANIFEST).unlink(missing_ok=True)
     return manifest
 
 
@@ -133,15 +163,30 @@ def read_manifest(cache_dir: Path) -> dict:
     if not path.exists():
         raise IncompleteCache(f"{cache_dir} is not a complete cache (no {MANIFEST}); build it with `navcache extract`")
     m = read_json(path)
-    if m.get("format") != MANIFEST_FORMAT or not m.get("complete"):
+    if m.get("format") not in READABLE_MANIFEST_FORMATS or not m.get("complete"):
         raise IncompleteCache(f"{path}: not a complete navcache manifest")
     return m
 
 
+def last_finalized(cache_dir: Path) -> dict | None:
+    """The last finalised manifest of the current format: ``manifest.json``, or the retired copy
+    ``invalidate`` left; None if neither is readable. Planning's base (shard jobs never change it)."""
+    for name in (MANIFEST, RETIRED_MANIFEST):
+        try:
+            m = read_json(Path(cache_dir) / name)
+        except (OSError, ValueError):
+            continue
+        if isinstance(m, dict) and m.get("format") == MANIFEST_FORMAT and isinstance(m.get("parts"), dict):
+            return m
+    return None
+
+
 def invalidate(cache_dir: Path) -> None:
-    """Remove the manifest before parts change, so readers never pair it with new parts."""
+    """Make the cache incomplete before it changes: rename the manifest to the retired name (one
+    atomic rename), so readers refuse the cache while planning still finds the last finalised state."""
+    cache_dir = Path(cache_dir)
     try:
-        (Path(cache_dir) / MANIFEST).unlink()
+        os.replace(cache_dir / MANIFEST, cache_dir / RETIRED_MANIFEST)
     except FileNotFoundError:
         return
-    fsync_dir(Path(cache_dir))  # the removal must be durable before any part changes
+    fsync_dir(cache_dir)  # the rename must be durable before any part changes

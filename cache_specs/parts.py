@@ -4,6 +4,11 @@ Protocol (crash-safe at every instruction): write data + ``part.json`` into a pr
 ``parts/.tmp-*`` folder, fsync, then ``rename`` it to ``parts/part-NNNNN``. A reader sees either
 the old complete part, the new complete part, or none; a SIGKILL leaves only an orphan temporary
 folder, which the next run (or ``navcache verify --repair``) deletes.
+
+A part is immutable once committed. Each episode entry of ``part.json`` carries the episode's own
+fingerprint (format 2), so a later plan can keep every episode whose inputs did not change,
+wherever it lives; the cache index decides which rows are live (a part may hold dead rows of
+superseded episodes until compaction copies its live rows into a new part: ``copy_part``).
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -22,7 +27,10 @@ from .backends import get_backend
 from .layout import PART_JSON, TMP_PREFIX, TRASH_PREFIX, atomic_write_json, fsync_dir, fsync_tree, list_files, private_name, read_json, sha256_file
 from .spec import CacheSpec
 
-PART_FORMAT = "navcache-part/1"
+PART_FORMAT = "navcache-part/2"
+#: formats a reader still opens; planning keeps only episodes of the current one (format 1 had no
+#: per-episode fingerprints, so its caches rebuild once)
+READABLE_PART_FORMATS = ("navcache-part/1", PART_FORMAT)
 
 
 @dataclass
@@ -33,6 +41,33 @@ class EpisodeResult:
     arrays: Mapping[str, np.ndarray] | None = None
     reason: str | None = None
     meta: dict = field(default_factory=dict)
+
+
+def part_number(pid: str) -> int:
+    """N of ``part-N`` (-1 for another name)."""
+    try:
+        return int(pid.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def free_numbers(taken: Iterable[int]) -> Iterator[int]:
+    """The part numbers not in ``taken``, lowest first: new parts reuse the names of swept ones."""
+    taken = set(taken)
+    n = 0
+    while True:
+        if n not in taken:
+            yield n
+        n += 1
+
+
+def part_fingerprint(backend: str, episodes: Sequence[tuple[str, str | None]]) -> str:
+    """A part's fingerprint: its backend and its (episode id, episode fingerprint) list, in storage
+    order. Content-defined, so a part built by a run and the same episodes copied by compaction
+    get the same fingerprint, and a backend switch never matches a part of the other backend."""
+    from .layout import canonical_json
+
+    return hashlib.sha256(canonical_json({"backend": backend, "episodes": [list(e) for e in episodes]})).hexdigest()
 
 
 def array_sha256(a: np.ndarray) -> str:
@@ -83,9 +118,32 @@ def write_part(
     backend: str = "zarr",
     chunk_rows: int = 64,
     provenance: Mapping[str, Any] | None = None,
+    episode_fingerprints: Mapping[str, str] | None = None,
 ) -> dict:
-    """Write and atomically commit one part; return its ``part.json`` content."""
+    """Write and atomically commit one part; return its ``part.json`` content.
+
+    ``episode_fingerprints`` ({episode id: fingerprint}) go into the episode entries: what lets a
+    later plan keep these episodes when the rest of the dataset changes."""
     arrays, episodes = _assemble(spec, dims, results)
+    for e in episodes:
+        if episode_fingerprints is not None:
+            e["fingerprint"] = episode_fingerprints[e["episode_id"]]
+    return commit_part(parts_dir, pid, fingerprint, spec.to_json(dims), arrays, episodes, backend, chunk_rows, provenance)
+
+
+def commit_part(
+    parts_dir: Path,
+    pid: str,
+    fingerprint: str,
+    spec_json: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray],
+    episodes: Sequence[Mapping[str, Any]],
+    backend: str,
+    chunk_rows: int,
+    provenance: Mapping[str, Any] | None = None,
+) -> dict:
+    """Write assembled ``arrays`` (rows of ``episodes`` back to back) under a private folder,
+    checksum, fsync, and publish it as ``parts_dir/pid``; return the ``part.json`` content."""
     be = get_backend(backend)
     parts_dir.mkdir(parents=True, exist_ok=True)
     tmp = parts_dir / private_name(TMP_PREFIX, pid)
@@ -97,12 +155,12 @@ def write_part(
             "format": PART_FORMAT,
             "part": pid,
             "fingerprint": fingerprint,
-            "spec": spec.to_json(dims),
+            "spec": dict(spec_json),
             "backend": backend,
             "n_rows": int(next(iter(arrays.values())).shape[0]) if arrays else 0,
             "n_episodes": len(episodes),
             "n_ok": sum(e["status"] == "ok" for e in episodes),
-            "episodes": episodes,
+            "episodes": [dict(e) for e in episodes],
             "arrays": {n: {"dtype": a.dtype.str, "shape": list(a.shape), "sha256": array_sha256(a)} for n, a in arrays.items()},
             "files": files,
             "provenance": dict(provenance or {}),
@@ -115,6 +173,42 @@ def write_part(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return meta
+
+
+def copy_part(parts_dir: Path, pid: str, fingerprint: str, picks: Sequence[tuple[Path, Mapping[str, Any], str]], chunk_rows: int) -> dict:
+    """Compaction: commit a new part holding the rows of ``picks`` ((source part dir, its
+    part.json, episode id), in this order), copied array by array, never re-encoded.
+
+    The copy decodes and re-writes values (not bytes), so the new part's array checksums are those
+    of the same rows written by ``write_part``; source parts are left as they are.
+    """
+    if not picks:
+        raise ValueError("copy_part needs at least one episode")
+    first = picks[0][1]
+    spec_json, backend = first["spec"], first["backend"]
+    names = list(first["arrays"])
+    blocks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    episodes, start, opened = [], 0, {}
+    try:
+        for src, meta, eid in picks:
+            if meta["spec"] != spec_json or meta["backend"] != backend:
+                raise ValueError(f"copy_part: {src} has another spec or backend than {picks[0][0]}")
+            e = next(x for x in meta["episodes"] if x["episode_id"] == eid)
+            if e["status"] == "ok" and e["length"]:
+                if src not in opened:
+                    opened[src] = open_part_data(src, meta)
+                for n in names:
+                    blocks[n].append(np.asarray(opened[src][n][e["start"] : e["start"] + e["length"]]))
+            episodes.append({**e, "start": start})
+            start += e["length"] if e["status"] == "ok" else 0
+    finally:
+        for d in opened.values():
+            d.close()
+    arrays = {}
+    for n in names:
+        a = first["arrays"][n]
+        arrays[n] = np.concatenate(blocks[n]) if blocks[n] else np.zeros((0, *a["shape"][1:]), np.dtype(a["dtype"]))
+    return commit_part(parts_dir, pid, fingerprint, spec_json, arrays, episodes, backend, chunk_rows, first.get("provenance"))
 
 
 def _publish(tmp: Path, final: Path, fingerprint: str, backend: str) -> None:
@@ -148,7 +242,7 @@ def read_part_meta(part_dir: Path) -> dict | None:
         meta = read_json(part_dir / PART_JSON)
     except (OSError, ValueError):
         return None
-    return meta if isinstance(meta, dict) and meta.get("format") == PART_FORMAT else None
+    return meta if isinstance(meta, dict) and meta.get("format") in READABLE_PART_FORMATS else None
 
 
 def open_part_data(part_dir: Path, meta: Mapping[str, Any]):
@@ -158,8 +252,9 @@ def open_part_data(part_dir: Path, meta: Mapping[str, Any]):
 class PartEpisodes:
     """Per-episode access to one committed part, without the cache manifest.
 
-    Downstream stages read their upstream this way, so a SLURM shard can build stage B's part i
-    right after stage A's part i, before anyone has finalised stage A's cache.
+    Downstream stages read their upstream this way (the plan says which part holds each episode),
+    so a SLURM shard can build stage B's part of a group right after stage A's part of that group,
+    before anyone has finalised stage A's cache.
     """
 
     def __init__(self, part_dir: Path):
@@ -172,6 +267,11 @@ class PartEpisodes:
         self._eps = {e["episode_id"]: e for e in meta["episodes"]}
         self._data = None
         self.row = meta["spec"]["row"]
+
+    def episode_fingerprint(self, episode_id: str) -> str | None:
+        """The fingerprint the episode was written with (None if absent, or a format-1 part)."""
+        e = self._eps.get(episode_id)
+        return None if e is None else e.get("fingerprint")
 
     def episode(self, episode_id: str) -> tuple[dict[str, np.ndarray] | None, str | None]:
         """(arrays, None) for an ok episode, (None, reason) for a quarantined or absent one."""

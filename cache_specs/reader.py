@@ -34,8 +34,7 @@ class ArrayView:
         self.dtype = np.dtype(spec["dtype"])
         self._row_shape = tuple(spec["shape"])
         ok = reader._ok_rows
-        self._parts = ok["part"]
-        self._part_starts = ok["part_start"]  # row where each part's block begins, in global rows
+        self._ok = ok
         self.shape = (int(ok["n_rows"]),) + self._row_shape
 
     def __len__(self) -> int:
@@ -61,16 +60,20 @@ class ArrayView:
         return self._rows(rows)
 
     def _rows(self, rows: np.ndarray) -> np.ndarray:
+        """Global rows -> (part, row inside the part) through the episode holding each row: parts
+        may hold dead rows and episodes of one part need not be adjacent in index order."""
         out = np.empty((len(rows),) + self._row_shape, self.dtype)
         if not len(rows):
             return out
-        which = np.searchsorted(self._part_starts, rows, side="right") - 1
+        ok = self._ok
+        ep = np.searchsorted(ok["ep_start"], rows, side="right") - 1  # zero-length episodes never win
+        local = ok["ep_local"][ep] + (rows - ok["ep_start"][ep])
+        which = ok["ep_part"][ep]
         for pi in np.unique(which):
             sel = which == pi
-            local = rows[sel] - self._part_starts[pi]
-            arr = self._r._part_array(self._parts[pi], self.name)
-            lo, hi = int(local.min()), int(local.max()) + 1
-            out[sel] = np.asarray(arr[lo:hi])[local - lo]  # one contiguous read per part
+            arr = self._r._part_array(ok["parts"][pi], self.name)
+            lo, hi = int(local[sel].min()), int(local[sel].max()) + 1
+            out[sel] = np.asarray(arr[lo:hi])[local[sel] - lo]  # one contiguous read per part
         return out
 
     def to_numpy(self) -> np.ndarray:
@@ -128,17 +131,19 @@ class CacheReader:
 
     @cached_property
     def _ok_rows(self) -> dict:
-        """Global row numbering: parts in index order, rows within a part in storage order."""
-        import polars as pl
-
-        parts, starts, n = [], [], 0
-        for part, length in self.index.group_by("part", maintain_order=True).agg(pl.col("length").sum()).iter_rows():
-            parts.append(part)
-            starts.append(n)
-            n += int(length)
+        """Global row numbering: ok episodes in index order, each episode's rows in storage order.
+        Per ok episode: global start, length, part (number into ``parts``) and start in its part."""
         lengths = self._ok["length"].to_numpy().astype(np.int64)
-        ep_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, np.int64)
-        return {"part": parts, "part_start": np.array(starts, np.int64), "n_rows": n, "ep_start": ep_start, "ep_len": lengths}
+        ep_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else np.zeros(0, np.int64)
+        parts, ep_part = np.unique(self._ok["part"].to_numpy().astype(str), return_inverse=True) if len(lengths) else (np.zeros(0, str), np.zeros(0, np.int64))
+        return {
+            "parts": [str(p) for p in parts],
+            "ep_part": ep_part.astype(np.int64).reshape(-1),
+            "ep_local": self._ok["start"].to_numpy().astype(np.int64),
+            "n_rows": int(lengths.sum()),
+            "ep_start": ep_start,
+            "ep_len": lengths,
+        }
 
     def offsets(self) -> tuple[np.ndarray, np.ndarray]:
         """(start, length) of each ok episode's rows in the global arrays (row="frame" caches)."""

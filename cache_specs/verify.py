@@ -3,7 +3,9 @@
 Damage kinds (``Damage.kind``):
     no_manifest          the cache was never finalised (or was invalidated by an interrupted build)
     bad_manifest         manifest.json unreadable, or its content differs from its own checksum
-    bad_index            index.parquet missing, unreadable or not matching the parts
+    bad_index            index.parquet missing, unreadable, or a row naming a part the manifest does not
+                         list or an episode entry its part.json does not hold (rows of a part the index
+                         does not name are dead rows of superseded episodes: not damage)
     missing_part         a part listed in the manifest is gone (or its part.json is unreadable)
     part_mismatch        part.json differs from what the manifest recorded (fingerprint / checksum)
     missing_file         a data file listed in part.json is gone (e.g. a deleted zarr chunk)
@@ -34,7 +36,7 @@ from .layout import (
     read_json,
     sha256_file,
 )
-from .manifest import MANIFEST_FORMAT, MANIFEST_SHA_KEY, manifest_checksum
+from .manifest import MANIFEST_SHA_KEY, READABLE_MANIFEST_FORMATS, manifest_checksum
 from .parts import array_sha256, open_part_data, read_part_meta
 
 
@@ -109,7 +111,7 @@ def verify_cache(cache_dir: Path, deep: bool = True) -> list[Damage]:
         return out
     try:
         manifest = read_json(cache_dir / MANIFEST)
-        assert manifest.get("format") == MANIFEST_FORMAT
+        assert manifest.get("format") in READABLE_MANIFEST_FORMATS
         parts = manifest["parts"]
     except Exception as e:  # noqa: BLE001
         return out + [Damage("bad_manifest", None, f"{type(e).__name__}: {e}")]
@@ -118,12 +120,14 @@ def verify_cache(cache_dir: Path, deep: bool = True) -> list[Damage]:
     for name in on_disk:
         if not name.startswith((TMP_PREFIX, TRASH_PREFIX)) and name not in parts:
             out.append(Damage("orphan_part", name, "not listed in the manifest"))
+    metas = {}
     for pid, rec in sorted(parts.items()):
         pdir = parts_dir / pid
         meta = read_part_meta(pdir)
         if meta is None:
             out.append(Damage("missing_part", pid, "listed in the manifest but missing or unreadable"))
             continue
+        metas[pid] = meta
         if meta["fingerprint"] != rec["fingerprint"] or sha256_file(pdir / PART_JSON) != rec["part_json_sha256"]:
             out.append(Damage("part_mismatch", pid, "part.json differs from the manifest's record"))
         out += verify_part(pdir, deep)
@@ -132,7 +136,32 @@ def verify_cache(cache_dir: Path, deep: bool = True) -> list[Damage]:
         out.append(Damage("bad_index", None, f"{INDEX} missing"))
     elif sha256_file(index) != manifest.get("index_sha256"):
         out.append(Damage("bad_index", None, f"{INDEX} checksum differs from the manifest's"))
+    else:
+        out += _index_rows(index, parts, metas)
     return out
+
+
+def _index_rows(index: Path, listed: dict, metas: dict) -> list[Damage]:
+    """Every index row names a listed part and an entry of its part.json with the same rows.
+    (A part missing from disk is reported once, as missing_part, not per row.)"""
+    import pyarrow.parquet as pq
+
+    try:
+        t = pq.read_table(index).to_pydict()
+    except Exception as e:  # noqa: BLE001 - an unreadable index is damage to report
+        return [Damage("bad_index", None, f"unreadable: {type(e).__name__}: {e}")]
+    entries = {pid: {e["episode_id"]: e for e in m["episodes"]} for pid, m in metas.items()}
+    bad = []
+    for eid, pid, start, length, status in zip(t["episode_id"], t["part"], t["start"], t["length"], t["status"]):
+        if pid not in listed:
+            bad.append(f"{eid!r} in part {pid}, which the manifest does not list")
+        elif pid in entries:
+            e = entries[pid].get(eid)
+            if e is None or (e["start"], e["length"], e["status"]) != (start, length, status):
+                bad.append(f"{eid!r}: row differs from part {pid}'s part.json")
+    if len(set(t["episode_id"])) != len(t["episode_id"]):
+        bad.append("an episode id appears more than once")
+    return [Damage("bad_index", None, f"{len(bad)} bad rows, e.g. {bad[0]}")] if bad else []
 
 
 def damaged_parts(damage: list[Damage]) -> set[str]:

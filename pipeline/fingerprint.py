@@ -1,8 +1,9 @@
 """Content-based fingerprints: what a part was computed from, never when or where.
 
-A part's fingerprint covers the spec and its version, the stage's code version and settings, the
-encoder id and a hash of its weights, the source kind and options, every input record and the
-content of every file the part reads, and the fingerprints of the upstream parts it consumed.
+An episode's fingerprint in a stage (``plan.py``) covers the spec and its version, the stage's code
+version and settings, the encoder id and a hash of its weights, the source kind and options, the
+record fields and the content of the files the stage reads, and the episode's fingerprints in
+the upstream stages it consumes; a part's fingerprint is its list of episode fingerprints.
 mtimes and absolute cache paths never enter it, so touching files or moving the cache root
 recomputes nothing.
 """
@@ -77,21 +78,22 @@ class FileHasher:
             self._db = None
 
 
-def episode_fingerprint(episode, root: Path, hasher: FileHasher, with_files: bool = True, record_keys: tuple[str, ...] | None = None) -> str:
-    """Record content + (path relative to the dataset root, content hash) of every file it reads.
+def episode_fingerprint(episode, root: Path, hasher: FileHasher, files: Iterable[Path] | None = None, record_keys: tuple[str, ...] | None = None) -> str:
+    """Record content + (path relative to the dataset root, content hash) of the files a stage reads.
 
-    ``with_files=False`` for stages that use only the record (e.g. ground-truth poses), so a
-    re-encoded JPEG does not recompute them; ``record_keys`` limits the record to the fields a
-    stage reads, so e.g. a corrected pose does not recompute image features. Pass
-    ``Stage.record_keys``: the fields the stage's source declares for the stage's uses
+    ``files``: the entries of ``episode.files`` the stage reads (``Stage.files_read``; None = all),
+    so e.g. a re-encoded JPEG does not recompute ground-truth poses and a changed ``.gt.npz`` does
+    not recompute frame features; ``record_keys`` limits the record to the fields a stage reads,
+    so e.g. a corrected pose does not recompute image features.
+    Pass ``Stage.record_keys``: the fields the stage's source declares for the stage's uses
     (``pipeline/sources/fields.py``), never a hand-written list.
     """
     record = episode.record if record_keys is None else {k: episode.record[k] for k in record_keys if k in episode.record}
-    files = []
-    for p in episode.files if with_files else ():
+    hashed = []
+    for p in episode.files if files is None else files:
         try:
             rel = str(Path(p).relative_to(root))
         except ValueError:
             rel = str(p)
-        files.append((rel, hasher(Path(p))))
-    return hash_obj({"id": episode.episode_id, "record": record, "files": files, "quarantine": episode.quarantine})
+        hashed.append((rel, hasher(Path(p))))
+    return hash_obj({"id": episode.episode_id, "record": record, "files": hashed, "quarantine": episode.quarantine})

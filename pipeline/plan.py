@@ -1,17 +1,36 @@
-"""Planning: which parts of which stage caches are up to date, stale or missing.
+"""Planning: which episodes each stage must encode, and which committed parts hold the others.
 
-All stages of one (dataset, split) share one partition of the episodes (sorted by id, chunks of
-``part_size``), so stage B's part i consumes exactly stage A's part i, and B's fingerprint can be
-computed from A's *planned* fingerprint before A is even built.
+The unit of recompute is the episode. A stage fingerprints each episode:
+
+    hash(stage base: spec, stage, code version, identity, source kind + options;
+         the record fields the stage reads and the content of the files it reads;
+         the fingerprints of the same episode in the upstream stages it consumes)
+
+Every part records the fingerprint of each episode it holds. Planning reads the stage's last
+FINALISED manifest (``manifest.json``, or the copy ``invalidate`` retired: shard jobs never change
+either) and keeps each episode whose fingerprint a listed part holds, in that part (live or dead
+row alike: a reverted change costs nothing). The rest, new and changed episodes, is *todo*.
+
+Grouping the todo episodes into new parts: stages linked by ``consumes`` form a chain; the union of
+their todo episodes, sorted by id, is cut into groups of ``part_size``, numbered across the split's
+chains; a stage's new part for group k holds its todo episodes of group k. So a downstream part
+reads its upstream episodes from the upstream part of the same group (the same shard builds it:
+``group % N``) or from upstream parts already finalised. New parts are named ``part-NNNNN`` with the
+lowest numbers the base manifest does not list (a setting changed and changed back ends with the
+names a fresh build gives; a part lost to damage is rebuilt under its own name), and fingerprinted
+by their content (``part_fingerprint``). The plan
+is a function of the source and the last finalised manifests only, so shard jobs, dask workers, a
+rerun after a kill and an uninterrupted run agree on it, part for part.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from cache_specs.layout import PARTS, cache_dir, part_id
-from cache_specs.manifest import MANIFEST_FORMAT
-from cache_specs.parts import read_part_meta
+from cache_specs.layout import INDEX, MANIFEST, PARTS, cache_dir, part_id
+from cache_specs.manifest import MANIFEST_FORMAT, last_finalized
+from cache_specs.parts import PART_FORMAT, free_numbers, part_fingerprint, part_number, read_part_meta
 
 from .config import ProjectConfig
 from .errors import ConfigError
@@ -21,13 +40,20 @@ from .sources.base import Episode, Source
 from .stages import cache_name, stage_class
 from .stages.base import Stage
 
+#: where an upstream episode lives: (part id, part fingerprint, episode fingerprint)
+Location = tuple[str, str, str]
+
 
 @dataclass
 class PartPlan:
     part_id: str
     episodes: list[Episode]
     fingerprint: str
-    state: str  # "up-to-date" | "stale" | "missing"
+    state: str  # "up-to-date" | "stale" (a leftover under this name) | "missing"
+    group: int = -1  # shard key of a new part; -1 for a part kept from the last finalised manifest
+    episode_fps: dict[str, str] = field(default_factory=dict)
+    #: upstream stage -> episode id -> where the plan expects that episode's rows
+    upstream: dict[str, dict[str, Location]] = field(default_factory=dict)
 
 
 @dataclass
@@ -37,22 +63,37 @@ class StagePlan:
     stage_name: str
     stage: Stage
     cache_dir: Path
+    #: every part the target layout names: kept parts (group -1) first, then new parts
     parts: list[PartPlan]
     upstream_dirs: dict[str, Path] = field(default_factory=dict)
     finalized: bool = False
+    part_size: int = 32
+    #: parts of the last finalised layout that lose live episodes (changed or gone) in this plan
+    superseded: set[str] = field(default_factory=set)
 
     @property
     def todo(self) -> list[PartPlan]:
-        return [p for p in self.parts if p.state != "up-to-date"]
+        """New parts not committed yet (a kept part is never rebuilt)."""
+        return [p for p in self.parts if p.group >= 0 and p.state != "up-to-date"]
 
     def counts(self) -> dict[str, int]:
+        """Parts by state, for ``status``: a finalised part that loses live episodes counts as
+        stale (its rows of those episodes die), a new part as missing until committed."""
         out = {"up-to-date": 0, "stale": 0, "missing": 0}
         for p in self.parts:
-            out[p.state] += 1
+            out["stale" if p.part_id in self.superseded else p.state] += 1
+        out["stale"] += len(self.superseded - {p.part_id for p in self.parts})
         return out
 
     def expected(self) -> dict[str, str]:
         return {p.part_id: p.fingerprint for p in self.parts}
+
+    def locations(self) -> dict[str, Location]:
+        return {e.episode_id: (p.part_id, p.fingerprint, p.episode_fps[e.episode_id]) for p in self.parts for e in p.episodes}
+
+    def layout(self) -> list[tuple[str, str]]:
+        """(episode id, part id) of every episode of the split, in index (id) order."""
+        return sorted((e.episode_id, p.part_id) for p in self.parts for e in p.episodes)
 
 
 def make_stage(project: ProjectConfig, dataset: str, stage: str, source: Source) -> Stage:
@@ -85,9 +126,51 @@ def stage_order(project: ProjectConfig, dataset: str, source: Source, only: str 
     return order
 
 
-def partition(episodes: list[Episode], part_size: int) -> list[list[Episode]]:
-    eps = sorted(episodes, key=lambda e: e.episode_id)
-    return [eps[i : i + part_size] for i in range(0, len(eps), part_size)] or []
+@dataclass
+class _Base:
+    """What the last finalised manifest offers: (episode id, episode fingerprint) -> its part."""
+
+    holders: dict[tuple[str, str], tuple[str, str]]
+    #: part numbers the manifest lists: new parts take the lowest numbers not among them
+    taken: set[int]
+    #: episode id -> part of its live rows in the last finalised index (empty if unreadable)
+    live: dict[str, str] = field(default_factory=dict)
+    #: part fingerprint -> id of every part the manifest lists (a lost part is rebuilt under its id)
+    names: dict[str, str] = field(default_factory=dict)
+
+
+def _read_base(cdir: Path, backend: str) -> _Base:
+    m = last_finalized(cdir)
+    if m is None:
+        return _Base({}, set())
+    live = _live_rows(cdir, m)
+    holders: dict[tuple[str, str], tuple[str, str]] = {}
+    numbers = set()
+    names: dict[str, str] = {}
+    for pid, rec in sorted(m["parts"].items()):  # sorted: of two copies, the lower part id wins
+        numbers.add(part_number(pid))
+        names.setdefault(str(rec.get("fingerprint")), pid)
+        meta = read_part_meta(cdir / PARTS / pid)
+        if meta is None or meta.get("format") != PART_FORMAT or meta["fingerprint"] != rec.get("fingerprint") or meta.get("backend") != backend:
+            continue  # gone, damaged, replaced or in another backend: its episodes are todo
+        for e in meta["episodes"]:
+            if e.get("fingerprint"):
+                holders.setdefault((e["episode_id"], e["fingerprint"]), (pid, meta["fingerprint"]))
+    return _Base(holders, numbers, live, names)
+
+
+def _live_rows(cdir: Path, m: dict) -> dict[str, str]:
+    import pyarrow.parquet as pq
+
+    from cache_specs.layout import sha256_file
+
+    try:
+        if sha256_file(cdir / INDEX) != m.get("index_sha256"):
+            return {}  # rewritten by a finalisation killed before its manifest: not this base's
+        t = pq.read_table(cdir / INDEX, columns=["episode_id", "part"]).to_pydict()
+    except (OSError, ValueError):
+        return {}
+    return dict(zip(t["episode_id"], t["part"]))
 
 
 def plan_split(
@@ -97,48 +180,119 @@ def plan_split(
     ds = project.dataset(dataset)
     source = source or make_source(ds.source, ds.root, **ds.options)
     hasher = hasher or FileHasher()
-    episodes = source.episodes(split)
-    chunks = partition(episodes, ds.part_size)
-    ep_fps: dict[tuple, dict[str, str]] = {}
-
-    def fps(stage: Stage) -> dict[str, str]:
-        key = (stage.reads_files, stage.record_keys)
-        if key not in ep_fps:
-            ep_fps[key] = {e.episode_id: episode_fingerprint(e, Path(ds.root), hasher, *key) for e in episodes}
-        return ep_fps[key]
-    plans: dict[str, StagePlan] = {}
-    for name in stage_order(project, dataset, source, only):
-        stage = make_stage(project, dataset, name, source)
-        cdir = cache_dir(project.cache_root, dataset, split, cache_name(name))
-        spec, dims = stage.spec(), stage.dims()
-        base = {
-            "spec": spec.to_json(dims, docs=False),
-            "stage": name,
-            "code_version": stage.code_version,
-            "identity": stage.identity(),
-            "source": {"kind": ds.source, "options": ds.options},
+    episodes = sorted(source.episodes(split), key=lambda e: e.episode_id)
+    names = stage_order(project, dataset, source, only)
+    stages = {n: make_stage(project, dataset, n, source) for n in names}
+    content: dict[tuple, dict[str, str]] = {}  # stages reading the same fields and files share hashes
+    efps: dict[str, dict[str, str]] = {}
+    kept: dict[str, dict[str, tuple[str, str]]] = {}
+    todo: dict[str, list[Episode]] = {}
+    bases: dict[str, _Base] = {}
+    for name in names:
+        stage = stages[name]
+        key = (stage.reads_files, stage.skip_file_suffixes, stage.record_keys)
+        if key not in content:
+            content[key] = {e.episode_id: episode_fingerprint(e, Path(ds.root), hasher, stage.files_read(e), stage.record_keys) for e in episodes}
+        base = _stage_base(project, dataset, name, stage)
+        efps[name] = {
+            e.episode_id: hash_obj({"stage": base, "episode": content[key][e.episode_id], "upstream": {u: efps[u][e.episode_id] for u in stage.consumes}})
+            for e in episodes
         }
-        parts = []
-        for i, chunk in enumerate(chunks):
-            pid = part_id(i)
-            upstream = {u: plans[u].parts[i].fingerprint for u in stage.consumes}
-            fp = hash_obj({**base, "episodes": [fps(stage)[e.episode_id] for e in chunk], "upstream": upstream})
-            meta = read_part_meta(cdir / PARTS / pid)
-            # a part in another backend is stale too: a backend switch must not leave a mixed cache
-            fresh = meta is not None and meta["fingerprint"] == fp and meta.get("backend") == project.backend
-            state = "missing" if meta is None else ("up-to-date" if fresh else "stale")
-            parts.append(PartPlan(pid, chunk, fp, state))
-        sp = StagePlan(dataset, split, name, stage, cdir, parts, {u: plans[u].cache_dir for u in stage.consumes})
-        sp.finalized = _manifest_matches(cdir, sp.expected())
+        bases[name] = _read_base(cache_dir(project.cache_root, dataset, split, cache_name(name)), project.backend)
+        kept[name] = {}
+        todo[name] = []
+        for e in episodes:
+            where = bases[name].holders.get((e.episode_id, efps[name][e.episode_id]))
+            if where is None:
+                todo[name].append(e)
+            else:
+                kept[name][e.episode_id] = where
+    groups = _group(names, stages, todo, ds.part_size)
+    plans: dict[str, StagePlan] = {}
+    for name in names:
+        stage, fps = stages[name], efps[name]
+        cdir = cache_dir(project.cache_root, dataset, split, cache_name(name))
+        by_part: dict[tuple[str, str], list[Episode]] = {}
+        for e in episodes:
+            if e.episode_id in kept[name]:
+                by_part.setdefault(kept[name][e.episode_id], []).append(e)
+        parts = [PartPlan(pid, eps, pfp, "up-to-date", -1, {e.episode_id: fps[e.episode_id] for e in eps}) for (pid, pfp), eps in sorted(by_part.items())]
+        free = free_numbers(bases[name].taken)
+        for k, eps in groups[name]:
+            parts.append(_new_part(cdir, bases[name], free, k, eps, fps, project.backend))
+        ups = {u: plans[u].locations() for u in stage.consumes}
+        for p in parts:
+            if p.group >= 0:
+                p.upstream = {u: {e.episode_id: ups[u][e.episode_id] for e in p.episodes} for u in stage.consumes}
+        sp = StagePlan(dataset, split, name, stage, cdir, parts, {u: plans[u].cache_dir for u in stage.consumes},
+                       part_size=ds.part_size)
+        sp.superseded = {pid for eid, pid in bases[name].live.items() if kept[name].get(eid, ("",))[0] != pid}
+        sp.finalized = not groups[name] and _manifest_matches(cdir, sp.layout())
         plans[name] = sp
     return list(plans.values())
 
 
-def _manifest_matches(cdir: Path, expected: dict[str, str]) -> bool:
-    from cache_specs.layout import MANIFEST, read_json
+def _stage_base(project: ProjectConfig, dataset: str, name: str, stage: Stage) -> dict:
+    ds = project.dataset(dataset)
+    return {
+        "spec": stage.spec().to_json(stage.dims(), docs=False),
+        "stage": name,
+        "code_version": stage.code_version,
+        "identity": stage.identity(),
+        "source": {"kind": ds.source, "options": ds.options},
+    }
+
+
+def _group(names: list[str], stages: dict[str, Stage], todo: dict[str, list[Episode]], part_size: int) -> dict[str, list[tuple[int, list[Episode]]]]:
+    """Per stage: (group number, its todo episodes in that group), see the module docstring."""
+    root = {n: n for n in names}
+
+    def find(n: str) -> str:
+        while root[n] != n:
+            n = root[n]
+        return n
+
+    for n in names:
+        for u in stages[n].consumes:
+            if u in root:
+                root[find(n)] = find(u)
+    out: dict[str, list[tuple[int, list[Episode]]]] = {n: [] for n in names}
+    k = 0
+    for chain_root in dict.fromkeys(find(n) for n in names):
+        members = [n for n in names if find(n) == chain_root]
+        ids = sorted({e.episode_id for m in members for e in todo[m]})
+        group_of = {eid: k + i // part_size for i, eid in enumerate(ids)}
+        for m in members:
+            buckets: dict[int, list[Episode]] = {}
+            for e in todo[m]:
+                buckets.setdefault(group_of[e.episode_id], []).append(e)
+            out[m] = sorted(buckets.items())
+        k += -(-len(ids) // part_size)
+    return out
+
+
+def _new_part(cdir: Path, base: _Base, free: Iterator[int], group: int, eps: list[Episode], fps: dict[str, str], backend: str) -> PartPlan:
+    """The part of ``eps``: named after the listed part of the same content if one was lost
+    (a repair restores the cache byte for byte), else after the next free number."""
+    efp = {e.episode_id: fps[e.episode_id] for e in eps}
+    fp = part_fingerprint(backend, [(e.episode_id, efp[e.episode_id]) for e in eps])
+    pid = base.names.get(fp) or part_id(next(free))
+    meta = read_part_meta(cdir / PARTS / pid)
+    # committed by an earlier (killed or shard) run of this same plan, or a leftover of another
+    state = "missing" if meta is None else ("up-to-date" if meta["fingerprint"] == fp and meta.get("backend") == backend else "stale")
+    return PartPlan(pid, eps, fp, state, group, efp)
+
+
+def _manifest_matches(cdir: Path, layout: list[tuple[str, str]]) -> bool:
+    """The complete manifest's index already is ``layout`` (nothing to finalise but sweeping)."""
+    import pyarrow.parquet as pq
+
+    from cache_specs.layout import read_json
 
     try:
-        m = read_json(cdir / MANIFEST)
-    except (OSError, ValueError):
+        if read_json(cdir / MANIFEST).get("format") != MANIFEST_FORMAT:
+            return False
+        t = pq.read_table(cdir / INDEX, columns=["episode_id", "part"]).to_pydict()
+    except (OSError, ValueError, AttributeError):
         return False
-    return m.get("format") == MANIFEST_FORMAT and {k: v["fingerprint"] for k, v in m.get("parts", {}).items()} == expected
+    return list(zip(t["episode_id"], t["part"])) == layout

@@ -1,19 +1,22 @@
 """``extract``: plan every stage of every dataset for a split, build what is missing or stale, finalise.
 
+Per stage: plan (``plan.py``) -> build the todo parts (an executor) -> finalise (one call into
+``cache_specs.finalize``: compaction, stats, index, manifest, sweeping). Shard jobs skip the last step.
+
 Exit semantics (see cli.py): dataset-level errors are collected and reported, never raised
 mid-run, so one broken dataset does not stop the others.
 """
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from cache_specs.finalize import finalize
 from cache_specs.layout import PARTS
-from cache_specs.manifest import finalize_cache, invalidate, remove_temporaries
+from cache_specs.manifest import invalidate
 from cache_specs.parts import read_part_meta
 
 from .config import ProjectConfig
@@ -34,7 +37,7 @@ class ExtractOptions:
     executor: str = "local"  # "local" | "dask"
     workers: int = 2
     scheduler: str | None = None
-    shard: tuple[int, int] | None = None  # (i, n): build parts with index % n == i
+    shard: tuple[int, int] | None = None  # (i, n): build new parts of group % n == i
     dry_run: bool = False
 
     def __post_init__(self):
@@ -88,12 +91,13 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
     finally:
         hasher.close()
     failed: set[tuple[str, str]] = set()  # (dataset, stage) whose build failed: skip its downstream
+    built: list[tuple[StagePlan, StageSummary]] = []
     for sp in plans:
         ss = StageSummary(sp.dataset, sp.split, sp.stage_name, str(sp.cache_dir), parts_total=len(sp.parts))
         summary.stages.append(ss)
         todo = sp.todo
         if opts.shard is not None:
-            todo = [p for p in todo if int(p.part_id.split("-")[1]) % opts.shard[1] == opts.shard[0]]
+            todo = [p for p in todo if p.group % opts.shard[1] == opts.shard[0]]
         ss.parts_skipped = len(sp.parts) - len(todo)
         if opts.dry_run:
             continue
@@ -101,32 +105,42 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
             summary.errors.append(f"{sp.dataset}/{sp.split}/{sp.stage_name}: skipped, an upstream stage failed")
             failed.add((sp.dataset, sp.stage_name))
             continue
-        t0 = time.perf_counter()
-        if todo:
-            invalidate(sp.cache_dir)
-            progress = reporter.stage_start(sp, sum(len(p.episodes) for p in todo))
-            try:
-                metas = _build(project, sp, todo, opts, progress)
-            except Exception as e:  # noqa: BLE001 - report, keep other datasets going
-                log.exception("stage %s failed", sp.stage_name)
-                summary.errors.append(f"{sp.dataset}/{sp.split}/{sp.stage_name}: {type(e).__name__}: {e}")
-                failed.add((sp.dataset, sp.stage_name))
-                reporter.stage_end(sp)
-                continue
-            reporter.stage_end(sp)
-            ss.parts_built = len(metas)
-            ss.episodes_built = sum(m["n_episodes"] for m in metas)
-            ss.frames_built = sum(m["n_rows"] for m in metas) if sp.stage.spec().row == "frame" else 0
-        ss.seconds = time.perf_counter() - t0
-        if opts.shard is None:
-            try:
-                _finalize(project, sp, ss)
-            except Exception as e:  # noqa: BLE001 - e.g. a part replaced by a stray writer, stats unreadable
-                log.exception("finalizing %s failed", sp.cache_dir)
-                summary.errors.append(f"{sp.dataset}/{sp.split}/{sp.stage_name}: not finalized: {type(e).__name__}: {e}")
-                failed.add((sp.dataset, sp.stage_name))
-        _count_quarantine(sp, ss)
+        if _build_stage(project, sp, todo, opts, reporter, ss, summary):
+            built.append((sp, ss))
+        else:
+            failed.add((sp.dataset, sp.stage_name))
+    # finalising compacts and sweeps upstream parts: only once every downstream build has read them
+    for sp, ss in built if opts.shard is None else ():
+        try:
+            finalize(sp.cache_dir, sp.layout(), sp.expected(), _info(project, sp), sp.stage.cache_stats,
+                     part_size=sp.part_size, chunk_rows=project.chunk_rows)
+            ss.finalized = True
+        except Exception as e:  # noqa: BLE001 - e.g. a part replaced by a stray writer, stats unreadable
+            log.exception("finalizing %s failed", sp.cache_dir)
+            summary.errors.append(f"{sp.dataset}/{sp.split}/{sp.stage_name}: not finalized: {type(e).__name__}: {e}")
     return summary
+
+
+def _build_stage(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptions, reporter: Reporter, ss: StageSummary, summary: RunSummary) -> bool:
+    """Build ``todo`` and count the layout's quarantine; False (error recorded) if the build failed."""
+    t0 = time.perf_counter()
+    if todo:
+        invalidate(sp.cache_dir)  # the cache no longer matches its inputs: it stops looking complete
+        progress = reporter.stage_start(sp, sum(len(p.episodes) for p in todo))
+        try:
+            metas = _build(project, sp, todo, opts, progress)
+        except Exception as e:  # noqa: BLE001 - report, keep other datasets going
+            log.exception("stage %s failed", sp.stage_name)
+            summary.errors.append(f"{sp.dataset}/{sp.split}/{sp.stage_name}: {type(e).__name__}: {e}")
+            reporter.stage_end(sp)
+            return False
+        reporter.stage_end(sp)
+        ss.parts_built = len(metas)
+        ss.episodes_built = sum(m["n_episodes"] for m in metas)
+        ss.frames_built = sum(m["n_rows"] for m in metas) if sp.stage.spec().row == "frame" else 0
+    ss.seconds = time.perf_counter() - t0
+    _count_quarantine(sp, ss)  # before finalising: compaction may move rows out of the plan's parts
+    return True
 
 
 def _build(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptions, progress) -> list[dict]:
@@ -139,16 +153,10 @@ def _build(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptions, pr
     return build_parts(sp, todo, project.backend, project.chunk_rows, project.run, progress)
 
 
-def _finalize(project: ProjectConfig, sp: StagePlan, ss: StageSummary) -> None:
-    if not sp.todo and sp.finalized:
-        _remove_leftovers(sp)  # only temporaries: the manifest lists exactly the plan's parts
-        ss.finalized = True
-        return
-    # the dataset may have shrunk with nothing to rebuild: drop the old manifest BEFORE deleting
-    # parts it lists, so no kill in between leaves a "complete" cache pointing at missing parts
-    invalidate(sp.cache_dir)
-    _remove_leftovers(sp)
-    info = {
+def _info(project: ProjectConfig, sp: StagePlan) -> dict:
+    """What the manifest says about the stage besides its parts (``finalize`` adds stats)."""
+    ds = project.dataset(sp.dataset)
+    return {
         "stage": sp.stage_name,
         "dataset": sp.dataset,
         "split": sp.split,
@@ -156,54 +164,21 @@ def _finalize(project: ProjectConfig, sp: StagePlan, ss: StageSummary) -> None:
         "code_version": sp.stage.code_version,
         "identity": sp.stage.identity(),
         "provenance": sp.stage.provenance(),
-        "source": {"kind": project.dataset(sp.dataset).source, "options": project.dataset(sp.dataset).options},
+        "source": {"kind": ds.source, "options": ds.options},
     }
-    stats = sp.stage.cache_stats(lambda name: _load_rows(sp, name))
-    if stats:
-        info["stats"] = stats
-    finalize_cache(sp.cache_dir, sp.expected(), info)
-    ss.finalized = True
-
-
-def _load_rows(sp: StagePlan, name: str):
-    """Array ``name`` over every part of the plan (parts hold ok rows only), in part order."""
-    import numpy as np
-
-    from cache_specs.layout import PARTS
-    from cache_specs.parts import open_part_data
-
-    chunks = []
-    for p in sp.parts:
-        d = sp.cache_dir / PARTS / p.part_id
-        data = open_part_data(d, read_part_meta(d))
-        try:
-            chunks.append(np.asarray(data[name][:]))
-        finally:
-            data.close()
-    return np.concatenate(chunks) if chunks else np.zeros((0,))
-
-
-def _remove_leftovers(sp: StagePlan) -> None:
-    """Delete orphan temporary folders and parts the plan no longer has (dataset shrank).
-
-    Only a plain (non-shard) run does this: shard jobs may be writing temporaries concurrently.
-    """
-    remove_temporaries(sp.cache_dir)
-    pdir = sp.cache_dir / PARTS
-    if not pdir.is_dir():
-        return
-    keep = set(sp.expected())
-    for d in pdir.iterdir():
-        if d.name not in keep:
-            shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
 
 
 def _count_quarantine(sp: StagePlan, ss: StageSummary) -> None:
+    """Ok / quarantined episodes of the plan's layout (a part's dead rows are not counted)."""
     for p in sp.parts:
         meta = read_part_meta(sp.cache_dir / PARTS / p.part_id)
         if meta is None:
             continue
-        for e in meta["episodes"]:
+        status = {e["episode_id"]: e for e in meta["episodes"]}
+        for ep in p.episodes:
+            e = status.get(ep.episode_id)
+            if e is None:
+                continue
             if e["status"] == "ok":
                 ss.episodes_ok += 1
             else:

@@ -47,7 +47,9 @@ def verify_and_repair(path: Path | None, project, repair: bool, as_json: bool) -
 
 
 def _repair(project, damaged: dict) -> dict[str, list[str]]:
-    """Delete damaged parts and orphans, then let ``extract --only`` rebuild exactly those parts."""
+    """Delete damaged parts and temporaries, then let ``extract --only`` re-encode exactly the
+    episodes they held (planning keeps every episode of the intact parts the manifest lists) and
+    finalise, which rewrites a damaged index or manifest and sweeps orphan parts."""
     from .runner import ExtractOptions, extract
     from .stages import STAGES, cache_name
 
@@ -55,7 +57,7 @@ def _repair(project, damaged: dict) -> dict[str, list[str]]:
     done = {}
     for d, dmg in damaged.items():
         parts = sorted(damaged_parts(dmg))
-        invalidate(d)
+        invalidate(d)  # retired, not deleted: planning still knows which intact parts hold what
         for p in parts:
             shutil.rmtree(d / PARTS / p, ignore_errors=True)
         remove_temporaries(d)

@@ -97,26 +97,37 @@ class _Killed(BaseException):
 
 
 def test_kill_after_a_shrink_never_leaves_a_complete_cache_pointing_at_deleted_parts(project, monkeypatch):
-    import pipeline.runner as runner
+    import cache_specs.finalize as fin
     from cache_specs.manifest import IncompleteCache
+    from cache_specs.verify import verify_cache
 
     tmp, cfg, data = project
+    poses = tmp / "cache/nav/train/poses"
     recs = json.loads((data / "annotations_train.json").read_text())
     (data / "annotations_train.json").write_text(json.dumps(recs[:8]))  # 12 -> 8 records: part 2 goes
 
     def killed(*a, **k):
         raise _Killed
 
-    monkeypatch.setattr(runner, "finalize_cache", killed)  # the kill lands after leftovers are removed
+    # a kill before the new manifest lands: the cache is incomplete, no part was deleted yet
+    monkeypatch.setattr(fin, "write_cache_files", killed)
     with pytest.raises(_Killed):
         extract(load_config(cfg), ExtractOptions("train"))
     monkeypatch.undo()
-    assert not (tmp / "cache/nav/train/poses/parts/part-00002").exists()
+    assert (poses / "parts/part-00002").exists()
     with pytest.raises(IncompleteCache):
-        open_cache(tmp / "cache/nav/train/poses")
+        open_cache(poses)
+    # a kill after it, before the superseded part is deleted: complete, and every part it lists exists
+    monkeypatch.setattr(fin, "sweep", killed)
+    with pytest.raises(_Killed):
+        extract(load_config(cfg), ExtractOptions("train"))
+    monkeypatch.undo()
+    assert len(open_cache(poses).episodes) == 8
+    assert [(d.kind, d.part) for d in verify_cache(poses)] == [("orphan_part", "part-00002")]
     s = extract(load_config(cfg), ExtractOptions("train"))
     assert not s.errors and built(s) == {"poses": 0, "frame-features": 0}
-    assert len(open_cache(tmp / "cache/nav/train/poses").episodes) == 8
+    assert not (poses / "parts/part-00002").exists()
+    assert len(open_cache(poses).episodes) == 8 and verify_cache(poses) == []
 
 
 def test_backend_switch_rebuilds_every_part(project):
@@ -187,15 +198,66 @@ def test_a_cache_that_cannot_be_finalized_is_reported_and_the_run_goes_on(projec
     tmp, cfg, data = project
     f = data / "train/ep004/frame_013.jpg"
     cv2.imwrite(str(f), 255 - cv2.imread(str(f)))  # frame-features must rebuild a part and finalize
-    real = runner.finalize_cache
+    real = runner.finalize
 
-    def finalize(cache_dir, expected, info):
+    def finalize(cache_dir, layout, parts, info, stats_fn, **kw):
         if info["stage"] == "frame-features":  # as when a stray writer replaced a part meanwhile
             raise IncompleteCache(f"{cache_dir}: parts not built or stale: part-00002")
-        return real(cache_dir, expected, info)
+        return real(cache_dir, layout, parts, info, stats_fn, **kw)
 
-    monkeypatch.setattr(runner, "finalize_cache", finalize)
+    monkeypatch.setattr(runner, "finalize", finalize)
     s = extract(load_config(cfg), ExtractOptions("train"))
     assert s.errors == ["nav/train/frame-features: not finalized: IncompleteCache: "
                         f"{tmp / 'cache/nav/train/frame_features'}: parts not built or stale: part-00002"]
     assert [st.finalized for st in s.stages] == [True, False]
+
+
+def _videos_project(tmp_path, tiny_model, stages):
+    from pipeline.config import config_from_dict
+    from pipeline.demo import video_writer
+
+    split = tmp_path / "data/train"
+    split.mkdir(parents=True)
+    for name in ("a", "b"):
+        w = cv2.VideoWriter(str(split / f"{name}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (32, 32))
+        for i in range(8):
+            w.write(np.full((32, 32, 3), 20 * i + (name == "b") * 7, np.uint8))
+        w.release()
+        poses = np.stack([np.linspace(0, 1, 8), np.zeros(8), np.linspace(0, 0.5, 8)], 1)
+        np.savez(split / f"{name}.gt.npz", depth=np.full((8, 32, 32), 2.0, np.float32), extrinsics=video_writer.extrinsics(poses),
+                 intrinsics=np.array([[16.0, 0, 15.5], [0, 16.0, 15.5], [0, 0, 1]]))
+    cfg = {"cache_root": str(tmp_path / "cache"),
+           "datasets": {"d": {"source": "videos", "root": str(tmp_path / "data"), "splits": ["train"], "stages": stages, "options": {"num_frames": 4}}},
+           "stages": {"geometry": {"provider": "gt", "image_size": [32, 32], "stride": 1}, "keyframes": {"num_keyframes": 2},
+                      "frame-features": {"encoder": {"model": str(tiny_model)}}}}
+    return config_from_dict(cfg, tmp_path), split
+
+
+def test_a_changed_gt_sidecar_recomputes_geometry_not_frame_features(tmp_path, tiny_model):
+    project, split = _videos_project(tmp_path, tiny_model, ["geometry", "frame-features"])
+    s = extract(project, ExtractOptions("train"))
+    assert not s.errors and {x.stage: x.episodes_built for x in s.stages} == {"geometry": 2, "frame-features": 2}
+    gt = dict(np.load(split / "a.gt.npz"))
+    gt["depth"] = gt["depth"] * 1.5
+    np.savez(split / "a.gt.npz", **gt)
+    s = extract(project, ExtractOptions("train"))
+    assert not s.errors and {x.stage: x.episodes_built for x in s.stages} == {"geometry": 1, "frame-features": 0}
+    assert float(open_cache(tmp_path / "cache/d/train/geometry")["a"]["depth"].max()) == pytest.approx(3.0)
+
+
+def test_an_upstream_part_replaced_after_planning_fails_the_build(tmp_path, tiny_model):
+    from cache_specs.layout import PARTS
+    from pipeline.executors.local import UpstreamChanged, build_parts
+    from pipeline.plan import plan_split
+
+    project, _ = _videos_project(tmp_path, tiny_model, ["geometry", "keyframes"])
+    assert not extract(project, ExtractOptions("train", only="geometry")).errors
+    geo, keys = plan_split(project, "d", "train")
+    assert not geo.todo and keys.todo
+    pj = geo.cache_dir / PARTS / geo.parts[0].part_id / "part.json"
+    meta = json.loads(pj.read_text())
+    meta["fingerprint"] = "a-stray-writer"  # as if another run replaced the part meanwhile
+    pj.write_text(json.dumps(meta))
+    with pytest.raises(UpstreamChanged, match="replaced since planning"):
+        build_parts(keys, keys.todo, project.backend, project.chunk_rows, project.run)
+    assert not (keys.cache_dir / PARTS).exists() or not any((keys.cache_dir / PARTS).glob("part-*"))

@@ -366,3 +366,63 @@ def test_damaged_parts_names_exactly_the_damaged_ones(cache):
     assert all(p != part_id(1) for _, p in kinds)
     assert damaged_parts(damage) == {part_id(0), part_id(2)}
     assert all(str(d).startswith(d.kind) for d in damage)
+
+
+# -- log-structured caches: parts holding dead rows ---------------------------------------------
+
+
+@pytest.fixture(params=["zarr", "hdf5"])
+def dead_rows(request, tmp_path):
+    """A cache whose part 0 holds a dead row (episode b was re-encoded into part 1) and whose
+    live episodes interleave across parts in index order: (backend, cache, {id: arrays})."""
+    from cache_specs.finalize import finalize
+
+    backend, c = request.param, tmp_path / "cache"
+    eps = {k: make_episode(SPEC, DIMS, k, n, seed) for seed, (k, n) in enumerate({"a": 3, "b": 2, "c": 4, "d": 1, "e": 5}.items())}
+    b2 = make_episode(SPEC, DIMS, "b", 6, 99)  # the new version of b
+    write_part(c / PARTS, part_id(0), "f0", SPEC, DIMS, [eps["a"], eps["b"], eps["c"]], backend=backend, episode_fingerprints={"a": "a", "b": "b1", "c": "c"})
+    write_part(c / PARTS, part_id(1), "f1", SPEC, DIMS, [b2, eps["d"], eps["e"]], backend=backend, episode_fingerprints={"b": "b2", "d": "d", "e": "e"})
+    layout = [("a", part_id(0)), ("b", part_id(1)), ("c", part_id(0)), ("d", part_id(1)), ("e", part_id(1))]
+    finalize(c, layout, {part_id(0): "f0", part_id(1): "f1"}, {"stage": "test", "backend": backend}, part_size=2, min_live=0.0)
+    return backend, c, {**{k: v.arrays for k, v in eps.items()}, "b": b2.arrays}
+
+
+def test_reader_and_verify_on_parts_with_dead_rows(dead_rows):
+    backend, c, want = dead_rows
+    assert verify_cache(c) == [] and verify_cache(c, deep=False) == []
+    r = open_cache(c)
+    assert r.episodes == ["a", "b", "c", "d", "e"] and r.index["part"].to_list() == [part_id(i) for i in (0, 1, 0, 1, 1)]
+    for name in r.array_names:
+        full = np.concatenate([np.asarray(want[k][name]) for k in r.episodes])
+        np.testing.assert_array_equal(r.load(name), full)
+        np.testing.assert_array_equal(r.array(name)[[-1, 0, 7, 3]], full[[-1, 0, 7, 3]])
+        np.testing.assert_array_equal(r.array(name)[4:12], full[4:12])
+    start, length = r.offsets()
+    assert length.tolist() == [3, 6, 4, 1, 5] and start.tolist() == [0, 3, 9, 13, 14]
+    for k in r.episodes:
+        for name, v in r[k].items():
+            np.testing.assert_array_equal(v, want[k][name])
+    assert r.manifest["counts"]["rows"] == 19  # live rows only: b's 2 dead rows are not counted
+
+
+def test_verify_still_finds_damage_next_to_dead_rows(dead_rows):
+    import pyarrow.parquet as pq
+
+    from cache_specs.layout import sha256_file
+    from cache_specs.manifest import MANIFEST_SHA_KEY, index_rows_table, manifest_checksum
+
+    backend, c, _ = dead_rows
+    f = data_file(c / PARTS / part_id(0), backend)
+    flip_byte(f, f.stat().st_size // 2)
+    assert report(verify_cache(c, deep=False)) == [("corrupt_file", part_id(0))]
+    # an index re-pointed at the dead row, with its checksum recorded: the rows no longer match
+    c2 = c.parent / "c2"
+    shutil.copytree(c, c2)
+    t = pq.read_table(c2 / INDEX).to_pylist()
+    t[1]["part"] = part_id(0)
+    pq.write_table(index_rows_table((row["part"], row) for row in t), c2 / INDEX)
+    m = json.loads((c2 / MANIFEST).read_text())
+    m["index_sha256"] = sha256_file(c2 / INDEX)
+    m[MANIFEST_SHA_KEY] = manifest_checksum(m)
+    (c2 / MANIFEST).write_text(json.dumps(m))
+    assert ("bad_index", None) in report(verify_cache(c2, deep=False))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,30 +50,27 @@ def export_navila_poses(cache_dir: Path, out: Path, annotation_ids: list[str] | 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / private_name(TMP_PREFIX, out.name)
     report = ExportReport(str(out))
-    # Parts partition episodes sorted by id, so exported ids arrive sorted: compare them with the
-    # sorted annotation ids by a streaming merge instead of holding a set of every id.
+    # The index lists episodes sorted by id, so exported ids arrive sorted: compare them with the
+    # sorted annotation ids by a streaming merge instead of holding a set of every id. Parts may
+    # hold dead rows and interleave in id order: the index says which rows are live, and a few
+    # recently used parts stay decoded.
     merge = _SortedDiff(sorted(annotation_ids)) if annotation_ids is not None else None
+    parts: OrderedDict[str, dict] = OrderedDict()
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            for pid in sorted(cache.manifest["parts"]):
-                pdir = cache.path / PARTS / pid
-                meta = read_part_meta(pdir)
-                data = open_part_data(pdir, meta)
-                try:
-                    arrays = {k: np.asarray(data[k][...]) for k in KEYS}  # one part in memory at a time
-                finally:
-                    data.close()
-                rounded = {k: (np.round(v.astype(np.float64), 6) if v.dtype.kind == "f" else v).tolist() for k, v in arrays.items()}
-                for e in meta["episodes"]:
-                    if e["status"] != "ok":
-                        continue
-                    i = e["start"]
-                    rec = {"video_id": e["episode_id"], **{k: rounded[k][i] for k in KEYS}}
-                    f.write(json.dumps(rec, separators=(",", ":")))
-                    f.write("\n")
-                    if merge is not None:
-                        merge.see(e["episode_id"])
-                    report.records += 1
+            ok = cache.index.filter(cache.index["status"] == "ok")
+            for vid, pid, i in zip(ok["episode_id"], ok["part"], ok["start"]):
+                if pid not in parts:
+                    parts[pid] = _rounded(cache.path / PARTS / pid)
+                    if len(parts) > _OPEN_PARTS:
+                        parts.popitem(last=False)
+                parts.move_to_end(pid)
+                rec = {"video_id": vid, **{k: parts[pid][k][i] for k in KEYS}}
+                f.write(json.dumps(rec, separators=(",", ":")))
+                f.write("\n")
+                if merge is not None:
+                    merge.see(vid)
+                report.records += 1
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
@@ -82,6 +80,20 @@ def export_navila_poses(cache_dir: Path, out: Path, annotation_ids: list[str] | 
     if merge is not None:
         report.annotations_without_poses, report.poses_without_annotation = merge.finish()
     return report
+
+
+#: decoded parts kept while streaming (memory flat in the number of records)
+_OPEN_PARTS = 4
+
+
+def _rounded(pdir: Path) -> dict[str, list]:
+    """One part's pose arrays as nested lists, floats rounded to 6 decimals."""
+    data = open_part_data(pdir, read_part_meta(pdir))
+    try:
+        arrays = {k: np.asarray(data[k][...]) for k in KEYS}
+    finally:
+        data.close()
+    return {k: (np.round(v.astype(np.float64), 6) if v.dtype.kind == "f" else v).tolist() for k, v in arrays.items()}
 
 
 class _SortedDiff:

@@ -5,6 +5,8 @@ the local executor for that single part, which commits it by atomic rename. If a
 mid-part, the scheduler reruns the task elsewhere; the dead worker's temporary folder is an orphan
 that finalisation deletes, and a retried task whose part already exists with the same fingerprint
 keeps the existing one. So a part is never duplicated nor lost, and one writer owns each shard.
+The ``PartPlan`` shipped to the worker carries its episodes' fingerprints and where each upstream
+episode lives, so the worker needs no planning of its own.
 """
 from __future__ import annotations
 

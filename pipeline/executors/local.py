@@ -39,20 +39,33 @@ class _Slot:
     episode_id: str
 
 
+class UpstreamChanged(RuntimeError):
+    """An upstream part is not the one the plan expects (missing, replaced, or holding another
+    version of the episode): building on it would silently mix inputs, so the stage fails."""
+
+
 class _Upstream:
-    """Opens upstream parts on demand and checks they are the ones the plan expects."""
+    """Opens the upstream parts a part's episodes live in (the plan says where) and checks each
+    against the plan's fingerprints before any row is used."""
 
     def __init__(self, sp: StagePlan):
         self.dirs = sp.upstream_dirs
         self._open: dict[tuple[str, str], PartEpisodes] = {}
 
-    def get(self, part_id: str, episode_id: str) -> tuple[dict, str | None]:
+    def get(self, part: PartPlan, episode_id: str) -> tuple[dict, str | None]:
         arrays, reasons = {}, []
         for name, d in self.dirs.items():
-            key = (name, part_id)
+            pid, pfp, efp = part.upstream[name][episode_id]
+            key = (name, pid)
             if key not in self._open:
-                self._open[key] = PartEpisodes(Path(d) / PARTS / part_id)
-            a, why = self._open[key].episode(episode_id)
+                try:
+                    self._open[key] = PartEpisodes(Path(d) / PARTS / pid)
+                except FileNotFoundError as e:
+                    raise UpstreamChanged(f"upstream {name}: part {pid} is missing (planned with fingerprint {pfp[:12]}): {e}") from None
+            up = self._open[key]
+            if up.fingerprint != pfp or up.episode_fingerprint(episode_id) != efp:
+                raise UpstreamChanged(f"upstream {name}: part {pid} was replaced since planning (episode {episode_id!r}); rerun the extract")
+            a, why = up.episode(episode_id)
             if why is not None:
                 reasons.append(f"upstream {name}: {why}")
             arrays[name] = a
@@ -87,10 +100,12 @@ def build_parts(
         if ep.quarantine:
             return ep.quarantine
         try:
-            up, why = upstream.get(parts[pi].part_id, ep.episode_id) if sp.upstream_dirs else ({}, None)
+            up, why = upstream.get(parts[pi], ep.episode_id) if sp.upstream_dirs else ({}, None)
             if why:
                 return why
             return stage.prepare(ep, up)
+        except UpstreamChanged:
+            raise
         except Quarantine as q:
             return q.reason
         except Exception as e:  # noqa: BLE001 - an unexpected error in one episode must not lose the run
@@ -106,7 +121,7 @@ def build_parts(
             while len(writes) >= run.pending_writes:
                 metas.append(writes.popleft().result())
             writes.append(
-                writer.submit(write_part, sp.cache_dir / PARTS, p.part_id, p.fingerprint, stage.spec(), dims, results[slot.part], backend, chunk_rows, prov)
+                writer.submit(write_part, sp.cache_dir / PARTS, p.part_id, p.fingerprint, stage.spec(), dims, results[slot.part], backend, chunk_rows, prov, p.episode_fps)
             )
             results[slot.part] = None  # the writer holds the only reference now: memory stays flat in the dataset size
 

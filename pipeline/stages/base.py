@@ -45,6 +45,9 @@ class Stage:
     kept_fields: ClassVar[tuple[str, ...]] = ()
     #: uses without which the stage has nothing to read (ConfigError when the source lacks one)
     required_uses: ClassVar[tuple[str, ...]] = ()
+    #: name suffixes of ``Episode.files`` entries the stage never reads (e.g. ".gt.npz" sidecars):
+    #: they stay out of its fingerprints, so changing one does not recompute this stage
+    skip_file_suffixes: ClassVar[tuple[str, ...]] = ()
     #: frozen dataclass of this stage's settings (the ``stages.<name>`` block of the project file)
     Settings: ClassVar[type]
 
@@ -85,6 +88,12 @@ class Stage:
     def consumes(self) -> tuple[str, ...]:
         """Upstream stages whose cache rows ``prepare`` receives (same dataset, split and part)."""
         return ()
+
+    def files_read(self, episode: Episode) -> tuple:
+        """The entries of ``episode.files`` this stage reads: the only files in its fingerprints."""
+        if not self.reads_files:
+            return ()
+        return tuple(f for f in episode.files if not str(f).endswith(self.skip_file_suffixes)) if self.skip_file_suffixes else tuple(episode.files)
 
     def spec(self) -> CacheSpec:
         raise NotImplementedError

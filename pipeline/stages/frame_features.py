@@ -41,6 +41,7 @@ class FrameFeaturesStage(Stage):
     # what is decoded is fixed by the files read (content-hashed) and the fields the source
     # declares for its frames; labels, instructions and poses do not change pixels
     uses = ("frames",)
+    skip_file_suffixes = (".gt.npz",)  # ground-truth geometry sidecars: pixels never come from them
     Settings = FrameFeaturesSettings
 
     def __init__(self, settings, source, source_options):
