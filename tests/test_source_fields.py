@@ -190,7 +190,7 @@ def find_undeclared(stage: Stage, episodes: list[Episode], split: str = "train")
     violations, mattering = [], set()
     for ep in episodes:
         base = outputs(stage, ep)
-        fp = episode_fingerprint(ep, root, hasher, stage.reads_files, stage.record_keys)
+        fp = episode_fingerprint(ep, root, hasher, stage.files_read(ep), stage.record_keys)
         for field, value in ep.record.items():
             for new in [DELETED, *variants(value)]:
                 rec = {k: v for k, v in ep.record.items() if k != field}
@@ -202,7 +202,7 @@ def find_undeclared(stage: Stage, episodes: list[Episode], split: str = "train")
                 mattering.add(field)
                 if field in SPLIT_FIELDS and field in declared_fields(stage.source, stage.uses or ()) and value == split:
                     continue  # declared; constant within a split's caches
-                if episode_fingerprint(changed, root, hasher, stage.reads_files, stage.record_keys) == fp:
+                if episode_fingerprint(changed, root, hasher, stage.files_read(changed), stage.record_keys) == fp:
                     violations.append(f"{stage.name} on {stage.source.kind} episode {ep.episode_id}: {field}={new!r} changes the output, not the fingerprint")
     return violations, mattering
 
