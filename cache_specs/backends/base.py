@@ -19,6 +19,9 @@ class PartData(Protocol):
 
     def __getitem__(self, name: str) -> Any: ...
 
+    def chunk_rows(self, name: str) -> int:
+        """Rows per stored chunk of array ``name``: reads aligned to it decode no extra rows."""
+
     def close(self) -> None: ...
 
 

@@ -19,6 +19,11 @@ class _H5Part:
     def __getitem__(self, name: str):
         return self._f[name]
 
+    def chunk_rows(self, name: str) -> int:
+        """Rows per chunk of dataset ``name`` (all rows when stored contiguous): the unit a read decodes."""
+        d = self._f[name]
+        return int(d.chunks[0]) if d.chunks else max(1, int(d.shape[0]))
+
     def close(self) -> None:
         self._f.close()
 

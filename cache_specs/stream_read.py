@@ -1,0 +1,193 @@
+"""Reading the rows of joined episodes: from the parts on disk, or from arrays held in memory.
+
+Both sources return the same arrays for the same episodes, so a loader yields the same batches
+whichever it uses. ``BlockReader`` turns a block's rows into samples (``"<cache>.<array>"`` keys)
+and applies the sample transform. Objects here hold open zarr/HDF5 handles: build them inside the
+process that reads (a DataLoader worker), never before a fork.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from .join import EpisodeSlices
+
+
+class DiskRows:
+    """Rows of one cache's selected arrays, read from its parts by (start, length) spans.
+
+    Spans closer than a chunk are read as one contiguous run (the chunk is decoded anyway); at
+    most ``max_open`` parts stay open (HDF5 keeps a file handle and a chunk cache per part).
+    """
+
+    def __init__(self, path: str | Path, arrays: Sequence[str], max_open: int = 8):
+        from .reader import CacheReader
+
+        self._reader = CacheReader(Path(path))
+        self.arrays = list(arrays)
+        self._open: OrderedDict = OrderedDict()
+        self._max_open = max_open
+
+    def _part(self, part: str):
+        if part in self._open:
+            self._open.move_to_end(part)
+            return self._open[part]
+        data = self._reader.open_part(part)
+        entry = (data, {n: data[n] for n in self.arrays}, max(data.chunk_rows(n) for n in self.arrays))
+        self._open[part] = entry
+        if len(self._open) > self._max_open:
+            self._open.popitem(last=False)[1][0].close()
+        return entry
+
+    def read(self, part: str, start: np.ndarray, length: np.ndarray) -> dict[str, np.ndarray]:
+        """The spans' rows concatenated in the given order: {array: [sum(length), *row_shape]}."""
+        _, arrs, chunk = self._part(part)
+        order = np.argsort(start, kind="stable")
+        s, e = start[order], start[order] + length[order]
+        # a new run starts where the gap to everything before exceeds a chunk
+        run_end = np.maximum.accumulate(e)
+        brk = np.flatnonzero(s[1:] - run_end[:-1] > chunk) + 1
+        lo_idx = np.concatenate([[0], brk])
+        hi_idx = np.concatenate([brk, [len(s)]])
+        runs = [(int(s[a]), int(run_end[b - 1])) for a, b in zip(lo_idx, hi_idx)]
+        dst = np.concatenate([[0], np.cumsum(length)])
+        contiguous = len(runs) == 1 and np.array_equal(order, np.arange(len(order))) and np.array_equal(start[1:], start[:-1] + length[:-1])
+        out = {}
+        for name, arr in arrs.items():
+            if contiguous:  # the common case: one block, rows back to back, no copy
+                out[name] = np.asarray(arr[runs[0][0] : runs[0][1]])
+                continue
+            res = np.empty((int(dst[-1]),) + tuple(arr.shape[1:]), arr.dtype)
+            for (lo, hi), a, b in zip(runs, lo_idx, hi_idx):
+                buf = np.asarray(arr[lo:hi])
+                for k in order[a:b]:
+                    res[dst[k] : dst[k + 1]] = buf[start[k] - lo : start[k] - lo + length[k]]
+            out[name] = res
+        return out
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1][0].close()
+
+
+class HeldRows:
+    """One cache's selected arrays for the kept episodes, in memory: episode i's rows are
+    ``rows[off[i]:off[i] + length[i]]``. Loaded part by part, never the whole cache at once."""
+
+    def __init__(self, path: str | Path, arrays: Sequence[str], slices: EpisodeSlices, dtypes: Mapping[str, tuple]):
+        self.length = slices.length
+        self.off = np.concatenate([[0], np.cumsum(slices.length)]).astype(np.int64)
+        self.rows = {n: np.empty((int(self.off[-1]), *shape), dt) for n, (dt, shape) in dtypes.items() if n in arrays}
+        disk = DiskRows(path, arrays, max_open=1)
+        try:
+            for p, part in enumerate(slices.parts):
+                eps = np.flatnonzero(slices.part == p)
+                got = disk.read(part, slices.start[eps], slices.length[eps])
+                dst = np.concatenate([np.arange(self.off[i], self.off[i + 1]) for i in eps]) if len(eps) else np.zeros(0, np.int64)
+                for n, a in got.items():
+                    self.rows[n][dst] = a
+        finally:
+            disk.close()
+
+    def gather(self, eps: np.ndarray) -> dict[str, np.ndarray]:
+        idx = np.concatenate([np.arange(self.off[i], self.off[i + 1]) for i in eps]) if len(eps) else np.zeros(0, np.int64)
+        return {n: a[idx] for n, a in self.rows.items()}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.rows.values())
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """What a worker needs to read blocks (picklable; no open handles)."""
+
+    paths: Mapping[str, str]  # cache name -> folder
+    arrays: Mapping[str, tuple[str, ...]]  # cache name -> selected arrays
+    slices: Mapping[str, EpisodeSlices]
+    per_episode: bool  # sample = one episode ([F, ...] for row="frame" caches) or one row
+    frames: Mapping[str, int]  # F of each row="frame" cache when per_episode
+    transform: Callable | None
+
+
+class BlockReader:
+    """Reads blocks of joined episodes into samples: {"<cache>.<array>": [k, ...]}; per process."""
+
+    def __init__(self, spec: ReadSpec, held: Mapping[str, HeldRows]):
+        self.spec, self.held = spec, held
+        self._disk: dict[str, DiskRows] = {}
+
+    def _rows(self, cache: str, eps: np.ndarray) -> dict[str, np.ndarray]:
+        if cache in self.held:
+            return self.held[cache].gather(eps)
+        if cache not in self._disk:
+            self._disk[cache] = DiskRows(self.spec.paths[cache], self.spec.arrays[cache])
+        sl, disk = self.spec.slices[cache], self._disk[cache]
+        parts = sl.part[eps]
+        if (parts == parts[0]).all():  # the anchor, and any cache laid out like it: one part
+            return disk.read(sl.parts[parts[0]], sl.start[eps], sl.length[eps])
+        dst = np.concatenate([[0], np.cumsum(sl.length[eps])])
+        pieces = {}
+        for p in np.unique(parts):
+            sel = np.flatnonzero(parts == p)
+            got = disk.read(sl.parts[p], sl.start[eps[sel]], sl.length[eps[sel]])
+            pieces[p] = (sel, got)
+        out = {}
+        for name in self.spec.arrays[cache]:
+            first = next(iter(pieces.values()))[1][name]
+            res = np.empty((int(dst[-1]),) + first.shape[1:], first.dtype)
+            for sel, got in pieces.values():
+                where = np.concatenate([np.arange(dst[i], dst[i + 1]) for i in sel])
+                res[where] = got[name]
+            out[name] = res
+        return out
+
+    def read(self, eps: np.ndarray, local: np.ndarray) -> dict[str, np.ndarray]:
+        """Samples ``local`` of the block whose episodes are ``eps`` (kept indices, storage order)."""
+        samples = {}
+        for cache, names in self.spec.arrays.items():
+            sl = self.spec.slices[cache]
+            rows = self._rows(cache, eps)
+            for name in names:
+                a = rows[name]
+                if self.spec.per_episode and sl.row == "frame":
+                    a = a.reshape(len(eps), self.spec.frames[cache], *a.shape[1:])  # [n_ep, F, ...]
+                elif not self.spec.per_episode and sl.row == "episode":
+                    a = np.repeat(a, self._frames(eps), axis=0)  # the episode's values on each of its rows
+                samples[f"{cache}.{name}"] = a[local]
+        if self.spec.transform is None:
+            return samples
+        return _stack([self.spec.transform({k: v[i] for k, v in samples.items()}) for i in range(len(local))])
+
+    def _frames(self, eps: np.ndarray) -> np.ndarray:
+        frame = [c for c, sl in self.spec.slices.items() if sl.row == "frame"]
+        return self.spec.slices[frame[0]].length[eps] if frame else np.ones(len(eps), np.int64)
+
+    def close(self) -> None:
+        for d in self._disk.values():
+            d.close()
+        self._disk.clear()
+
+
+def _stack(items: list[dict]) -> dict[str, np.ndarray]:
+    """Transformed samples back into arrays; every sample must have the same keys, shapes and dtypes."""
+    if not items:
+        return {}
+    keys = list(items[0])
+    out = {}
+    for k in keys:
+        vals = []
+        for i, it in enumerate(items):
+            if list(it) != keys:
+                raise ValueError(f"transform returned keys {sorted(it)} for one sample and {sorted(keys)} for another")
+            vals.append(np.asarray(it[k]))
+        first = vals[0]
+        bad = [v for v in vals if v.shape != first.shape or v.dtype != first.dtype]
+        if bad:
+            raise ValueError(f"transform output {k!r}: samples differ in shape/dtype ({first.shape} {first.dtype} vs {bad[0].shape} {bad[0].dtype})")
+        out[k] = np.stack(vals)
+    return out
