@@ -100,12 +100,10 @@ def _slices(row: str, rows) -> EpisodeSlices:
 
 
 def _why_dropped(names, readers, ok, kept_ids) -> dict[str, dict[str, tuple[str, ...]]]:
-    import polars as pl
-
     status: dict[str, dict[str, tuple[str, str | None]]] = {}  # built only when something was dropped
     dropped: dict[str, dict[str, tuple[str, ...]]] = {}
     for n in names:
-        lost = ok[n].filter(~pl.col("episode_id").is_in(kept_ids))["episode_id"].to_list()
+        lost = ok[n].join(kept_ids, on="episode_id", how="anti")["episode_id"].to_list()
         dropped[n] = {}
         for eid in lost:
             whys = []
@@ -142,5 +140,5 @@ def join_caches(readers: Mapping) -> Join:
         rows = kept.join(ok[n], on="episode_id", how="left").sort("order")
         slices[n] = _slices(readers[n].spec["row"], rows)
     quarantined = {n: int((readers[n].index["status"] != "ok").sum()) for n in names}
-    report = JoinReport(dropped=_why_dropped(names, readers, ok, kept["episode_id"]), quarantined=quarantined)
+    report = JoinReport(dropped=_why_dropped(names, readers, ok, kept.select("episode_id")), quarantined=quarantined)
     return Join(episodes=tuple(kept["episode_id"].to_list()), slices=slices, report=report)
