@@ -16,6 +16,9 @@ import numpy as np
 
 from .join import EpisodeSlices
 
+#: ``alloc(shape, dtype) -> writable C-contiguous numpy array``; np.empty, or shared memory in a worker
+Alloc = Callable[[tuple, np.dtype], np.ndarray]
+
 
 class DiskRows:
     """Rows of one cache's selected arrays, read from its parts by (start, length) spans.
@@ -43,9 +46,10 @@ class DiskRows:
             self._open.popitem(last=False)[1][0].close()
         return entry
 
-    def read(self, part: str, start: np.ndarray, length: np.ndarray) -> dict[str, np.ndarray]:
-        """The spans' rows concatenated in the given order: {array: [sum(length), *row_shape]}."""
-        _, arrs, chunk = self._part(part)
+    def read(self, part: str, start: np.ndarray, length: np.ndarray, alloc: Alloc = np.empty) -> dict[str, np.ndarray]:
+        """The spans' rows concatenated in the given order: {array: [sum(length), *row_shape]},
+        each in an array from ``alloc(shape, dtype)`` (a worker allocates shared memory)."""
+        data, arrs, chunk = self._part(part)
         order = np.argsort(start, kind="stable")
         s, e = start[order], start[order] + length[order]
         # a new run starts where the gap to everything before exceeds a chunk
@@ -58,14 +62,14 @@ class DiskRows:
         contiguous = len(runs) == 1 and np.array_equal(order, np.arange(len(order))) and np.array_equal(start[1:], start[:-1] + length[:-1])
         out = {}
         for name, arr in arrs.items():
-            if contiguous:  # the common case: one block, rows back to back, no copy
-                out[name] = np.asarray(arr[runs[0][0] : runs[0][1]])
-                continue
-            res = np.empty((int(dst[-1]),) + tuple(arr.shape[1:]), arr.dtype)
-            for (lo, hi), a, b in zip(runs, lo_idx, hi_idx):
-                buf = np.asarray(arr[lo:hi])
-                for k in order[a:b]:
-                    res[dst[k] : dst[k + 1]] = buf[start[k] - lo : start[k] - lo + length[k]]
+            res = alloc((int(dst[-1]),) + tuple(arr.shape[1:]), arr.dtype)
+            if contiguous:  # the common case: a block's rows back to back, decoded straight into res
+                data.read_into(name, runs[0][0], runs[0][1], res)
+            else:
+                for (lo, hi), a, b in zip(runs, lo_idx, hi_idx):
+                    buf = np.asarray(arr[lo:hi])
+                    for k in order[a:b]:
+                        res[dst[k] : dst[k + 1]] = buf[start[k] - lo : start[k] - lo + length[k]]
             out[name] = res
         return out
 
@@ -93,9 +97,9 @@ class HeldRows:
         finally:
             disk.close()
 
-    def gather(self, eps: np.ndarray) -> dict[str, np.ndarray]:
+    def gather(self, eps: np.ndarray, alloc: Alloc = np.empty) -> dict[str, np.ndarray]:
         idx = np.concatenate([np.arange(self.off[i], self.off[i + 1]) for i in eps]) if len(eps) else np.zeros(0, np.int64)
-        return {n: a[idx] for n, a in self.rows.items()}
+        return {n: np.take(a, idx, axis=0, out=alloc((len(idx), *a.shape[1:]), a.dtype)) for n, a in self.rows.items()}
 
     @property
     def nbytes(self) -> int:
@@ -114,58 +118,71 @@ class ReadSpec:
     transform: Callable | None
 
 
+def sample_index(spec: ReadSpec, cache: str, eps: np.ndarray, local: np.ndarray) -> tuple[int, np.ndarray]:
+    """How samples ``local`` of a block come out of one cache's block rows ([R, ...], episodes
+    ``eps`` back to back): view the rows as [n, -1] and take rows ``index`` [k] of that view.
+
+    unit="episode": n = episodes (a row="frame" cache's F rows form one sample row);
+    unit="row": n = R for frame caches, episodes for row="episode" caches (repeated per frame)."""
+    sl = spec.slices[cache]
+    if spec.per_episode:
+        return len(eps), local
+    if sl.row == "frame":
+        return int(sl.length[eps].sum()), local
+    frame = [c for c, s in spec.slices.items() if s.row == "frame"]
+    frames = spec.slices[frame[0]].length[eps] if frame else np.ones(len(eps), np.int64)
+    return len(eps), np.repeat(np.arange(len(eps)), frames)[local]
+
+
+def sample_shape(spec: ReadSpec, cache: str, row_shape: tuple) -> tuple:
+    return (spec.frames[cache], *row_shape) if spec.per_episode and spec.slices[cache].row == "frame" else tuple(row_shape)
+
+
 class BlockReader:
-    """Reads blocks of joined episodes into samples: {"<cache>.<array>": [k, ...]}; per process."""
+    """Reads the rows of a block of joined episodes ({"<cache>.<array>": [R, ...]}); per process."""
 
     def __init__(self, spec: ReadSpec, held: Mapping[str, HeldRows]):
         self.spec, self.held = spec, held
         self._disk: dict[str, DiskRows] = {}
 
-    def _rows(self, cache: str, eps: np.ndarray) -> dict[str, np.ndarray]:
+    def _rows(self, cache: str, eps: np.ndarray, alloc: Alloc) -> dict[str, np.ndarray]:
         if cache in self.held:
-            return self.held[cache].gather(eps)
+            return self.held[cache].gather(eps, alloc)
         if cache not in self._disk:
             self._disk[cache] = DiskRows(self.spec.paths[cache], self.spec.arrays[cache])
         sl, disk = self.spec.slices[cache], self._disk[cache]
         parts = sl.part[eps]
         if (parts == parts[0]).all():  # the anchor, and any cache laid out like it: one part
-            return disk.read(sl.parts[parts[0]], sl.start[eps], sl.length[eps])
+            return disk.read(sl.parts[parts[0]], sl.start[eps], sl.length[eps], alloc)
         dst = np.concatenate([[0], np.cumsum(sl.length[eps])])
-        pieces = {}
-        for p in np.unique(parts):
-            sel = np.flatnonzero(parts == p)
-            got = disk.read(sl.parts[p], sl.start[eps[sel]], sl.length[eps[sel]])
-            pieces[p] = (sel, got)
+        pieces = [(sel, disk.read(sl.parts[p], sl.start[eps[sel]], sl.length[eps[sel]])) for p in np.unique(parts) for sel in [np.flatnonzero(parts == p)]]
         out = {}
         for name in self.spec.arrays[cache]:
-            first = next(iter(pieces.values()))[1][name]
-            res = np.empty((int(dst[-1]),) + first.shape[1:], first.dtype)
-            for sel, got in pieces.values():
-                where = np.concatenate([np.arange(dst[i], dst[i + 1]) for i in sel])
-                res[where] = got[name]
+            first = pieces[0][1][name]
+            res = alloc((int(dst[-1]),) + first.shape[1:], first.dtype)
+            for sel, got in pieces:
+                res[np.concatenate([np.arange(dst[i], dst[i + 1]) for i in sel])] = got[name]
             out[name] = res
         return out
 
-    def read(self, eps: np.ndarray, local: np.ndarray) -> dict[str, np.ndarray]:
-        """Samples ``local`` of the block whose episodes are ``eps`` (kept indices, storage order)."""
+    def rows(self, eps: np.ndarray, alloc: Alloc = np.empty) -> dict[str, np.ndarray]:
+        """Every selected array's rows for episodes ``eps`` (kept indices, storage order), each from ``alloc``."""
+        out = {}
+        for cache in self.spec.arrays:
+            for name, a in self._rows(cache, eps, alloc).items():
+                out[f"{cache}.{name}"] = a
+        return out
+
+    def samples(self, eps: np.ndarray, local: np.ndarray) -> dict[str, np.ndarray]:
+        """Samples ``local`` of the block as numpy arrays [k, *sample_shape], transformed if asked."""
         samples = {}
-        for cache, names in self.spec.arrays.items():
-            sl = self.spec.slices[cache]
-            rows = self._rows(cache, eps)
-            for name in names:
-                a = rows[name]
-                if self.spec.per_episode and sl.row == "frame":
-                    a = a.reshape(len(eps), self.spec.frames[cache], *a.shape[1:])  # [n_ep, F, ...]
-                elif not self.spec.per_episode and sl.row == "episode":
-                    a = np.repeat(a, self._frames(eps), axis=0)  # the episode's values on each of its rows
-                samples[f"{cache}.{name}"] = a[local]
+        for key, rows in self.rows(eps).items():
+            cache = key.split(".", 1)[0]
+            n, index = sample_index(self.spec, cache, eps, local)
+            samples[key] = rows.reshape(n, -1)[index].reshape(len(local), *sample_shape(self.spec, cache, rows.shape[1:]))
         if self.spec.transform is None:
             return samples
         return _stack([self.spec.transform({k: v[i] for k, v in samples.items()}) for i in range(len(local))])
-
-    def _frames(self, eps: np.ndarray) -> np.ndarray:
-        frame = [c for c, sl in self.spec.slices.items() if sl.row == "frame"]
-        return self.spec.slices[frame[0]].length[eps] if frame else np.ones(len(eps), np.int64)
 
     def close(self) -> None:
         for d in self._disk.values():

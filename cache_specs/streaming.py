@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .join import Join, join_caches
 from .reader import CacheReader, open_cache
 from .stream_plan import BlockPlan, Task, epoch_order, make_blocks, schedule
-from .stream_read import BlockReader, HeldRows, ReadSpec
+from .stream_read import BlockReader, HeldRows, ReadSpec, sample_index, sample_shape
 
 MODES = ("auto", "memory", "stream")
 UNITS = ("episode", "row")
@@ -101,10 +101,29 @@ def _identity(x):
     return x
 
 
-class _TaskStream(IterableDataset):
-    """Yields (task index, {key: tensor}) for this worker's share of the tasks (every num_workers-th).
+def _shared_alloc(made: dict):
+    """An ``Alloc`` that hands out numpy views of shared-memory tensors (kept in ``made`` by id), so
+    a worker decodes straight into memory the main process maps: no copy on the way out."""
 
-    Readers are opened inside ``__iter__``, i.e. in the worker, so no zarr/HDF5 handle crosses a fork."""
+    def alloc(shape, dtype):
+        tdtype = torch.from_numpy(np.empty(0, dtype)).dtype
+        new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # torch.multiprocessing's own allocator
+        if new_shared is None:  # public fallback: copies the (untouched) buffer once
+            t = torch.empty(tuple(shape), dtype=tdtype).share_memory_()
+        else:  # shared memory from the start: half the CPU time of share_memory_() (measured)
+            t = torch.empty(0, dtype=tdtype).set_(new_shared(max(1, int(np.prod(shape))) * np.dtype(dtype).itemsize))[: int(np.prod(shape))].view(tuple(shape))
+        a = t.numpy()
+        made[id(a)] = t
+        return a
+
+    return alloc
+
+
+class _TaskStream(IterableDataset):
+    """Yields (task index, kind, {key: tensor}) for this worker's share of the tasks (every
+    num_workers-th): kind "rows" = the block's rows, to be cut into samples by the consumer;
+    kind "samples" = transformed samples. Readers are opened inside ``__iter__``, i.e. in the
+    worker, so no zarr/HDF5 handle crosses a fork."""
 
     def __init__(self, spec: ReadSpec, held: Mapping[str, HeldRows], plan: BlockPlan, tasks: list[Task]):
         self.spec, self.held, self.ep, self.ep_off, self.tasks = spec, held, plan.ep, plan.ep_off, tasks
@@ -116,45 +135,62 @@ class _TaskStream(IterableDataset):
         try:
             for i in range(wid, len(self.tasks), nw):
                 t = self.tasks[i]
-                got = reader.read(self.ep[self.ep_off[t.block] : self.ep_off[t.block + 1]], t.local)
-                yield i, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in got.items()}
+                eps = self.ep[self.ep_off[t.block] : self.ep_off[t.block + 1]]
+                if self.spec.transform is not None:
+                    got = reader.samples(eps, t.local)
+                    yield i, "samples", {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in got.items()}
+                elif info is None:
+                    yield i, "rows", {k: torch.from_numpy(v) for k, v in reader.rows(eps).items()}
+                else:
+                    made: dict = {}
+                    got = reader.rows(eps, _shared_alloc(made))
+                    yield i, "rows", {k: made[id(v)] for k, v in got.items()}
         finally:
             reader.close()
 
 
 class _SlotStore:
-    """Samples read but not yet yielded, in preallocated slots (one tensor per key, [capacity, ...]).
+    """Samples read but not yet yielded, in preallocated slots (per key a [capacity, numel] tensor).
 
     Hand-rolled rather than a list of per-sample tensors: one vectorised copy in per block and one
     gather per batch, and a hard memory bound (overflow means the plan's bound is wrong: an error)."""
 
     def __init__(self, capacity: int):
-        self.capacity, self.store, self.slot = capacity, None, {}
+        self.capacity, self.store, self.shapes, self.slot = capacity, None, {}, {}
         self.free = list(range(capacity - 1, -1, -1))  # pop() takes low slots first: touched pages stay few
 
     def __contains__(self, pos: int) -> bool:
         return pos in self.slot
 
-    def put(self, pos: np.ndarray, data: Mapping[str, torch.Tensor]) -> None:
+    def put(self, pos: np.ndarray, data: Mapping[str, tuple[torch.Tensor, torch.Tensor | None, tuple]]) -> None:
+        """``data[key] = (src [n, numel], rows of src to store [k] or None for all, sample shape)``."""
         if self.store is None:
-            self.store = {k: torch.empty((self.capacity, *v.shape[1:]), dtype=v.dtype) for k, v in data.items()}
+            self.store = {k: torch.empty((self.capacity, src.shape[1]), dtype=src.dtype) for k, (src, _, _) in data.items()}
+            self.shapes = {k: shape for k, (_, _, shape) in data.items()}
         if sorted(data) != sorted(self.store):
             raise ValueError(f"samples changed keys: {sorted(data)} vs {sorted(self.store)}")
         if len(pos) > len(self.free):
             raise RuntimeError(f"internal: more than {self.capacity} samples pending; the shuffle buffer bound was violated")
-        slots = [self.free.pop() for _ in range(len(pos))]
-        idx = torch.tensor(slots, dtype=torch.int64)
-        for k, v in data.items():
-            self.store[k].index_copy_(0, idx, v)
-        self.slot.update(zip(pos.tolist(), slots))
+        slots = np.array([self.free.pop() for _ in range(len(pos))], np.int64)
+        for k, (src, rows, shape) in data.items():
+            if shape != self.shapes[k] or src.dtype != self.store[k].dtype:
+                raise ValueError(f"{k!r}: samples of shape {shape} {src.dtype} after {self.shapes[k]} {self.store[k].dtype}")
+            dst, src = self.store[k].numpy(), src.numpy()
+            # numpy, not torch: these copies run on the caller's thread; torch's intra-op threads
+            # spin on a loaded machine (measured: 2x the CPU time of the whole read path)
+            if rows is None:
+                dst[slots] = src
+            else:
+                dst[slots] = src[rows.numpy()]
+        self.slot.update(zip(pos.tolist(), slots.tolist()))
 
     def take(self, pos: np.ndarray, pin: bool) -> dict[str, torch.Tensor]:
         slots = [self.slot.pop(p) for p in pos.tolist()]
-        idx = torch.tensor(slots, dtype=torch.int64)
         out = {}
         for k, v in self.store.items():
-            dst = torch.empty((len(slots), *v.shape[1:]), dtype=v.dtype, pin_memory=pin)
-            out[k] = torch.index_select(v, 0, idx, out=dst)
+            dst = torch.empty((len(slots), *self.shapes[k]), dtype=v.dtype, pin_memory=pin)
+            np.take(v.numpy(), slots, axis=0, out=dst.numpy().reshape(len(slots), -1))
+            out[k] = dst
         self.free.extend(reversed(slots))
         return out
 
@@ -246,8 +282,7 @@ class StreamingLoader:
                 want = order.out[t : t + c.batch_size]
                 for p in want.tolist():
                     while p not in store:
-                        pos, data = next(results)
-                        store.put(pos, data)
+                        store.put(*next(results))
                 batch: dict[str, Any] = store.take(want, self._pin)
                 sid = order.seq[want]
                 if c.unit == "row":
@@ -259,22 +294,36 @@ class StreamingLoader:
             results.close()
 
     def _results(self, tasks: list[Task]) -> Iterator[tuple[np.ndarray, dict]]:
-        """(positions, samples) of each task, in task order, read here or by DataLoader workers."""
+        """(positions, {key: (source [n, numel], rows or None, sample shape)}) of each task, in task
+        order, read here or by DataLoader workers."""
         stream = _TaskStream(self._spec, self._held, self.plan, tasks)
         streaming = any(m == "stream" for m in self.modes.values())
         workers = min(self.config.num_workers, len(tasks)) if streaming else 0  # held data: nothing to overlap
         source = iter(stream) if workers == 0 else iter(
             DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=self.config.prefetch_factor, collate_fn=_identity)
         )
-        early: dict[int, dict] = {}  # results that arrive out of task order (DataLoader keeps order; this does not rely on it)
+        early: dict[int, tuple] = {}  # results that arrive out of task order (DataLoader keeps order; this does not rely on it)
         try:
             for i, task in enumerate(tasks):
                 while i not in early:
-                    j, data = next(source)
-                    early[j] = data
-                yield task.pos, early.pop(i)
+                    j, kind, data = next(source)
+                    early[j] = (kind, data)
+                kind, data = early.pop(i)
+                yield task.pos, self._samples(task, kind, data)
         finally:
             del source
+
+    def _samples(self, task: Task, kind: str, data: dict[str, torch.Tensor]) -> dict[str, tuple]:
+        if kind == "samples":
+            return {k: (v.reshape(len(v), -1), None, tuple(v.shape[1:])) for k, v in data.items()}
+        eps = self.plan.ep[self.plan.ep_off[task.block] : self.plan.ep_off[task.block + 1]]
+        out = {}
+        for key, rows in data.items():
+            cache = key.split(".", 1)[0]
+            n, index = sample_index(self._spec, cache, eps, task.local)
+            whole = len(index) == n and bool((index == np.arange(n)).all())
+            out[key] = (rows.reshape(n, -1), None if whole else torch.from_numpy(np.ascontiguousarray(index, np.int64)), sample_shape(self._spec, cache, tuple(rows.shape[1:])))
+        return out
 
 
 def _check_arrays(readers: Mapping[str, CacheReader], arrays: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:

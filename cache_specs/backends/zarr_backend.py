@@ -19,16 +19,26 @@ import numpy as np
 class _ZarrPart:
     def __init__(self, group):
         self._g = group
+        self._arrays: dict = {}  # opening an array reads its zarr.json: once per part, not per read
 
     def names(self) -> list[str]:
         return sorted(k for k, _ in self._g.arrays())
 
     def __getitem__(self, name: str):
-        return self._g[name]
+        if name not in self._arrays:
+            self._arrays[name] = self._g[name]
+        return self._arrays[name]
 
     def chunk_rows(self, name: str) -> int:
         """Rows per (inner) chunk of array ``name``: the unit a read decodes."""
-        return int(self._g[name].chunks[0])
+        return int(self[name].chunks[0])
+
+    def read_into(self, name: str, lo: int, hi: int, out: np.ndarray) -> None:
+        """Rows ``lo:hi`` of ``name`` decoded straight into ``out`` (C-contiguous, e.g. shared memory)."""
+        from zarr.core.buffer.cpu import NDBuffer
+
+        if hi > lo:
+            self[name].get_basic_selection((slice(lo, hi),), out=NDBuffer.from_numpy_array(out))
 
     def close(self) -> None:
         pass
