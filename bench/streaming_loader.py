@@ -52,13 +52,27 @@ def spec():
     return CacheSpec("bench_frame_features", 1, "frame", (ArraySpec("cls", "float16", (D,)), ArraySpec("patch_pooled", "float16", (G, G, D))))
 
 
+_POOL: list = []
+
+
+def _pool() -> np.ndarray:
+    if not _POOL:
+        bits = np.frombuffer(np.random.default_rng(os.getpid()).bytes(64 << 20), np.uint16)
+        _POOL.append(bits & np.uint16(0xBBFF))  # exponent below 0b11111: no inf/nan
+    return _POOL[0]
+
+
 def _write_part(args) -> tuple[str, str]:
     from cache_specs.layout import PARTS, part_id
     from cache_specs.parts import EpisodeResult, write_part
 
     cache, i, first, n = args
-    rng = np.random.default_rng(i)
-    x = rng.standard_normal((n, F, D + G * G * D)).astype(np.float16)  # fresh values: nothing repeats in a chunk
+    # random finite fp16 bit patterns, a window of one 64 MB pool per process (generating fresh
+    # normals for 7 GB took most of the build): chunks are stored raw, so values only need to differ
+    pool = _pool()
+    size = n * F * (D + G * G * D)
+    off = (i * 7919 * 4096) % (len(pool) - size)
+    x = pool[off : off + size].view(np.float16).reshape(n, F, D + G * G * D)
     res = [EpisodeResult(f"ep{first + k:07d}", {"cls": x[k, :, :D], "patch_pooled": x[k, :, D:].reshape(F, G, G, D)}) for k in range(n)]
     write_part(Path(cache) / PARTS, part_id(i), f"fp{i}", spec(), {}, res, backend="zarr-raw", chunk_rows=CHUNK)
     return part_id(i), f"fp{i}"
@@ -88,6 +102,14 @@ def evict(cache: Path) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the loader's workers)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def sequential_read(cache: Path) -> tuple[int, float]:
@@ -144,7 +166,7 @@ def rss_case(path: Path, budget: int, shuffle: int, batch: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="budget and cache sizes (>= 0.5; 1: 192 MiB budget, 0.6 + 6.1 GB caches)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--random-rows", type=int, default=300)
@@ -177,17 +199,22 @@ def main() -> int:
 
         # 2. cold throughput vs sequential read, alternating rounds
         kw = dict(batch_size=a.batch_size, seed=0, shuffle_buffer=shuffle, memory_budget=budget, mode="stream", num_workers=a.workers)
-        seq, ld, ratios = [], [], []
+        seq, ld, ratios, cpu = [], [], [], []
         for r in range(a.rounds):
             evict(caches["A"])
+            c0 = cpu_s()
             n, ts = sequential_read(caches["A"])
+            c1 = cpu_s()
             evict(caches["A"])
+            c2 = cpu_s()
             samples, tl = loader_epoch(caches["A"], **{**kw, "seed": r})
+            c3 = cpu_s()
             assert samples == sizes["A"]
             seq.append(n / ts)
             ld.append(n / tl)
             ratios.append(ts / tl)
-            print(f"round {r}: sequential {n / ts / 1e6:.0f} MB/s, loader {n / tl / 1e6:.0f} MB/s", flush=True)
+            cpu.append(((c1 - c0) / n * 1e9, (c3 - c2) / n * 1e9))
+            print(f"round {r}: sequential {n / ts / 1e6:.0f} MB/s ({cpu[-1][0]:.2f} CPU s/GB), loader {n / tl / 1e6:.0f} MB/s ({cpu[-1][1]:.2f} CPU s/GB)", flush=True)
         cold = statistics.median(ratios)
 
         # 3. warm: loader (one row a sample) vs per-row random access through ArrayView
@@ -201,7 +228,7 @@ def main() -> int:
             "scale": a.scale, "budget_bytes": budget, "shuffle_buffer": shuffle, "batch_size": a.batch_size, "workers": a.workers,
             "episodes": sizes, "cache_bytes": nbytes, "build_s": build_s,
             "rss": rss, "fixed_overhead": overhead, "A_peak_minus_overhead": within, "B_over_A_peak": growth,
-            "cold": {"sequential_Bps": seq, "loader_Bps": ld, "ratios": ratios, "median_ratio": cold},
+            "cold": {"sequential_Bps": seq, "loader_Bps": ld, "ratios": ratios, "median_ratio": cold, "cpu_s_per_GB": cpu},
             "random": {"loader_rows_per_s": load_sps, "random_rows_per_s": rand_sps, "ratio": rand_ratio},
             "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         }
