@@ -38,12 +38,12 @@ from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
 from .join import Join, join_caches
 from .reader import CacheReader, open_cache
-from .stream_plan import BlockPlan, Task, epoch_order, make_blocks, schedule
-from .stream_read import BlockReader, HeldRows, ReadSpec, sample_index, sample_shape
+from .stream_plan import Task, epoch_order, make_blocks, schedule
+from .stream_read import HeldRows, ReadSpec, TaskStream, sample_index, sample_shape
 
 MODES = ("auto", "memory", "stream")
 UNITS = ("episode", "row")
@@ -99,54 +99,6 @@ def make_loader(caches: Mapping[str, CacheReader | str | Path], arrays: Mapping[
 
 def _identity(x):
     return x
-
-
-def _shared_alloc(made: dict):
-    """An ``Alloc`` that hands out numpy views of shared-memory tensors (kept in ``made`` by id), so
-    a worker decodes straight into memory the main process maps: no copy on the way out."""
-
-    def alloc(shape, dtype):
-        tdtype = torch.from_numpy(np.empty(0, dtype)).dtype
-        new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # torch.multiprocessing's own allocator
-        if new_shared is None:  # public fallback: copies the (untouched) buffer once
-            t = torch.empty(tuple(shape), dtype=tdtype).share_memory_()
-        else:  # shared memory from the start: half the CPU time of share_memory_() (measured)
-            t = torch.empty(0, dtype=tdtype).set_(new_shared(max(1, int(np.prod(shape))) * np.dtype(dtype).itemsize))[: int(np.prod(shape))].view(tuple(shape))
-        a = t.numpy()
-        made[id(a)] = t
-        return a
-
-    return alloc
-
-
-class _TaskStream(IterableDataset):
-    """Yields (task index, kind, {key: tensor}) for this worker's share of the tasks (every
-    num_workers-th): kind "rows" = the block's rows, to be cut into samples by the consumer;
-    kind "samples" = transformed samples. Readers are opened inside ``__iter__``, i.e. in the
-    worker, so no zarr/HDF5 handle crosses a fork."""
-
-    def __init__(self, spec: ReadSpec, held: Mapping[str, HeldRows], plan: BlockPlan, tasks: list[Task]):
-        self.spec, self.held, self.ep, self.ep_off, self.tasks = spec, held, plan.ep, plan.ep_off, tasks
-
-    def __iter__(self):
-        info = get_worker_info()
-        wid, nw = (0, 1) if info is None else (info.id, info.num_workers)
-        reader = BlockReader(self.spec, self.held)
-        try:
-            for i in range(wid, len(self.tasks), nw):
-                t = self.tasks[i]
-                eps = self.ep[self.ep_off[t.block] : self.ep_off[t.block + 1]]
-                if self.spec.transform is not None:
-                    got = reader.samples(eps, t.local)
-                    yield i, "samples", {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in got.items()}
-                elif info is None:
-                    yield i, "rows", {k: torch.from_numpy(v) for k, v in reader.rows(eps).items()}
-                else:
-                    made: dict = {}
-                    got = reader.rows(eps, _shared_alloc(made))
-                    yield i, "rows", {k: made[id(v)] for k, v in got.items()}
-        finally:
-            reader.close()
 
 
 class _SlotStore:
@@ -228,6 +180,8 @@ class StreamingLoader:
             transform=c.transform,
         )
         self._held = {n: HeldRows(readers[n].path, self.arrays[n], self.join.slices[n], dtypes[n]) for n, m in self.modes.items() if m == "memory"}
+        if c.pin_memory and not torch.cuda.is_available():
+            raise ValueError("LoaderConfig.pin_memory=True needs CUDA (None pins exactly when CUDA is available)")
         self._pin = torch.cuda.is_available() if c.pin_memory is None else c.pin_memory
         self._epoch, self._done, self._resume = 0, 0, None
 
@@ -297,7 +251,7 @@ class StreamingLoader:
     def _results(self, tasks: list[Task]) -> Iterator[tuple[np.ndarray, dict]]:
         """(positions, {key: (source [n, numel], rows or None, sample shape)}) of each task, in task
         order, read here or by DataLoader workers."""
-        stream = _TaskStream(self._spec, self._held, self.plan, tasks)
+        stream = TaskStream(self._spec, self._held, self.plan, tasks)
         streaming = any(m == "stream" for m in self.modes.values())
         workers = min(self.config.num_workers, len(tasks)) if streaming else 0  # held data: nothing to overlap
         source = iter(stream) if workers == 0 else iter(
