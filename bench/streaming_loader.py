@@ -178,7 +178,7 @@ def main() -> int:
         return 0
 
     budget = int((192 << 20) * a.scale)
-    shuffle = max(32, int(192 * a.scale))
+    shuffle = max(32, int(128 * a.scale))  # samples: ~36 MB of the budget; the loader's estimate is ~180 MB
     eps_a = math.ceil(3 * budget / EP_BYTES / PART_EPS) * PART_EPS
     root = OUT / "streaming"
     sizes = {"tiny": 16, "A": eps_a, "B": 10 * eps_a}

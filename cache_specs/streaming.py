@@ -167,8 +167,9 @@ class StreamingLoader:
         block_bytes = int(np.add.reduceat(ep_bytes[self.plan.ep], self.plan.ep_off[:-1]).max())
         sample_bytes = sum(row_bytes[n] * (frames.get(n, 1) if c.unit == "episode" else 1) for n in self.arrays)
         self._capacity = (c.shuffle_buffer if c.shuffle else 0) + 2 * c.batch_size + int(np.diff(self.plan.sample_off).max())
-        # blocks: results in flight, a block being read per worker, and the reader's decode buffers
-        self.working_set_bytes = sample_bytes * (self._capacity + c.batch_size) + block_bytes * (2 * max(1, c.num_workers) * c.prefetch_factor + 4)
+        # blocks: results in flight, a block being read per worker, the reader's decode buffers, and
+        # what the allocator keeps of freed ones in zarr's I/O threads (measured: ~4 blocks)
+        self.working_set_bytes = sample_bytes * (self._capacity + c.batch_size) + block_bytes * (2 * max(1, c.num_workers) * c.prefetch_factor + 8)
         cache_bytes = {n: int(row_bytes[n] * self.join.slices[n].length.sum()) for n in self.arrays}
         self.modes = _choose_modes(c, cache_bytes, self.working_set_bytes)
         self._spec = ReadSpec(
