@@ -30,6 +30,7 @@ set (smallest first) and streams the rest; ``"memory"`` / ``"stream"`` force one
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 from dataclasses import dataclass
@@ -64,8 +65,8 @@ class LoaderConfig:
     memory_budget: int = 4 << 30  # bytes
     mode: Literal["auto", "memory", "stream"] = "auto"
     drop_last: bool = False
-    num_workers: int = 0
-    prefetch_factor: int = 2
+    num_workers: int = 0  # DataLoader worker processes reading blocks; unused when every cache is held
+    prefetch_factor: int = 2  # blocks in flight per worker
     pin_memory: bool | None = None  # None: when CUDA is available
     transform: Callable[[dict], dict] | None = None  # picklable; numpy sample dict -> numpy dict
 
@@ -94,6 +95,10 @@ class LoaderConfig:
 
 def make_loader(caches: Mapping[str, CacheReader | str | Path], arrays: Mapping[str, Sequence[str]], batch_size: int, seed: int = 0, **config: Any) -> "StreamingLoader":
     """A loader over the episodes ok in every cache; ``config``: the other ``LoaderConfig`` fields."""
+    fields = [f.name for f in dataclasses.fields(LoaderConfig)]
+    unknown = sorted(set(config) - set(fields))
+    if unknown:
+        raise TypeError(f"make_loader: unknown option(s) {', '.join(unknown)}; valid: {', '.join(fields)}")
     return StreamingLoader(caches, arrays, LoaderConfig(batch_size=batch_size, seed=seed, **config))
 
 
@@ -207,6 +212,8 @@ class StreamingLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's order. Setting the epoch of a loaded ``state_dict`` keeps its position."""
+        if not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"set_epoch: epoch must be an int >= 0, got {epoch!r}")
         if epoch != self._epoch:
             self._epoch, self._done, self._resume = int(epoch), 0, None
 

@@ -76,6 +76,7 @@ def same_batches(a: list[dict], b: list[dict]) -> None:
 def test_epoch_yields_every_kept_episode_once(pair, mode):
     ld = loader(pair, mode=mode)
     assert ld.modes == {"feats": mode, "meta": mode}
+    assert ld.join_report.n_dropped == {"feats": 2, "meta": 3} and ld.join_report.quarantined == {"feats": 2, "meta": 1}
     assert sorted(ld.episodes) == sorted(kept_standard())
     got = ids(run(ld))
     assert sorted(got) == sorted(kept_standard())
@@ -219,6 +220,10 @@ def test_config_errors_name_the_field(pair):
         make_loader({"feats": pair[0]}, {"feats": ["nope"]}, batch_size=2)
     with pytest.raises(TypeError):
         LoaderConfig(batch_size=2, colour="red")
+    with pytest.raises(TypeError, match="unknown option.*colour.*valid: batch_size"):
+        loader(pair, colour="red")
+    with pytest.raises(ValueError, match="epoch"):
+        loader(pair).set_epoch(-1)
 
 
 def test_cache_only_in_caches_filters_without_being_read(pair):
