@@ -164,6 +164,29 @@ class CacheReader:
             self._open[part] = open_part_data(self.path / PARTS / part, meta)
         return self._open[part][name]
 
+    def open_part(self, part: str):
+        """One part's arrays (``PartData``), opened afresh and NOT cached: the caller closes it.
+
+        For readers that manage their own bounded set of open parts (``cache_specs.streaming``)
+        and for worker processes, which must not inherit handles across a fork.
+        """
+        from .parts import read_part_meta
+
+        meta = read_part_meta(self.path / PARTS / part)
+        if meta is None:
+            raise FileNotFoundError(f"{self.path}: part {part} is missing or damaged; run `navcache verify --repair`")
+        return open_part_data(self.path / PARTS / part, meta)
+
+    def chunk_rows(self, name: str, part: str) -> int:
+        """Rows per stored chunk of array ``name`` in ``part`` (the unit a read decodes)."""
+        if name not in self.spec["arrays"]:
+            raise KeyError(f"no array {name!r}; arrays: {self.array_names}")
+        data = self.open_part(part)
+        try:
+            return data.chunk_rows(name)
+        finally:
+            data.close()
+
     def array(self, name: str) -> ArrayView:
         if name not in self.spec["arrays"]:
             raise KeyError(f"no array {name!r}; arrays: {self.array_names}")

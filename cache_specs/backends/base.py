@@ -19,6 +19,12 @@ class PartData(Protocol):
 
     def __getitem__(self, name: str) -> Any: ...
 
+    def chunk_rows(self, name: str) -> int:
+        """Rows per stored chunk of array ``name``: reads aligned to it decode no extra rows."""
+
+    def read_into(self, name: str, lo: int, hi: int, out: Any) -> None:
+        """Rows ``lo:hi`` of ``name`` into the C-contiguous numpy array ``out`` (no intermediate copy)."""
+
     def close(self) -> None: ...
 
 

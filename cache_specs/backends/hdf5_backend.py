@@ -19,6 +19,16 @@ class _H5Part:
     def __getitem__(self, name: str):
         return self._f[name]
 
+    def chunk_rows(self, name: str) -> int:
+        """Rows per chunk of dataset ``name`` (all rows when stored contiguous): the unit a read decodes."""
+        d = self._f[name]
+        return int(d.chunks[0]) if d.chunks else max(1, int(d.shape[0]))
+
+    def read_into(self, name: str, lo: int, hi: int, out: np.ndarray) -> None:
+        """Rows ``lo:hi`` of ``name`` decoded straight into ``out`` (C-contiguous, e.g. shared memory)."""
+        if hi > lo:
+            self._f[name].read_direct(out, np.s_[lo:hi])
+
     def close(self) -> None:
         self._f.close()
 
