@@ -407,7 +407,7 @@ def _optimizer_step(run: _Run, group: list[dict[str, torch.Tensor]]) -> dict[str
         last = i == len(group) - 1
         sync = nullcontext() if last or run.env.world == 1 else run.train_model.no_sync()
         with sync:
-            batch = {key: v.to(run.env.device, non_blocking=True) for key, v in batch.items()}
+            batch = {key: v.to(run.env.device, non_blocking=True) if torch.is_tensor(v) else v for key, v in batch.items()}
             with run.env.autocast():
                 loss, task_stats = run.task.loss(run.train_model, batch)
             (loss if len(group) == 1 else loss * w).backward()

@@ -9,6 +9,8 @@
     llm: null                             # null: a tiny seeded random-init GPT-2; else a local HF folder
     K: 4
     loss_weights: {risk: 1.0, reason: 0.5, action: 1.0}
+    data_mode: auto                       # memory | stream (larger than RAM) | auto (stream over the budget)
+    memory_budget_mb: 4096
     loop: {epochs: 40, batch_size: 32, lr: 3.0e-3}
     out_dir: runs/sim_heads
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 from cache_specs.config import build
 from heads.configs import load_head_config
@@ -43,6 +46,12 @@ class SimHeadsConfig:
     dropout: float = 0.0  # on the trainable projections (the frozen LLM never uses dropout)
     loss_weights: dict = field(default_factory=lambda: {"risk": 1.0, "reason": 0.5, "action": 1.0})
     use_sample_weights: bool = True  # weighted mean of the per-sample CE with the source's `weight`
+    # input path: "memory" holds both splits as tensors, "stream" reads blocks from disk every epoch
+    # (cache_specs.make_loader; splits larger than RAM), "auto" streams when they exceed the budget
+    data_mode: Literal["auto", "memory", "stream"] = "auto"
+    memory_budget_mb: int = 4096
+    num_workers: int = 0  # DataLoader worker processes of the streaming path
+    shuffle_buffer: int = 1024  # samples (streaming path)
     loop: LoopConfig = field(default_factory=_default_loop)
     out_dir: str = "runs/sim_heads"  # overrides loop.out_dir
 
@@ -52,9 +61,11 @@ class SimHeadsConfig:
                 raise ValueError(f"SimHeadsConfig.{name} {msg}, got {getattr(self, name)!r}")
 
         need(len(self.splits) == 2 and all(isinstance(s, str) and s for s in self.splits), "splits", "must be (train_split, val_split)")
-        for name in ("K", "telemetry_hidden"):
+        for name in ("K", "telemetry_hidden", "memory_budget_mb", "shuffle_buffer"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an int >= 1")
         need(isinstance(self.llm_seed, int), "llm_seed", "must be an int")
+        need(self.data_mode in ("auto", "memory", "stream"), "data_mode", "must be 'auto', 'memory' or 'stream'")
+        need(isinstance(self.num_workers, int) and self.num_workers >= 0, "num_workers", "must be an int >= 0")
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         lw = dict(self.loss_weights or {})
         need(set(lw) <= set(HEAD_NAMES), "loss_weights", f"keys must be among {HEAD_NAMES}")

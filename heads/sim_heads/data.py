@@ -2,68 +2,124 @@
 
 vis_feats [N, F, 2D] float32 per clip: concat(``cls``, mean of ``patch_pooled`` over the G x G grid),
 one row per frame of the cache (row="frame"; every clip must have the same F). Labels, telemetry
-and weights come from the ``rover_meta`` cache, joined by episode id (a clip quarantined in either
-cache is left out, and the count is reported). Telemetry is normalised with the TRAIN split's
-stats, stored in its ``rover_meta`` manifest.
+and weights come from the ``rover_meta`` cache, joined by episode id with ``cache_specs.join_caches``
+(a clip quarantined or absent in either cache is left out, and the drops are reported). Telemetry is
+normalised with the TRAIN split's stats, stored in its ``rover_meta`` manifest.
+
+Two paths give the same samples: ``load_split`` holds a split in memory as tensors (the loop's
+``TensorBatches``), ``stream_split`` reads it block by block from disk through
+``cache_specs.make_loader`` for splits larger than RAM. ``choose_mode`` picks one against a memory budget.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cache_specs import open_cache
+from cache_specs.join import join_caches
 from cache_specs.labels import TELEMETRY_FIELDS
 
 META = ("telemetry", "risk", "reason", "action", "weight")
+FEATS = ("cls", "patch_pooled")
+#: the loader's names for the two caches
+CACHES = {"feats": "frame_features", "meta": "rover_meta"}
 
 
-def load_frame_features(cache_root: str | Path, dataset: str, split: str) -> tuple[torch.Tensor, list[str], dict]:
-    """(vis_feats [N, F, 2D] float32, episode ids in cache order, info)."""
-    with open_cache(cache_root, dataset, split, "frame_features") as c:
-        cls = c.load("cls").astype(np.float32)  # [R, D]
-        pooled = c.load("patch_pooled").astype(np.float32)  # [R, G, G, D]
-        start, length = c.offsets()
-        episodes = list(c.episodes)
-        path = str(c.path)
-    if len(episodes) == 0:
-        raise ValueError(f"{path}: no usable episodes")
-    F = int(length[0])
-    if not (length == F).all():
-        raise ValueError(f"{path}: clips have different frame counts {sorted(set(length.tolist()))}; SIM heads need a fixed F")
-    rows = (start[:, None] + np.arange(F)[None, :]).reshape(-1)
-    feats = np.concatenate([cls[rows], pooled[rows].mean(axis=(1, 2))], axis=-1)  # [N*F, 2D]
-    vis = torch.from_numpy(np.ascontiguousarray(feats.reshape(len(episodes), F, -1)))
-    return vis, episodes, {"path": path, "F": F, "dv": int(vis.shape[-1])}
-
-
-def load_rover_meta(cache_root: str | Path, dataset: str, split: str, episodes: list[str]) -> tuple[dict[str, torch.Tensor], dict]:
-    """({telemetry [N, 8] f32 raw, risk/reason/action [N] int64, weight [N] f32} for the ``episodes``
-    present in the ``rover_meta`` cache (their order kept), {"keep": mask over ``episodes``, "stats"})."""
-    with open_cache(cache_root, dataset, split, "rover_meta") as c:
-        pos = {e: i for i, e in enumerate(c.episodes)}
-        arrays = {name: c.load(name) for name in META}
-        stats = c.stats
-    keep = np.array([e in pos for e in episodes], bool)
-    rows = np.array([pos[e] for e in episodes if e in pos], np.int64)
-    out = {name: torch.from_numpy(np.ascontiguousarray(a[rows])) for name, a in arrays.items()}
-    return out, {"keep": keep, "stats": stats.get("telemetry")}
+def _readers(cache_root: str | Path, dataset: str, split: str) -> dict:
+    return {k: open_cache(cache_root, dataset, split, spec) for k, spec in CACHES.items()}
 
 
 def load_split(cache_root, dataset: str, split: str) -> tuple[dict[str, torch.Tensor], dict]:
-    vis, episodes, info = load_frame_features(cache_root, dataset, split)
-    meta, minfo = load_rover_meta(cache_root, dataset, split, episodes)
-    keep = minfo["keep"]
-    if not keep.any():
-        raise ValueError(f"{dataset}/{split}: no clip has both frame features and rover_meta")
-    episodes = [e for e, k in zip(episodes, keep) if k]
-    arrays = {"vis_feats": vis[torch.from_numpy(keep)], **meta}
-    return arrays, {**info, "episodes": episodes, "n": len(episodes), "dropped": int((~keep).sum()), "telemetry_stats": minfo["stats"]}
+    """({"vis_feats" [N, F, 2D] f32, "telemetry" [N, 8] f32 raw, "risk"/"reason"/"action" [N] i64,
+    "weight" [N] f32}, info) for the clips ok in both caches, in frame_features storage order."""
+    readers = _readers(cache_root, dataset, split)
+    try:
+        join = join_caches(readers)
+        if not len(join):
+            raise ValueError(f"{dataset}/{split}: no clip has both frame features and rover_meta\n{join.report}")
+        feats, meta = readers["feats"], readers["meta"]
+        lengths = join.slices["feats"].length
+        F = int(lengths[0])
+        if not (lengths == F).all():
+            raise ValueError(f"{feats.path}: clips have different frame counts {sorted(set(lengths.tolist()))}; SIM heads need a fixed F")
+        rows = _global_rows(feats, join.episodes, F)  # [N, F]
+        cls = feats.array("cls")[rows.reshape(-1)].astype(np.float32)
+        pooled = feats.array("patch_pooled")[rows.reshape(-1)].astype(np.float32)
+        vis = np.concatenate([cls, pooled.mean(axis=(1, 2))], axis=-1).reshape(len(join), F, -1)
+        mpos = {e: i for i, e in enumerate(meta.episodes)}
+        mrows = np.array([mpos[e] for e in join.episodes], np.int64)
+        arrays = {"vis_feats": torch.from_numpy(np.ascontiguousarray(vis)),
+                  **{n: torch.from_numpy(np.ascontiguousarray(meta.array(n)[mrows])) for n in META}}
+        info = {"path": str(feats.path), "F": F, "dv": int(vis.shape[-1]), "episodes": list(join.episodes), "n": len(join),
+                "dropped": join.report.n_dropped.get("feats", 0), "join_report": str(join.report),
+                "telemetry_stats": meta.stats.get("telemetry")}
+    finally:
+        for r in readers.values():
+            r.close()
+    return arrays, info
+
+
+def _global_rows(reader, episodes, F: int) -> np.ndarray:
+    """[N, F] rows of ``episodes`` in the reader's global row numbering (row="frame" cache)."""
+    start, _ = reader.offsets()
+    pos = {e: i for i, e in enumerate(reader.episodes)}
+    first = start[[pos[e] for e in episodes]]
+    return first[:, None] + np.arange(F)[None, :]
+
+
+class SimSample:
+    """The loader's per-sample transform (picklable, runs in DataLoader workers): cached arrays of one
+    clip -> the model's inputs, exactly what ``load_split`` + ``normalise_telemetry`` give."""
+
+    def __init__(self, stats: dict):
+        _check_stats(stats)
+        self.mean = np.asarray(stats["mean"], np.float32)
+        self.std = np.asarray(stats["std"], np.float32)
+
+    def __call__(self, s: dict) -> dict:
+        cls = s["feats.cls"].astype(np.float32)  # [F, D]
+        pooled = s["feats.patch_pooled"].astype(np.float32).mean(axis=(1, 2))  # [F, D]
+        return {"vis_feats": np.concatenate([cls, pooled], axis=-1), "telemetry": (s["meta.telemetry"] - self.mean) / self.std,
+                **{h: s[f"meta.{h}"] for h in ("risk", "reason", "action", "weight")}}
+
+
+def stream_split(cache_root, dataset: str, split: str, stats: dict, *, batch_size: int, seed: int = 0, rank: int = 0,
+                 world: int = 1, shuffle: bool = True, mode: str = "stream", memory_budget: int = 4 << 30,
+                 num_workers: int = 0, shuffle_buffer: int = 1024):
+    """A ``cache_specs`` streaming loader of the split: batches {"vis_feats" [B, F, 2D] f32,
+    "telemetry" [B, 8] f32 normalised with ``stats``, "risk"/"reason"/"action" [B] i64, "weight" [B] f32,
+    "episode_id" [B] str}. It is the training loop's ``BatchSource`` (set_epoch, state_dict, ...)."""
+    from cache_specs import make_loader
+
+    return make_loader(_readers(cache_root, dataset, split), {"feats": list(FEATS), "meta": list(META)}, batch_size=batch_size,
+                       seed=seed, rank=rank, world_size=world, shuffle=shuffle, drop_last=False, mode=mode,
+                       memory_budget=memory_budget, num_workers=num_workers, shuffle_buffer=shuffle_buffer, transform=SimSample(stats))
+
+
+def split_bytes(cache_root, dataset: str, split: str) -> int:
+    """Bytes ``load_split`` holds for the split (float32 vis_feats + meta), from the manifests alone."""
+    with open_cache(cache_root, dataset, split, "frame_features") as f, open_cache(cache_root, dataset, split, "rover_meta") as m:
+        d = f.spec["arrays"]["cls"]["shape"][-1]
+        meta_row = sum(np.dtype(a["dtype"]).itemsize * math.prod(a["shape"]) for n, a in m.spec["arrays"].items() if n in META)
+        return int(f.manifest["counts"]["rows"]) * 2 * d * 4 + int(m.manifest["counts"]["rows"]) * meta_row
+
+
+def choose_mode(mode: str, cache_root, dataset: str, splits, budget: int) -> str:
+    """"memory" or "stream": ``mode`` when forced, else memory while both splits fit ``budget``."""
+    if mode != "auto":
+        return mode
+    return "memory" if sum(split_bytes(cache_root, dataset, s) for s in splits) <= budget else "stream"
+
+
+def _check_stats(stats: dict) -> None:
+    if list(stats.get("fields", TELEMETRY_FIELDS)) != list(TELEMETRY_FIELDS):
+        raise ValueError(f"telemetry stats are for fields {stats.get('fields')}, expected {list(TELEMETRY_FIELDS)}")
 
 
 def normalise_telemetry(t: torch.Tensor, stats: dict) -> torch.Tensor:
     """(t - mean) / std with the train split's ``rover_meta`` stats; t [N, 8]."""
-    if list(stats.get("fields", TELEMETRY_FIELDS)) != list(TELEMETRY_FIELDS):
-        raise ValueError(f"telemetry stats are for fields {stats.get('fields')}, expected {list(TELEMETRY_FIELDS)}")
+    _check_stats(stats)
     return (t - torch.tensor(stats["mean"])) / torch.tensor(stats["std"])

@@ -7,12 +7,14 @@
 
 The confusion matrices come from the BEST checkpoint (the one a user would deploy), rebuilt with
 ``load_for_inference`` exactly as ``navcache predict sim-heads`` does, on the val arrays the trainer
-scored (telemetry already normalised with the train stats).
+scored, batch by batch (telemetry already normalised with the train stats).
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
+import numpy as np
 import torch
 
 from cache_specs.labels import LABELS
@@ -22,11 +24,11 @@ from heads.plots import confusion_matrix, plot_confusion, training_curves
 from .predict import load_for_inference, predict_arrays, predicted_ids
 
 
-def write_training_report(out_dir: str | Path, val_arrays: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> dict:
+def write_training_report(out_dir: str | Path, val_batches: Iterable[dict[str, torch.Tensor]], device: str | torch.device = "cpu") -> dict:
     """Write curves.png and the best checkpoint's val confusion matrices; returns {name: path}.
 
-    val_arrays: the trainer's val split, "vis_feats" [N, F, dv], "telemetry" [N, 8] (normalised),
-    "risk" / "reason" / "action" [N] int64.
+    val_batches: the trainer's val split in batches of "vis_feats" [B, F, dv], "telemetry" [B, 8]
+    (normalised), "risk" / "reason" / "action" [B] int64.
     """
     out = Path(out_dir)
     metrics = out / "metrics"
@@ -34,11 +36,15 @@ def write_training_report(out_dir: str | Path, val_arrays: dict[str, torch.Tenso
 
     best = out / "checkpoints" / "best.pt"
     model, md = load_for_inference(best, device)
-    preds = predict_arrays(model, md, val_arrays["vis_feats"], val_arrays["telemetry"])
+    preds, truth = [], {h: [] for h in LABELS}
+    for b in val_batches:
+        preds += predict_arrays(model, md, b["vis_feats"], b["telemetry"])
+        for h in LABELS:
+            truth[h].append(b[h].cpu().numpy())
     epoch = md["checkpoint"]["epoch"]
     matrices = {}
     for h, names in LABELS.items():
-        m = confusion_matrix(val_arrays[h].cpu().numpy(), predicted_ids(preds, h), len(names))
+        m = confusion_matrix(np.concatenate(truth[h]), predicted_ids(preds, h), len(names))
         matrices[h] = m.tolist()
         acc = m.trace() / max(int(m.sum()), 1)
         written[f"confusion_{h}"] = plot_confusion(m, names, metrics / f"confusion_val_{h}.png",

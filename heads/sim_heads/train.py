@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +20,7 @@ from cache_specs.labels import LABELS, RISK
 from heads.train_loop import global_mean, is_master, run_loop, seed_everything
 
 from .configuration import HEAD_NAMES, SimHeadsConfig
-from .data import load_split, normalise_telemetry
+from .data import choose_mode, load_split, normalise_telemetry, stream_split
 from .model import N_CLASSES, RANDOM_GPT2, SimV0Model, load_frozen_llm, make_random_gpt2
 
 HIGH = RISK.index("high")
@@ -38,7 +39,7 @@ def macro_f1(pred: torch.Tensor, tgt: torch.Tensor, n: int) -> float:
 
 
 class SimHeadsTask:
-    """The ``heads.train_loop.Task`` of the SIM heads."""
+    """The ``heads.train_loop.Task`` of the SIM heads, in memory (``train_arrays`` / ``val_arrays``)."""
 
     def __init__(self, cfg: SimHeadsConfig, model: SimV0Model, train_arrays: dict, val_arrays: dict):
         self.cfg, self.model = cfg, model
@@ -60,7 +61,10 @@ class SimHeadsTask:
     def evaluate(self, model, arrays) -> dict[str, float]:
         dev = next(p for p in model.parameters() if p.requires_grad).device
         b = {k: v.to(dev) for k, v in arrays.items()}
-        out = model(b["vis_feats"], b["telemetry"])
+        return self.metrics(model(b["vis_feats"], b["telemetry"]), b)
+
+    def metrics(self, out: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Every split metric from the logits ``out[h]`` [N, C_h] of a whole split and its labels ``b``."""
         losses = self._losses(out, b)
         m: dict[str, float] = {"loss": float(self._total(losses)), **{f"loss_{h}": float(v) for h, v in losses.items()}, "n": len(b["risk"])}
         for h in HEAD_NAMES:
@@ -83,6 +87,38 @@ class SimHeadsTask:
         return (metrics["risk_high_recall"], metrics["macro_f1"])
 
 
+class StreamingSimHeadsTask(SimHeadsTask):
+    """The same task over splits read from disk block by block (``heads.train_loop.StreamingTask``):
+    training batches from ``stream_split``; evaluation accumulates logits batch by batch (a split's
+    logits are small even when its features are not) and scores them with the same ``metrics``."""
+
+    def __init__(self, cfg: SimHeadsConfig, model: SimV0Model, stats: dict, majority: dict[str, int]):
+        self.cfg, self.model, self.stats, self.majority = cfg, model, stats, majority
+
+    def _loader(self, split: str, **kw):
+        c = self.cfg
+        return stream_split(c.cache_root, c.dataset, split, self.stats, mode="stream", memory_budget=c.memory_budget_mb << 20,
+                            num_workers=c.num_workers, shuffle_buffer=c.shuffle_buffer, **kw)
+
+    def train_batches(self, batch_size: int, seed: int, rank: int, world: int):
+        return self._loader(self.cfg.splits[0], batch_size=batch_size, seed=seed, rank=rank, world=world)
+
+    def eval_batches(self, split: str, batch_size: int):
+        return iter(self._loader(self.cfg.splits[0] if split == "train" else self.cfg.splits[1], batch_size=batch_size, shuffle=False))
+
+    @torch.no_grad()
+    def evaluate_batches(self, model, batches) -> dict[str, float]:
+        dev = next(p for p in model.parameters() if p.requires_grad).device
+        outs, labels = [], []
+        for b in batches:
+            b = {k: v.to(dev) for k, v in b.items() if torch.is_tensor(v)}
+            out = model(b["vis_feats"], b["telemetry"])
+            outs.append({h: out[h].float() for h in HEAD_NAMES})
+            labels.append({k: b[k] for k in (*HEAD_NAMES, "weight")})
+        cat = lambda rows: {k: torch.cat([r[k] for r in rows]) for k in rows[0]}  # noqa: E731
+        return self.metrics(cat(outs), cat(labels))
+
+
 def resolve_llm(cfg: SimHeadsConfig) -> tuple[Path, dict]:
     if cfg.llm is None:
         path = make_random_gpt2(Path(cfg.out_dir) / "frozen_llm", seed=cfg.llm_seed)
@@ -91,26 +127,70 @@ def resolve_llm(cfg: SimHeadsConfig) -> tuple[Path, dict]:
 
 
 def build_task(cfg: SimHeadsConfig) -> tuple[SimHeadsTask, dict]:
+    """The task in memory or streaming (``cfg.data_mode``; "auto" streams when the splits exceed the budget)."""
+    mode = choose_mode(cfg.data_mode, cfg.cache_root, cfg.dataset, cfg.splits, cfg.memory_budget_mb << 20)
+    data = _memory_data(cfg) if mode == "memory" else _stream_data(cfg)
+    stats = data["stats"]
+    llm_path, llm_info = resolve_llm(cfg)
+    llm = load_frozen_llm(llm_path)
+    llm_info["hidden_size"] = int(llm.config.hidden_size)
+    seed_everything(cfg.loop.seed)  # trainable init depends only on the seed
+    model = SimV0Model(llm, data["dv"], data["F"], cfg.K, telemetry_hidden=cfg.telemetry_hidden, dropout=cfg.dropout)
+    if mode == "memory":
+        task = SimHeadsTask(cfg, model, data["train"], data["val"])
+    else:
+        task = StreamingSimHeadsTask(cfg, model, stats, data["majority"])
+    info = {"F": data["F"], "dv": data["dv"], "d": llm_info["hidden_size"], "K": cfg.K, "data_mode": mode, **data["counts"],
+            "telemetry_norm": stats, "llm": llm_info, "majority": task.majority, "labels": {h: list(v) for h, v in LABELS.items()}}
+    return task, info
+
+
+def _memory_data(cfg: SimHeadsConfig) -> dict:
     train_split, val_split = cfg.splits
     train_arrays, tinfo = load_split(cfg.cache_root, cfg.dataset, train_split)
     val_arrays, vinfo = load_split(cfg.cache_root, cfg.dataset, val_split)
     if (tinfo["F"], tinfo["dv"]) != (vinfo["F"], vinfo["dv"]):
         raise ValueError(f"{train_split} and {val_split} caches differ in (F, dv): {(tinfo['F'], tinfo['dv'])} vs {(vinfo['F'], vinfo['dv'])}")
-    stats = tinfo["telemetry_stats"]  # computed once over the train split, kept in its rover_meta manifest
-    if not stats:
-        raise ValueError(f"the {train_split} rover_meta cache has no telemetry stats: rebuild it with `navcache extract`")
+    stats = _train_stats(tinfo["telemetry_stats"], train_split)  # computed once over the train split, kept in its rover_meta manifest
     for arr in (train_arrays, val_arrays):
         arr["telemetry"] = normalise_telemetry(arr["telemetry"], stats)
-    llm_path, llm_info = resolve_llm(cfg)
-    llm = load_frozen_llm(llm_path)
-    llm_info["hidden_size"] = int(llm.config.hidden_size)
-    seed_everything(cfg.loop.seed)  # trainable init depends only on the seed
-    model = SimV0Model(llm, tinfo["dv"], tinfo["F"], cfg.K, telemetry_hidden=cfg.telemetry_hidden, dropout=cfg.dropout)
-    task = SimHeadsTask(cfg, model, train_arrays, val_arrays)
-    info = {"F": tinfo["F"], "dv": tinfo["dv"], "d": llm_info["hidden_size"], "K": cfg.K, "n_train": tinfo["n"], "n_val": vinfo["n"], "dropped": {"train": tinfo["dropped"], "val": vinfo["dropped"]},
-            "telemetry_norm": stats, "llm": llm_info, "majority": task.majority,
-            "labels": {h: list(v) for h, v in LABELS.items()}, "train_cache": tinfo["path"], "val_cache": vinfo["path"]}
-    return task, info
+    counts = {"n_train": tinfo["n"], "n_val": vinfo["n"], "dropped": {"train": tinfo["dropped"], "val": vinfo["dropped"]}}
+    return {"train": train_arrays, "val": val_arrays, "stats": stats, "F": tinfo["F"], "dv": tinfo["dv"], "counts": counts}
+
+
+def _stream_data(cfg: SimHeadsConfig) -> dict:
+    """Shapes, counts, stats and the train majority classes from manifests and label arrays only."""
+    from cache_specs import open_cache
+
+    train_split, val_split = cfg.splits
+    with open_cache(cfg.cache_root, cfg.dataset, train_split, "rover_meta") as meta:
+        stats = _train_stats(meta.stats.get("telemetry"), train_split)
+    loaders = {s: stream_split(cfg.cache_root, cfg.dataset, s, stats, batch_size=1, shuffle=False) for s in cfg.splits}
+    first = {s: next(iter(ld)) for s, ld in loaders.items()}
+    F_dv = {s: tuple(b["vis_feats"].shape[1:]) for s, b in first.items()}
+    if F_dv[train_split] != F_dv[val_split]:
+        raise ValueError(f"{train_split} and {val_split} caches differ in (F, dv): {F_dv[train_split]} vs {F_dv[val_split]}")
+    with open_cache(cfg.cache_root, cfg.dataset, train_split, "rover_meta") as meta:
+        kept = np.isin(np.asarray(meta.episodes, dtype=object), np.asarray(loaders[train_split].episodes, dtype=object))
+        majority = {h: int(np.bincount(meta.load(h)[kept], minlength=N_CLASSES[h]).argmax()) for h in HEAD_NAMES}
+    counts = {"n_train": len(loaders[train_split].episodes), "n_val": len(loaders[val_split].episodes),
+              "dropped": {s: ld.join_report.n_dropped.get("feats", 0) for s, ld in zip(("train", "val"), loaders.values())}}
+    F_, dv = F_dv[train_split]
+    return {"stats": stats, "F": int(F_), "dv": int(dv), "majority": majority, "counts": counts}
+
+
+def _train_stats(stats: dict | None, train_split: str) -> dict:
+    if not stats:
+        raise ValueError(f"the {train_split} rover_meta cache has no telemetry stats: rebuild it with `navcache extract`")
+    return stats
+
+
+def val_batches(task: SimHeadsTask, batch_size: int):
+    """The val split in batches, whichever path the task reads it from."""
+    if isinstance(task, StreamingSimHeadsTask):
+        return task.eval_batches("val", batch_size)
+    n = len(task.val_arrays["risk"])
+    return ({k: v[i : i + batch_size] for k, v in task.val_arrays.items()} for i in range(0, n, batch_size))
 
 
 def export_labels(out_dir: Path) -> Path:
@@ -137,7 +217,7 @@ def train_sim_heads(config: SimHeadsConfig | None = None) -> dict:
     if master:  # only rank 0 writes files; the run's device (where run_loop left the model) predicts
         from .report import write_training_report
 
-        report = write_training_report(out, task.val_arrays, next(task.model.parameters()).device)
+        report = write_training_report(out, val_batches(task, cfg.loop.batch_size), next(task.model.parameters()).device)
     base = {k: v for k, v in result["last"]["val"].items() if k.startswith("base_majority_")}
     return {**{k: result[k] for k in ("best", "last")}, "baselines_val": base, "majority": task.majority,
             "out_dir": str(out), "labels": str(labels), "report": report}
