@@ -25,3 +25,24 @@ def demo_world(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "navcache_demo"
     generate_demo(out, scale=1.0, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_caches(tmp_path_factory, demo_world) -> Path:
+    """A working folder holding the demo world and the train + val caches of every demo dataset,
+    built once per test session (``navcache_cache/`` inside it). Read-only: a test that changes
+    caches copies the folder first (``tests.helpers.copy_job``)."""
+    from pipeline.runner import ExtractOptions, extract
+    from tests.helpers import demo_job
+
+    cwd, project = demo_job(tmp_path_factory, demo_world, "demo_caches")
+    for split in ("train", "val"):
+        summary = extract(project, ExtractOptions(split))
+        assert not summary.errors, summary.errors
+    return cwd
+
+
+@pytest.fixture(scope="session")
+def demo_cache_root(demo_caches) -> Path:
+    """The session's demo cache root (read-only)."""
+    return demo_caches / "navcache_cache"

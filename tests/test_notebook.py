@@ -31,11 +31,12 @@ def test_notebook_is_the_generated_one():
     assert cells(mod.build()) == cells(nbformat.read(DOCS / "inspect_caches.ipynb", as_version=4)), "run python docs/make_notebook.py"
 
 
-def test_notebook_runs_on_the_demo(tmp_path: Path, demo_world: Path, monkeypatch):
+def test_notebook_runs_on_the_demo(tmp_path: Path, demo_caches: Path, monkeypatch):
+    """In a copy of the session's demo folder: its caches are up to date, the notebook's extract builds nothing."""
     import nbformat
     from nbclient import NotebookClient
 
-    shutil.copytree(demo_world, tmp_path / "navcache_demo")
+    shutil.copytree(demo_caches, tmp_path, dirs_exist_ok=True, symlinks=True)
     nb = nbformat.read(DOCS / "inspect_caches.ipynb", as_version=4)
     monkeypatch.setenv("NAVCACHE_WORKDIR", str(tmp_path))
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()

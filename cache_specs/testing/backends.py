@@ -1,6 +1,6 @@
 """A reusable conformance suite for navcache storage backends, written once.
 
-Subclass ``BackendConformance`` with a ``backend_name`` (``tests/test_backends.py`` does it for the
+Subclass ``BackendConformance`` with a ``backend_name`` (``tests/cache_specs/test_backends.py`` does it for the
 built-in backends)::
 
     class TestZarr(BackendConformance):

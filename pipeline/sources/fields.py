@@ -13,7 +13,7 @@ A use a source lacks has no fields: the source has no such data. Stages name the
 left out by a stage's hand-written list. Code that reads a record does so through
 ``declared_record``, which refuses any field not declared for the use: forgetting a declaration
 fails loudly at the first read instead of silently keeping stale caches.
-``tests/test_source_fields.py`` checks the declarations behaviourally (perturb each field; any
+``tests/pipeline/test_source_fields.py`` checks the declarations behaviourally (perturb each field; any
 field whose change changes the output must be declared).
 """
 from __future__ import annotations

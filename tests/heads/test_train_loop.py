@@ -19,7 +19,7 @@ from torch import nn
 from heads.batches import BatchSource, TensorBatches
 from heads.train_loop import LoopConfig, StreamingTask, Task, load_trainable, run_loop, seed_everything
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class ToyTask:
@@ -195,7 +195,7 @@ DDP_SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from heads.train_loop import LoopConfig, run_loop
-    from tests.test_train_loop import ToyTask
+    from tests.heads.test_train_loop import ToyTask
     res = run_loop(ToyTask(0), LoopConfig(epochs=3, batch_size=8, lr=1e-2, out_dir=sys.argv[1], device="cpu"))
     import torch.distributed as dist
     assert dist.get_world_size() == 2
@@ -206,6 +206,7 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
     script = tmp_path / "ddp_toy.py"
     script.write_text(DDP_SCRIPT)
@@ -579,7 +580,7 @@ DDP_LONG_SCRIPT = textwrap.dedent(
     import torch.distributed as dist
     import heads.train_loop as tl
     from heads.train_loop import LoopConfig, run_loop
-    from tests.test_train_loop import NoDropoutTask, ToyTask
+    from tests.heads.test_train_loop import NoDropoutTask, ToyTask
 
     out = Path(sys.argv[1])
     # full batch per rank, in 2 micro-batches of 24: one step per epoch equals one process's batch of 96
@@ -609,6 +610,7 @@ DDP_LONG_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_torchrun_grad_accumulation_and_mid_epoch_resume(tmp_path):
     script = tmp_path / "ddp_long.py"
     script.write_text(DDP_LONG_SCRIPT)

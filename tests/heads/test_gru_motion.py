@@ -17,6 +17,8 @@ from heads.gru_motion.train import build_task
 from heads.train_loop import LoopConfig, load_trainable
 from tests.helpers import pixel_free_poses_caches
 
+pytestmark = pytest.mark.slow  # real torchrun / large demo: seconds to a minute each
+
 #: k-step yaw is close to unpredictable from motion alone on the demo (the turn direction comes
 #: from the goal, which the history does not show): a GRU on 40k samples reaches 0.470 vs majority
 #: 0.438. Scale 20 (1,624 train / 594 val episodes) is where the margin over majority is stable

@@ -517,6 +517,6 @@ def test_registry_imports_sources_lazily():
         "s.source_class('rover'); assert 'pipeline.sources.rover' in sys.modules; "
         "assert 'pipeline.sources.navila' not in sys.modules"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env)

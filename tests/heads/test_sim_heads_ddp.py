@@ -31,7 +31,9 @@ import pytest
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # real torchrun / large demo: seconds to a minute each
+
+REPO = Path(__file__).resolve().parents[2]
 WORLD = 2
 EPOCHS = 3
 
@@ -92,16 +94,8 @@ def _torchrun_available() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def rover_caches(demo_world, tmp_path_factory):
-    from pipeline.project import resolve_project
-    from pipeline.runner import ExtractOptions, extract
-
-    cwd = tmp_path_factory.mktemp("sim_ddp_job")
-    shutil.copytree(demo_world, cwd / "navcache_demo")
-    project = resolve_project(cwd=cwd, say=lambda m: None)
-    for split in ("train", "val"):
-        assert not extract(project, ExtractOptions(split, datasets=("demo_rover",))).errors
-    return Path(project.cache_root)
+def rover_caches(demo_cache_root):
+    return demo_cache_root  # built once per test session (tests/conftest.py)
 
 
 def _config(caches: Path, out: Path, batch_size: int, path: Path) -> Path:

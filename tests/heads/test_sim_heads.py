@@ -24,14 +24,8 @@ HEADS = ("risk", "reason", "action")
 
 
 @pytest.fixture(scope="module")
-def rover_caches(demo_world, tmp_path_factory):
-    from pipeline.runner import ExtractOptions, extract
-    from tests.helpers import demo_job
-
-    cwd, project = demo_job(tmp_path_factory, demo_world, "sim_job")
-    for split in ("train", "val"):
-        assert not extract(project, ExtractOptions(split, datasets=("demo_rover",))).errors
-    return Path(project.cache_root)
+def rover_caches(demo_cache_root):
+    return demo_cache_root  # built once per test session (tests/conftest.py)
 
 
 def _cfg(caches, out, epochs=30, seed=0):
@@ -126,7 +120,7 @@ def test_llm_from_local_folder(trained, rover_caches, tmp_path):
     assert task.model.d == 64 and not (tmp_path / "run" / "frozen_llm").exists()
 
 
-def test_cli_train_on_the_demo_rebuilds_a_missing_cache_first(rover_caches, tmp_path, monkeypatch):
+def test_cli_train_on_the_demo_rebuilds_a_missing_cache_first(demo_caches, tmp_path, monkeypatch):
     """`navcache train sim-heads` where the embedded demo lives (no navcache.yaml): the caches the head READS
     are brought up to date first (a deleted one rebuilt, identical), then trained on; the run records their
     absolute root, so predicting works from anywhere."""
@@ -135,8 +129,9 @@ def test_cli_train_on_the_demo_rebuilds_a_missing_cache_first(rover_caches, tmp_
     from typer.testing import CliRunner
 
     import cli
-    from tests.helpers import cache_checksums
+    from tests.helpers import cache_checksums, copy_job
 
+    rover_caches = copy_job(tmp_path, demo_caches) / "navcache_cache"
     meta, feats = rover_caches / "demo_rover/val/rover_meta", rover_caches / "demo_rover/val/frame_features"
     before = {meta: cache_checksums(meta), feats: cache_checksums(feats)}
     shutil.rmtree(meta)

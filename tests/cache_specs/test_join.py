@@ -8,7 +8,7 @@ import pytest
 
 from cache_specs import join_caches, open_cache
 from cache_specs.layout import PARTS
-from stream_helpers import FEATS, eid, feats_of, kept_standard, meta_of, num, standard_pair, write_cache
+from tests.cache_specs.stream_helpers import FEATS, eid, feats_of, kept_standard, meta_of, num, standard_pair, write_cache
 
 
 @pytest.fixture(params=["zarr", "hdf5"])

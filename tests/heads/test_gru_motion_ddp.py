@@ -4,7 +4,7 @@ The poses cache holds front-padded records (short histories), so the two ranks' 
 different numbers of valid (t, t+offset) pairs. A per-rank mean loss would then make DDP optimise
 a mean of per-rank means; ``heads.train_loop.global_mean`` divides by the all-reduced count, so a
 full-batch DDP step is the gradient of the global mean, as in one process. Settings under which
-the two runs must match (see tests/test_sim_heads_ddp.py): full batch per rank, N % 2 == 0, no
+the two runs must match (see tests/heads/test_sim_heads_ddp.py): full batch per rank, N % 2 == 0, no
 dropout.
 """
 from __future__ import annotations
@@ -19,6 +19,8 @@ import torch
 import yaml
 
 from tests.helpers import REPO, pixel_free_poses_caches
+
+pytestmark = pytest.mark.slow  # real torchrun / large demo: seconds to a minute each
 
 WORLD = 2
 EPOCHS = 4

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cache_specs import LoaderConfig, make_loader, open_cache
-from stream_helpers import FEATS, eid, feats_of, kept_standard, meta_of, num, standard_pair, write_cache
+from tests.cache_specs.stream_helpers import FEATS, eid, feats_of, kept_standard, meta_of, num, standard_pair, write_cache
 
 ARRAYS = {"feats": ["x", "idx", "flag"], "meta": ["y", "t"]}
 
@@ -264,7 +264,7 @@ def test_stream_peak_memory_does_not_grow_with_cache_size(tmp_path):
             write_part(d / PARTS, part_id(p // 100), "fp", spec, {}, res, backend="zarr", chunk_rows=64)
             expected[part_id(p // 100)] = "fp"
         finalize_cache(d, expected, {"stage": "test"})
-        out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(d)], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
+        out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(d)], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2])
         n, peak = map(int, out.stdout.split())
         assert n == n_eps
         peaks.append(peak)

@@ -239,6 +239,7 @@ def test_inspect_plot_writes_the_contact_sheet_and_top_down_view(tours, tmp_path
     assert bad.returncode == 1 and "nope" in bad.stderr
 
 
+@pytest.mark.slow
 def test_chain_on_dask_and_slurm_shards_matches_the_local_run(tours, tmp_path):
     """Downstream stages read upstream parts on other processes (dask workers, shard jobs)."""
     from tests.helpers import cache_checksums

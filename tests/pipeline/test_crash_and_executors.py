@@ -43,6 +43,7 @@ def assert_identical(root: Path, reference: dict) -> None:
         assert verify_cache(cache) == []
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_rerun_is_identical(tmp_path, dataset, tiny_model, reference):
     cfg = write_project(tmp_path, dataset, tiny_model, part_size=2)
     rng = random.Random(1234)
@@ -113,6 +114,7 @@ def test_slurm_style_shards_then_plain_run(tmp_path, dataset, tiny_model, refere
     assert_identical(tmp_path, reference)
 
 
+@pytest.mark.slow
 def test_dask_cli_end_to_end(tmp_path, dataset, tiny_model, reference):
     cfg = write_project(tmp_path, dataset, tiny_model, part_size=2)
     r = subprocess.run([sys.executable, str(REPO / "cli.py"), "extract", "-c", str(cfg), "--executor", "dask", "--workers", "2", "--json"], cwd=tmp_path, capture_output=True, text=True)

@@ -19,14 +19,8 @@ SEEDS = (0, 1)
 
 
 @pytest.fixture(scope="module")
-def rover_caches(demo_world, tmp_path_factory):
-    from pipeline.runner import ExtractOptions, extract
-    from tests.helpers import demo_job
-
-    cwd, project = demo_job(tmp_path_factory, demo_world, "sim_stream_job")
-    for split in ("train", "val"):
-        assert not extract(project, ExtractOptions(split, datasets=("demo_rover",))).errors
-    return Path(project.cache_root)
+def rover_caches(demo_cache_root):
+    return demo_cache_root  # built once per test session (tests/conftest.py)
 
 
 def _cfg(caches, out, mode, seed=0, epochs=30, **kw):

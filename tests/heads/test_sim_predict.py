@@ -33,14 +33,8 @@ SAME = 1e-6
 
 
 @pytest.fixture(scope="module")
-def rover_caches(demo_world, tmp_path_factory):
-    from pipeline.runner import ExtractOptions, extract
-    from tests.helpers import demo_job
-
-    _, project = demo_job(tmp_path_factory, demo_world, "sim_predict_job")
-    for split in ("train", "val"):
-        assert not extract(project, ExtractOptions(split, datasets=(DATASET,))).errors
-    return Path(project.cache_root)
+def rover_caches(demo_cache_root):
+    return demo_cache_root  # built once per test session (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

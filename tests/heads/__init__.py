@@ -1,0 +1,1 @@
+"""navcache tests (a package, so test modules are named tests.<area>.test_x)."""
