@@ -66,6 +66,18 @@ def load_trainable(model: nn.Module, path_or_state: str | Path | dict, prefer_em
 # plain containers and files
 
 
+def read_head_checkpoint(path: str | Path, head: str) -> dict:
+    """The whole checkpoint dict (``weights_only=True``); ValueError unless ``metadata.head == head``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    found = (ckpt.get("metadata") or {}).get("head") if isinstance(ckpt, dict) else None
+    if found != head:
+        raise ValueError(f"{path} is not a {head} checkpoint (metadata.head = {found!r})")
+    return ckpt
+
+
 def plain(x: Any) -> Any:
     """Numbers / strings / lists / dicts / tensors only (checkpoints must load with weights_only=True).
 

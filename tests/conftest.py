@@ -30,8 +30,8 @@ def demo_world(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_caches(tmp_path_factory, demo_world) -> Path:
     """A working folder holding the demo world and the train + val caches of every demo dataset,
-    built once per test session (``navcache_cache/`` inside it). Read-only: a test that changes
-    caches copies the folder first (``tests.helpers.copy_job``)."""
+    built once per test session (``navcache_cache/`` inside it). Read-only, except for a test that
+    deletes a cache and asserts the rebuild is byte-identical."""
     from pipeline.runner import ExtractOptions, extract
     from tests.helpers import demo_job
 

@@ -105,11 +105,3 @@ def pixel_free_poses_caches(cwd: Path, scale: float, part_size: int = 256) -> Pa
         assert not summary.errors, summary.errors
     return Path(project.cache_root)
 
-
-def copy_job(tmp_path: Path, job: Path) -> Path:
-    """A private copy of a working folder (demo world + caches) for a test that changes it."""
-    import shutil
-
-    dst = tmp_path / job.name
-    shutil.copytree(job, dst, symlinks=True)
-    return dst

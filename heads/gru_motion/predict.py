@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from cache_specs.layout import atomic_write_bytes
+from heads.checkpoint import read_head_checkpoint
 from heads.train_loop import load_trainable
 
 from .data import load_poses_split
@@ -31,14 +32,7 @@ TARGETS = ("next_dist", "next_yaw", "k_dist", "k_yaw")
 
 def read_checkpoint(path: str | Path) -> dict:
     """The whole checkpoint dict (``weights_only=True``); ValueError unless it is a gru-motion one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    head = (ckpt.get("metadata") or {}).get("head") if isinstance(ckpt, dict) else None
-    if head != "gru-motion":
-        raise ValueError(f"{path} is not a gru-motion checkpoint (metadata.head = {head!r})")
-    return ckpt
+    return read_head_checkpoint(path, "gru-motion")
 
 
 def load_for_inference(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> tuple[GruMotionModel, dict]:

@@ -23,6 +23,7 @@ import torch
 
 from cache_specs.labels import LABELS
 from cache_specs.layout import atomic_write_bytes
+from heads.checkpoint import read_head_checkpoint
 from heads.train_loop import load_trainable
 
 from .data import load_split, normalise_telemetry
@@ -38,14 +39,7 @@ from .model import (
 
 def read_checkpoint(path: str | Path) -> dict:
     """The whole checkpoint dict (``weights_only=True``); ValueError unless it is a sim-heads one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    head = (ckpt.get("metadata") or {}).get("head") if isinstance(ckpt, dict) else None
-    if head != "sim-heads":
-        raise ValueError(f"{path} is not a sim-heads checkpoint (metadata.head = {head!r})")
-    return ckpt
+    return read_head_checkpoint(path, "sim-heads")
 
 
 def _frozen_llm(info: dict) -> torch.nn.Module:

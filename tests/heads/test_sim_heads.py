@@ -120,7 +120,7 @@ def test_llm_from_local_folder(trained, rover_caches, tmp_path):
     assert task.model.d == 64 and not (tmp_path / "run" / "frozen_llm").exists()
 
 
-def test_cli_train_on_the_demo_rebuilds_a_missing_cache_first(demo_caches, tmp_path, monkeypatch):
+def test_cli_train_on_the_demo_rebuilds_a_missing_cache_first(rover_caches, tmp_path, monkeypatch):
     """`navcache train sim-heads` where the embedded demo lives (no navcache.yaml): the caches the head READS
     are brought up to date first (a deleted one rebuilt, identical), then trained on; the run records their
     absolute root, so predicting works from anywhere."""
@@ -129,9 +129,10 @@ def test_cli_train_on_the_demo_rebuilds_a_missing_cache_first(demo_caches, tmp_p
     from typer.testing import CliRunner
 
     import cli
-    from tests.helpers import cache_checksums, copy_job
+    from tests.helpers import cache_checksums
 
-    rover_caches = copy_job(tmp_path, demo_caches) / "navcache_cache"
+    # in the session's shared demo folder (a copy elsewhere would re-encode: the demo encoder's
+    # identity is its folder path); the rebuilt cache must equal the deleted one, checked below
     meta, feats = rover_caches / "demo_rover/val/rover_meta", rover_caches / "demo_rover/val/frame_features"
     before = {meta: cache_checksums(meta), feats: cache_checksums(feats)}
     shutil.rmtree(meta)
