@@ -19,3 +19,14 @@ def test_readme_project_file_is_valid(tmp_path):
     assert cfg.stage_settings("frame-features", "r2r").frames_from == "source"
     geo = cfg.stage_settings("geometry", "scans")
     assert geo.provider == "vggt" and geo.vggt.keep_tokens and geo.stride == 4
+
+
+def test_readme_python_snippets_run_on_the_demo_caches(demo_caches, monkeypatch, capsys):
+    """Every ```python block of the README runs as written, in a folder holding the demo's caches."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert len(blocks) >= 2
+    monkeypatch.chdir(demo_caches)
+    for block in blocks:
+        scope: dict = {}
+        exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - our own documentation
+    assert "feats:" in capsys.readouterr().out  # the join report printed by the loader snippet
