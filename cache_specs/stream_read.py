@@ -115,7 +115,8 @@ class HeldRows:
 
     def gather(self, eps: np.ndarray, alloc: Alloc = fresh) -> dict[str, np.ndarray]:
         idx = np.concatenate([np.arange(self.off[i], self.off[i + 1]) for i in eps]) if len(eps) else np.zeros(0, np.int64)
-        return {n: np.take(a, idx, axis=0, out=alloc(n, (len(idx), *a.shape[1:]), a.dtype)) for n, a in self.rows.items()}
+        # mode="wrap": "raise" gathers into a hidden temporary first; idx is in range by construction
+        return {n: np.take(a, idx, axis=0, out=alloc(n, (len(idx), *a.shape[1:]), a.dtype), mode="wrap") for n, a in self.rows.items()}
 
     @property
     def nbytes(self) -> int:
