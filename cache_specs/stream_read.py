@@ -19,10 +19,16 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .join import EpisodeSlices
+from .stream_buffers import BlockPool
 from .stream_plan import BlockPlan, Task
 
-#: ``alloc(shape, dtype) -> writable C-contiguous numpy array``; np.empty, or shared memory in a worker
-Alloc = Callable[[tuple, np.dtype], np.ndarray]
+#: ``alloc(name, shape, dtype) -> writable C-contiguous numpy array`` for array ``name``: a fresh
+#: one, or a slot of the loader's recycled block buffers (``stream_buffers.BlockPool``)
+Alloc = Callable[[str, tuple, np.dtype], np.ndarray]
+
+
+def fresh(name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    return np.empty(shape, dtype)
 
 
 class DiskRows:
@@ -37,6 +43,10 @@ class DiskRows:
 
         self._reader = CacheReader(Path(path))
         self.arrays = list(arrays)
+        spec = self._reader.spec["arrays"]
+        # row shape and dtype from the cache's spec: opening each part's arrays only to learn
+        # them costs more CPU than reading an 8 MiB block of raw chunks
+        self._rows = {n: (tuple(spec[n]["shape"]), np.dtype(spec[n]["dtype"])) for n in self.arrays}
         self._open: OrderedDict = OrderedDict()
         self._max_open = max_open
 
@@ -45,16 +55,16 @@ class DiskRows:
             self._open.move_to_end(part)
             return self._open[part]
         data = self._reader.open_part(part)
-        entry = (data, {n: data[n] for n in self.arrays}, max(data.chunk_rows(n) for n in self.arrays))
+        entry = (data, max(data.chunk_rows(n) for n in self.arrays))
         self._open[part] = entry
         if len(self._open) > self._max_open:
             self._open.popitem(last=False)[1][0].close()
         return entry
 
-    def read(self, part: str, start: np.ndarray, length: np.ndarray, alloc: Alloc = np.empty) -> dict[str, np.ndarray]:
+    def read(self, part: str, start: np.ndarray, length: np.ndarray, alloc: Alloc = fresh) -> dict[str, np.ndarray]:
         """The spans' rows concatenated in the given order: {array: [sum(length), *row_shape]},
-        each in an array from ``alloc(shape, dtype)`` (a worker allocates shared memory)."""
-        data, arrs, chunk = self._part(part)
+        each in an array from ``alloc(array name, shape, dtype)``."""
+        data, chunk = self._part(part)
         order = np.argsort(start, kind="stable")
         s, e = start[order], start[order] + length[order]
         # a new run starts where the gap to everything before exceeds a chunk
@@ -66,13 +76,14 @@ class DiskRows:
         dst = np.concatenate([[0], np.cumsum(length)])
         contiguous = len(runs) == 1 and np.array_equal(order, np.arange(len(order))) and np.array_equal(start[1:], start[:-1] + length[:-1])
         out = {}
-        for name, arr in arrs.items():
-            res = alloc((int(dst[-1]),) + tuple(arr.shape[1:]), arr.dtype)
+        for name in self.arrays:
+            shape, dtype = self._rows[name]
+            res = alloc(name, (int(dst[-1]),) + shape, dtype)
             if contiguous:  # the common case: a block's rows back to back, decoded straight into res
                 data.read_into(name, runs[0][0], runs[0][1], res)
             else:
                 for (lo, hi), a, b in zip(runs, lo_idx, hi_idx):
-                    buf = np.asarray(arr[lo:hi])
+                    buf = np.asarray(data[name][lo:hi])
                     for k in order[a:b]:
                         res[dst[k] : dst[k + 1]] = buf[start[k] - lo : start[k] - lo + length[k]]
             out[name] = res
@@ -102,9 +113,10 @@ class HeldRows:
         finally:
             disk.close()
 
-    def gather(self, eps: np.ndarray, alloc: Alloc = np.empty) -> dict[str, np.ndarray]:
+    def gather(self, eps: np.ndarray, alloc: Alloc = fresh) -> dict[str, np.ndarray]:
         idx = np.concatenate([np.arange(self.off[i], self.off[i + 1]) for i in eps]) if len(eps) else np.zeros(0, np.int64)
-        return {n: np.take(a, idx, axis=0, out=alloc((len(idx), *a.shape[1:]), a.dtype)) for n, a in self.rows.items()}
+        # mode="wrap": "raise" gathers into a hidden temporary first; idx is in range by construction
+        return {n: np.take(a, idx, axis=0, out=alloc(n, (len(idx), *a.shape[1:]), a.dtype), mode="wrap") for n, a in self.rows.items()}
 
     @property
     def nbytes(self) -> int:
@@ -151,6 +163,7 @@ class BlockReader:
         self._disk: dict[str, DiskRows] = {}
 
     def _rows(self, cache: str, eps: np.ndarray, alloc: Alloc) -> dict[str, np.ndarray]:
+        alloc = _keyed(alloc, cache)
         if cache in self.held:
             return self.held[cache].gather(eps, alloc)
         if cache not in self._disk:
@@ -164,14 +177,15 @@ class BlockReader:
         out = {}
         for name in self.spec.arrays[cache]:
             first = pieces[0][1][name]
-            res = alloc((int(dst[-1]),) + first.shape[1:], first.dtype)
+            res = alloc(name, (int(dst[-1]),) + first.shape[1:], first.dtype)
             for sel, got in pieces:
                 res[np.concatenate([np.arange(dst[i], dst[i + 1]) for i in sel])] = got[name]
             out[name] = res
         return out
 
-    def rows(self, eps: np.ndarray, alloc: Alloc = np.empty) -> dict[str, np.ndarray]:
-        """Every selected array's rows for episodes ``eps`` (kept indices, storage order), each from ``alloc``."""
+    def rows(self, eps: np.ndarray, alloc: Alloc = fresh) -> dict[str, np.ndarray]:
+        """Every selected array's rows for episodes ``eps`` (kept indices, storage order), each from
+        ``alloc("<cache>.<array>", shape, dtype)``."""
         out = {}
         for cache in self.spec.arrays:
             for name, a in self._rows(cache, eps, alloc).items():
@@ -195,32 +209,19 @@ class BlockReader:
         self._disk.clear()
 
 
-def _shared_alloc(made: dict):
-    """An ``Alloc`` that hands out numpy views of shared-memory tensors (kept in ``made`` by id), so
-    a worker decodes straight into memory the main process maps: no copy on the way out."""
-
-    def alloc(shape, dtype):
-        tdtype = torch.from_numpy(np.empty(0, dtype)).dtype
-        new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # torch.multiprocessing's own allocator
-        if new_shared is None:  # public fallback: copies the (untouched) buffer once
-            t = torch.empty(tuple(shape), dtype=tdtype).share_memory_()
-        else:  # shared memory from the start: half the CPU time of share_memory_() (measured)
-            t = torch.empty(0, dtype=tdtype).set_(new_shared(max(1, int(np.prod(shape))) * np.dtype(dtype).itemsize))[: int(np.prod(shape))].view(tuple(shape))
-        a = t.numpy()
-        made[id(a)] = t
-        return a
-
-    return alloc
+def _keyed(alloc: Alloc, cache: str) -> Alloc:
+    return lambda name, shape, dtype: alloc(f"{cache}.{name}", shape, dtype)
 
 
 class TaskStream(IterableDataset):
-    """Yields (task index, kind, {key: tensor}) for this worker's share of the tasks (every
-    num_workers-th): kind "rows" = the block's rows, to be cut into samples by the consumer;
-    kind "samples" = transformed samples. Readers are opened inside ``__iter__``, i.e. in the
-    worker, so no zarr/HDF5 handle crosses a fork."""
+    """Yields (task index, kind, payload) for this worker's share of the tasks (every
+    num_workers-th): kind "rows": payload (slot, {key: shape}), the block's rows in slot ``slot``
+    of ``pool``, to be cut into samples and the slot released by the consumer; kind "samples":
+    payload {key: tensor}, transformed samples. Readers are opened inside ``__iter__``, i.e. in
+    the worker, so no zarr/HDF5 handle crosses a fork."""
 
-    def __init__(self, spec: ReadSpec, held: Mapping[str, HeldRows], plan: BlockPlan, tasks: list[Task]):
-        self.spec, self.held, self.ep, self.ep_off, self.tasks = spec, held, plan.ep, plan.ep_off, tasks
+    def __init__(self, spec: ReadSpec, held: Mapping[str, HeldRows], plan: BlockPlan, tasks: list[Task], pool: BlockPool | None):
+        self.spec, self.held, self.ep, self.ep_off, self.tasks, self.pool = spec, held, plan.ep, plan.ep_off, tasks, pool
 
     def __iter__(self):
         info = get_worker_info()
@@ -233,12 +234,12 @@ class TaskStream(IterableDataset):
                 if self.spec.transform is not None:
                     got = reader.samples(eps, t.local)
                     yield i, "samples", {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in got.items()}
-                elif info is None:
-                    yield i, "rows", {k: torch.from_numpy(v) for k, v in reader.rows(eps).items()}
-                else:
-                    made: dict = {}
-                    got = reader.rows(eps, _shared_alloc(made))
-                    yield i, "rows", {k: made[id(v)] for k, v in got.items()}
+                    continue
+                slot = self.pool.acquire(wid)
+                if slot is None:  # the consumer stopped early
+                    return
+                got = reader.rows(eps, lambda key, shape, dtype: self.pool.view(key, slot, shape, dtype))
+                yield i, "rows", (slot, {k: tuple(v.shape) for k, v in got.items()})
         finally:
             reader.close()
 

@@ -22,7 +22,7 @@ from tests.cache_specs.stream_helpers import FEATS, eid, feats_of, kept_standard
 ARRAYS = {"feats": ["x", "idx", "flag"], "meta": ["y", "t"]}
 
 
-@pytest.fixture(scope="module", params=["zarr", "hdf5"])
+@pytest.fixture(scope="module", params=["zarr", "zarr-raw", "hdf5"])  # zarr-raw: the direct shard reads
 def pair(request, tmp_path_factory):
     return standard_pair(tmp_path_factory.mktemp(request.param), request.param)
 
@@ -271,3 +271,125 @@ def test_stream_peak_memory_does_not_grow_with_cache_size(tmp_path):
         sizes.append(n_eps * 4 * 2048 * 4)
     # 5x the data (16 -> 82 MB): the peak may move by noise and per-episode metadata, not by the data
     assert peaks[1] - peaks[0] < 0.1 * (sizes[1] - sizes[0]), (peaks, sizes)
+
+
+# -- the read path's shortcuts: direct raw-shard reads, recycled block and batch buffers --------
+
+
+def _raw_part(tmp_path, backend="zarr-raw", rows=37, chunk_rows=8):
+    from cache_specs.backends import get_backend
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "f16": rng.standard_normal((rows, 3, 5)).astype(np.float16),
+        "i64": rng.integers(-9, 9, rows).astype(np.int64),
+        "b": rng.integers(0, 2, (rows, 2)).astype(bool),
+    }
+    d = tmp_path / "part"
+    d.mkdir()
+    b = get_backend(backend)
+    b.write(d, arrays, chunk_rows)
+    return b.open(d), arrays, d / b.data_name
+
+
+def test_direct_shard_reads_equal_zarr_decoding_for_any_row_range(tmp_path):
+    from cache_specs.backends.zarr_direct import ShardLayout
+
+    data, arrays, root = _raw_part(tmp_path)
+    ranges = [(0, 37), (0, 8), (8, 16), (3, 5), (5, 29), (30, 37), (36, 37), (0, 1)]
+    for name, want in arrays.items():
+        assert ShardLayout.of(root, name, data.metadata(name)) is not None, name
+        for lo, hi in ranges:
+            out = np.full((hi - lo, *want.shape[1:]), 7, want.dtype)
+            data.read_into(name, lo, hi, out)
+            np.testing.assert_array_equal(out, want[lo:hi])
+            np.testing.assert_array_equal(np.asarray(data[name][lo:hi]), want[lo:hi])  # zarr's own decode agrees
+
+
+def test_compressed_chunks_are_left_to_zarr(tmp_path):
+    from cache_specs.backends.zarr_direct import ShardLayout
+
+    data, arrays, root = _raw_part(tmp_path, backend="zarr")
+    assert ShardLayout.of(root, "f16", data.metadata("f16")) is None
+    out = np.empty((20, 3, 5), np.float16)
+    data.read_into("f16", 4, 24, out)
+    np.testing.assert_array_equal(out, arrays["f16"][4:24])
+
+
+def test_direct_read_of_a_corrupt_chunk_fails_its_checksum(tmp_path):
+    data, arrays, root = _raw_part(tmp_path)
+    shard = next(p for p in (root / "f16").rglob("*") if p.is_file() and p.name != "zarr.json")
+    raw = bytearray(shard.read_bytes())
+    raw[100] ^= 0xFF  # inside chunk 0 (rows 0:8)
+    shard.write_bytes(bytes(raw))
+    out = np.empty((8, 3, 5), np.float16)
+    data.read_into("f16", 8, 16, out)  # other chunks still read
+    np.testing.assert_array_equal(out, arrays["f16"][8:16])
+    with pytest.raises(ValueError, match="crc32c"):
+        data.read_into("f16", 0, 8, np.empty((8, 3, 5), np.float16))
+    raw[-3] ^= 0xFF  # the shard index's own checksum
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="index checksum"):
+        type(data)(root).read_into("f16", 8, 16, out)
+
+
+def test_a_recycled_batch_buffer_is_never_handed_out_while_a_batch_refers_to_it():
+    from cache_specs.stream_buffers import BatchBuffers
+
+    pool = BatchBuffers(keep=2)
+    shapes, dtypes = {"a": (4,), "b": ()}, {"a": np.dtype(np.float32), "b": np.dtype(np.int64)}
+
+    def batch(fill):
+        out = {k: torch.from_numpy(v) for k, v in pool.get(3, shapes, dtypes).items()}
+        for v in out.values():
+            v.fill_(fill)
+        return out
+
+    def pieces(kept):
+        return [np.asarray(v) for v in kept.values()] if isinstance(kept, dict) else [np.asarray(kept)]
+
+    # whatever survives of a batch (the dict, one tensor, a view of it, its .numpy()) pins its buffer
+    for hold in (lambda b: b, lambda b: b["a"], lambda b: b["a"][1:], lambda b: b["b"].numpy()):
+        kept = hold(batch(1))
+        later = [batch(2) for _ in range(4)]  # more batches than the pool keeps
+        for old in pieces(kept):
+            assert (old == 1).all()
+            assert not any(np.shares_memory(old, new) for b in later for new in pieces(b))
+        del kept, later
+    b = batch(0)
+    ptr = {k: v.data_ptr() for k, v in b.items()}
+    del b  # nothing refers to its buffers any more: they are reused
+    assert {k: v.data_ptr() for k, v in batch(0).items()} == ptr
+
+
+def test_block_pool_hands_each_slot_out_once_and_close_wakes_waiters():
+    from cache_specs.stream_buffers import BlockPool
+
+    pool = BlockPool({"k": (10, np.dtype(np.float32))}, workers=2, per_worker=2, shared=False)
+    got = [pool.acquire(1), pool.acquire(1)]
+    assert sorted(got) == [2, 3]
+    with pytest.raises(RuntimeError, match="in use"):
+        pool.acquire(1)
+    pool.release(got[0])
+    assert pool.acquire(1) == got[0]
+    with pytest.raises(RuntimeError, match="twice"):
+        pool.release(0)
+    with pytest.raises(ValueError):
+        pool.view("k", 0, (11,))
+    pool.close()
+    assert pool.acquire(0) is None
+
+
+def test_workers_block_on_a_full_pool_and_the_loader_stops_early_cleanly(pair):
+    """prefetch_factor=1: one block buffer in flight per worker plus one being read; breaking off
+    mid-epoch (with workers waiting for a slot) and resuming still gives the uninterrupted batches."""
+    whole = run(loader(pair, num_workers=2, prefetch_factor=1))
+    ld = loader(pair, num_workers=2, prefetch_factor=1)
+    it = iter(ld)
+    head = [next(it) for _ in range(3)]
+    state = ld.state_dict()
+    it.close()
+    ld2 = loader(pair, num_workers=2, prefetch_factor=1)
+    ld2.load_state_dict(state)
+    tail = run(ld2, whole=False)
+    assert ids(head + tail) == ids(whole)
