@@ -67,7 +67,7 @@ class ProjectConfig:
     cache_root: Path
     datasets: dict[str, DatasetConfig]
     stages: dict[str, Any] = field(default_factory=dict)
-    backend: Literal["zarr", "hdf5"] = "zarr"
+    backend: Literal["zarr", "zarr-raw", "hdf5"] = "zarr"  # zarr-raw: uncompressed chunks, for caches streamed every epoch
     chunk_rows: int = 64
     run: RunConfig = field(default_factory=RunConfig)
     #: where the file came from ("demo" for the embedded demo config)

@@ -9,6 +9,10 @@ class TestZarr(BackendConformance):
     backend_name = "zarr"
 
 
+class TestZarrRaw(BackendConformance):
+    backend_name = "zarr-raw"
+
+
 class TestHDF5(BackendConformance):
     backend_name = "hdf5"
 
