@@ -235,7 +235,23 @@ def _predict(name: str, checkpoint: Path, out: Path, split: str, dataset: str | 
         return _error(e, EXIT_CONFIG)
     except NavcacheError as e:
         return _error(e, EXIT_FAILED)
+    missing = _missing_split(Path(cache_root), dataset, split)
+    if missing:
+        return _error(ConfigError(missing), EXIT_CONFIG)
     return commands.predict_cmd(name, checkpoint, out, split, dataset, Path(cache_root), batch_size, device)
+
+
+def _missing_split(cache_root: Path, dataset: str, split: str) -> str | None:
+    """Why (dataset, split) has no caches under ``cache_root``, naming what exists; None when it has."""
+    from cache_specs.config import unknown_name
+
+    if (cache_root / dataset / split).is_dir():
+        return None
+    if not (cache_root / dataset).is_dir():
+        have = sorted(d.name for d in cache_root.iterdir() if d.is_dir() and not d.name.startswith(".")) if cache_root.is_dir() else []
+        return str(unknown_name("dataset", dataset, have, f"--dataset (caches under {cache_root})"))
+    have = sorted(d.name for d in (cache_root / dataset).iterdir() if d.is_dir())
+    return str(unknown_name("split", split, have, f"--split (caches of {dataset} under {cache_root})"))
 
 
 def export_for_dataset(project, dataset: str, split: str, out: Path):

@@ -22,7 +22,7 @@ def load_project(config: Path | None):
 
 
 def extract_cmd(config: Path | None, opts, as_json: bool = False, strict: bool = False) -> int:
-    from .console import RichReporter, print_plan, print_summary
+    from .console import RichReporter, print_notes, print_plan, print_summary
     from .runner import extract, plan_all
 
     try:
@@ -34,9 +34,10 @@ def extract_cmd(config: Path | None, opts, as_json: bool = False, strict: bool =
             s = RunSummary(dry_run=True)
             plans = plan_all(project, opts, s, FileHasher())
             if as_json:
-                print(json.dumps({"plan": [_plan_json(p) for p in plans], "errors": s.errors}, indent=1))
+                print(json.dumps({"plan": [_plan_json(p) for p in plans], "errors": s.errors, "skipped": s.skipped}, indent=1))
             else:
                 print_plan(plans)
+                print_notes(s)
             return EXIT_FAILED if s.errors else EXIT_OK
         summary = extract(project, opts, None if as_json else RichReporter())
     except (ConfigError, ValueError) as e:
@@ -100,6 +101,9 @@ def inspect_cmd(path: Path | None, config: Path | None, as_json: bool, episode: 
             print(f"navcache: configuration error: {e}", file=sys.stderr)
             return EXIT_CONFIG
     path = Path(path)
+    if not path.is_dir():
+        print(f"navcache: {path}: no such cache folder or cache root", file=sys.stderr)
+        return EXIT_FAILED
     if (path / "manifest.json").exists() or (path / "parts").is_dir():
         try:
             c = open_cache(path)
@@ -109,7 +113,12 @@ def inspect_cmd(path: Path | None, config: Path | None, as_json: bool, episode: 
         if episode is not None:
             if episode not in c:  # a typo or a quarantined episode: say so, no traceback
                 quarantined = dict(c.quarantined.iter_rows())
-                why = f"was quarantined: {quarantined[episode]}" if episode in quarantined else f"is not in {path} ({len(c)} episodes)"
+                if episode in quarantined:
+                    why = f"was quarantined: {quarantined[episode]}"
+                else:
+                    from cache_specs.config import suggest
+
+                    why = f"is not in {path} ({len(c)} episodes, e.g. {', '.join(c.episodes[:3])}){suggest(episode, c.episodes)}"
                 print(f"navcache: episode {episode!r} {why}", file=sys.stderr)
                 return EXIT_FAILED
             data = {k: {"dtype": str(v.dtype), "shape": list(v.shape), "mean": float(v.astype("float64").mean()) if v.size else None} for k, v in c[episode].items()}
@@ -125,6 +134,9 @@ def inspect_cmd(path: Path | None, config: Path | None, as_json: bool, episode: 
                 console.print(f"  [yellow]quarantined[/] {escape(f'{row[0]}: {row[1]}')}")
         return EXIT_OK
     caches = list(iter_caches(path))
+    if not caches:
+        print(f"navcache: no caches under {path} (a cache root holds <dataset>/<split>/<spec>/ folders; build them with `navcache extract`)", file=sys.stderr)
+        return EXIT_FAILED
     rows = []
     for d in caches:
         try:

@@ -50,6 +50,14 @@ class RichReporter(Reporter):
             self._p = None
 
 
+def print_notes(s: RunSummary) -> None:
+    """What a run left out and why, then every error: in the plan and in the summary alike."""
+    for line in s.skipped:
+        console.print(f"[yellow]skipped[/] {escape(line)}")
+    for e in s.errors:
+        console.print(f"[red]error[/] {escape(e)}")
+
+
 def print_plan(plans: list[StagePlan]) -> None:
     t = Table(title="navcache plan")
     for col in ("dataset", "split", "stage", "parts", "up to date", "stale", "missing", "cache"):
@@ -79,5 +87,4 @@ def print_summary(s: RunSummary, max_reasons: int = 20) -> None:
         console.print(f"... and {shown - max_reasons} more quarantined episodes (see `navcache inspect` or --json)")
     for line in mismatch_lines(s):
         console.print(f"[yellow]ids[/] {escape(line)}")
-    for e in s.errors:
-        console.print(f"[red]error[/] {escape(e)}")
+    print_notes(s)

@@ -57,14 +57,36 @@ class Reporter:
         pass
 
 
+def check_selection(project: ProjectConfig, opts: ExtractOptions) -> None:
+    """A ConfigError (listing the valid names and the closest) when ``--split``, ``--only`` or
+    ``--dataset`` names nothing in the project: a typo must never be an empty success."""
+    from cache_specs.config import unknown_name
+
+    for name in opts.datasets:
+        if name not in project.datasets:
+            raise unknown_name("dataset", name, list(project.datasets), "--dataset")
+    chosen = [d for n, d in project.datasets.items() if not opts.datasets or n in opts.datasets]
+    splits = sorted({s for d in chosen for s in d.splits})
+    if opts.split not in splits:
+        raise unknown_name("split", opts.split, splits, "--split")
+    stages = list(dict.fromkeys(st for d in chosen for st in d.stages))
+    if opts.only and opts.only not in stages:
+        raise unknown_name("stage", opts.only, stages, "--only")
+
+
 def plan_all(project: ProjectConfig, opts: ExtractOptions, summary: RunSummary, hasher: FileHasher) -> list[StagePlan]:
+    """Every stage plan of the selected datasets for ``opts.split``; a dataset without that split or
+    stage is skipped with a note in ``summary.skipped``; listing errors go to ``summary.errors``."""
+    check_selection(project, opts)
     plans: list[StagePlan] = []
     for name, ds in project.datasets.items():
         if opts.datasets and name not in opts.datasets:
             continue
         if opts.split not in ds.splits:
+            summary.skipped.append(f"dataset {name} has no split {opts.split!r} (its splits: {', '.join(ds.splits)})")
             continue
         if opts.only and opts.only not in ds.stages:
+            summary.skipped.append(f"dataset {name} has no stage {opts.only!r} (its stages: {', '.join(ds.stages)})")
             continue
         try:
             ds = project.dataset(name)
@@ -84,6 +106,7 @@ def plan_all(project: ProjectConfig, opts: ExtractOptions, summary: RunSummary, 
 
 def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | None = None) -> RunSummary:
     reporter = reporter or Reporter()
+    check_selection(project, opts)  # before anything is created under the cache root
     summary = RunSummary(dry_run=opts.dry_run)
     hasher = FileHasher(Path(project.cache_root) / ".navcache" / "filehash.sqlite")
     try:

@@ -33,13 +33,15 @@ class RunSummary:
     dry_run: bool = False
     #: "dataset/split" -> the source's cross-file report (``brief_report``): ids in one file only, ...
     sources: dict[str, dict] = field(default_factory=dict)
+    #: datasets left out because they lack the chosen split or stage (said, never silent)
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def quarantined(self) -> int:
         return sum(s.episodes_quarantined for s in self.stages)
 
     def to_dict(self) -> dict:
-        d = {"stages": [], "errors": self.errors, "dry_run": self.dry_run, "sources": self.sources}
+        d = {"stages": [], "errors": self.errors, "skipped": self.skipped, "dry_run": self.dry_run, "sources": self.sources}
         for s in self.stages:
             d["stages"].append({**asdict(s), "frames_per_s": round(s.frames_per_s, 2)})
         d["totals"] = {
