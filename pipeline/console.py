@@ -1,6 +1,8 @@
 """Terminal rendering with rich: progress bars per stage, plan and summary tables."""
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -10,7 +12,9 @@ from .plan import StagePlan
 from .runner import Reporter
 from .summary import RunSummary, mismatch_lines
 
-console = Console(stderr=True)
+#: outside a terminal (SLURM and CI logs, pipes) rich would cut tables to 80 columns, exactly where
+#: people read run summaries afterwards: there it may use as many columns as the content needs
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 240)
 
 
 class RichReporter(Reporter):

@@ -102,3 +102,11 @@ def test_predict_on_a_split_without_caches_names_the_splits(tmp_path, project):
     torch.save({"metadata": {"head": "gru-motion", "config": {}}}, ckpt)
     r = navcache("predict", "gru-motion", tmp_path / "out.jsonl", "--checkpoint", ckpt, "--cache-root", project.parent / "cache", "--dataset", "nav", "--split", "test")
     assert r.exit_code == 2 and "unknown split 'test' (valid: train)" in r.output, r.output
+
+
+def test_summary_keeps_full_names_outside_a_terminal(project):
+    """A SLURM/CI log is not a terminal: the summary table must not cut dataset and stage names."""
+    from tests.helpers import run_cli
+
+    p = run_cli("extract", "-c", str(project), cwd=project.parent)
+    assert "frame-features" in p.stderr and "…" not in p.stderr, p.stderr
