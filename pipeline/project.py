@@ -31,6 +31,16 @@ def demo_config_dict(demo_dir: Path, cache_root: Path) -> dict:
                 "options": {"num_frames": 8},
                 "part_size": 16,
             },
+            # the same world's trajectories at 20x, records and poses only: enough episodes for
+            # the GRU motion head (gru-motion's demo preset) to beat its baselines
+            "demo_motion": {
+                "source": "navila",
+                "root": str(demo_dir / "motion"),
+                "splits": ["train", "val"],
+                "stages": ["poses"],
+                "options": {"num_frames": 8},
+                "part_size": 256,
+            },
             "demo_rover": {
                 "source": "rover",
                 "root": str(demo_dir / "rover"),

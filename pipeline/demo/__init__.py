@@ -24,12 +24,15 @@ from cache_specs.labels import LABELS
 
 from . import navila_writer, rover_writer, video_writer
 
-FORMAT = "navcache-demo/2"
+FORMAT = "navcache-demo/3"
 SPLITS = ("train", "val")
 NAVILA_EPISODES = {"train": 8, "val": 3}  # at scale 1
 ROVER_CLIPS = {"train": 240, "val": 80}
 TOURS = {"train": 6, "val": 2}
 CLIPS_PER_JOB = 8
+#: the motion set (``motion/``): the NaVILA world's records without pixels at this many times the
+#: scale; the GRU motion head needs ~1,600 train records to beat its baselines (BENCHMARKS.md)
+MOTION_SCALE = 20
 
 __all__ = ["DemoInfo", "generate_demo", "FORMAT"]
 
@@ -53,6 +56,11 @@ class DemoInfo:
     @property
     def videos_root(self) -> Path:
         return self.root / "videos"
+
+    @property
+    def motion_root(self) -> Path:
+        """NaVILA annotations + poses at ``MOTION_SCALE`` x the scale, no frames (full demos only)."""
+        return self.root / "motion"
 
     @classmethod
     def from_json(cls, root: Path, meta: dict[str, Any]) -> "DemoInfo":
@@ -141,6 +149,12 @@ def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None,
         jobs += [(rover_writer.write_clips, (rov_root, seed, split, range(i, min(i + CLIPS_PER_JOB, n_rov[split]))))
                  for i in range(0, n_rov[split], CLIPS_PER_JOB)]
         where["rover", split] = slice(start, len(jobs))
+    if pixels:
+        for split in SPLITS:
+            start = len(jobs)
+            n_motion = max(1, int(round(NAVILA_EPISODES[split] * scale * MOTION_SCALE)))
+            jobs += [(navila_writer.trajectory_records, (seed, split, i)) for i in range(n_motion)]
+            where["motion", split] = slice(start, len(jobs))
     results = _run_all(jobs, pool)
 
     counts: dict[str, int] = {}
@@ -153,6 +167,10 @@ def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None,
         counts[f"navila/{split}/frames"] = sum(len(recs[-1]["frames"]) for recs, _ in parts)
         if not pixels:
             continue
+        (tmp / "motion").mkdir(exist_ok=True)
+        navila_writer.write_index(tmp / "motion", split, results[where["motion", split]])
+        counts[f"motion/{split}/episodes"] = len(results[where["motion", split]])
+        counts[f"motion/{split}/samples"] = sum(len(recs) for recs, _ in results[where["motion", split]])
         tours = results[where["videos", split]]
         counts[f"videos/{split}/tours"] = len(tours)
         counts[f"videos/{split}/frames"] = sum(r["n_frames"] for r in tours)

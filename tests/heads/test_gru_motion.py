@@ -33,6 +33,7 @@ def demo_caches(tmp_path_factory):
 
 def _cfg(cache_root, out, **kw):
     loop = LoopConfig(epochs=30, batch_size=64, lr=3e-3, weight_decay=0.05, seed=0, device="cpu")
+    kw.setdefault("dataset", "demo_navila")  # pixel_free_poses_caches' name for the scale-20 records
     return GruMotionConfig(cache_root=str(cache_root), hidden=32, emb_dim=8, dropout=0.2, out_dir=str(out), loop=loop, **kw)
 
 
@@ -122,7 +123,8 @@ def test_config_yaml_and_validation(tmp_path):
 
 
 def test_presets_file_and_field_errors(tmp_path):
-    assert load_config() == PRESETS["demo"] == GruMotionConfig()
+    assert load_config() == PRESETS["demo"] and PRESETS["demo"].dataset == "demo_motion"
+    assert (PRESETS["demo"].hidden, PRESETS["demo"].emb_dim, PRESETS["demo"].dropout) == (32, 8, 0.2)  # what _cfg trains
     assert (PRESETS["default"].dataset, PRESETS["default"].splits) == ("r2r", ("train", "val_unseen"))
     p = tmp_path / "g.yaml"
     p.write_text("hidden: 24\nloop: {epochs: 2}\n")

@@ -28,11 +28,26 @@ def demo_run(tmp_path_factory, demo_world):
 def test_demo_builds_every_cache_clean(demo_run):
     cwd, project, s = demo_run
     assert not s.errors
-    assert {(x.dataset, x.stage) for x in s.stages} == {("demo_navila", "poses"), ("demo_navila", "frame-features"), ("demo_rover", "frame-features"), ("demo_rover", "rover-meta"),
+    assert {(x.dataset, x.stage) for x in s.stages} == {("demo_navila", "poses"), ("demo_navila", "frame-features"), ("demo_motion", "poses"),
+        ("demo_rover", "frame-features"), ("demo_rover", "rover-meta"),
         ("demo_tours", "geometry"), ("demo_tours", "keyframes"), ("demo_tours", "frame-features")}
     for x in s.stages:
         assert x.finalized and x.episodes_ok > 0 and x.episodes_quarantined == 0
         assert verify_cache(x.cache_dir) == []
+
+
+def test_motion_set_is_the_navila_world_at_twenty_times_without_pixels(demo_run):
+    """demo_motion: the NaVILA world's own trajectories (its first episodes equal demo_navila's), 20x as many."""
+    from cache_specs import open_cache
+    from pipeline.demo import MOTION_SCALE
+
+    cwd, project, _ = demo_run
+    nav = open_cache(project.cache_root, "demo_navila", "train", "poses")
+    motion = open_cache(project.cache_root, "demo_motion", "train", "poses")
+    assert len(motion) >= MOTION_SCALE * len(nav) * 0.9
+    for eid in nav.episodes:
+        for k, v in nav[eid].items():
+            assert (v == motion[eid][k]).all(), (eid, k)
 
 
 def test_rover_meta_matches_the_table_and_keeps_train_stats(demo_run):
