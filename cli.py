@@ -10,11 +10,38 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import typer
+import typer.core
 
 from cache_specs.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, NavcacheError
 from heads.registry import HEADS  # a dict of names: imports nothing else
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Extract frozen-encoder caches for navigation/VLA training, and inspect them.")
+
+
+class _Group(typer.core.TyperGroup):
+    """A known error (``NavcacheError``, ``ConfigError``) escaping a command is one line on stderr
+    and its exit code; the traceback only with ``--debug`` (the callback keeps it in ``ctx.obj``)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except NavcacheError as e:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            raise typer.Exit(_error(e, EXIT_CONFIG if isinstance(e, ConfigError) else EXIT_FAILED)) from None
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, help="Extract frozen-encoder caches for navigation/VLA training, and inspect them.")
+
+
+@app.callback()
+def _main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="Show tracebacks of known errors, and debug logs.")):
+    ctx.obj = {"debug": debug}
+    if debug:
+        import logging
+
+        # the library logs a known error's traceback at DEBUG (its message is already printed)
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("navcache").setLevel(logging.DEBUG)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Project file (default: ./navcache.yaml, else the embedded demo).")
 JsonOpt = typer.Option(False, "--json", help="Print a machine-readable JSON result on stdout.")

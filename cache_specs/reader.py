@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from . import describe
 from .layout import INDEX, PARTS, cache_dir as _cache_dir
 from .manifest import read_manifest
 from .parts import open_part_data
@@ -229,7 +230,18 @@ class CacheReader:
         self.close()
 
     # -- display ------------------------------------------------------------------------------
+    @cached_property
+    def _disk(self) -> dict:
+        return describe.disk_usage(self.path, list(self.manifest.get("parts", {})), self.array_names)
+
+    @cached_property
+    def class_balance(self) -> dict:
+        """``{label: {class name: count}}`` over ok episodes (labelled caches; else empty)."""
+        return describe.class_balance(self.spec["arrays"], self.load)
+
     def summary(self) -> dict:
+        """JSON-ready description: spec, counts, arrays, bytes on disk (dead rows included),
+        rows per part, provenance and, for labelled caches, class balance."""
         m = self.manifest
         return {
             "path": str(self.path),
@@ -238,33 +250,49 @@ class CacheReader:
             "backend": m.get("backend"),
             "counts": m["counts"],
             "arrays": {n: f"{a['dtype']} {tuple(a['shape'])}" for n, a in self.spec["arrays"].items()},
+            "disk": self._disk,
             "provenance": m.get("provenance", {}),
+            "class_balance": self.class_balance,
         }
+
+    def _lines(self, s: dict) -> list[str]:
+        """The lines repr and HTML share below the header: parts, provenance, class balance."""
+        lines = [describe.part_rows_line(s["disk"]["parts"])]
+        lines += describe.provenance_lines(s["provenance"])
+        lines += [describe.balance_line(k, v) for k, v in s["class_balance"].items()]
+        return lines
 
     def __repr__(self) -> str:
         s = self.summary()
-        c = s["counts"]
-        lines = [f"<navcache {s['spec']} at {s['path']}>", f"  {c['ok']} episodes ok, {c['quarantined']} quarantined, {c['rows']} rows in {c['parts']} parts ({s['backend']})"]
-        lines += [f"  {n}: {d}" for n, d in s["arrays"].items()]
-        enc = s["provenance"].get("encoder")
-        if enc:
-            lines.append(f"  encoder: {enc.get('id')} ({'RANDOM-INIT, not pretrained' if enc.get('random_init') else 'pretrained'})")
+        c, d = s["counts"], s["disk"]
+        lines = [
+            f"<navcache {s['spec']} at {s['path']}>",
+            f"  {c['ok']} episodes ok, {c['quarantined']} quarantined, {c['rows']} rows in {c['parts']} parts ({s['backend']})",
+            f"  on disk: {describe.human_bytes(d['total_bytes'])} ({d['total_bytes']} bytes on disk, any dead rows included)",
+        ]
+        sizes = d["arrays"]
+        lines += [f"  {n}: {t}, {describe.human_bytes(sizes.get(n, 0))} on disk" for n, t in s["arrays"].items()]
+        lines += [f"  {n}: {describe.human_bytes(b)} on disk" for n, b in sizes.items() if n not in s["arrays"]]
+        lines += [f"  {line}" for line in self._lines(s)]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         s = self.summary()
-        rows = "".join(f"<tr><td><code>{html.escape(n)}</code></td><td>{html.escape(d)}</td></tr>" for n, d in s["arrays"].items())
-        c = s["counts"]
-        enc = s["provenance"].get("encoder")
-        enc_html = ""
-        if enc:
-            kind = "<b>RANDOM-INIT, not pretrained</b>" if enc.get("random_init") else "pretrained"
-            enc_html = f"<br>encoder: <code>{html.escape(str(enc.get('id')))}</code> ({kind})"
+        c, d = s["counts"], s["disk"]
+        esc = html.escape
+        sizes = d["arrays"]
+        cells = [(n, t, sizes.get(n, 0)) for n, t in s["arrays"].items()] + [(n, "", b) for n, b in sizes.items() if n not in s["arrays"]]
+        rows = "".join(
+            f"<tr><td><code>{esc(n)}</code></td><td>{esc(t)}</td><td title='{b} bytes'>{describe.human_bytes(b)}</td></tr>" for n, t, b in cells
+        )
+        extra = "".join(f"<br>{esc(line)}" for line in self._lines(s))
+        total = d["total_bytes"]
         return (
-            f"<b>navcache</b> {html.escape(s['spec'])}<br><small>{html.escape(s['path'])}</small><br>"
-            f"{c['ok']} ok / {c['quarantined']} quarantined episodes, {c['rows']} rows, {c['parts']} parts ({html.escape(str(s['backend']))})"
-            f"{enc_html}"
-            f"<table><tr><th>array</th><th>dtype, row shape</th></tr>{rows}</table>"
+            f"<b>navcache</b> {esc(s['spec'])}<br><small>{esc(s['path'])}</small><br>"
+            f"{c['ok']} ok / {c['quarantined']} quarantined episodes, {c['rows']} rows, {c['parts']} parts ({esc(str(s['backend']))})"
+            f"<br>on disk: <span title='{total} bytes'>{describe.human_bytes(total)}</span> ({total} bytes on disk, any dead rows included)"
+            f"{extra}"
+            f"<table><tr><th>array</th><th>dtype, row shape</th><th>on disk</th></tr>{rows}</table>"
         )
 
 

@@ -79,6 +79,7 @@ def plan_all(project: ProjectConfig, opts: ExtractOptions, summary: RunSummary, 
     stage is skipped with a note in ``summary.skipped``; listing errors go to ``summary.errors``."""
     check_selection(project, opts)
     plans: list[StagePlan] = []
+    seen: dict = {}  # each model is located once per run, whichever datasets share it
     for name, ds in project.datasets.items():
         if opts.datasets and name not in opts.datasets:
             continue
@@ -91,8 +92,10 @@ def plan_all(project: ProjectConfig, opts: ExtractOptions, summary: RunSummary, 
         try:
             ds = project.dataset(name)
             source = make_source(ds.source, ds.root, **ds.options)
+            check_providers(project, name, source, opts.only, seen)
             plans += plan_split(project, name, opts.split, opts.only, hasher, source=source)
         except (DatasetError, NavcacheError, OSError) as e:
+            log.debug("dataset %s split %s", name, opts.split, exc_info=True)  # the traceback with --debug
             summary.errors.append(f"dataset {name} split {opts.split}: {e}")
             continue
         except Exception as e:  # noqa: BLE001 - input no check foresaw must not stop the other datasets
@@ -102,6 +105,16 @@ def plan_all(project: ProjectConfig, opts: ExtractOptions, summary: RunSummary, 
         if report:
             summary.sources[f"{name}/{opts.split}"] = brief_report(report)
     return plans
+
+
+def check_providers(project: ProjectConfig, dataset: str, source, only: str | None = None, seen: dict | None = None) -> None:
+    """Every stage the dataset would run can run here: its model importable, its weights local or
+    reachable (``Stage.check``); NavcacheError naming the field otherwise. Before planning, whose
+    ``dims()`` would otherwise ask the hub (retrying for over a minute) for an unreachable id."""
+    from .plan import make_stage, stage_order
+
+    for stage_name in stage_order(project, dataset, source, only):
+        make_stage(project, dataset, stage_name, source).check(seen)
 
 
 def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | None = None) -> RunSummary:
@@ -153,7 +166,8 @@ def _build_stage(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptio
         try:
             metas = _build(project, sp, todo, opts, progress)
         except Exception as e:  # noqa: BLE001 - report, keep other datasets going
-            log.exception("stage %s failed", sp.stage_name)
+            # a known error's message says it all; its traceback only with --debug
+            (log.debug if isinstance(e, NavcacheError) else log.exception)("stage %s failed", sp.stage_name, exc_info=True)
             summary.errors.append(f"{sp.dataset}/{sp.split}/{sp.stage_name}: {type(e).__name__}: {e}")
             reporter.stage_end(sp)
             return False

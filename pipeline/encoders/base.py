@@ -35,7 +35,7 @@ import threading
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
-from .weights import read_provenance, weights_fingerprint
+from .weights import check_model, read_provenance, weights_fingerprint
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -146,6 +146,12 @@ class FrozenEncoder(abc.ABC):
     @property
     def random_init(self) -> bool:
         return bool(read_provenance(self.s.model, self.revision).get("random_init", False))
+
+    def check(self, field: str, seen: dict | None = None) -> str:
+        """Fail fast (NavcacheError naming ``field``, the settings path of ``model``) unless the
+        weights are a local folder, in the local hub cache, or reachable; see ``check_model``.
+        Returns where they load from. Never loads them."""
+        return check_model(self.s.model, self.revision, field, seen)
 
     # -- heavy path -----------------------------------------------------------------------------
     def load(self):

@@ -202,20 +202,26 @@ class VGGTAdapter(FrozenEncoder):
             ident["token_pool"] = self.s.token_pool
         return ident
 
+    def check(self, field: str, seen: dict | None = None) -> str:
+        """``model_class`` importable (``field`` with ``model`` replaced by ``model_class`` in its
+        errors), then the weights as ``FrozenEncoder.check``. Imports VGGT; never loads weights."""
+        self._import_class(field.rsplit(".", 1)[0] + ".model_class")
+        return super().check(field, seen)
+
     # -- heavy path ---------------------------------------------------------------------------
-    def _import_class(self):
+    def _import_class(self, field: str = "vggt.model_class"):
         module_name, _, cls_name = self.s.model_class.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
             raise NavcacheError(
-                f"VGGT model class {self.s.model_class!r} cannot be imported ({e}); VGGT is not on PyPI, "
+                f"{field}: VGGT model class {self.s.model_class!r} cannot be imported ({e}); VGGT is not on PyPI, "
                 f"install it with: {INSTALL_HINT}"
             ) from None
         try:
             return getattr(module, cls_name)
         except AttributeError:
-            raise NavcacheError(f"module {module_name!r} has no class {cls_name!r} (vggt.model_class = {self.s.model_class!r})") from None
+            raise NavcacheError(f"{field}: module {module_name!r} has no class {cls_name!r} ({field} = {self.s.model_class!r})") from None
 
     def _load_model(self):
         cls = self._import_class()

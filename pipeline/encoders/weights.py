@@ -1,11 +1,14 @@
-"""Identify model weights by content, and mark random-initialised models honestly."""
+"""Identify model weights by content, mark random-initialised models honestly, and check before a
+run that every model it needs can be had (``check_model``), so a missing one fails in one line."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from cache_specs.layout import sha256_file
 
+from ..errors import NavcacheError
 from ..fingerprint import hash_obj
 
 #: written next to the weights of every model navcache initialises randomly (demo, tests)
@@ -41,3 +44,82 @@ def read_provenance(model: str, revision: str | None = None) -> dict:
     if d is not None and (d / PROVENANCE_FILE).exists():
         return json.loads((d / PROVENANCE_FILE).read_text())
     return {"random_init": False}
+
+
+#: seconds the one reachability request may take (it is never retried)
+HUB_TIMEOUT_S = 5.0
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, now or when huggingface_hub was imported."""
+    from huggingface_hub import constants
+
+    env = (os.environ.get(v, "").upper() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(env) or bool(constants.HF_HUB_OFFLINE)
+
+
+def check_model(model: str, revision: str | None, field: str, seen: dict | None = None) -> str:
+    """Where ``model`` will load from: "folder", "hub cache" or "hub"; else a NavcacheError in one
+    line naming ``field`` and the id. ``seen`` ({(model, revision): outcome}) makes a run ask once.
+
+    Order: a local folder; a snapshot in the local hub cache; then, only when not offline, ONE
+    request to the hub (``HfApi.model_info``, ``HUB_TIMEOUT_S``, no retries), because loading an
+    unreachable id spends over a minute in huggingface_hub's download retries per attempt."""
+    key = (model, revision)
+    if seen is not None and key in seen:
+        outcome = seen[key]
+        if isinstance(outcome, NavcacheError):
+            raise outcome
+        return outcome
+    try:
+        outcome = _locate(model, revision, field)
+    except NavcacheError as e:
+        if seen is not None:
+            seen[key] = e
+        raise
+    if seen is not None:
+        seen[key] = outcome
+    return outcome
+
+
+def _locate(model: str, revision: str | None, field: str) -> str:
+    from huggingface_hub import constants
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if Path(model).expanduser().is_dir():
+        return "folder"
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        raise NavcacheError(f"{field}: {model!r} is neither an existing folder nor a hub id (org/name)") from None
+    if local_model_dir(model, revision) is not None:
+        return "hub cache"
+    at = f"{model!r}" + (f" (revision {revision!r})" if revision else "")
+    if hub_offline():
+        raise NavcacheError(
+            f"{field}: {at} is not a local folder nor in the local hub cache ({constants.HF_HUB_CACHE}) and "
+            f"HF_HUB_OFFLINE=1 forbids downloading it: run `hf download {model}` where the hub is reachable, "
+            f"or set {field} to a folder"
+        )
+    return _reach(model, revision, field, at)
+
+
+def _reach(model: str, revision: str | None, field: str, at: str) -> str:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        HfApi().model_info(model, revision=revision, timeout=HUB_TIMEOUT_S)
+    except GatedRepoError:
+        return "hub"  # it exists; loading uses the user's token and says if access is missing
+    except RevisionNotFoundError:
+        raise NavcacheError(f"{field}: the hub has {model!r} but no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise NavcacheError(f"{field}: no model {model!r} on the hub (a private one needs `hf auth login`)") from None
+    except Exception as e:  # noqa: BLE001 - any transport failure means the same to the user
+        raise NavcacheError(
+            f"{field}: cannot reach the hub for {at} ({type(e).__name__}: {e}) and it is not a local folder "
+            f"or in the local hub cache; without network, set HF_HUB_OFFLINE=1 and point {field} at a folder"
+        ) from None
+    return "hub"

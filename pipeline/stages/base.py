@@ -110,6 +110,11 @@ class Stage:
     def provenance(self) -> dict:
         return {}
 
+    def check(self, seen: dict | None = None) -> None:
+        """Raise NavcacheError (one line naming the config field) if this stage's provider cannot
+        run here: a model not importable or its weights not to be had. Cheap: loads no weights.
+        ``seen`` memoises per-model outcomes across the stages of one run. Default: nothing to check."""
+
     @property
     def batch_cost(self) -> int:
         """Target total ``Prepared.cost`` per ``compute`` call."""

@@ -74,6 +74,9 @@ class FrameFeaturesStage(Stage):
     def provenance(self) -> dict:
         return {"encoder": self.encoder.provenance()}
 
+    def check(self, seen: dict | None = None) -> None:
+        self.encoder.check(f"stages.{self.name}.encoder.model", seen)
+
     @property
     def batch_cost(self) -> int:
         return self.settings.batch_size

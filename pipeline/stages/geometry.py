@@ -91,6 +91,10 @@ class GeometryStage(Stage):
             return {"geometry": {"provider": "gt", "note": "ground truth from the source's .gt.npz sidecars"}}
         return {"geometry": {"provider": "vggt", **self.adapter.provenance()}}
 
+    def check(self, seen: dict | None = None) -> None:
+        if self.adapter is not None:  # the gt provider needs no model
+            self.adapter.check(f"stages.{self.name}.vggt.model", seen)
+
     @property
     def batch_cost(self) -> int:
         return 1  # VGGT sees one whole episode per forward pass; never mix episodes
