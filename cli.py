@@ -171,15 +171,19 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed"),
     lr: Optional[float] = typer.Option(None, "--lr"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON, alone on stdout (progress goes to stderr)."),
 ):
     """Train a small head that reads only caches (the demo's caches are brought up to date first).
 
-    sim-heads: SIM v0 risk / reason / action heads over rover frame features + telemetry through a frozen LLM.
-    gru-motion: GRU motion encoder on the poses cache; exports a frozen MotionEncoder.
+    Prints one line per epoch (key val metrics, * when it became best.pt, elapsed, ETA), then a summary.
+    sim-heads: SIM v0 risk / reason / action heads over rover frame features + telemetry through a frozen LLM;
+    best.pt = highest val risk_high_recall, then macro_f1.
+    gru-motion: GRU motion encoder on the poses cache; exports a frozen MotionEncoder;
+    best.pt = highest val next-step dist + yaw accuracy, then k-step, then lowest loss.
     """
     overrides = {"cache_root": cache_root and str(cache_root), "out_dir": out_dir and str(out_dir),
                  "loop": {"epochs": epochs, "seed": seed, "lr": lr, "device": device}}
-    raise typer.Exit(_train(name, preset, config, overrides, sets))
+    raise typer.Exit(_train(name, preset, config, overrides, sets, as_json))
 
 
 @app.command()
@@ -215,9 +219,12 @@ def _error(e: Exception, code: int) -> int:
     return code
 
 
-def _train(name: str, preset: str, config: Path | None, overrides: dict[str, Any], sets: Iterable[str] = ()) -> int:
+def _train(name: str, preset: str, config: Path | None, overrides: dict[str, Any], sets: Iterable[str] = (),
+           as_json: bool = False) -> int:
     """``navcache train NAME``: the head's config (preset, file, options, then ``--set KEY=VALUE``), its demo
-    caches brought up to date, then training."""
+    caches brought up to date, then training. ``as_json``: stdout holds the result JSON only."""
+    from contextlib import nullcontext, redirect_stdout
+
     from cache_specs.config import merge, parse_assignments
     from heads import commands, registry
     from pipeline.ensure import ensure_caches
@@ -225,15 +232,17 @@ def _train(name: str, preset: str, config: Path | None, overrides: dict[str, Any
 
     try:
         cfg = commands.load_config(name, preset, config, merge(overrides, parse_assignments(list(sets))))
-        project = demo_project(cfg.cache_root, say=_say)
+        with redirect_stdout(sys.stderr) if as_json else nullcontext():  # cache-building messages too
+            project = demo_project(cfg.cache_root, say=_say)
+            if project is not None:
+                ensure_caches(project, registry.reads(registry.get(name), cfg.dataset, cfg.splits))
         if project is not None:
-            ensure_caches(project, registry.reads(registry.get(name), cfg.dataset, cfg.splits))
             cfg = dataclasses.replace(cfg, cache_root=str(project.cache_root))  # absolute: predict finds it from anywhere
     except ConfigError as e:
         return _error(e, EXIT_CONFIG)
     except NavcacheError as e:
         return _error(e, EXIT_FAILED)
-    return commands.train_cmd(name, cfg)
+    return commands.train_cmd(name, cfg, as_json)
 
 
 def _predict(name: str, checkpoint: Path, out: Path, split: str, dataset: str | None, cache_root: Path | None,

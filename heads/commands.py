@@ -1,13 +1,14 @@
 """The library functions behind ``navcache train / predict <head>``: caches in, runs and predictions out.
 
 They take cache roots and paths and never build caches: the CLI brings the caches a head ``READS``
-up to date first (``cli.py`` with ``pipeline.ensure``). Each ``*_cmd`` prints its JSON result and returns the exit code
-(``cache_specs.errors``).
+up to date first (``cli.py`` with ``pipeline.ensure``). Each ``*_cmd`` prints its result (train: a summary, or JSON) and
+returns the exit code (``cache_specs.errors``).
 """
 from __future__ import annotations
 
 import json
 import sys
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,23 @@ def load_config(name: str, preset: str = "demo", path: Path | None = None, overr
     return registry.get(name).load_config(path, preset, **(overrides or {}))
 
 
-def train_cmd(name: str, cfg) -> int:
-    """Train head ``name`` with ``cfg`` (on the caches under ``cfg.cache_root``); prints the result."""
-    print(json.dumps(registry.get(name).train_head(cfg), indent=1, default=str))
+def train_cmd(name: str, cfg, as_json: bool = False) -> int:
+    """Train head ``name`` with ``cfg`` (on the caches under ``cfg.cache_root``); rank 0 prints the result.
+
+    Default: the loop's one line per evaluation, then a short summary (``heads.console.summary``).
+    ``as_json``: the whole result as JSON, alone on stdout (the loop's lines go to stderr).
+    """
+    from . import console
+    from .distributed import is_master
+
+    head = registry.get(name)
+    if as_json:
+        with redirect_stdout(sys.stderr):
+            result = head.train_head(cfg)
+    else:
+        result = head.train_head(cfg)
+    if is_master():
+        print(json.dumps(result, indent=1, default=str) if as_json else "\n".join(console.summary(result)), flush=True)
     return EXIT_OK
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cache_specs.plotting import new_figure, save_figure
+from heads.console import baseline_target
 
 LOSS_PANEL = "losses"
 
@@ -76,7 +77,8 @@ def curve_panels(train: list[dict], val: list[dict], keys: Sequence[str] | None 
 
     split is "train" or "val"; key a numeric field of that split's records. All losses (``loss``,
     ``loss_*`` and their ``running_`` batch averages) share the ``LOSS_PANEL``; every other metric
-    gets a panel named after it, with its ``running_`` variant in the same panel. Non-numeric fields,
+    gets a panel named after it, with its ``running_`` variant in the same panel, and its baselines
+    (``base_<kind>_<metric>``, see ``heads.console.baseline_target``) too. Non-numeric fields,
     ``epoch``, ``step`` and sample counts (``n``, ``n_*``) are skipped. ``keys`` (metric names; a name also
     selects its ``running_`` variant) restricts the plot and raises on names found nowhere.
     """
@@ -96,9 +98,11 @@ def curve_panels(train: list[dict], val: list[dict], keys: Sequence[str] | None 
     else:
         series = [(s, k) for s, k in series if not (_base(k) == "n" or _base(k).startswith(_COUNT_PREFIX))]
 
+    names = {_base(k) for _, k in series}
     panels: dict[str, list[tuple[str, str]]] = {}
     for split, k in series:
-        panels.setdefault(LOSS_PANEL if _is_loss(k) else _base(k), []).append((split, k))
+        target = baseline_target(k, names)  # a baseline joins its metric's panel, drawn as a flat dashed line
+        panels.setdefault(LOSS_PANEL if _is_loss(k) else target[0] if target else _base(k), []).append((split, k))
     if LOSS_PANEL in panels:  # losses first: they are what one looks at first
         panels = {LOSS_PANEL: panels.pop(LOSS_PANEL), **panels}
     return panels
@@ -126,8 +130,9 @@ def training_curves(train_jsonl: str | os.PathLike, val_jsonl: str | os.PathLike
     """Every metric over epochs, train vs val, one small panel each (all losses share one panel).
 
     Line style says where a value comes from: solid = evaluation on train, dashed = val, dotted =
-    running batch average during training (dropout on, weights moving). Colour says which metric.
-    A missing or empty file contributes nothing; with no records at all the PNG says so.
+    running batch average during training (dropout on, weights moving). Colour says which metric;
+    grey lines are the metric's baselines (``base_*``: dashed val, dotted train), in its own panel.
+    Legends sit below their panel, off the curves. A missing or empty file contributes nothing; with no records at all the PNG says so.
     Raises FileNotFoundError when ``train_jsonl`` does not exist (the loop always writes it, so a
     missing one is a wrong path); ``val_jsonl`` may be missing.
     """
@@ -156,9 +161,15 @@ def training_curves(train_jsonl: str | os.PathLike, val_jsonl: str | os.PathLike
     colours = [f"C{i}" for i in range(10)]
     for ax, (name, series) in zip(axes.flat, panels.items()):
         colour_of: dict[str, str] = {}
+        base_colour: dict[str, str] = {}
         values = []
         for split, key in series:
             x, y = _series(by_split[split], key)
+            if name != LOSS_PANEL and key.startswith("base_"):
+                kind = key.removeprefix("base_").split("_", 1)[0]
+                _baseline_line(ax, split, key, x, y, base_colour.setdefault(kind, BASELINE_COLOURS[len(base_colour) % len(BASELINE_COLOURS)]))
+                values.append(y)
+                continue
             colour = colour_of.setdefault(_base(key), colours[len(colour_of) % len(colours)])
             label = f"{split} {key}" if name == LOSS_PANEL else f"{split}{' (running)' if key != _base(key) else ''}"
             ax.plot(x, y, _STYLE[(split, key != _base(key))], color=colour, marker="o" if len(x) < 30 else None, ms=2.5, lw=1.2, label=label)
@@ -172,10 +183,26 @@ def training_curves(train_jsonl: str | os.PathLike, val_jsonl: str | os.PathLike
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6 if name == LOSS_PANEL else 7, loc="best")
+        # below the axes, never over the curves; constrained layout makes room for it
+        ax.legend(fontsize=6 if name == LOSS_PANEL else 7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=2, frameon=False)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     return save_figure(fig, out)
+
+
+BASELINE_COLOURS = ("#666666", "#a0522d", "#808000")  # one per baseline kind in a panel (majority, repeat, ...)
+
+
+def _baseline_line(ax, split: str, key: str, x: np.ndarray, y: np.ndarray, colour: str) -> None:
+    """A baseline (constant per split in practice) as a thin line in its metric's panel: dashed for
+    val, dotted for train; a single value as a horizontal line across the panel."""
+    style = "--" if split == "val" else ":"
+    label = f"{split} {key.removeprefix('base_').split('_', 1)[0]} baseline"
+    finite = y[np.isfinite(y)]
+    if len(finite) and np.ptp(finite) == 0:
+        ax.axhline(float(finite[0]), ls=style, color=colour, lw=1.0, label=label, gid=f"baseline:{split}:{key}")
+    else:
+        ax.plot(x, y, style, color=colour, lw=1.0, label=label, gid=f"baseline:{split}:{key}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from heads import checkpoint
+from heads import checkpoint, console
 from heads.batches import BatchSource, TensorBatches, batch_len, evaluate_split
 from heads.checkpoint import load_trainable, trainable_state, trained_keys  # noqa: F401  (re-exported for heads)
 from heads.ema import EMA
@@ -126,6 +126,9 @@ class Task(Protocol):
     evaluate(model, arrays) -> {name: float}: metrics on a whole split (model in eval mode, no grad).
     select(metrics) -> tuple: rank of a val evaluation; the largest tuple is the best checkpoint.
 
+    Optional, for the console (``heads.console``): ``key_metrics`` {metric: label}, the val metrics
+    shown on each evaluation's line, and ``best_rule``, ``select`` in words.
+
     A head that streams instead (see ``StreamingTask``) replaces the arrays with
     ``train_batches(...)``, and ``evaluate`` with ``eval_batches`` + ``evaluate_batches``. A task may
     also have just one of those: ``train_batches`` wins over ``train_arrays`` for training, and
@@ -197,9 +200,10 @@ class _Env:
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
 
-    def log(self, msg: str) -> None:
+    def log(self, msg: str, console_msg: str | None = None) -> None:
+        """``msg`` to the log file, and ``console_msg`` (default ``msg``) to stdout; rank 0 only."""
         if self.master:
-            print(msg, flush=True)
+            console.say(msg if console_msg is None else console_msg)
             with open(self.path("logs", "stdout.log"), "a") as f:
                 f.write(msg + "\n")
 
@@ -238,6 +242,9 @@ class _Run:
     metadata: dict
     prog: _Progress = field(default_factory=_Progress)
     clock: float = field(default_factory=time.time)  # start of the epoch (or of the resumed part of it)
+    started: float = field(default_factory=time.time)  # start of this process's run (elapsed, ETA)
+    first_step: int = 0  # optimizer steps already taken when this process started (resume)
+    bar: Any = None  # the epoch's progress bar (``console.step_bar``)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,6 +263,7 @@ def run_loop(task: Task | StreamingTask, cfg: LoopConfig, config_dict: dict | No
     run = _build(task, cfg, env, metadata or {})
     resume_state = _resume(run)
     _start_files(run, config_dict or {})
+    run.started, run.first_step = time.time(), run.prog.step
     first = run.prog.epoch + 1
     for epoch in range(first, cfg.epochs + 1):
         _train_epoch(run, epoch, resume_state if epoch == first else None)
@@ -263,8 +271,9 @@ def run_loop(task: Task | StreamingTask, cfg: LoopConfig, config_dict: dict | No
     if env.world > 1:
         dist.barrier()
     p = run.prog
-    return {"last": {"train": p.last_train, "val": p.last_val}, "best": {"epoch": p.best_epoch, "step": p.best_step, "val": p.best_metrics},
-            "rank": env.rank, "world_size": env.world}
+    best = {"epoch": p.best_epoch, "step": p.best_step, "val": p.best_metrics, "rule": console.best_rule(task),
+            "key_metrics": console.key_metrics(task, p.best_metrics or {})}
+    return {"last": {"train": p.last_train, "val": p.last_val}, "best": best, "rank": env.rank, "world_size": env.world}
 
 
 def _setup(cfg: LoopConfig) -> _Env:
@@ -364,6 +373,7 @@ def _start_files(run: _Run, config_dict: dict) -> None:
     env.log(f"training {type(run.model).__name__} ({n_trainable} trainable params) on {env.device} x{env.world}, "
             f"{len(run.source)} batches of {run.cfg.batch_size} per rank per epoch, {run.steps_per_epoch} steps per epoch, "
             f"amp={'bf16' if env.amp else 'off'}")
+    env.log(f"best.pt keeps the evaluation with the {console.best_rule(run.task)} (marked * below)")
 
 
 def _train_epoch(run: _Run, epoch: int, resume_state: dict | None) -> None:
@@ -381,13 +391,18 @@ def _train_epoch(run: _Run, epoch: int, resume_state: dict | None) -> None:
     n_batches, k = len(run.source), run.cfg.grad_accum
     batches = iter(run.source)
     run.train_model.train()
-    for s in range(run.prog.epoch_step, run.steps_per_epoch):
-        want = min(k, n_batches - s * k)
-        group = list(islice(batches, want))
-        if len(group) != want:
-            raise RuntimeError(f"the batch source yielded fewer batches than its len() ({n_batches}) in epoch {epoch}")
-        stats = _optimizer_step(run, group)
-        _after_step(run, epoch, stats)
+    run.bar = console.step_bar(run.env.master, run.steps_per_epoch, run.prog.epoch_step, f"epoch {epoch}/{run.cfg.epochs}")
+    try:
+        for s in range(run.prog.epoch_step, run.steps_per_epoch):
+            want = min(k, n_batches - s * k)
+            group = list(islice(batches, want))
+            if len(group) != want:
+                raise RuntimeError(f"the batch source yielded fewer batches than its len() ({n_batches}) in epoch {epoch}")
+            stats = _optimizer_step(run, group)
+            run.bar.update(1)
+            _after_step(run, epoch, stats)
+    finally:
+        run.bar.close()
 
 
 def _optimizer_step(run: _Run, group: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -484,8 +499,12 @@ def _evaluate(run: _Run, epoch: int) -> bool:
         checkpoint.append_line(env.path("metrics", "val_metrics.jsonl"), p.last_val)
     short = {k: round(v, 4) for k, v in p.last_val.items() if isinstance(v, float)}
     at = f"epoch {epoch}/{cfg.epochs}" if p.epoch_step == 0 else f"step {p.step} (epoch {epoch}, step {p.epoch_step} of {run.steps_per_epoch})"
-    env.log(f"{at} loss {running.get('running_loss', float('nan')):.4f} val {short}{' *best*' if improved else ''} "
-            f"({time.time() - run.clock:.2f}s)")
+    loss = running.get("running_loss", float("nan"))
+    where = f"epoch {epoch}/{cfg.epochs}" + ("" if p.epoch_step == 0 else f" step {p.epoch_step}/{run.steps_per_epoch}")
+    elapsed, done = time.time() - run.started, p.step - run.first_step
+    eta = elapsed / done * (cfg.epochs * run.steps_per_epoch - p.step) if done else None
+    env.log(f"{at} loss {loss:.4f} val {short}{' *best*' if improved else ''} ({time.time() - run.clock:.2f}s)",
+            console.eval_line(where, loss, p.last_val, console.key_metrics(run.task, p.last_val), improved, elapsed, eta))
     return improved
 
 

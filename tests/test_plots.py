@@ -155,9 +155,12 @@ def test_subsample_points_is_deterministic_bounded_and_a_subset():
 def _loop_records(epochs: int = 5) -> tuple[list[dict], list[dict]]:
     """Records shaped like heads/train_loop.py's: eval metrics, running_* stats, time_s, counts."""
     train = [{"epoch": e, "loss": 1 / e, "loss_risk": 0.5 / e, "risk_accuracy": 0.5 + e / 20, "n": 96, "n_risk_high": 7,
-              "running_loss": 1.1 / e, "running_grad_norm": 2.0 / e, "time_s": 0.01, "head": "sim", "best": True}
+              "base_majority_risk_accuracy": 0.55, "running_loss": 1.1 / e, "running_grad_norm": 2.0 / e, "time_s": 0.01,
+              "head": "sim", "best": True}
              for e in range(1, epochs + 1)]
-    val = [{"epoch": e, "loss": 1.2 / e, "loss_risk": 0.6 / e, "risk_accuracy": 0.45 + e / 20, "n": 40} for e in range(1, epochs + 1)]
+    val = [{"epoch": e, "loss": 1.2 / e, "loss_risk": 0.6 / e, "risk_accuracy": 0.45 + e / 20, "n": 40,
+            "base_majority_risk_accuracy": 0.5, "acc_next_yaw": 0.4, "base_majority_next_yaw": 0.58, "base_repeat_next_yaw": 0.3}
+           for e in range(1, epochs + 1)]
     return train, val
 
 
@@ -167,7 +170,12 @@ def test_curve_panels_group_losses_and_skip_non_numeric_fields():
     assert next(iter(panels)) == LOSS_PANEL
     assert set(panels[LOSS_PANEL]) == {("train", "loss"), ("train", "loss_risk"), ("train", "running_loss"),
                                        ("val", "loss"), ("val", "loss_risk")}
-    assert set(panels["risk_accuracy"]) == {("train", "risk_accuracy"), ("val", "risk_accuracy")}
+    # a baseline is a line in its metric's panel, never a panel of its own
+    assert set(panels["risk_accuracy"]) == {("train", "risk_accuracy"), ("val", "risk_accuracy"),
+                                            ("train", "base_majority_risk_accuracy"), ("val", "base_majority_risk_accuracy")}
+    assert set(panels["acc_next_yaw"]) == {("val", "acc_next_yaw"), ("val", "base_majority_next_yaw"), ("val", "base_repeat_next_yaw")}
+    assert not [p for p in panels if p.startswith("base_")]
+    assert set(panels) == {LOSS_PANEL, "risk_accuracy", "acc_next_yaw", "grad_norm", "time_s"}
     assert panels["grad_norm"] == [("train", "running_grad_norm")]
     drawn = {k for series in panels.values() for _, k in series}
     assert not drawn & {"epoch", "head", "best", "n", "n_risk_high"}  # strings, bools, counts

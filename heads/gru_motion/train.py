@@ -42,6 +42,10 @@ def _shift(x: torch.Tensor, offset: int) -> torch.Tensor:
 class GruMotionTask:
     """The ``heads.train_loop.Task`` of this head."""
 
+    # what the console shows per epoch, and select() in words (heads.console)
+    key_metrics = {"acc_next_dist": "next_dist", "acc_next_yaw": "next_yaw", "acc_k_dist": "k_dist", "acc_k_yaw": "k_yaw"}
+    best_rule = "highest val acc_next_dist + acc_next_yaw, then acc_k_dist + acc_k_yaw, then lowest loss"
+
     def __init__(self, cfg: GruMotionConfig, train_arrays: dict, val_arrays: dict, n_dist: int, n_yaw: int):
         self.cfg = cfg
         self.offsets = {"next": 1, "k": cfg.k}

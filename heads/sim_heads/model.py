@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -52,7 +53,8 @@ def make_random_gpt2(path: str | Path, seed: int = 0, arch: dict | None = None) 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        model.save_pretrained(tmp)
+        with quiet_transformers():
+            model.save_pretrained(tmp)
         (tmp / RANDOM_INIT_MARKER).write_text(json.dumps(want) + "\n")
         if path.exists():
             if marker.exists() and json.loads(marker.read_text()) == want:
@@ -68,11 +70,29 @@ def make_random_gpt2(path: str | Path, seed: int = 0, arch: dict | None = None) 
     return path
 
 
+@contextmanager
+def quiet_transformers():
+    """transformers' own logging at warnings and its progress bars ("Loading weights") off, restored
+    after: a load is one step of a training run, and its info lines would bury the epoch lines."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity(max(verbosity, hf_logging.WARNING))  # warnings and errors still show
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_frozen_llm(path: str | Path) -> nn.Module:
-    """``AutoModel.from_pretrained(path)``: every parameter frozen, eval mode."""
+    """``AutoModel.from_pretrained(path)``: every parameter frozen, eval mode (transformers kept quiet)."""
     from transformers import AutoModel
 
-    llm = AutoModel.from_pretrained(str(path))
+    with quiet_transformers():
+        llm = AutoModel.from_pretrained(str(path))
     for p in llm.parameters():
         p.requires_grad_(False)
     return llm.eval()

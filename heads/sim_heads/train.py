@@ -41,6 +41,11 @@ def macro_f1(pred: torch.Tensor, tgt: torch.Tensor, n: int) -> float:
 class SimHeadsTask:
     """The ``heads.train_loop.Task`` of the SIM heads, in memory (``train_arrays`` / ``val_arrays``)."""
 
+    # what the console shows per epoch, and select() in words (heads.console)
+    key_metrics = {"risk_accuracy": "risk", "reason_accuracy": "reason", "action_accuracy": "action",
+                   "risk_high_recall": "risk_high_recall", "macro_f1": "macro_f1"}
+    best_rule = "highest val risk_high_recall, then macro_f1"
+
     def __init__(self, cfg: SimHeadsConfig, model: SimV0Model, train_arrays: dict, val_arrays: dict):
         self.cfg, self.model = cfg, model
         self.train_arrays, self.val_arrays = train_arrays, val_arrays

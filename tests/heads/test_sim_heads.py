@@ -137,10 +137,9 @@ def test_cli_train_on_the_demo_rebuilds_a_missing_cache_first(rover_caches, tmp_
     before = {meta: cache_checksums(meta), feats: cache_checksums(feats)}
     shutil.rmtree(meta)
     monkeypatch.chdir(rover_caches.parent)
-    r = CliRunner().invoke(cli.app, ["train", "sim-heads", "--epochs", "1", "--out-dir", str(tmp_path / "run")])
+    r = CliRunner().invoke(cli.app, ["train", "sim-heads", "--epochs", "1", "--out-dir", str(tmp_path / "run"), "--json"])
     assert r.exit_code == 0, r.output
     assert {d: cache_checksums(d) for d in before} == before
-    lines = r.stdout.splitlines()  # the loop's log lines, then the result as indented JSON
-    assert json.loads("\n".join(lines[lines.index("{"):]))["out_dir"] == str(tmp_path / "run")
+    assert json.loads(r.stdout)["out_dir"] == str(tmp_path / "run")  # --json: the result alone on stdout
     md = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["metadata"]
     assert md["config"]["cache_root"] == str(rover_caches) and Path(md["config"]["cache_root"]).is_absolute()
