@@ -24,7 +24,7 @@ import torch
 
 from cache_specs.labels import LABELS, TELEMETRY_FIELDS
 from cache_specs.layout import fsync_dir, fsync_tree, private_name
-from heads.checkpoint import load_trainable, trainable_state, trained_keys
+from heads.checkpoint import trained_keys
 
 from .model import SimV0Model
 from .predict import build_model, read_checkpoint
@@ -62,19 +62,20 @@ def export_config(md: dict, checkpoint: str | Path, epoch: int | None, ema: bool
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, model: SimV0Model | None = None) -> Path:
     """Write ``out_dir`` (e.g. ``<run>/export``) from a sim-heads checkpoint; returns ``out_dir``.
 
-    ``model``: a SimV0Model of the run to load the weights into (saves rebuilding the frozen LLM; its
-    trainable weights are overwritten), else one is rebuilt from the checkpoint's metadata.
+    ``model``: a SimV0Model of the run to check the weights against (saves rebuilding the frozen LLM;
+    left unchanged), else one is rebuilt from the checkpoint's metadata.
     """
     from safetensors.torch import save_file
 
+    if Path(checkpoint).is_dir():
+        raise ValueError(f"{checkpoint} is a folder: export from a checkpoint file (checkpoints/best.pt)")
     ckpt = read_checkpoint(checkpoint)
     md = ckpt["metadata"]
     if model is None:
         cfg = md.get("config", {})
         model = build_model(md["llm"], int(md["dv"]), int(md["F"]), int(md["K"]), int(md["d"]),
                             int(cfg.get("telemetry_hidden", 64)), float(cfg.get("dropout", 0.0)))
-    load_trainable(model, ckpt, prefer_ema=True)  # checks the keys against the model; EMA weights when there are some
-    state = {k: v.contiguous() for k, v in trainable_state(model).items()}
+    state = best_weights(ckpt, model)
     config = export_config(md, checkpoint, ckpt.get("epoch"), ema=ckpt.get("ema") is not None)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +90,20 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, model: SimV0M
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def best_weights(ckpt: dict, model: SimV0Model) -> dict[str, torch.Tensor]:
+    """The weights ``load_trainable(model, ckpt, prefer_ema=True)`` would load (the EMA ones when the run
+    kept them: its metrics were measured on those), checked against ``model``'s trained keys and shapes
+    but not loaded: the caller's model (the trainer's, on rank 0) keeps its weights."""
+    state = ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
+    want, ref = trained_keys(model), model.state_dict()
+    if set(state) != want:
+        raise ValueError(f"checkpoint does not match the model: missing {sorted(want - set(state))}, unexpected {sorted(set(state) - want)}")
+    wrong = [k for k in state if tuple(state[k].shape) != tuple(ref[k].shape)]
+    if wrong:
+        raise ValueError(f"checkpoint does not match the model: shapes differ for {wrong}")
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def _commit_dir(tmp: Path, final: Path) -> None:
@@ -167,9 +182,15 @@ def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[S
     except RuntimeError as e:  # shapes that differ from config.json's
         raise ValueError(f"{path / MODEL_FILE} does not match {path / CONFIG_FILE}: {e}") from None
     model.export_config = cfg
+    return model.to(device).eval(), export_metadata(path, cfg)
+
+
+def export_metadata(path: str | Path, cfg: dict | None = None) -> dict:
+    """An export's config.json in the shape of a checkpoint's ``metadata`` (what ``load_for_inference``
+    returns beside the model, and what ``navcache predict`` reads its default dataset / cache root from)."""
+    cfg = read_export_config(path) if cfg is None else cfg
     src = cfg.get("source", {})
-    md = {"head": "sim-heads", **{k: cfg[k] for k in ("dv", "F", "K", "d", "telemetry_norm", "llm")}, "labels": cfg.get("labels"),
-          "config": {"telemetry_hidden": cfg["telemetry_hidden"], "dropout": cfg["dropout"], "loop": {"amp": cfg.get("amp", "auto")},
-                     "dataset": src.get("dataset"), "cache_root": src.get("cache_root"), "splits": src.get("splits")},
-          "checkpoint": {"path": str(path), "epoch": src.get("best_epoch"), "val": None}, "export": cfg}
-    return model.to(device).eval(), md
+    return {"head": "sim-heads", **{k: cfg[k] for k in ("dv", "F", "K", "d", "telemetry_norm", "llm")}, "labels": cfg.get("labels"),
+            "config": {"telemetry_hidden": cfg["telemetry_hidden"], "dropout": cfg["dropout"], "loop": {"amp": cfg.get("amp", "auto")},
+                       "dataset": src.get("dataset"), "cache_root": src.get("cache_root"), "splits": src.get("splits")},
+            "checkpoint": {"path": str(path), "epoch": src.get("best_epoch"), "val": None}, "export": cfg}

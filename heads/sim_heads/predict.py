@@ -38,7 +38,15 @@ from .model import (
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The whole checkpoint dict (``weights_only=True``); ValueError unless it is a sim-heads one."""
+    """The whole checkpoint dict (``weights_only=True``); ValueError unless it is a sim-heads one.
+
+    For an export folder (``<out_dir>/export``): {"metadata", "epoch"} from its config.json, no weights
+    (``load_for_inference`` reads those), so that ``navcache predict --checkpoint`` takes either."""
+    if Path(path).is_dir():
+        from .export import export_metadata
+
+        md = export_metadata(path)
+        return {"metadata": md, "epoch": md["checkpoint"]["epoch"]}
     return read_head_checkpoint(path, "sim-heads")
 
 

@@ -211,7 +211,7 @@ def train_sim_heads(config: SimHeadsConfig | None = None) -> dict:
     export = out / "export"
     report = None
     if master:  # only rank 0 writes files; the run's device (where run_loop left the model) predicts
-        export_checkpoint(out / "checkpoints" / "best.pt", export, model=task.model)  # best weights into task.model, then out
+        export_checkpoint(out / "checkpoints" / "best.pt", export, model=task.model)
         from .report import write_training_report
 
         report = write_training_report(out, val_batches(task, cfg.loop.batch_size), next(task.model.parameters()).device)

@@ -195,3 +195,25 @@ def test_interrupted_export_leaves_the_old_one_intact(trained, tmp_path, monkeyp
     assert json.loads((export / "config.json").read_text())["source"]["checkpoint"].endswith("last.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
     SimV0Model.from_pretrained(export)
+
+
+def test_cli_predict_takes_an_export_folder(trained, demo_cache_root, tmp_path):
+    """``navcache predict sim-heads --checkpoint <export>``: the dataset and cache root recorded in the
+    export, the same JSONL as from best.pt; a broken export is a configuration error naming the file."""
+    from typer.testing import CliRunner
+
+    import cli
+    from cache_specs.errors import EXIT_CONFIG
+
+    out, _ = trained
+    run = lambda *a: CliRunner().invoke(cli.app, [str(x) for x in a])  # noqa: E731
+    r = run("predict", "sim-heads", "--checkpoint", out / "checkpoints/best.pt", tmp_path / "ckpt.jsonl")
+    assert r.exit_code == 0, r.output
+    r = run("predict", "sim-heads", "--checkpoint", out / "export", tmp_path / "export.jsonl")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "export.jsonl").read_bytes() == (tmp_path / "ckpt.jsonl").read_bytes()
+    broken = _copy_export(out, tmp_path)
+    _truncate(broken, "config.json")
+    r = run("predict", "sim-heads", "--checkpoint", broken, tmp_path / "o.jsonl")
+    assert r.exit_code == EXIT_CONFIG and "config.json is not valid JSON" in r.output
+    assert not (tmp_path / "o.jsonl").exists()
