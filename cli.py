@@ -190,7 +190,7 @@ def train(
 def predict(
     name: str = HeadArg,
     out: Path = typer.Argument(..., help="Output .jsonl: one prediction per example, with its id (written atomically)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run's checkpoints/best.pt (or last.pt)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run's checkpoints/best.pt (or last.pt); sim-heads also takes its export/ folder."),
     split: str = typer.Option("val", "--split", "-s"),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Default: the checkpoint's, else the demo's."),
     cache_root: Optional[Path] = typer.Option(None, "--cache-root", help="Default: the checkpoint's (if still there), else the project's."),

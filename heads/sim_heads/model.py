@@ -131,6 +131,15 @@ class SimV0Model(nn.Module):
         h = self.llm(inputs_embeds=emb).last_hidden_state[:, -1].float()  # query token
         return {name: head(h) for name, head in self.heads.items()}
 
+    @classmethod
+    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "SimV0Model":
+        """Load an export folder (``<out_dir>/export`` of a sim-heads run): eval mode, on ``map_location``,
+        ready for ``predict_json``; ``model.export_config`` is its config.json (telemetry_norm: the train
+        stats to normalise telemetry with). Safetensors + JSON only; see ``heads.sim_heads.export``."""
+        from .export import load_export
+
+        return load_export(path, map_location)[0]
+
     @torch.no_grad()
     def predict_json(self, batch: dict) -> list[dict]:
         """One plain dict per sample, ready for ``json.dumps``::

@@ -38,7 +38,15 @@ from .model import (
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The whole checkpoint dict (``weights_only=True``); ValueError unless it is a sim-heads one."""
+    """The whole checkpoint dict (``weights_only=True``); ValueError unless it is a sim-heads one.
+
+    For an export folder (``<out_dir>/export``): {"metadata", "epoch"} from its config.json, no weights
+    (``load_for_inference`` reads those), so that ``navcache predict --checkpoint`` takes either."""
+    if Path(path).is_dir():
+        from .export import export_metadata
+
+        md = export_metadata(path)
+        return {"metadata": md, "epoch": md["checkpoint"]["epoch"]}
     return read_head_checkpoint(path, "sim-heads")
 
 
@@ -61,20 +69,31 @@ def _frozen_llm(info: dict) -> torch.nn.Module:
         return load_frozen_llm(make_random_gpt2(Path(tmp) / "llm", seed=seed, arch=arch))
 
 
-def load_for_inference(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> tuple[SimV0Model, dict]:
-    """(model in eval mode on ``device``, metadata): the checkpoint's ``metadata`` plus
-    ``checkpoint`` = {"path", "epoch", "val"} (the val metrics recorded at that epoch)."""
-    ckpt = read_checkpoint(checkpoint_path)
-    md = dict(ckpt["metadata"])
-    llm = _frozen_llm(md["llm"])
-    if int(llm.config.hidden_size) != int(md["d"]):
-        raise ValueError(f"frozen LLM hidden size {llm.config.hidden_size} != checkpoint's d={md['d']}")
-    cfg = md.get("config", {})
+def build_model(llm_info: dict, dv: int, F_frames: int, K: int, d: int, telemetry_hidden: int, dropout: float) -> SimV0Model:
+    """A SimV0Model around the frozen LLM ``llm_info`` describes, its trainable weights still to be loaded."""
+    llm = _frozen_llm(llm_info)
+    if int(llm.config.hidden_size) != d:
+        raise ValueError(f"frozen LLM hidden size {llm.config.hidden_size} != the trained model's d={d}")
     # SimV0Model draws its init from the global RNG; the weights are overwritten next, so keep the
     # caller's RNG stream as it was (predicting must not change a later seeded run).
     with torch.random.fork_rng(devices=[]):
-        model = SimV0Model(llm, int(md["dv"]), int(md["F"]), int(md["K"]), telemetry_hidden=int(cfg.get("telemetry_hidden", 64)),
-                           dropout=float(cfg.get("dropout", 0.0)))
+        return SimV0Model(llm, dv, F_frames, K, telemetry_hidden=telemetry_hidden, dropout=dropout)
+
+
+def load_for_inference(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> tuple[SimV0Model, dict]:
+    """(model in eval mode on ``device``, metadata): the checkpoint's ``metadata`` plus
+    ``checkpoint`` = {"path", "epoch", "val"} (the val metrics recorded at that epoch).
+
+    ``checkpoint_path`` may also be an export folder (``<out_dir>/export``): then ``export.load_export``."""
+    if Path(checkpoint_path).is_dir():  # an export folder (``heads.sim_heads.export``)
+        from .export import load_export
+
+        return load_export(checkpoint_path, device)
+    ckpt = read_checkpoint(checkpoint_path)
+    md = dict(ckpt["metadata"])
+    cfg = md.get("config", {})
+    model = build_model(md["llm"], int(md["dv"]), int(md["F"]), int(md["K"]), int(md["d"]), int(cfg.get("telemetry_hidden", 64)),
+                        float(cfg.get("dropout", 0.0)))
     load_trainable(model, ckpt)
     md["checkpoint"] = {"path": str(checkpoint_path), "epoch": ckpt.get("epoch"), "val": (ckpt.get("metrics") or {}).get("val")}
     return model.to(device).eval(), md

@@ -9,7 +9,6 @@ labels or the predictions (sklearn's convention). Best checkpoint: max (risk_hig
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from heads.train_loop import global_mean, is_master, run_loop, seed_everything
 
 from .configuration import HEAD_NAMES, SimHeadsConfig
 from .data import choose_mode, load_split, normalise_telemetry, stream_split
+from .export import LABELS_FILE, export_checkpoint
 from .model import N_CLASSES, RANDOM_GPT2, SimV0Model, load_frozen_llm, make_random_gpt2
 
 HIGH = RISK.index("high")
@@ -198,15 +198,11 @@ def val_batches(task: SimHeadsTask, batch_size: int):
     return ({k: v[i : i + batch_size] for k, v in task.val_arrays.items()} for i in range(0, n, batch_size))
 
 
-def export_labels(out_dir: Path) -> Path:
-    path = Path(out_dir) / "export" / "labels.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({h: {str(i): name for i, name in enumerate(v)} for h, v in LABELS.items()}, indent=2) + "\n")
-    return path
-
-
 def train_sim_heads(config: SimHeadsConfig | None = None) -> dict:
-    """Train; returns {"best": {"epoch", "val"}, "last": {"train", "val"}, "baselines", "out_dir", "labels"}.
+    """Train; returns {"best": {"epoch", "val"}, "last": {"train", "val"}, "baselines", "out_dir", "export_dir", "labels"}.
+
+    Rank 0 ends by writing ``<out_dir>/export/`` from best.pt (``export.export_checkpoint``:
+    model.safetensors + config.json + labels.json, loaded by ``SimV0Model.from_pretrained``).
 
     The frozen LLM is not in the checkpoints (only trainable weights are); ``metadata.llm`` says where
     it is and whether it is random-init. ``metadata.telemetry_norm`` holds the train mean/std.
@@ -217,12 +213,13 @@ def train_sim_heads(config: SimHeadsConfig | None = None) -> dict:
     result = run_loop(task, cfg.loop, config_dict={"sim_heads": cfg.to_dict(), "data": info}, metadata=metadata)
     out = Path(cfg.out_dir)
     master = result["rank"] == 0 and is_master()
-    labels = export_labels(out) if master else out / "export" / "labels.json"
+    export = out / "export"
     report = None
     if master:  # only rank 0 writes files; the run's device (where run_loop left the model) predicts
+        export_checkpoint(out / "checkpoints" / "best.pt", export, model=task.model)
         from .report import write_training_report
 
         report = write_training_report(out, val_batches(task, cfg.loop.batch_size), next(task.model.parameters()).device)
     base = {k: v for k, v in result["last"]["val"].items() if k.startswith("base_majority_")}
     return {**{k: result[k] for k in ("best", "last")}, "baselines_val": base, "majority": task.majority,
-            "out_dir": str(out), "labels": str(labels), "report": report}
+            "out_dir": str(out), "export_dir": str(export), "labels": str(export / LABELS_FILE), "report": report}
