@@ -283,8 +283,10 @@ def _missing_split(cache_root: Path, dataset: str, split: str) -> str | None:
 
     if (cache_root / dataset / split).is_dir():
         return None
+    have = sorted(d.name for d in cache_root.iterdir() if d.is_dir() and not d.name.startswith(".")) if cache_root.is_dir() else []
+    if not have:
+        return f"{cache_root} is not a complete cache root (no caches there); build them with `navcache extract`"
     if not (cache_root / dataset).is_dir():
-        have = sorted(d.name for d in cache_root.iterdir() if d.is_dir() and not d.name.startswith(".")) if cache_root.is_dir() else []
         return str(unknown_name("dataset", dataset, have, f"--dataset (caches under {cache_root})"))
     have = sorted(d.name for d in (cache_root / dataset).iterdir() if d.is_dir())
     return str(unknown_name("split", split, have, f"--split (caches of {dataset} under {cache_root})"))
