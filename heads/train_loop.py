@@ -23,158 +23,25 @@ per micro-batch, and only rank 0 writes files. Every rank evaluates the (identic
 """
 from __future__ import annotations
 
-import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from heads import checkpoint, console
-from heads.batches import BatchSource, TensorBatches, batch_len, evaluate_split
+from heads.loop_config import LoopConfig  # noqa: F401  (re-exported: heads build their configs with it)
+from heads.task import StreamingTask, Task, train_source  # noqa: F401  (re-exported)
+from heads.batches import BatchSource, batch_len, evaluate_split
 from heads.checkpoint import load_trainable, trainable_state, trained_keys  # noqa: F401  (re-exported for heads)
 from heads.ema import EMA
-from heads.schedule import SCHEDULES, make_scheduler
+from heads.schedule import make_scheduler
 from heads.distributed import dist_env, global_mean, is_master, pick_device, seed_everything  # noqa: F401  (re-exported)
-
-# ----------------------------------------------------------------------------------------------
-# configuration
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    epochs: int = 10
-    batch_size: int = 32  # per rank and per micro-batch: one optimizer step sees batch_size * grad_accum * world
-    lr: float = 1e-3  # peak learning rate
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    amp: str = "auto"  # "auto": bf16 autocast on CUDA, nothing on CPU | "off"
-    seed: int = 0
-    out_dir: str = "runs/head"
-    save_every_epoch: bool = False  # also keep checkpoints/epoch_XXX.pt
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    resume: bool = False  # continue from <out_dir>/checkpoints/last.pt when it exists
-    schedule: str = "constant"  # "constant" | "cosine" (down to min_lr at the last step), per optimizer step
-    warmup_steps: int = 0  # linear warmup from 0 over this many optimizer steps
-    min_lr: float = 0.0  # the cosine's floor (schedule "cosine" only)
-    ema_decay: float = 0.0  # EMA of the trained weights, used to evaluate and in best.pt; 0 = off
-    grad_accum: int = 1  # batches per optimizer step
-    log_every_steps: int = 0  # running stats to train_steps.jsonl and the log; 0 = off
-    eval_every_steps: int = 0  # also evaluate every N optimizer steps; 0 = at epoch ends only
-    eval_max_batches: int = 0  # evaluate on the first N batches of each split; 0 = all
-    save_every_steps: int = 0  # also write last.pt every N optimizer steps (mid-epoch resume); 0 = epoch ends only
-
-    def __post_init__(self):
-        def need(ok: bool, name: str, msg: str):
-            if not ok:
-                raise ValueError(f"LoopConfig.{name} {msg}, got {getattr(self, name)!r}")
-
-        def number(x) -> bool:
-            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-        need(_is_int(self.epochs) and self.epochs >= 1, "epochs", "must be an int >= 1")
-        need(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "must be an int >= 1")
-        need(number(self.lr) and self.lr > 0, "lr", "must be a finite number > 0")
-        need(number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        need(number(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables)")
-        need(self.amp in ("auto", "off"), "amp", "must be 'auto' or 'off'")
-        need(_is_int(self.seed), "seed", "must be an int")
-        need(isinstance(self.out_dir, (str, os.PathLike)) and str(self.out_dir) != "", "out_dir", "must be a non-empty path")
-        need(self.device == "auto" or self.device == "cpu" or str(self.device).startswith("cuda"), "device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-        if str(self.device).startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"LoopConfig.device is {self.device!r} but CUDA is not available")
-        need(self.schedule in SCHEDULES, "schedule", f"must be one of {list(SCHEDULES)}")
-        need(number(self.min_lr) and 0 <= self.min_lr <= self.lr, "min_lr", "must be a number in [0, lr]")
-        need(self.schedule == "cosine" or self.min_lr == 0, "min_lr", "applies to schedule 'cosine' only; must be 0 with 'constant'")
-        need(number(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1) (0 = off)")
-        need(_is_int(self.grad_accum) and self.grad_accum >= 1, "grad_accum", "must be an int >= 1")
-        for name in ("warmup_steps", "log_every_steps", "eval_every_steps", "eval_max_batches", "save_every_steps"):
-            need(_is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "must be an int >= 0 (0 = off)")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LoopConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"LoopConfig: unknown field(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
-
-
-# ----------------------------------------------------------------------------------------------
-# what a head provides
-
-
-@runtime_checkable
-class Task(Protocol):
-    """A head whose splits fit in memory, as the loop sees it.
-
-    model          nn.Module; only parameters with ``requires_grad`` are trained and checkpointed.
-    train_arrays   {name: tensor [N, ...]}: the whole train split in memory, same N for every array.
-    val_arrays     {name: tensor [M, ...]}.
-    loss(model, batch) -> (scalar loss tensor, {name: float} running stats); ``model`` may be the
-                   DDP wrapper, so call it rather than reaching into its submodules. A mean over the
-                   batch's samples: accumulation weighs each micro-batch by its size.
-    evaluate(model, arrays) -> {name: float}: metrics on a whole split (model in eval mode, no grad).
-    select(metrics) -> tuple: rank of a val evaluation; the largest tuple is the best checkpoint.
-
-    Optional, for the console (``heads.console``): ``key_metrics`` {metric: label}, the val metrics
-    shown on each evaluation's line, and ``best_rule``, ``select`` in words.
-
-    A head that streams instead (see ``StreamingTask``) replaces the arrays with
-    ``train_batches(...)``, and ``evaluate`` with ``eval_batches`` + ``evaluate_batches``. A task may
-    also have just one of those: ``train_batches`` wins over ``train_arrays`` for training, and
-    ``evaluate_batches`` over ``evaluate`` for evaluation.
-    """
-
-    model: nn.Module
-    train_arrays: dict[str, torch.Tensor]
-    val_arrays: dict[str, torch.Tensor]
-
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]: ...
-
-    def evaluate(self, model: nn.Module, arrays: dict[str, torch.Tensor]) -> dict[str, float]: ...
-
-    def select(self, metrics: dict[str, float]) -> tuple: ...
-
-
-@runtime_checkable
-class StreamingTask(Protocol):
-    """A head whose splits do not fit in memory.
-
-    train_batches(batch_size, seed, rank, world) -> BatchSource: this rank's training batches.
-    eval_batches(split, batch_size) -> iterable of batches of split "train" or "val", in a fixed
-                   order; the loop may stop early (``eval_max_batches``). Every rank reads all of it.
-    evaluate_batches(model, batches) -> {name: float}: metrics accumulated over ``batches``.
-    """
-
-    model: nn.Module
-
-    def train_batches(self, batch_size: int, seed: int, rank: int, world: int) -> BatchSource: ...
-
-    def eval_batches(self, split: str, batch_size: int) -> Any: ...
-
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]: ...
-
-    def evaluate_batches(self, model: nn.Module, batches: Any) -> dict[str, float]: ...
-
-    def select(self, metrics: dict[str, float]) -> tuple: ...
-
-
-def train_source(task: Any, cfg: LoopConfig, rank: int, world: int) -> BatchSource:
-    """The task's own ``BatchSource``, or ``TensorBatches`` over its ``train_arrays``."""
-    if hasattr(task, "train_batches"):
-        return task.train_batches(batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
-    return TensorBatches(task.train_arrays, cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
-
 
 # ----------------------------------------------------------------------------------------------
 # the state of one run
