@@ -12,8 +12,8 @@ from typing import Any, Iterable, Optional
 import typer
 import typer.core
 
-from cache_specs.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, NavcacheError
-from heads.registry import HEADS  # a dict of names: imports nothing else
+from navcache.cache_specs.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, NavcacheError
+from navcache.heads.registry import HEADS  # a dict of names: imports nothing else
 
 
 
@@ -30,11 +30,20 @@ class _Group(typer.core.TyperGroup):
             raise typer.Exit(_error(e, EXIT_CONFIG if isinstance(e, ConfigError) else EXIT_FAILED)) from None
 
 
-app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, help="Extract frozen-encoder caches for navigation/VLA training, and inspect them.")
+app = typer.Typer(cls=_Group, no_args_is_help=True, help="Extract frozen-encoder caches for navigation/VLA training, and inspect them.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from navcache import __version__
+
+        typer.echo(f"navcache {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="Show tracebacks of known errors, and debug logs.")):
+def _main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="Show tracebacks of known errors, and debug logs."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
     ctx.obj = {"debug": debug}
     if debug:
         import logging
@@ -72,8 +81,8 @@ def extract(
     as_json: bool = JsonOpt,
 ):
     """Build the caches of every configured stage for a split (only what is missing or stale)."""
-    from pipeline.commands import extract_cmd
-    from pipeline.runner import ExtractOptions
+    from navcache.pipeline.commands import extract_cmd
+    from navcache.pipeline.runner import ExtractOptions
 
     if scheduler:
         executor = "dask"  # joining a scheduler implies the dask executor
@@ -92,7 +101,7 @@ def status(
     as_json: bool = JsonOpt,
 ):
     """Print the plan per stage: parts up to date, stale or missing."""
-    from pipeline.commands import status_cmd
+    from navcache.pipeline.commands import status_cmd
 
     raise typer.Exit(status_cmd(config, split, as_json))
 
@@ -108,7 +117,7 @@ def inspect(
     as_json: bool = JsonOpt,
 ):
     """Summarise caches: counts, arrays, provenance, quarantined episodes."""
-    from pipeline.commands import inspect_cmd
+    from navcache.pipeline.commands import inspect_cmd
 
     raise typer.Exit(inspect_cmd(path, config, as_json, episode, plot))
 
@@ -121,7 +130,7 @@ def verify(
     as_json: bool = JsonOpt,
 ):
     """Recompute every checksum and name the damage found (exit 4 if any)."""
-    from pipeline.commands import verify_cmd
+    from navcache.pipeline.commands import verify_cmd
 
     raise typer.Exit(verify_cmd(path, config, repair, as_json))
 
@@ -135,7 +144,7 @@ def demo_data(
                                 help="--no-pixels: NaVILA annotations and poses only (poses stage, gru-motion at scale)."),
 ):
     """Generate the procedural demo world (NaVILA + rover formats) and its tiny encoder."""
-    from pipeline.commands import demo_data_cmd
+    from navcache.pipeline.commands import demo_data_cmd
 
     raise typer.Exit(demo_data_cmd(out, scale, seed, pixels))
 
@@ -209,7 +218,7 @@ def predict(
 
 
 def _say(msg: str) -> None:
-    from pipeline.console import console
+    from navcache.pipeline.console import console
 
     console.print(f"[cyan]{msg}[/]")
 
@@ -225,10 +234,10 @@ def _train(name: str, preset: str, config: Path | None, overrides: dict[str, Any
     caches brought up to date, then training. ``as_json``: stdout holds the result JSON only."""
     from contextlib import nullcontext, redirect_stdout
 
-    from cache_specs.config import merge, parse_assignments
-    from heads import commands, registry
-    from pipeline.ensure import ensure_caches
-    from pipeline.project import demo_project
+    from navcache.cache_specs.config import merge, parse_assignments
+    from navcache.heads import commands, registry
+    from navcache.pipeline.ensure import ensure_caches
+    from navcache.pipeline.project import demo_project
 
     try:
         cfg = commands.load_config(name, preset, config, merge(overrides, parse_assignments(list(sets))))
@@ -249,9 +258,9 @@ def _predict(name: str, checkpoint: Path, out: Path, split: str, dataset: str | 
             batch_size: int | None, device: str) -> int:
     """``navcache predict NAME``. Without --dataset / --cache-root: the checkpoint's recorded ones (the cache
     root while it still exists here), else the project's cache root (the demo's brought up to date first)."""
-    from heads import commands, registry
-    from pipeline.ensure import ensure_caches
-    from pipeline.project import default_cache_root, demo_project
+    from navcache.heads import commands, registry
+    from navcache.pipeline.ensure import ensure_caches
+    from navcache.pipeline.project import default_cache_root, demo_project
 
     try:
         head = registry.get(name)
@@ -279,7 +288,7 @@ def _predict(name: str, checkpoint: Path, out: Path, split: str, dataset: str | 
 
 def _missing_split(cache_root: Path, dataset: str, split: str) -> str | None:
     """Why (dataset, split) has no caches under ``cache_root``, naming what exists; None when it has."""
-    from cache_specs.config import unknown_name
+    from navcache.cache_specs.config import unknown_name
 
     if (cache_root / dataset / split).is_dir():
         return None
@@ -295,10 +304,10 @@ def _missing_split(cache_root: Path, dataset: str, split: str) -> str | None:
 def export_for_dataset(project, dataset: str, split: str, out: Path):
     """The NaVILA pose sidecar of (dataset, split): poses cache brought up to date, checked against the
     source's annotation ids. Returns the ``ExportReport``."""
-    from cache_specs.layout import cache_dir
-    from heads.exports.navila_poses import export_navila_poses
-    from pipeline.commands import source_episode_ids
-    from pipeline.ensure import ensure_caches
+    from navcache.cache_specs.layout import cache_dir
+    from navcache.heads.exports.navila_poses import export_navila_poses
+    from navcache.pipeline.commands import source_episode_ids
+    from navcache.pipeline.ensure import ensure_caches
 
     ensure_caches(project, [(dataset, split, "poses")])
     ids = source_episode_ids(project, dataset, split)
@@ -309,7 +318,7 @@ def _export_navila_poses(config: Path | None, dataset: str, split: str, out: Pat
     """``navcache export navila-poses``: prints the export report."""
     import json
 
-    from pipeline.commands import load_project
+    from navcache.pipeline.commands import load_project
 
     try:
         report = export_for_dataset(load_project(config), dataset, split, out)

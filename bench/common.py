@@ -12,9 +12,9 @@ OUT = Path(__file__).resolve().parent / "out"
 def demo_project(name: str, scale: float, encoder_size: str = "tiny", datasets=("demo_navila", "demo_rover"), image_size: int = 224,
                  batch_size: int = 32, stages=("frame-features",)) -> Path:
     """A project file over the demo world at ``scale`` with a random-init DINOv3 of ``encoder_size``."""
-    from pipeline.demo import generate_demo
-    from pipeline.encoders.tiny import make_random_dinov3
-    from pipeline.project import demo_config_dict
+    from navcache.pipeline.demo import generate_demo
+    from navcache.pipeline.encoders.tiny import make_random_dinov3
+    from navcache.pipeline.project import demo_config_dict
 
     root = OUT / name
     demo = OUT / f"demo_scale{scale:g}"

@@ -19,10 +19,10 @@ from bench.common import OUT, record
 
 
 def build_cache(n: int, part_size: int = 4096):
-    from cache_specs.manifest import finalize_cache
-    from cache_specs.parts import EpisodeResult, write_part
-    from cache_specs.specs import get_spec
-    from pipeline.motion import bin_steps, egocentric_deltas
+    from navcache.cache_specs.manifest import finalize_cache
+    from navcache.cache_specs.parts import EpisodeResult, write_part
+    from navcache.cache_specs.specs import get_spec
+    from navcache.pipeline.motion import bin_steps, egocentric_deltas
 
     d = OUT / f"poses_{n}"
     if (d / "manifest.json").exists():
@@ -44,7 +44,7 @@ def build_cache(n: int, part_size: int = 4096):
 
 
 def run_export(cache, out) -> tuple[float, float]:
-    code = f"from heads.exports.navila_poses import export_navila_poses; export_navila_poses({str(cache)!r}, {str(out)!r})"
+    code = f"from navcache.heads.exports.navila_poses import export_navila_poses; export_navila_poses({str(cache)!r}, {str(out)!r})"
     t0 = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-c", code])
     proc, peak = psutil.Process(p.pid), 0

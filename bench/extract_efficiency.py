@@ -20,7 +20,7 @@ from bench.common import demo_project, record
 
 
 def bare_encoder_fps(project) -> tuple[float, int]:
-    from pipeline.plan import plan_split
+    from navcache.pipeline.plan import plan_split
 
     batches = []
     stage = None
@@ -41,7 +41,7 @@ def bare_encoder_fps(project) -> tuple[float, int]:
 
 
 def end_to_end_fps(project) -> tuple[float, int]:
-    from pipeline.runner import ExtractOptions, extract
+    from navcache.pipeline.runner import ExtractOptions, extract
 
     shutil.rmtree(project.cache_root, ignore_errors=True)
     t0 = time.perf_counter()
@@ -53,7 +53,7 @@ def end_to_end_fps(project) -> tuple[float, int]:
 
 
 def main() -> None:
-    from pipeline.config import load_config
+    from navcache.pipeline.config import load_config
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="vits16")

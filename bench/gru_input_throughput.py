@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from heads.gru_motion.data import ARRAYS, load_poses_split
+from navcache.heads.gru_motion.data import ARRAYS, load_poses_split
 
 
 def epochs_loop(arrays: dict[str, torch.Tensor], epochs: int, batch_size: int, seed: int = 0) -> int:
@@ -39,8 +39,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
-    from pipeline.ensure import ensure_caches
-    from pipeline.project import demo_project
+    from navcache.pipeline.ensure import ensure_caches
+    from navcache.pipeline.project import demo_project
 
     project = demo_project(a.cache_root)  # the embedded demo's caches: built when missing
     if project is not None:

@@ -109,7 +109,7 @@ def main() -> None:
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
-    from pipeline.keyframes import space_aware, uniform
+    from navcache.pipeline.keyframes import space_aware, uniform
 
     rows = {}
     for kind in a.conf:

@@ -25,11 +25,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     a = ap.parse_args()
 
-    from heads.sim_heads import load_config
-    from heads.sim_heads.train import build_task
-    from pipeline.config import load_config as load_project
-    from pipeline.plan import plan_split
-    from pipeline.runner import ExtractOptions, extract
+    from navcache.heads.sim_heads import load_config
+    from navcache.heads.sim_heads.train import build_task
+    from navcache.pipeline.config import load_config as load_project
+    from navcache.pipeline.plan import plan_split
+    from navcache.pipeline.runner import ExtractOptions, extract
 
     project = load_project(demo_project("sim_speed", 1.0, "tiny", datasets=("demo_rover",), stages=("frame-features", "rover-meta")))
     for split in ("train", "val"):
@@ -76,7 +76,7 @@ def main() -> None:
 
 
 def task_ids(project) -> list[str]:
-    from cache_specs import open_cache
+    from navcache.cache_specs import open_cache
 
     return list(open_cache(project.cache_root, "demo_rover", "train", "frame_features").episodes)
 

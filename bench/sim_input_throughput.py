@@ -31,7 +31,7 @@ import time
 import torch
 
 from bench.common import demo_project, record
-from heads.sim_heads.data import load_split, normalise_telemetry
+from navcache.heads.sim_heads.data import load_split, normalise_telemetry
 
 
 def epochs_loop(arrays: dict[str, torch.Tensor], epochs: int, batch_size: int, seed: int, device: torch.device, check=None) -> int:
@@ -66,9 +66,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
 
-    from heads.sim_heads import SimHeadsConfig
-    from pipeline.config import load_config as load_project
-    from pipeline.runner import ExtractOptions, extract
+    from navcache.heads.sim_heads import SimHeadsConfig
+    from navcache.pipeline.config import load_config as load_project
+    from navcache.pipeline.runner import ExtractOptions, extract
 
     defaults = SimHeadsConfig()
     epochs = a.epochs or defaults.loop.epochs

@@ -47,7 +47,7 @@ ARRAYS = ("cls", "patch_pooled")
 
 
 def spec():
-    from cache_specs.spec import ArraySpec, CacheSpec
+    from navcache.cache_specs.spec import ArraySpec, CacheSpec
 
     return CacheSpec("bench_frame_features", 1, "frame", (ArraySpec("cls", "float16", (D,)), ArraySpec("patch_pooled", "float16", (G, G, D))))
 
@@ -63,8 +63,8 @@ def _pool() -> np.ndarray:
 
 
 def _write_part(args) -> tuple[str, str]:
-    from cache_specs.layout import PARTS, part_id
-    from cache_specs.parts import EpisodeResult, write_part
+    from navcache.cache_specs.layout import PARTS, part_id
+    from navcache.cache_specs.parts import EpisodeResult, write_part
 
     cache, i, first, n = args
     # random finite fp16 bit patterns, a window of one 64 MB pool per process (generating fresh
@@ -79,7 +79,7 @@ def _write_part(args) -> tuple[str, str]:
 
 
 def build(cache: Path, episodes: int) -> Path:
-    from cache_specs.manifest import finalize_cache
+    from navcache.cache_specs.manifest import finalize_cache
 
     if (cache / "manifest.json").exists():
         return cache
@@ -123,7 +123,7 @@ def sequential_read(cache: Path) -> tuple[int, float]:
 
 
 def loader_epoch(cache: Path, **kw) -> tuple[int, float]:
-    from cache_specs import make_loader
+    from navcache.cache_specs import make_loader
 
     ld = make_loader({"f": cache}, {"f": list(ARRAYS)}, **kw)
     t, n = time.perf_counter(), 0
@@ -133,7 +133,7 @@ def loader_epoch(cache: Path, **kw) -> tuple[int, float]:
 
 
 def random_rows(cache: Path, rows: int, seed: int = 0) -> tuple[int, float]:
-    from cache_specs import open_cache
+    from navcache.cache_specs import open_cache
 
     c = open_cache(cache)
     views = [c.array(n) for n in ARRAYS]
@@ -147,7 +147,7 @@ def random_rows(cache: Path, rows: int, seed: int = 0) -> tuple[int, float]:
 
 def child_rss(path: str, budget: int, shuffle: int, batch: int) -> None:
     """In a fresh process: one epoch with the loader; print its modes and this process's VmHWM."""
-    from cache_specs import make_loader
+    from navcache.cache_specs import make_loader
 
     ld = make_loader({"f": path}, {"f": list(ARRAYS)}, batch_size=batch, seed=0, shuffle_buffer=shuffle, memory_budget=budget, num_workers=0)
     n = sum(len(b["episode_id"]) for b in ld)

@@ -1,6 +1,6 @@
 """The contract between pipeline/ (writers) and heads/ (readers): what each cache holds and how to open it.
 
-    from cache_specs import open_cache
+    from navcache.cache_specs import open_cache
     cache = open_cache("navcache_cache/demo_rover/train/frame_features")
 
 Training data larger than RAM: ``make_loader`` (``cache_specs.streaming``) over caches joined by

@@ -1,6 +1,6 @@
 """Join caches of one split by episode id, from their indexes alone (no array is read).
 
-    from cache_specs import join_caches, open_cache
+    from navcache.cache_specs import join_caches, open_cache
     j = join_caches({"feats": open_cache(root, "rover", "train", "frame_features"),
                      "meta": open_cache(root, "rover", "train", "rover_meta")})
     j.episodes                # ids kept: ok in every cache, in the FIRST cache's storage order

@@ -1,6 +1,6 @@
 """Training data larger than RAM: a torch loader over joined caches, streamed from disk or held in memory.
 
-    from cache_specs import make_loader
+    from navcache.cache_specs import make_loader
     loader = make_loader({"feats": feats_dir, "meta": meta_dir},
                          {"feats": ["cls", "patch_pooled"], "meta": ["risk", "telemetry"]},
                          batch_size=32, seed=0, rank=rank, world_size=world, num_workers=4)

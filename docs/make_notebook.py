@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from IPython.display import Image, display
 
-from cache_specs import open_cache
-from cache_specs.reader import iter_caches
+from navcache import open_cache
+from navcache.cache_specs.reader import iter_caches
 
 WORK = Path(os.environ.get("NAVCACHE_WORKDIR", ".")).resolve()
 CACHE_ROOT = WORK / "navcache_cache"
@@ -34,7 +34,7 @@ RUN_DIR = WORK / "runs" / "sim-heads-notebook"
 
 def navcache(*args):
     \"\"\"Run the navcache CLI in WORK and fail loudly (the notebook must not go on with missing caches).\"\"\"
-    p = subprocess.run([sys.executable, "-m", "cli", *args], cwd=WORK, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "navcache.cli", *args], cwd=WORK, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"navcache {' '.join(args)} exited {p.returncode}:\\n{p.stdout[-2000:]}\\n{p.stderr[-2000:]}")
     return p.stdout

@@ -12,7 +12,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
-from cache_specs.errors import EXIT_CONFIG, EXIT_OK, ConfigError
+from navcache.cache_specs.errors import EXIT_CONFIG, EXIT_OK, ConfigError
 
 from . import registry
 
@@ -64,7 +64,7 @@ def predict_cmd(name: str, checkpoint: Path, out: Path, split: str, dataset: str
                 device: str = "cpu") -> int:
     """Predict every example of ``dataset``/``split`` under ``cache_root`` to ``out`` (JSONL); prints the summary.
     ``batch_size`` None: the head's default."""
-    from cache_specs.manifest import IncompleteCache
+    from navcache.cache_specs.manifest import IncompleteCache
 
     sizes = {} if batch_size is None else {"batch_size": batch_size}
     try:

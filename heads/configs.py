@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cache_specs.config import build, merge, read_yaml, unknown_name
+from navcache.cache_specs.config import build, merge, read_yaml, unknown_name
 
 C = TypeVar("C")
 

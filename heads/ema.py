@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from heads.checkpoint import trained_keys
+from navcache.heads.checkpoint import trained_keys
 
 
 class EMA:

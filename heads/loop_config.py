@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from heads.schedule import SCHEDULES
+from navcache.heads.schedule import SCHEDULES
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)

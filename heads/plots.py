@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cache_specs.plotting import new_figure, save_figure
-from heads.console import baseline_target
+from navcache.cache_specs.plotting import new_figure, save_figure
+from navcache.heads.console import baseline_target
 
 LOSS_PANEL = "losses"
 

@@ -18,14 +18,14 @@ import importlib
 from types import ModuleType
 
 HEADS: dict[str, str] = {
-    "gru-motion": "heads.gru_motion",
-    "sim-heads": "heads.sim_heads",
+    "gru-motion": "navcache.heads.gru_motion",
+    "sim-heads": "navcache.heads.sim_heads",
 }
 
 
 def check(name: str) -> str:
     """``name`` if it is a registered head; else a ConfigError listing the heads and the closest."""
-    from cache_specs.config import unknown_name  # here, so the CLI can list HEADS without importing cache_specs
+    from navcache.cache_specs.config import unknown_name  # here, so the CLI can list HEADS without importing cache_specs
 
     if name not in HEADS:
         raise unknown_name("head", name, sorted(HEADS))

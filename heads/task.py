@@ -7,8 +7,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from heads.batches import BatchSource, TensorBatches
-from heads.loop_config import LoopConfig
+from navcache.heads.batches import BatchSource, TensorBatches
+from navcache.heads.loop_config import LoopConfig
 
 @runtime_checkable
 class Task(Protocol):

@@ -34,14 +34,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from heads import checkpoint, console
-from heads.loop_config import LoopConfig  # noqa: F401  (re-exported: heads build their configs with it)
-from heads.task import StreamingTask, Task, train_source  # noqa: F401  (re-exported)
-from heads.batches import BatchSource, batch_len, evaluate_split
-from heads.checkpoint import load_trainable, trainable_state, trained_keys  # noqa: F401  (re-exported for heads)
-from heads.ema import EMA
-from heads.schedule import make_scheduler
-from heads.distributed import dist_env, global_mean, is_master, pick_device, seed_everything  # noqa: F401  (re-exported)
+from navcache.heads import checkpoint, console
+from navcache.heads.loop_config import LoopConfig  # noqa: F401  (re-exported: heads build their configs with it)
+from navcache.heads.task import StreamingTask, Task, train_source  # noqa: F401  (re-exported)
+from navcache.heads.batches import BatchSource, batch_len, evaluate_split
+from navcache.heads.checkpoint import load_trainable, trainable_state, trained_keys  # noqa: F401  (re-exported for heads)
+from navcache.heads.ema import EMA
+from navcache.heads.schedule import make_scheduler
+from navcache.heads.distributed import dist_env, global_mean, is_master, pick_device, seed_everything  # noqa: F401  (re-exported)
 
 # ----------------------------------------------------------------------------------------------
 # the state of one run

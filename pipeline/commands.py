@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from cache_specs.errors import EXIT_CONFIG, EXIT_DAMAGE, EXIT_FAILED, EXIT_OK, EXIT_QUARANTINE  # noqa: F401  (re-exported)
+from navcache.cache_specs.errors import EXIT_CONFIG, EXIT_DAMAGE, EXIT_FAILED, EXIT_OK, EXIT_QUARANTINE  # noqa: F401  (re-exported)
 
 from .errors import ConfigError, NavcacheError
 
@@ -74,8 +74,8 @@ def status_cmd(config: Path | None, split: str | None, as_json: bool) -> int:
 
 
 def inspect_cmd(path: Path | None, config: Path | None, as_json: bool, episode: str | None = None, plot: Path | None = None) -> int:
-    from cache_specs.manifest import IncompleteCache
-    from cache_specs.reader import iter_caches, open_cache
+    from navcache.cache_specs.manifest import IncompleteCache
+    from navcache.cache_specs.reader import iter_caches, open_cache
 
     from .console import console
 
@@ -116,7 +116,7 @@ def inspect_cmd(path: Path | None, config: Path | None, as_json: bool, episode: 
                 if episode in quarantined:
                     why = f"was quarantined: {quarantined[episode]}"
                 else:
-                    from cache_specs.config import suggest
+                    from navcache.cache_specs.config import suggest
 
                     why = f"is not in {path} ({len(c)} episodes, e.g. {', '.join(c.episodes[:3])}){suggest(episode, c.episodes)}"
                 print(f"navcache: episode {episode!r} {why}", file=sys.stderr)

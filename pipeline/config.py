@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from cache_specs.config import build, merge, read_yaml, to_plain, unknown_name
+from navcache.cache_specs.config import build, merge, read_yaml, to_plain, unknown_name
 
 from .errors import ConfigError
 

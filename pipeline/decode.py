@@ -26,7 +26,7 @@ import numpy as np
 from decord import VideoReader, cpu
 from decord._ffi.base import DECORDError
 
-from pipeline.errors import Quarantine
+from navcache.pipeline.errors import Quarantine
 
 __all__ = ["black_frames", "read_jpegs", "read_video", "read_video_sampled"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from cache_specs.errors import ConfigError, NavcacheError
+from navcache.cache_specs.errors import ConfigError, NavcacheError
 
 Need = tuple[str, str, str]  # (dataset, split, cache spec name)
 
@@ -20,9 +20,9 @@ def ensure_caches(project, needs: Iterable[Need]) -> None:
     Under torchrun (WORLD_SIZE > 1) every rank runs this at once, and a shard has one writer, ever:
     there the caches must already be complete (``navcache extract`` first), and a missing one is an error.
     """
-    from cache_specs.layout import MANIFEST, cache_dir
-    from pipeline.runner import ExtractOptions, extract
-    from pipeline.stages import STAGES, cache_name
+    from navcache.cache_specs.layout import MANIFEST, cache_dir
+    from navcache.pipeline.runner import ExtractOptions, extract
+    from navcache.pipeline.stages import STAGES, cache_name
 
     stage_of = {cache_name(s): s for s in STAGES}
     needs = list(dict.fromkeys(needs))

@@ -1,7 +1,7 @@
 """Exceptions shared by sources, stages and executors (the base classes live in ``cache_specs.errors``)."""
 from __future__ import annotations
 
-from cache_specs.errors import ConfigError, NavcacheError
+from navcache.cache_specs.errors import ConfigError, NavcacheError
 
 __all__ = ["ConfigError", "DatasetError", "NavcacheError", "Quarantine"]
 

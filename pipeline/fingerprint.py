@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable
 
-from cache_specs.layout import canonical_json, sha256_file
+from navcache.cache_specs.layout import canonical_json, sha256_file
 
 
 def hash_obj(obj: Any) -> str:

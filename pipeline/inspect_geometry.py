@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cache_specs.reader import open_cache
+from navcache.cache_specs.reader import open_cache
 
 from .config import ProjectConfig
 from .errors import NavcacheError

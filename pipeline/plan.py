@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from cache_specs.layout import INDEX, MANIFEST, PARTS, cache_dir, part_id
-from cache_specs.manifest import MANIFEST_FORMAT, last_finalized
-from cache_specs.parts import PART_FORMAT, free_numbers, part_fingerprint, part_number, read_part_meta
+from navcache.cache_specs.layout import INDEX, MANIFEST, PARTS, cache_dir, part_id
+from navcache.cache_specs.manifest import MANIFEST_FORMAT, last_finalized
+from navcache.cache_specs.parts import PART_FORMAT, free_numbers, part_fingerprint, part_number, read_part_meta
 
 from .config import ProjectConfig
 from .errors import ConfigError
@@ -162,7 +162,7 @@ def _read_base(cdir: Path, backend: str) -> _Base:
 def _live_rows(cdir: Path, m: dict) -> dict[str, str]:
     import pyarrow.parquet as pq
 
-    from cache_specs.layout import sha256_file
+    from navcache.cache_specs.layout import sha256_file
 
     try:
         if sha256_file(cdir / INDEX) != m.get("index_sha256"):
@@ -287,7 +287,7 @@ def _manifest_matches(cdir: Path, layout: list[tuple[str, str]]) -> bool:
     """The complete manifest's index already is ``layout`` (nothing to finalise but sweeping)."""
     import pyarrow.parquet as pq
 
-    from cache_specs.layout import read_json
+    from navcache.cache_specs.layout import read_json
 
     try:
         if read_json(cdir / MANIFEST).get("format") != MANIFEST_FORMAT:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cache_specs.plotting import DPI, new_figure, save_figure  # noqa: F401  (save_figure: re-exported)
+from navcache.cache_specs.plotting import DPI, new_figure, save_figure  # noqa: F401  (save_figure: re-exported)
 
 # Keyframes everywhere (sheet borders, sheet labels, map markers, coverage curve) use this colour:
 # a saturated magenta is rare in real footage, so a border cannot be mistaken for image content.

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from cache_specs.finalize import finalize
-from cache_specs.layout import PARTS
-from cache_specs.manifest import invalidate
-from cache_specs.parts import read_part_meta
+from navcache.cache_specs.finalize import finalize
+from navcache.cache_specs.layout import PARTS
+from navcache.cache_specs.manifest import invalidate
+from navcache.cache_specs.parts import read_part_meta
 
 from .config import ProjectConfig
 from .errors import DatasetError, NavcacheError
@@ -60,7 +60,7 @@ class Reporter:
 def check_selection(project: ProjectConfig, opts: ExtractOptions) -> None:
     """A ConfigError (listing the valid names and the closest) when ``--split``, ``--only`` or
     ``--dataset`` names nothing in the project: a typo must never be an empty success."""
-    from cache_specs.config import unknown_name
+    from navcache.cache_specs.config import unknown_name
 
     for name in opts.datasets:
         if name not in project.datasets:

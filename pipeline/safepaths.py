@@ -11,7 +11,7 @@ import posixpath
 import re
 from pathlib import Path
 
-from pipeline.errors import NavcacheError
+from navcache.pipeline.errors import NavcacheError
 
 __all__ = ["UnsafePath", "resolve_under"]
 

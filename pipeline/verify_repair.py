@@ -5,11 +5,11 @@ import json
 import shutil
 from pathlib import Path
 
-from cache_specs.errors import EXIT_DAMAGE, EXIT_FAILED, EXIT_OK
-from cache_specs.layout import PARTS
-from cache_specs.manifest import invalidate, remove_temporaries
-from cache_specs.reader import iter_caches
-from cache_specs.verify import damaged_parts, verify_cache
+from navcache.cache_specs.errors import EXIT_DAMAGE, EXIT_FAILED, EXIT_OK
+from navcache.cache_specs.layout import PARTS
+from navcache.cache_specs.manifest import invalidate, remove_temporaries
+from navcache.cache_specs.reader import iter_caches
+from navcache.cache_specs.verify import damaged_parts, verify_cache
 
 
 def verify_and_repair(path: Path | None, project, repair: bool, as_json: bool) -> int:

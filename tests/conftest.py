@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny seeded random-init DINOv3ViTModel saved with save_pretrained (loaded via from_pretrained)."""
-    from pipeline.encoders.tiny import make_random_dinov3
+    from navcache.pipeline.encoders.tiny import make_random_dinov3
 
     return make_random_dinov3(tmp_path_factory.mktemp("models") / "dinov3-tiny", size="tiny", seed=0, image_size=64)
 
@@ -20,7 +20,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_world(tmp_path_factory) -> Path:
     """The embedded demo world at default size, generated once per test session."""
-    from pipeline.demo import generate_demo
+    from navcache.pipeline.demo import generate_demo
 
     out = tmp_path_factory.mktemp("demo") / "navcache_demo"
     generate_demo(out, scale=1.0, seed=0)
@@ -32,7 +32,7 @@ def demo_caches(tmp_path_factory, demo_world) -> Path:
     """A working folder holding the demo world and the train + val caches of every demo dataset,
     built once per test session (``navcache_cache/`` inside it). Read-only, except for a test that
     deletes a cache and asserts the rebuild is byte-identical."""
-    from pipeline.runner import ExtractOptions, extract
+    from navcache.pipeline.runner import ExtractOptions, extract
     from tests.helpers import demo_job
 
     cwd, project = demo_job(tmp_path_factory, demo_world, "demo_caches")

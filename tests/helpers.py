@@ -57,7 +57,7 @@ def cache_checksums(cache: Path) -> dict:
     """{part: {array: sha256}} plus the index rows: what 'identical result' means."""
     import polars as pl
 
-    from cache_specs.layout import PARTS, read_json
+    from navcache.cache_specs.layout import PARTS, read_json
 
     out = {}
     for p in sorted((cache / PARTS).iterdir()):
@@ -82,7 +82,7 @@ def demo_job(tmp_path_factory, demo_world: Path, name: str, say=None):
     "generated on first use" leaves it, and the embedded demo project resolved there."""
     import shutil
 
-    from pipeline.project import resolve_project
+    from navcache.pipeline.project import resolve_project
 
     cwd = tmp_path_factory.mktemp(name)
     shutil.copytree(demo_world, cwd / "navcache_demo")
@@ -92,9 +92,9 @@ def demo_job(tmp_path_factory, demo_world: Path, name: str, say=None):
 def pixel_free_poses_caches(cwd: Path, scale: float, part_size: int = 256) -> Path:
     """The demo's NaVILA records at ``scale`` without pixels (``generate_demo(pixels=False)``) and
     their train/val ``poses`` caches under ``cwd/cache``; returns the cache root."""
-    from pipeline.config import config_from_dict
-    from pipeline.demo import generate_demo
-    from pipeline.runner import ExtractOptions, extract
+    from navcache.pipeline.config import config_from_dict
+    from navcache.pipeline.demo import generate_demo
+    from navcache.pipeline.runner import ExtractOptions, extract
 
     info = generate_demo(cwd / "demo", scale=scale, pixels=False, workers=1)
     project = config_from_dict({"cache_root": str(cwd / "cache"), "datasets": {"demo_navila": {

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import cli
+from navcache import cli
 from tests.helpers import REPO, cache_checksums, make_navila, write_project
 
 N_EPISODES = 3  # make_navila: 2 records per episode -> 6 episodes -> 3 parts of 2 per stage
@@ -236,9 +236,9 @@ def test_head_errors_name_the_field_and_the_closest(tmp_path, monkeypatch, args,
 
 
 def test_ensure_caches_builds_only_what_is_read_and_never_under_torchrun(tmp_path, tiny_model, monkeypatch):
-    from cache_specs.errors import ConfigError, NavcacheError
-    from pipeline.ensure import ensure_caches
-    from pipeline.config import load_config
+    from navcache.cache_specs.errors import ConfigError, NavcacheError
+    from navcache.pipeline.ensure import ensure_caches
+    from navcache.pipeline.config import load_config
 
     project = load_config(new_project(tmp_path, tiny_model))
     needs = [("nav", "train", "poses")]
@@ -267,7 +267,7 @@ def test_help_lists_the_commands():
 
 
 def test_help_and_import_do_not_load_torch():
-    code = "import cli, sys; print('torch' in sys.modules)"
+    code = "import navcache.cli, sys; print('torch' in sys.modules)"
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert p.stdout.strip() == "False", p.stdout + p.stderr
     code = "import sys, cli\ntry:\n    cli.app(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\nprint('torch' in sys.modules)"

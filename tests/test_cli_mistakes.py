@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import cli
+from navcache import cli
 from tests.helpers import make_navila, write_project
 
 

@@ -33,32 +33,35 @@ def test_the_repository_keeps_its_layers():
 @pytest.mark.parametrize(
     "module, source, contract",
     [
-        ("heads/_bad.py", "from pipeline.runner import extract\n", "pipeline | heads (independent)"),
-        ("pipeline/_bad.py", "import heads.registry\n", "pipeline | heads (independent)"),
-        ("cache_specs/_bad.py", "from heads import registry\n", "> cache_specs"),
-        ("pipeline/_bad.py", "def f():\n    import cli  # lazily: still an import\n", "nothing in the library imports cli"),
-        ("heads/_bad.py", "from cli import app\n", "nothing in the library imports cli"),
+        ("heads/_bad.py", "from navcache.pipeline.runner import extract\n", "pipeline | heads (independent)"),
+        ("pipeline/_bad.py", "import navcache.heads.registry\n", "pipeline | heads (independent)"),
+        ("cache_specs/_bad.py", "from navcache.heads import registry\n", "> cache_specs"),
+        ("pipeline/_bad.py", "def f():\n    from navcache import cli  # lazily: still an import\n", "nothing in the library imports cli"),
+        ("heads/_bad.py", "from navcache.cli import app\n", "nothing in the library imports cli"),
     ],
 )
 def test_a_forbidden_import_breaks_a_contract(tmp_path, module, source, contract):
+    pkg_root = tmp_path / "navcache"  # the installed layout: navcache/{__init__,cli}.py + the packages
     for pkg in PACKAGES:
-        shutil.copytree(REPO / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(REPO / pkg, pkg_root / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("__init__.py", "cli.py"):
+        shutil.copy(REPO / f, pkg_root / f)
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
     assert lint_imports(tmp_path).returncode == 0  # the copy as it is: kept
-    (tmp_path / module).write_text(source)
+    (pkg_root / module).write_text(source)
     p = lint_imports(tmp_path)
     assert p.returncode != 0, p.stdout[-3000:]
-    bad = module.removesuffix(".py").replace("/", ".")
+    bad = "navcache." + module.removesuffix(".py").replace("/", ".")
     assert bad in p.stdout and f"{contract}" in p.stdout and "BROKEN" in p.stdout, p.stdout[-3000:]
 
 
 def test_every_registered_head_has_the_kit():
-    from cache_specs.specs import SPECS
-    from heads.registry import HEADS, get
+    from navcache.cache_specs.specs import SPECS
+    from navcache.heads.registry import HEADS, get
 
     assert HEADS and list(HEADS) == sorted(HEADS)
     for name, module in HEADS.items():
-        folder = REPO / Path(*module.split("."))
+        folder = REPO / Path(*module.split(".")[1:])  # navcache.heads.x -> heads/x
         for f in ("configuration.py", "data.py", "model.py", "train.py", "predict.py"):
             assert (folder / f).is_file(), (name, f)
         head = get(name)

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from heads.plots import LOSS_PANEL, confusion_matrix, curve_panels, load_metrics, plot_confusion, training_curves
-from pipeline.plots import (HIGHLIGHT_RGB, MAX_DRAWN_POINTS, contact_sheet, save_figure, sheet_layout,
+from navcache.heads.plots import LOSS_PANEL, confusion_matrix, curve_panels, load_metrics, plot_confusion, training_curves
+from navcache.pipeline.plots import (HIGHLIGHT_RGB, MAX_DRAWN_POINTS, contact_sheet, save_figure, sheet_layout,
                             subsample_points, topdown)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,7 +206,7 @@ def test_training_curves_read_real_train_loop_output(tmp_path):
     torch = pytest.importorskip("torch")
     import torch.nn.functional as F
 
-    from heads.train_loop import LoopConfig, run_loop
+    from navcache.heads.train_loop import LoopConfig, run_loop
 
     class Tiny:
         def __init__(self):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import config_from_dict
+from navcache.pipeline.config import config_from_dict
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

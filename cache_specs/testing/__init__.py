@@ -2,7 +2,7 @@
 
 Like ``zarr.testing``: the suites need pytest and hypothesis (``pip install navcache[test]``)::
 
-    from cache_specs.testing import BackendConformance
+    from navcache.cache_specs.testing import BackendConformance
 
     class TestMyBackend(BackendConformance):
         backend_name = "mybackend"      # registered in cache_specs.backends.BACKENDS

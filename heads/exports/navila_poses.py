@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cache_specs.layout import PARTS, TMP_PREFIX, fsync_dir, private_name
-from cache_specs.parts import open_part_data, read_part_meta
-from cache_specs.reader import open_cache
+from navcache.cache_specs.layout import PARTS, TMP_PREFIX, fsync_dir, private_name
+from navcache.cache_specs.parts import open_part_data, read_part_meta
+from navcache.cache_specs.reader import open_cache
 
 KEYS = ("poses", "deltas", "dist_bins", "yaw_bins")
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from cache_specs.config import build
-from heads.configs import load_head_config
-from heads.train_loop import LoopConfig
+from navcache.cache_specs.config import build
+from navcache.heads.configs import load_head_config
+from navcache.heads.train_loop import LoopConfig
 
 HEAD = "gru-motion"
 #: the caches this head reads, for each split of its dataset (spec names, see cache_specs/specs)

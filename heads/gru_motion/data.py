@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cache_specs import open_cache
+from navcache.cache_specs import open_cache
 
 ARRAYS = ("deltas", "dist_bins", "yaw_bins", "step_valid")
 #: the poses spec version that added deltas and bins

@@ -1,6 +1,6 @@
 """``export/``: the frozen motion encoder as ``model.safetensors`` + ``config.json``.
 
-    from heads.gru_motion import MotionEncoder
+    from navcache.heads.gru_motion import MotionEncoder
     enc = MotionEncoder.from_pretrained("runs/gru_motion/export")
     emb = enc(deltas, dist_bins, yaw_bins, step_valid)   # [B, T-1, H]
 """

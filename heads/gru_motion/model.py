@@ -49,7 +49,7 @@ class MotionEncoder(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(out / ENCODER_FILE), metadata={"format": "pt"})
-        cfg = {"model_type": "navcache-gru-motion-encoder", "class": "heads.gru_motion.MotionEncoder", **self.config, **(extra or {})}
+        cfg = {"model_type": "navcache-gru-motion-encoder", "class": "navcache.heads.gru_motion.MotionEncoder", **self.config, **(extra or {})}
         (out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
         return out
 

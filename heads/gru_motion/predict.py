@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from cache_specs.layout import atomic_write_bytes
-from heads.checkpoint import read_head_checkpoint
-from heads.train_loop import load_trainable
+from navcache.cache_specs.layout import atomic_write_bytes
+from navcache.heads.checkpoint import read_head_checkpoint
+from navcache.heads.train_loop import load_trainable
 
 from .data import load_poses_split
 from .model import GruMotionModel

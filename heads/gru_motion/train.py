@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from heads.train_loop import global_mean, load_trainable, run_loop, seed_everything
+from navcache.heads.train_loop import global_mean, load_trainable, run_loop, seed_everything
 
 from .configuration import GruMotionConfig
 from .data import load_poses_split

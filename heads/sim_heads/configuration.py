@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from cache_specs.config import build
-from heads.configs import load_head_config
-from heads.train_loop import LoopConfig
+from navcache.cache_specs.config import build
+from navcache.heads.configs import load_head_config
+from navcache.heads.train_loop import LoopConfig
 
 HEAD = "sim-heads"
 HEAD_NAMES = ("risk", "reason", "action")

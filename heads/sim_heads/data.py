@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cache_specs import open_cache
-from cache_specs.join import join_caches
-from cache_specs.labels import TELEMETRY_FIELDS
+from navcache.cache_specs import open_cache
+from navcache.cache_specs.join import join_caches
+from navcache.cache_specs.labels import TELEMETRY_FIELDS
 
 META = ("telemetry", "risk", "reason", "action", "weight")
 FEATS = ("cls", "patch_pooled")
@@ -92,7 +92,7 @@ def stream_split(cache_root, dataset: str, split: str, stats: dict, *, batch_siz
     """A ``cache_specs`` streaming loader of the split: batches {"vis_feats" [B, F, 2D] f32,
     "telemetry" [B, 8] f32 normalised with ``stats``, "risk"/"reason"/"action" [B] i64, "weight" [B] f32,
     "episode_id" [B] str}. It is the training loop's ``BatchSource`` (set_epoch, state_dict, ...)."""
-    from cache_specs import make_loader
+    from navcache.cache_specs import make_loader
 
     return make_loader(_readers(cache_root, dataset, split), {"feats": list(FEATS), "meta": list(META)}, batch_size=batch_size,
                        seed=seed, rank=rank, world_size=world, shuffle=shuffle, drop_last=False, mode=mode,

@@ -1,6 +1,6 @@
 """``export/``: the best checkpoint's trainable weights as ``model.safetensors`` + ``config.json`` + ``labels.json``.
 
-    from heads.sim_heads import SimV0Model
+    from navcache.heads.sim_heads import SimV0Model
     model = SimV0Model.from_pretrained("runs/sim_heads/export")      # eval mode, frozen LLM rebuilt
     tel = normalise_telemetry(raw_telemetry, model.export_config["telemetry_norm"])   # the TRAIN stats
     preds = model.predict_json({"vis_feats": vis_feats, "telemetry": tel})          # [B, F, dv], [B, 8]
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from cache_specs.labels import LABELS, TELEMETRY_FIELDS
-from cache_specs.layout import fsync_dir, fsync_tree, private_name
-from heads.checkpoint import trained_keys
+from navcache.cache_specs.labels import LABELS, TELEMETRY_FIELDS
+from navcache.cache_specs.layout import fsync_dir, fsync_tree, private_name
+from navcache.heads.checkpoint import trained_keys
 
 from .model import SimV0Model
 from .predict import build_model, read_checkpoint
@@ -46,7 +46,7 @@ def export_config(md: dict, checkpoint: str | Path, epoch: int | None, ema: bool
     if not llm.get("random_init") and Path(llm["path"]).exists():
         llm["path"] = str(Path(llm["path"]).resolve())  # the export may be read from another working directory
     return {
-        "model_type": MODEL_TYPE, "class": "heads.sim_heads.SimV0Model", "format_version": FORMAT_VERSION,
+        "model_type": MODEL_TYPE, "class": "navcache.heads.sim_heads.SimV0Model", "format_version": FORMAT_VERSION,
         "dv": int(md["dv"]), "F": int(md["F"]), "K": int(md["K"]), "d": int(md["d"]),
         "n_telemetry": len(TELEMETRY_FIELDS), "telemetry_hidden": int(cfg.get("telemetry_hidden", 64)),
         "dropout": float(cfg.get("dropout", 0.0)), "amp": cfg.get("loop", {}).get("amp", "auto"),

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from cache_specs.labels import ACTION, LABELS, REASON, RISK, TELEMETRY_FIELDS
+from navcache.cache_specs.labels import ACTION, LABELS, REASON, RISK, TELEMETRY_FIELDS
 
 N_CLASSES = {"risk": len(RISK), "reason": len(REASON), "action": len(ACTION)}
 RANDOM_GPT2 = {"n_layer": 2, "n_head": 2, "n_embd": 64}

@@ -1,6 +1,6 @@
 """Inference with a trained SIM v0 heads checkpoint: rebuild the model, predict a split's caches to JSONL.
 
-    from heads.sim_heads.predict import load_for_inference, predict_split
+    from navcache.heads.sim_heads.predict import load_for_inference, predict_split
     model, md = load_for_inference("runs/sim_heads/checkpoints/best.pt")
     summary = predict_split("runs/sim_heads/checkpoints/best.pt", "navcache_cache", "demo_rover", "val", "val.jsonl")
 
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cache_specs.labels import LABELS
-from cache_specs.layout import atomic_write_bytes
-from heads.checkpoint import read_head_checkpoint
-from heads.train_loop import load_trainable
+from navcache.cache_specs.labels import LABELS
+from navcache.cache_specs.layout import atomic_write_bytes
+from navcache.heads.checkpoint import read_head_checkpoint
+from navcache.heads.train_loop import load_trainable
 
 from .data import load_split, normalise_telemetry
 from .model import (

@@ -17,9 +17,9 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from cache_specs.labels import LABELS
-from cache_specs.layout import atomic_write_json
-from heads.plots import confusion_matrix, plot_confusion, training_curves
+from navcache.cache_specs.labels import LABELS
+from navcache.cache_specs.layout import atomic_write_json
+from navcache.heads.plots import confusion_matrix, plot_confusion, training_curves
 
 from .predict import load_for_inference, predict_arrays, predicted_ids
 

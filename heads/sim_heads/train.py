@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cache_specs.labels import LABELS, RISK
-from heads.train_loop import global_mean, is_master, run_loop, seed_everything
+from navcache.cache_specs.labels import LABELS, RISK
+from navcache.heads.train_loop import global_mean, is_master, run_loop, seed_everything
 
 from .configuration import HEAD_NAMES, SimHeadsConfig
 from .data import choose_mode, load_split, normalise_telemetry, stream_split
@@ -165,7 +165,7 @@ def _memory_data(cfg: SimHeadsConfig) -> dict:
 
 def _stream_data(cfg: SimHeadsConfig) -> dict:
     """Shapes, counts, stats and the train majority classes from manifests and label arrays only."""
-    from cache_specs import open_cache
+    from navcache.cache_specs import open_cache
 
     train_split, val_split = cfg.splits
     with open_cache(cfg.cache_root, cfg.dataset, train_split, "rover_meta") as meta:

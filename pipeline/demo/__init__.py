@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cache_specs.labels import LABELS
+from navcache.cache_specs.labels import LABELS
 
 from . import navila_writer, rover_writer, video_writer
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cache_specs.labels import RISK
+from navcache.cache_specs.labels import RISK
 
 from .render import KIND_BOX, KIND_PERSON, KIND_WALL, Camera, Columns
 

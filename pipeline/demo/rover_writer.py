@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cache_specs.labels import RISK, TELEMETRY_FIELDS
+from navcache.cache_specs.labels import RISK, TELEMETRY_FIELDS
 
 from .agent import arc_poses
 from .labels import observe, rover_labels

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from cache_specs.layout import private_name
+from navcache.cache_specs.layout import private_name
 
 from .weights import PROVENANCE_FILE
 

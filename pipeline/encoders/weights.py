@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from cache_specs.layout import sha256_file
+from navcache.cache_specs.layout import sha256_file
 
 from ..errors import NavcacheError
 from ..fingerprint import hash_obj

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from cache_specs.layout import PARTS
-from cache_specs.parts import EpisodeResult, PartEpisodes, write_part
+from navcache.cache_specs.layout import PARTS
+from navcache.cache_specs.parts import EpisodeResult, PartEpisodes, write_part
 
 from ..config import RunConfig
 from ..errors import Quarantine

@@ -6,16 +6,16 @@ import importlib
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.errors import ConfigError
-from pipeline.sources.base import Episode, Frames, Source
-from pipeline.sources.options import build_options
+from navcache.pipeline.errors import ConfigError
+from navcache.pipeline.sources.base import Episode, Frames, Source
+from navcache.pipeline.sources.options import build_options
 
 __all__ = ["SOURCES", "Episode", "Frames", "Source", "make_source", "source_class", "source_options"]
 
 SOURCES: dict[str, str] = {
-    "navila": "pipeline.sources.navila:NavilaSource",
-    "rover": "pipeline.sources.rover:RoverSource",
-    "videos": "pipeline.sources.videos:VideosSource",
+    "navila": "navcache.pipeline.sources.navila:NavilaSource",
+    "rover": "navcache.pipeline.sources.rover:RoverSource",
+    "videos": "navcache.pipeline.sources.videos:VideosSource",
 }
 
 

@@ -17,13 +17,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.decode import black_frames, read_jpegs
-from pipeline.errors import DatasetError, Quarantine
-from pipeline.safepaths import UnsafePath, folder_under, resolve_under
-from pipeline.sampling import navila_indices
-from pipeline.sources.base import Episode, Frames, claim_id
-from pipeline.sources.fields import declared_record
-from pipeline.sources.options import NavilaOptions, build_options
+from navcache.pipeline.decode import black_frames, read_jpegs
+from navcache.pipeline.errors import DatasetError, Quarantine
+from navcache.pipeline.safepaths import UnsafePath, folder_under, resolve_under
+from navcache.pipeline.sampling import navila_indices
+from navcache.pipeline.sources.base import Episode, Frames, claim_id
+from navcache.pipeline.sources.fields import declared_record
+from navcache.pipeline.sources.options import NavilaOptions, build_options
 
 __all__ = ["NavilaSource"]
 

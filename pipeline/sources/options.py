@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import ConfigError
-from cache_specs.config import build
+from navcache.cache_specs.config import build
 
 
 def check_template(option: str, value: object) -> None:

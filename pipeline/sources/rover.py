@@ -16,14 +16,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cache_specs.labels import LABELS, TELEMETRY_FIELDS
-from pipeline.decode import read_video_sampled
-from pipeline.errors import DatasetError, Quarantine
-from pipeline.safepaths import UnsafePath, resolve_under
-from pipeline.sampling import uniform_indices
-from pipeline.sources.base import Episode, Frames, claim_id
-from pipeline.sources.fields import declared_record
-from pipeline.sources.options import RoverOptions, build_options
+from navcache.cache_specs.labels import LABELS, TELEMETRY_FIELDS
+from navcache.pipeline.decode import read_video_sampled
+from navcache.pipeline.errors import DatasetError, Quarantine
+from navcache.pipeline.safepaths import UnsafePath, resolve_under
+from navcache.pipeline.sampling import uniform_indices
+from navcache.pipeline.sources.base import Episode, Frames, claim_id
+from navcache.pipeline.sources.fields import declared_record
+from navcache.pipeline.sources.options import RoverOptions, build_options
 
 __all__ = ["RoverSource", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS"]
 

@@ -32,13 +32,13 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from pipeline.decode import check_file, check_iso_bmff_complete, read_jpegs, read_video_sampled, validate_indices
-from pipeline.errors import DatasetError, Quarantine
-from pipeline.safepaths import UnsafePath, folder_under, resolve_under
-from pipeline.sampling import uniform_indices
-from pipeline.sources.base import Episode, Frames
-from pipeline.sources.fields import DeclaredRecord, declared_record
-from pipeline.sources.options import VideosOptions, build_options
+from navcache.pipeline.decode import check_file, check_iso_bmff_complete, read_jpegs, read_video_sampled, validate_indices
+from navcache.pipeline.errors import DatasetError, Quarantine
+from navcache.pipeline.safepaths import UnsafePath, folder_under, resolve_under
+from navcache.pipeline.sampling import uniform_indices
+from navcache.pipeline.sources.base import Episode, Frames
+from navcache.pipeline.sources.fields import DeclaredRecord, declared_record
+from navcache.pipeline.sources.options import VideosOptions, build_options
 
 __all__ = ["VideosSource", "VIDEO_EXTS", "IMAGE_EXTS"]
 

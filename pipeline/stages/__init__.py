@@ -6,11 +6,11 @@ import importlib
 from ..errors import ConfigError
 
 STAGES: dict[str, str] = {
-    "poses": "pipeline.stages.poses:PosesStage",
-    "frame-features": "pipeline.stages.frame_features:FrameFeaturesStage",
-    "geometry": "pipeline.stages.geometry:GeometryStage",
-    "keyframes": "pipeline.stages.keyframes:KeyframesStage",
-    "rover-meta": "pipeline.stages.rover_meta:RoverMetaStage",
+    "poses": "navcache.pipeline.stages.poses:PosesStage",
+    "frame-features": "navcache.pipeline.stages.frame_features:FrameFeaturesStage",
+    "geometry": "navcache.pipeline.stages.geometry:GeometryStage",
+    "keyframes": "navcache.pipeline.stages.keyframes:KeyframesStage",
+    "rover-meta": "navcache.pipeline.stages.rover_meta:RoverMetaStage",
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
-from cache_specs.spec import CacheSpec
+from navcache.cache_specs.spec import CacheSpec
 
 from ..errors import ConfigError
 from ..sources.base import Episode, Source
@@ -103,7 +103,7 @@ class Stage:
 
     def identity(self) -> dict:
         """Everything besides inputs that changes this stage's output: settings, encoder, weights."""
-        from cache_specs.config import to_plain
+        from navcache.cache_specs.config import to_plain
 
         return {"settings": to_plain(self.settings)}
 

@@ -6,8 +6,8 @@ from typing import Literal, Mapping
 
 import numpy as np
 
-from cache_specs.specs import get_spec
-from cache_specs.specs.frame_features import SPEC_WITH_PATCHES
+from navcache.cache_specs.specs import get_spec
+from navcache.cache_specs.specs.frame_features import SPEC_WITH_PATCHES
 
 from ..encoders.hf_vision import EncoderSettings, HFVisionEncoder
 from .base import Prepared, Stage

@@ -15,7 +15,7 @@ from typing import Literal, Mapping
 
 import numpy as np
 
-from cache_specs.specs.geometry import SPEC, SPEC_WITH_TOKENS
+from navcache.cache_specs.specs.geometry import SPEC, SPEC_WITH_TOKENS
 
 from ..camera import relative_to_first, unproject
 from ..encoders.vggt import VGGTAdapter, VGGTSettings, processed_size

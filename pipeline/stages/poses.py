@@ -11,7 +11,7 @@ from typing import Literal, Mapping
 
 import numpy as np
 
-from cache_specs.specs import get_spec
+from navcache.cache_specs.specs import get_spec
 
 from ..camera import planar_poses
 from ..errors import Quarantine

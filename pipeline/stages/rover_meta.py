@@ -10,8 +10,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from cache_specs.labels import TELEMETRY_FIELDS
-from cache_specs.specs import get_spec
+from navcache.cache_specs.labels import TELEMETRY_FIELDS
+from navcache.cache_specs.specs import get_spec
 
 from .base import Prepared, Stage
 

@@ -7,10 +7,10 @@ from typing import Sequence
 
 import numpy as np
 
-from cache_specs.layout import PARTS, part_id
-from cache_specs.manifest import finalize_cache
-from cache_specs.parts import EpisodeResult, write_part
-from cache_specs.spec import ArraySpec, CacheSpec
+from navcache.cache_specs.layout import PARTS, part_id
+from navcache.cache_specs.manifest import finalize_cache
+from navcache.cache_specs.parts import EpisodeResult, write_part
+from navcache.cache_specs.spec import ArraySpec, CacheSpec
 
 FEATS = CacheSpec(
     "t_feats",

@@ -1,8 +1,8 @@
 """Run the backend conformance suite shipped in ``cache_specs.testing`` against every built-in backend."""
 from __future__ import annotations
 
-from cache_specs.backends import BACKENDS
-from cache_specs.testing import BackendConformance
+from navcache.cache_specs.backends import BACKENDS
+from navcache.cache_specs.testing import BackendConformance
 
 
 class TestZarr(BackendConformance):
@@ -23,7 +23,7 @@ def test_every_backend_has_a_conformance_class():
 
 
 def test_unknown_backend_is_refused():
-    from cache_specs.backends import get_backend
+    from navcache.cache_specs.backends import get_backend
 
     try:
         get_backend("parquet")

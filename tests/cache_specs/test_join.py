@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from cache_specs import join_caches, open_cache
-from cache_specs.layout import PARTS
+from navcache.cache_specs import join_caches, open_cache
+from navcache.cache_specs.layout import PARTS
 from tests.cache_specs.stream_helpers import FEATS, eid, feats_of, kept_standard, meta_of, num, standard_pair, write_cache
 
 

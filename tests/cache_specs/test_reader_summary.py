@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache_specs import open_cache
-from cache_specs.labels import LABELS
-from cache_specs.layout import PARTS, read_json
-from cache_specs.reader import iter_caches
+from navcache.cache_specs import open_cache
+from navcache.cache_specs.labels import LABELS
+from navcache.cache_specs.layout import PARTS, read_json
+from navcache.cache_specs.reader import iter_caches
 
 
 def _caches(root: Path) -> dict[str, Path]:
@@ -101,7 +101,7 @@ def test_summary_fits_one_screen(demo_cache_root):
 
 
 def test_vggt_provenance_line():
-    from cache_specs.describe import provenance_lines
+    from navcache.cache_specs.describe import provenance_lines
 
     line, = provenance_lines({"geometry": {"provider": "vggt", "id": "facebook/VGGT-1B", "architecture": "vggt.models.vggt:VGGT", "random_init": False}})
     assert line == "geometry: provider=vggt id=facebook/VGGT-1B architecture=vggt.models.vggt:VGGT (pretrained)"

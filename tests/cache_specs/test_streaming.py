@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from cache_specs import LoaderConfig, make_loader, open_cache
+from navcache.cache_specs import LoaderConfig, make_loader, open_cache
 from tests.cache_specs.stream_helpers import FEATS, eid, feats_of, kept_standard, meta_of, num, standard_pair, write_cache
 
 ARRAYS = {"feats": ["x", "idx", "flag"], "meta": ["y", "t"]}
@@ -237,7 +237,7 @@ def test_cache_only_in_caches_filters_without_being_read(pair):
 PEAK_SCRIPT = textwrap.dedent(
     """
     import re, sys
-    from cache_specs import make_loader
+    from navcache.cache_specs import make_loader
     ld = make_loader({"f": sys.argv[1]}, {"f": ["x"]}, batch_size=8, shuffle_buffer=32, block_rows=64, mode="stream")
     n = sum(len(b["episode_id"]) for b in ld)
     hwm = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
@@ -247,10 +247,10 @@ PEAK_SCRIPT = textwrap.dedent(
 
 
 def test_stream_peak_memory_does_not_grow_with_cache_size(tmp_path):
-    from cache_specs.spec import ArraySpec, CacheSpec
-    from cache_specs.layout import PARTS, part_id
-    from cache_specs.manifest import finalize_cache
-    from cache_specs.parts import EpisodeResult, write_part
+    from navcache.cache_specs.spec import ArraySpec, CacheSpec
+    from navcache.cache_specs.layout import PARTS, part_id
+    from navcache.cache_specs.manifest import finalize_cache
+    from navcache.cache_specs.parts import EpisodeResult, write_part
 
     spec = CacheSpec("wide", 1, "frame", (ArraySpec("x", "float32", (2048,)),))  # 8 KiB rows, 32 KiB episodes
     rng = np.random.default_rng(0)
@@ -277,7 +277,7 @@ def test_stream_peak_memory_does_not_grow_with_cache_size(tmp_path):
 
 
 def _raw_part(tmp_path, backend="zarr-raw", rows=37, chunk_rows=8):
-    from cache_specs.backends import get_backend
+    from navcache.cache_specs.backends import get_backend
 
     rng = np.random.default_rng(0)
     arrays = {
@@ -293,7 +293,7 @@ def _raw_part(tmp_path, backend="zarr-raw", rows=37, chunk_rows=8):
 
 
 def test_direct_shard_reads_equal_zarr_decoding_for_any_row_range(tmp_path):
-    from cache_specs.backends.zarr_direct import ShardLayout
+    from navcache.cache_specs.backends.zarr_direct import ShardLayout
 
     data, arrays, root = _raw_part(tmp_path)
     ranges = [(0, 37), (0, 8), (8, 16), (3, 5), (5, 29), (30, 37), (36, 37), (0, 1)]
@@ -307,7 +307,7 @@ def test_direct_shard_reads_equal_zarr_decoding_for_any_row_range(tmp_path):
 
 
 def test_compressed_chunks_are_left_to_zarr(tmp_path):
-    from cache_specs.backends.zarr_direct import ShardLayout
+    from navcache.cache_specs.backends.zarr_direct import ShardLayout
 
     data, arrays, root = _raw_part(tmp_path, backend="zarr")
     assert ShardLayout.of(root, "f16", data.metadata("f16")) is None
@@ -334,7 +334,7 @@ def test_direct_read_of_a_corrupt_chunk_fails_its_checksum(tmp_path):
 
 
 def test_a_recycled_batch_buffer_is_never_handed_out_while_a_batch_refers_to_it():
-    from cache_specs.stream_buffers import BatchBuffers
+    from navcache.cache_specs.stream_buffers import BatchBuffers
 
     pool = BatchBuffers(keep=2)
     shapes, dtypes = {"a": (4,), "b": ()}, {"a": np.dtype(np.float32), "b": np.dtype(np.int64)}
@@ -363,7 +363,7 @@ def test_a_recycled_batch_buffer_is_never_handed_out_while_a_batch_refers_to_it(
 
 
 def test_block_pool_hands_each_slot_out_once_and_close_wakes_waiters():
-    from cache_specs.stream_buffers import BlockPool
+    from navcache.cache_specs.stream_buffers import BlockPool
 
     pool = BlockPool({"k": (10, np.dtype(np.float32))}, workers=2, per_worker=2, shared=False)
     got = [pool.acquire(1), pool.acquire(1)]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cache_specs.config import build, parse_assignments, read_yaml, to_plain
-from cache_specs.errors import ConfigError
+from navcache.cache_specs.config import build, parse_assignments, read_yaml, to_plain
+from navcache.cache_specs.errors import ConfigError
 
 
 @dataclass(frozen=True)

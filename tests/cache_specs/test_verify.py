@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache_specs.testing.backends import SPECS, build_cache, make_episode, quarantined  # noqa: E402
+from navcache.cache_specs.testing.backends import SPECS, build_cache, make_episode, quarantined  # noqa: E402
 
-from cache_specs import open_cache  # noqa: E402
-from cache_specs.layout import INDEX, MANIFEST, PART_JSON, PARTS, part_id  # noqa: E402
-from cache_specs.manifest import invalidate  # noqa: E402
-from cache_specs.parts import write_part  # noqa: E402
-from cache_specs.verify import Damage, damaged_parts, verify_cache, verify_part  # noqa: E402
+from navcache.cache_specs import open_cache  # noqa: E402
+from navcache.cache_specs.layout import INDEX, MANIFEST, PART_JSON, PARTS, part_id  # noqa: E402
+from navcache.cache_specs.manifest import invalidate  # noqa: E402
+from navcache.cache_specs.parts import write_part  # noqa: E402
+from navcache.cache_specs.verify import Damage, damaged_parts, verify_cache, verify_part  # noqa: E402
 
 SPEC, DIMS = SPECS["frame"]
 N_PARTS = 3
@@ -375,7 +375,7 @@ def test_damaged_parts_names_exactly_the_damaged_ones(cache):
 def dead_rows(request, tmp_path):
     """A cache whose part 0 holds a dead row (episode b was re-encoded into part 1) and whose
     live episodes interleave across parts in index order: (backend, cache, {id: arrays})."""
-    from cache_specs.finalize import finalize
+    from navcache.cache_specs.finalize import finalize
 
     backend, c = request.param, tmp_path / "cache"
     eps = {k: make_episode(SPEC, DIMS, k, n, seed) for seed, (k, n) in enumerate({"a": 3, "b": 2, "c": 4, "d": 1, "e": 5}.items())}
@@ -408,8 +408,8 @@ def test_reader_and_verify_on_parts_with_dead_rows(dead_rows):
 def test_verify_still_finds_damage_next_to_dead_rows(dead_rows):
     import pyarrow.parquet as pq
 
-    from cache_specs.layout import sha256_file
-    from cache_specs.manifest import MANIFEST_SHA_KEY, index_rows_table, manifest_checksum
+    from navcache.cache_specs.layout import sha256_file
+    from navcache.cache_specs.manifest import MANIFEST_SHA_KEY, index_rows_table, manifest_checksum
 
     backend, c, _ = dead_rows
     f = data_file(c / PARTS / part_id(0), backend)

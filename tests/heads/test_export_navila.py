@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from typer.testing import CliRunner
 
-from cache_specs import open_cache
-from cli import export_for_dataset
-from pipeline.config import load_config
+from navcache.cache_specs import open_cache
+from navcache.cli import export_for_dataset
+from navcache.pipeline.config import load_config
 from tests.helpers import make_navila, write_project
 
 
@@ -57,8 +57,7 @@ def test_export_round_trips_through_the_guide_consumer(tmp_path, tiny_model):
 
 
 def test_cli_export(tmp_path, tiny_model):
-    import cli
-
+    from navcache import cli
     data = make_navila(tmp_path / "data", n_episodes=2)
     cfg = write_project(tmp_path, data, tiny_model)
     r = CliRunner().invoke(cli.app, ["export", "navila-poses", str(tmp_path / "out.jsonl"), "-d", "nav", "-s", "train", "-c", str(cfg)])

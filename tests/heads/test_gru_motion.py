@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cache_specs.errors import ConfigError
-from heads.gru_motion import PRESETS, GruMotionConfig, MotionEncoder, load_config, predict_split, train_gru_motion
-from heads.gru_motion.data import load_poses_split
-from heads.gru_motion.predict import TARGETS
-from heads.gru_motion.train import build_task
-from heads.train_loop import LoopConfig, load_trainable
+from navcache.cache_specs.errors import ConfigError
+from navcache.heads.gru_motion import PRESETS, GruMotionConfig, MotionEncoder, load_config, predict_split, train_gru_motion
+from navcache.heads.gru_motion.data import load_poses_split
+from navcache.heads.gru_motion.predict import TARGETS
+from navcache.heads.gru_motion.train import build_task
+from navcache.heads.train_loop import LoopConfig, load_trainable
 from tests.helpers import pixel_free_poses_caches
 
 pytestmark = pytest.mark.slow  # real torchrun / large demo: seconds to a minute each
@@ -164,8 +164,7 @@ def test_predict_split_reproduces_the_trainers_val_metrics(trained, demo_caches,
 
 
 def test_cli_predict_gru_motion(trained, demo_caches, tmp_path):
-    import cli
-
+    from navcache import cli
     cfg, _ = trained
     best = Path(cfg.out_dir) / "checkpoints/best.pt"
     out = tmp_path / "preds" / "val.jsonl"

@@ -43,7 +43,7 @@ def _config(caches: Path, out: Path, batch_size: int, path: Path) -> Path:
 def runs(poses_caches, tmp_path_factory):
     if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
         pytest.skip("torch.distributed with gloo is not available in this torch build")
-    from heads.gru_motion.data import load_poses_split
+    from navcache.heads.gru_motion.data import load_poses_split
 
     arrays, _ = load_poses_split(poses_caches, "demo_navila", "train")
     n = len(arrays["step_valid"])
@@ -79,7 +79,7 @@ def test_ddp_weights_equal_single_process(runs):
 
 
 def test_exported_encoders_agree(runs):
-    from heads.gru_motion import MotionEncoder
+    from navcache.heads.gru_motion import MotionEncoder
 
     assert runs["ddp"].returncode == 0, runs["ddp"].stderr[-3000:]
     ea = MotionEncoder.from_pretrained(runs["tmp"] / "ddp/export")

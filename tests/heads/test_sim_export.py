@@ -15,12 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cache_specs import open_cache
-from cache_specs.labels import LABELS
-from heads.sim_heads import SimHeadsConfig, SimV0Model, export_checkpoint, load_for_inference, predict_split, train_sim_heads
-from heads.sim_heads.data import load_split, normalise_telemetry
-from heads.sim_heads.predict import predict_arrays
-from heads.train_loop import LoopConfig
+from navcache.cache_specs import open_cache
+from navcache.cache_specs.labels import LABELS
+from navcache.heads.sim_heads import SimHeadsConfig, SimV0Model, export_checkpoint, load_for_inference, predict_split, train_sim_heads
+from navcache.heads.sim_heads.data import load_split, normalise_telemetry
+from navcache.heads.sim_heads.predict import predict_arrays
+from navcache.heads.train_loop import LoopConfig
 
 DATASET = "demo_rover"
 FILES = ("model.safetensors", "config.json", "labels.json")
@@ -202,8 +202,8 @@ def test_cli_predict_takes_an_export_folder(trained, demo_cache_root, tmp_path):
     export, the same JSONL as from best.pt; a broken export is a configuration error naming the file."""
     from typer.testing import CliRunner
 
-    import cli
-    from cache_specs.errors import EXIT_CONFIG
+    from navcache import cli
+    from navcache.cache_specs.errors import EXIT_CONFIG
 
     out, _ = trained
     run = lambda *a: CliRunner().invoke(cli.app, [str(x) for x in a])  # noqa: E731

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from heads.sim_heads import SimHeadsConfig, train_sim_heads
-from heads.sim_heads.train import build_task
-from heads.train_loop import LoopConfig, run_loop
+from navcache.heads.sim_heads import SimHeadsConfig, train_sim_heads
+from navcache.heads.sim_heads.train import build_task
+from navcache.heads.train_loop import LoopConfig, run_loop
 
 ACC_MARGIN = 0.05
 F1_MARGIN = 0.10
@@ -96,7 +96,7 @@ def test_same_seed_same_metrics(rover_caches, tmp_path):
 
 
 def test_config_yaml_and_validation(tmp_path):
-    from heads.sim_heads import load_config
+    from navcache.heads.sim_heads import load_config
 
     p = tmp_path / "s.yaml"
     p.write_text("cache_root: /x\nK: 2\nloss_weights: {reason: 0.25}\nloop: {epochs: 3, lr: 0.01}\nout_dir: /tmp/out\n")
@@ -128,7 +128,7 @@ def test_cli_train_on_the_demo_rebuilds_a_missing_cache_first(rover_caches, tmp_
 
     from typer.testing import CliRunner
 
-    import cli
+    from navcache import cli
     from tests.helpers import cache_checksums
 
     # in the session's shared demo folder (a copy elsewhere would re-encode: the demo encoder's

@@ -47,8 +47,8 @@ DDP_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    import heads.sim_heads.train as sim_train
-    from heads.sim_heads import load_config, train_sim_heads
+    import navcache.heads.sim_heads.train as sim_train
+    from navcache.heads.sim_heads import load_config, train_sim_heads
 
     cfg_path, marks = sys.argv[1], Path(sys.argv[2])
     seen = {}
@@ -123,8 +123,8 @@ def runs(rover_caches, tmp_path_factory):
     why = _torchrun_available()
     if why:
         pytest.skip(why)
-    from heads.sim_heads import load_config, train_sim_heads
-    from heads.sim_heads.data import load_split
+    from navcache.heads.sim_heads import load_config, train_sim_heads
+    from navcache.heads.sim_heads.data import load_split
 
     tmp = tmp_path_factory.mktemp("sim_ddp")
     n_train = load_split(rover_caches, "demo_rover", "train")[1]["n"]
@@ -176,7 +176,7 @@ def test_rank0_outputs(runs):
 
 
 def test_frozen_llm_unchanged_and_checkpoint_holds_trainable_only(runs):
-    from heads.sim_heads.model import SimV0Model, load_frozen_llm
+    from navcache.heads.sim_heads.model import SimV0Model, load_frozen_llm
 
     assert runs["proc"].returncode == 0, runs["proc"].stderr[-3000:]
     for m in sorted(runs["marks"].glob("rank*.json")):

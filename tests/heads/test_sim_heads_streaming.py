@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from heads.sim_heads import SimHeadsConfig, train_sim_heads
-from heads.sim_heads.data import choose_mode, load_split, normalise_telemetry, split_bytes, stream_split
-from heads.sim_heads.train import StreamingSimHeadsTask, build_task
-from heads.train_loop import LoopConfig
+from navcache.heads.sim_heads import SimHeadsConfig, train_sim_heads
+from navcache.heads.sim_heads.data import choose_mode, load_split, normalise_telemetry, split_bytes, stream_split
+from navcache.heads.sim_heads.train import StreamingSimHeadsTask, build_task
+from navcache.heads.train_loop import LoopConfig
 
 HEADS = ("risk", "reason", "action")
 SEEDS = (0, 1)

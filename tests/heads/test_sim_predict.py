@@ -14,16 +14,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cache_specs import open_cache
-from cache_specs.labels import LABELS
-from heads.sim_heads import (
+from navcache.cache_specs import open_cache
+from navcache.cache_specs.labels import LABELS
+from navcache.heads.sim_heads import (
     SimHeadsConfig,
     load_for_inference,
     predict_split,
     train_sim_heads,
 )
-from heads.sim_heads.data import load_split, normalise_telemetry
-from heads.train_loop import LoopConfig
+from navcache.heads.sim_heads.data import load_split, normalise_telemetry
+from navcache.heads.train_loop import LoopConfig
 
 DATASET = "demo_rover"
 EPOCHS = 10
@@ -100,7 +100,7 @@ def test_predict_split_reproduces_best_val_metrics(trained, rover_caches, tmp_pa
 
 
 def test_telemetry_uses_train_stats(trained, rover_caches, tmp_path, monkeypatch):
-    import heads.sim_heads.predict as predict_mod
+    import navcache.heads.sim_heads.predict as predict_mod
 
     best, ckpt = _best(trained)
     # predicting the train split reproduces the trainer's train evaluation of that epoch
@@ -130,8 +130,7 @@ def test_random_llm_recreated_when_its_folder_is_gone(trained, rover_caches, tmp
 
 
 def _navcache(*args):
-    import cli
-
+    from navcache import cli
     return CliRunner().invoke(cli.app, [str(a) for a in args])
 
 
@@ -150,7 +149,7 @@ def test_cli_predict_sim_heads(trained, rover_caches, tmp_path):
 
 
 def test_cli_errors_are_config_errors(trained, tmp_path):
-    from cache_specs.errors import EXIT_CONFIG
+    from navcache.cache_specs.errors import EXIT_CONFIG
 
     best, _ = _best(trained)
     r = _navcache("predict", "sim-heads", "--checkpoint", tmp_path / "nope.pt", tmp_path / "o.jsonl")

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heads.batches import BatchSource, TensorBatches
-from heads.train_loop import LoopConfig, StreamingTask, Task, load_trainable, run_loop, seed_everything
+from navcache.heads.batches import BatchSource, TensorBatches
+from navcache.heads.train_loop import LoopConfig, StreamingTask, Task, load_trainable, run_loop, seed_everything
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,7 +95,7 @@ class _Killed(BaseException):
 
 @pytest.mark.parametrize("kill_after", ["metrics", "last.pt"])
 def test_kill_around_the_epoch_commit_then_resume_matches_uninterrupted(tmp_path, monkeypatch, kill_after):
-    import heads.checkpoint as tl
+    import navcache.heads.checkpoint as tl
 
     full = run_loop(ToyTask(0), _cfg(tmp_path / "full"))
     real_save, real_append = tl.atomic_save, tl.append_line
@@ -194,7 +194,7 @@ DDP_SCRIPT = textwrap.dedent(
     import sys
     import torch
     torch.set_num_threads(1)
-    from heads.train_loop import LoopConfig, run_loop
+    from navcache.heads.train_loop import LoopConfig, run_loop
     from tests.heads.test_train_loop import ToyTask
     res = run_loop(ToyTask(0), LoopConfig(epochs=3, batch_size=8, lr=1e-2, out_dir=sys.argv[1], device="cpu"))
     import torch.distributed as dist
@@ -260,7 +260,7 @@ def _torch_reference_lrs(lr: float, min_lr: float, warmup: int, total: int) -> l
 
 @pytest.mark.parametrize("warmup", [0, 1, 7])
 def test_schedule_matches_torch_schedulers_and_the_formula(warmup):
-    from heads.schedule import lr_factor
+    from navcache.heads.schedule import lr_factor
 
     lr, min_lr, total = 0.1, 0.004, 50
     ours = [lr * lr_factor(s, schedule="cosine", warmup_steps=warmup, total_steps=total, min_ratio=min_lr / lr) for s in range(total)]
@@ -478,7 +478,7 @@ def test_step_based_evaluation_reads_at_most_n_batches(tmp_path):
 
 def _kill_at(monkeypatch, file: str, step: int):
     """Make the run die (like SIGKILL) right after rank 0 appends ``file``'s row of ``step``."""
-    import heads.checkpoint as ck
+    import navcache.heads.checkpoint as ck
 
     real = ck.append_line
 
@@ -578,8 +578,8 @@ DDP_LONG_SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     import torch.distributed as dist
-    import heads.train_loop as tl
-    from heads.train_loop import LoopConfig, run_loop
+    import navcache.heads.train_loop as tl
+    from navcache.heads.train_loop import LoopConfig, run_loop
     from tests.heads.test_train_loop import NoDropoutTask, ToyTask
 
     out = Path(sys.argv[1])

@@ -8,7 +8,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from heads import console
+from navcache.heads import console
 
 pytestmark = pytest.mark.slow  # trains on the session's demo caches
 
@@ -23,8 +23,7 @@ def in_demo(demo_caches, monkeypatch):
 
 
 def _train(*args: str):
-    import cli
-
+    from navcache import cli
     r = CliRunner().invoke(cli.app, ["train", "sim-heads", *args])
     assert r.exit_code == 0, r.output
     return r

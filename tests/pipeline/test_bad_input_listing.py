@@ -14,11 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import config_from_dict
-from pipeline.decode import read_video
-from pipeline.errors import DatasetError, Quarantine
-from pipeline.runner import ExtractOptions, extract
-from pipeline.sources.navila import NavilaSource
+from navcache.pipeline.config import config_from_dict
+from navcache.pipeline.decode import read_video
+from navcache.pipeline.errors import DatasetError, Quarantine
+from navcache.pipeline.runner import ExtractOptions, extract
+from navcache.pipeline.sources.navila import NavilaSource
 from tests.helpers import make_navila, run_cli
 
 

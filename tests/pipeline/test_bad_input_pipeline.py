@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from cache_specs import open_cache
-from cache_specs.labels import ACTION, REASON, RISK, TELEMETRY_FIELDS
-from cache_specs.manifest import IncompleteCache
-from pipeline.config import load_config
-from pipeline.runner import ExtractOptions, extract
-from pipeline.sampling import uniform_indices
+from navcache.cache_specs import open_cache
+from navcache.cache_specs.labels import ACTION, REASON, RISK, TELEMETRY_FIELDS
+from navcache.cache_specs.manifest import IncompleteCache
+from navcache.pipeline.config import load_config
+from navcache.pipeline.runner import ExtractOptions, extract
+from navcache.pipeline.sampling import uniform_indices
 from tests.helpers import cache_checksums, make_navila, run_cli, write_project
 
 NUM_FRAMES = 8  # navila and rover default

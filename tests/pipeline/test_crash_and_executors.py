@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cache_specs.layout import PARTS
-from cache_specs.verify import verify_cache
-from pipeline.config import load_config
-from pipeline.runner import ExtractOptions, extract
+from navcache.cache_specs.layout import PARTS
+from navcache.cache_specs.verify import verify_cache
+from navcache.pipeline.config import load_config
+from navcache.pipeline.runner import ExtractOptions, extract
 from tests.helpers import REPO, cache_checksums, make_navila, write_project
 
 STAGES = ("poses", "frame_features")
@@ -75,8 +75,8 @@ def test_sigkill_at_random_moments_then_rerun_is_identical(tmp_path, dataset, ti
 def test_dask_local_cluster_with_a_killed_worker(tmp_path, dataset, tiny_model, reference):
     from dask.distributed import Client, LocalCluster
 
-    from pipeline.executors import dask_exec
-    from pipeline.plan import plan_split
+    from navcache.pipeline.executors import dask_exec
+    from navcache.pipeline.plan import plan_split
 
     project = load_config(write_project(tmp_path, dataset, tiny_model, part_size=2))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
@@ -93,7 +93,7 @@ def test_dask_local_cluster_with_a_killed_worker(tmp_path, dataset, tiny_model, 
 
             metas = dask_exec.build_parts_dask(project, sp, sp.todo, 2, None, kill_one_worker, client=client)
             assert sorted(m["part"] for m in metas) == [p.part_id for p in sp.parts]
-            from cache_specs.manifest import finalize_cache
+            from navcache.cache_specs.manifest import finalize_cache
 
             finalize_cache(sp.cache_dir, sp.expected(), {"stage": sp.stage_name})
         assert killed, "no worker was killed"

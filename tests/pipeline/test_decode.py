@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.decode import black_frames, read_jpegs, read_video, read_video_sampled
-from pipeline.errors import NavcacheError, Quarantine
-from pipeline.safepaths import UnsafePath, resolve_under
-from pipeline.sampling import navila_indices, uniform_indices
+from navcache.pipeline.decode import black_frames, read_jpegs, read_video, read_video_sampled
+from navcache.pipeline.errors import NavcacheError, Quarantine
+from navcache.pipeline.safepaths import UnsafePath, resolve_under
+from navcache.pipeline.sampling import navila_indices, uniform_indices
 
 W, H = 64, 48
 

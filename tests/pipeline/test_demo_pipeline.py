@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from cache_specs import open_cache
-from cache_specs.verify import verify_cache
-from pipeline.config import load_config
-from pipeline.motion import bin_steps, egocentric_deltas
-from pipeline.runner import ExtractOptions, extract
-from pipeline.sampling import navila_indices
+from navcache.cache_specs import open_cache
+from navcache.cache_specs.verify import verify_cache
+from navcache.pipeline.config import load_config
+from navcache.pipeline.motion import bin_steps, egocentric_deltas
+from navcache.pipeline.runner import ExtractOptions, extract
+from navcache.pipeline.sampling import navila_indices
 from tests.helpers import cache_checksums, demo_job, make_navila, write_project
 
 
@@ -38,8 +38,8 @@ def test_demo_builds_every_cache_clean(demo_run):
 
 def test_motion_set_is_the_navila_world_at_twenty_times_without_pixels(demo_run):
     """demo_motion: the NaVILA world's own trajectories (its first episodes equal demo_navila's), 20x as many."""
-    from cache_specs import open_cache
-    from pipeline.demo import MOTION_SCALE
+    from navcache.cache_specs import open_cache
+    from navcache.pipeline.demo import MOTION_SCALE
 
     cwd, project, _ = demo_run
     nav = open_cache(project.cache_root, "demo_navila", "train", "poses")
@@ -53,7 +53,7 @@ def test_motion_set_is_the_navila_world_at_twenty_times_without_pixels(demo_run)
 def test_rover_meta_matches_the_table_and_keeps_train_stats(demo_run):
     import pyarrow.parquet as pq
 
-    from cache_specs.labels import LABELS
+    from navcache.cache_specs.labels import LABELS
 
     cwd, project, _ = demo_run
     rows = {r["clip_id"]: r for r in pq.read_table(cwd / "navcache_demo/rover/train.parquet").to_pylist()}

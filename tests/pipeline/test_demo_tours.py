@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.decode import read_video
-from pipeline.demo.agent import AGENT_RADIUS
-from pipeline.demo.render import KIND_CEILING, KIND_FLOOR, KIND_WALL, render
-from pipeline.demo.video_writer import (FPS, MAX_FRAMES, MAX_TURN, MIN_FRAMES, PAN_TURN, TOUR_CAM, extrinsics,
+from navcache.pipeline.decode import read_video
+from navcache.pipeline.demo.agent import AGENT_RADIUS
+from navcache.pipeline.demo.render import KIND_CEILING, KIND_FLOOR, KIND_WALL, render
+from navcache.pipeline.demo.video_writer import (FPS, MAX_FRAMES, MAX_TURN, MIN_FRAMES, PAN_TURN, TOUR_CAM, extrinsics,
                                         intrinsics, make_tour, write_tour)
-from pipeline.demo.world import CEILING_H, CORRIDOR
-from pipeline.sources.videos import VideosSource
+from navcache.pipeline.demo.world import CEILING_H, CORRIDOR
+from navcache.pipeline.sources.videos import VideosSource
 
 CASES = [(0, "train", 0), (0, "train", 5), (0, "val", 1), (7, "train", 3)]
 

@@ -12,14 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cache_specs.labels import ACTION, LABELS, REASON, RISK, TELEMETRY_FIELDS
-from pipeline.demo import FORMAT, DemoInfo, generate_demo
-from pipeline.demo.labels import CONE_DEG, DARK_LIGHT, FOG_M, Observation, observe, rover_labels
-from pipeline.demo.navila_writer import NAVILA_CAM, make_episode
-from pipeline.demo.render import (KIND_BOX, KIND_CEILING, KIND_FLOOR, KIND_PERSON, KIND_WALL, Camera, Columns,
+from navcache.cache_specs.labels import ACTION, LABELS, REASON, RISK, TELEMETRY_FIELDS
+from navcache.pipeline.demo import FORMAT, DemoInfo, generate_demo
+from navcache.pipeline.demo.labels import CONE_DEG, DARK_LIGHT, FOG_M, Observation, observe, rover_labels
+from navcache.pipeline.demo.navila_writer import NAVILA_CAM, make_episode
+from navcache.pipeline.demo.render import (KIND_BOX, KIND_CEILING, KIND_FLOOR, KIND_PERSON, KIND_WALL, Camera, Columns,
                                   cast_columns, render)
-from pipeline.demo.rover_writer import N_FRAMES, ROVER_CAM, sample_scene
-from pipeline.demo.world import CEILING_H, layout_from_grid
+from navcache.pipeline.demo.rover_writer import N_FRAMES, ROVER_CAM, sample_scene
+from navcache.pipeline.demo.world import CEILING_H, layout_from_grid
 
 ANSWER = re.compile(r"^(?:move forward (25|50|75) cm|turn (left|right) (15|30|45) degree|stop)$")
 
@@ -99,7 +99,7 @@ def test_pixel_free_demo_has_the_same_records_and_poses(demo: DemoInfo, tmp_path
 
 
 def test_ensure_demo_replaces_a_pixel_free_demo(tmp_path: Path):
-    from pipeline.project import ensure_demo
+    from navcache.pipeline.project import ensure_demo
 
     generate_demo(tmp_path / "d", scale=0.05, pixels=False, workers=1)
     said = []

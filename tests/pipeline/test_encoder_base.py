@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.encoders.base import FrozenEncoder, check_device, check_precision, resolve_precision
-from pipeline.encoders.hf_vision import EncoderSettings, HFVisionEncoder
-from pipeline.encoders.vggt import VGGTAdapter, VGGTSettings
-from pipeline.encoders.weights import PROVENANCE_FILE, weights_fingerprint
-from pipeline.errors import NavcacheError
+from navcache.pipeline.encoders.base import FrozenEncoder, check_device, check_precision, resolve_precision
+from navcache.pipeline.encoders.hf_vision import EncoderSettings, HFVisionEncoder
+from navcache.pipeline.encoders.vggt import VGGTAdapter, VGGTSettings
+from navcache.pipeline.encoders.weights import PROVENANCE_FILE, weights_fingerprint
+from navcache.pipeline.errors import NavcacheError
 from tests.standins.vggt_standin import make_standin
 
 STANDIN = "tests.standins.vggt_standin:StandInVGGT"

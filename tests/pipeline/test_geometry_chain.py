@@ -9,15 +9,15 @@ import cv2
 import numpy as np
 import pytest
 
-from cache_specs import open_cache
-from cache_specs.verify import verify_cache
-from pipeline import keyframes as kf
-from pipeline.camera import planar_poses
-from pipeline.config import config_from_dict
-from pipeline.demo import video_writer
-from pipeline.motion import bin_steps, egocentric_deltas
-from pipeline.project import demo_config_dict
-from pipeline.runner import ExtractOptions, extract
+from navcache.cache_specs import open_cache
+from navcache.cache_specs.verify import verify_cache
+from navcache.pipeline import keyframes as kf
+from navcache.pipeline.camera import planar_poses
+from navcache.pipeline.config import config_from_dict
+from navcache.pipeline.demo import video_writer
+from navcache.pipeline.motion import bin_steps, egocentric_deltas
+from navcache.pipeline.project import demo_config_dict
+from navcache.pipeline.runner import ExtractOptions, extract
 from tests.helpers import demo_job
 from tests.standins.vggt_standin import make_standin
 

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from cache_specs import open_cache
-from pipeline.config import load_config
-from pipeline.runner import ExtractOptions, extract
+from navcache.cache_specs import open_cache
+from navcache.pipeline.config import load_config
+from navcache.pipeline.runner import ExtractOptions, extract
 from tests.helpers import make_navila, write_project
 
 
@@ -76,7 +76,7 @@ def test_changed_pose_recomputes_one_pose_part(project):
 
 
 def test_encoder_weights_change_recomputes_features(project, tmp_path_factory):
-    from pipeline.encoders.tiny import make_random_dinov3
+    from navcache.pipeline.encoders.tiny import make_random_dinov3
 
     tmp, cfg, data = project
     other = make_random_dinov3(tmp_path_factory.mktemp("m2") / "dinov3-tiny-seed1", size="tiny", seed=1, image_size=64)
@@ -97,9 +97,9 @@ class _Killed(BaseException):
 
 
 def test_kill_after_a_shrink_never_leaves_a_complete_cache_pointing_at_deleted_parts(project, monkeypatch):
-    import cache_specs.finalize as fin
-    from cache_specs.manifest import IncompleteCache
-    from cache_specs.verify import verify_cache
+    import navcache.cache_specs.finalize as fin
+    from navcache.cache_specs.manifest import IncompleteCache
+    from navcache.cache_specs.verify import verify_cache
 
     tmp, cfg, data = project
     poses = tmp / "cache/nav/train/poses"
@@ -133,8 +133,8 @@ def test_kill_after_a_shrink_never_leaves_a_complete_cache_pointing_at_deleted_p
 def test_backend_switch_rebuilds_every_part(project):
     import yaml
 
-    from cache_specs.layout import PARTS
-    from cache_specs.parts import read_part_meta
+    from navcache.cache_specs.layout import PARTS
+    from navcache.cache_specs.parts import read_part_meta
 
     tmp, cfg, _ = project
     doc = yaml.safe_load(cfg.read_text())
@@ -151,8 +151,8 @@ def test_backend_switch_rebuilds_every_part(project):
 def test_rewording_an_array_doc_recomputes_nothing(project, monkeypatch):
     import dataclasses
 
-    import pipeline.stages.poses as poses_stage
-    from cache_specs.specs import get_spec
+    import navcache.pipeline.stages.poses as poses_stage
+    from navcache.cache_specs.specs import get_spec
 
     _, cfg, _ = project
     spec = get_spec("poses")
@@ -170,7 +170,7 @@ def test_a_rerun_removes_index_temp_files_a_kill_left(project):
 
 
 def test_two_jobs_share_the_file_hash_memo_without_locking_each_other(tmp_path):
-    from pipeline.fingerprint import FileHasher
+    from navcache.pipeline.fingerprint import FileHasher
 
     files = []
     for i in range(2):
@@ -192,8 +192,8 @@ def test_two_jobs_share_the_file_hash_memo_without_locking_each_other(tmp_path):
 
 
 def test_a_cache_that_cannot_be_finalized_is_reported_and_the_run_goes_on(project, monkeypatch):
-    import pipeline.runner as runner
-    from cache_specs.manifest import IncompleteCache
+    import navcache.pipeline.runner as runner
+    from navcache.cache_specs.manifest import IncompleteCache
 
     tmp, cfg, data = project
     f = data / "train/ep004/frame_013.jpg"
@@ -213,8 +213,8 @@ def test_a_cache_that_cannot_be_finalized_is_reported_and_the_run_goes_on(projec
 
 
 def _videos_project(tmp_path, tiny_model, stages):
-    from pipeline.config import config_from_dict
-    from pipeline.demo import video_writer
+    from navcache.pipeline.config import config_from_dict
+    from navcache.pipeline.demo import video_writer
 
     split = tmp_path / "data/train"
     split.mkdir(parents=True)
@@ -246,9 +246,9 @@ def test_a_changed_gt_sidecar_recomputes_geometry_not_frame_features(tmp_path, t
 
 
 def test_an_upstream_part_replaced_after_planning_fails_the_build(tmp_path, tiny_model):
-    from cache_specs.layout import PARTS
-    from pipeline.executors.local import UpstreamChanged, build_parts
-    from pipeline.plan import plan_split
+    from navcache.cache_specs.layout import PARTS
+    from navcache.pipeline.executors.local import UpstreamChanged, build_parts
+    from navcache.pipeline.plan import plan_split
 
     project, _ = _videos_project(tmp_path, tiny_model, ["geometry", "keyframes"])
     assert not extract(project, ExtractOptions("train", only="geometry")).errors

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline import keyframes as kf
+from navcache.pipeline import keyframes as kf
 
 F32_TENTH = np.float32(0.1)
 INV_20 = np.float32(1) / np.float32(20)

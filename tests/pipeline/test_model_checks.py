@@ -15,9 +15,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import cli
-from pipeline.encoders.weights import check_model
-from pipeline.errors import NavcacheError
+from navcache import cli
+from navcache.pipeline.encoders.weights import check_model
+from navcache.pipeline.errors import NavcacheError
 from tests.helpers import REPO, make_navila, run_cli, write_project
 from tests.standins.vggt_standin import make_standin
 
@@ -78,7 +78,7 @@ def test_a_snapshot_in_the_local_hub_cache_is_found_offline(tmp_path):
     (repo / "snapshots" / commit / "config.json").write_text("{}")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    code = "from pipeline.encoders.weights import check_model; print(check_model('navcache-tests/cached', None, 'f'))"
+    code = "from navcache.pipeline.encoders.weights import check_model; print(check_model('navcache-tests/cached', None, 'f'))"
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        env={**_offline_env(), "HF_HUB_CACHE": str(tmp_path / "hub")})
     assert p.returncode == 0, p.stderr

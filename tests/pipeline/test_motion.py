@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.motion import DIST_EDGES_M, YAW_EDGES_DEG, bin_steps, egocentric_deltas, wrap_angle
+from navcache.pipeline.motion import DIST_EDGES_M, YAW_EDGES_DEG, bin_steps, egocentric_deltas, wrap_angle
 
 
 def test_forward_step_facing_north_is_forward_in_egocentric_frame():

@@ -15,20 +15,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import config_from_dict
-from pipeline.errors import ConfigError
-from pipeline.fingerprint import FileHasher, episode_fingerprint
-from pipeline.sources import make_source, source_options
-from pipeline.sources.base import Episode, Frames
-from pipeline.sources.fields import SPLIT_FIELDS, UndeclaredField, declared_fields
-from pipeline.sources.navila import NavilaSource
-from pipeline.sources.options import NavilaOptions, VideosOptions
-from pipeline.stages.base import Stage
-from pipeline.stages.frame_features import FrameFeaturesSettings, FrameFeaturesStage
-from pipeline.stages.geometry import GeometrySettings, GeometryStage
-from pipeline.stages.keyframes import KeyframesSettings, KeyframesStage
-from pipeline.stages.poses import PosesSettings, PosesStage
-from pipeline.stages.rover_meta import RoverMetaSettings, RoverMetaStage
+from navcache.pipeline.config import config_from_dict
+from navcache.pipeline.errors import ConfigError
+from navcache.pipeline.fingerprint import FileHasher, episode_fingerprint
+from navcache.pipeline.sources import make_source, source_options
+from navcache.pipeline.sources.base import Episode, Frames
+from navcache.pipeline.sources.fields import SPLIT_FIELDS, UndeclaredField, declared_fields
+from navcache.pipeline.sources.navila import NavilaSource
+from navcache.pipeline.sources.options import NavilaOptions, VideosOptions
+from navcache.pipeline.stages.base import Stage
+from navcache.pipeline.stages.frame_features import FrameFeaturesSettings, FrameFeaturesStage
+from navcache.pipeline.stages.geometry import GeometrySettings, GeometryStage
+from navcache.pipeline.stages.keyframes import KeyframesSettings, KeyframesStage
+from navcache.pipeline.stages.poses import PosesSettings, PosesStage
+from navcache.pipeline.stages.rover_meta import RoverMetaSettings, RoverMetaStage
 from tests import helpers
 
 W, H = 32, 24

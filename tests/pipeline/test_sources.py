@@ -14,12 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cache_specs.labels import ACTION, REASON, RISK
-from pipeline.errors import ConfigError, DatasetError, Quarantine
-from pipeline.sources import SOURCES, make_source
-from pipeline.sources.base import Episode, Frames
-from pipeline.sources.navila import NavilaSource
-from pipeline.sources.rover import RoverSource
+from navcache.cache_specs.labels import ACTION, REASON, RISK
+from navcache.pipeline.errors import ConfigError, DatasetError, Quarantine
+from navcache.pipeline.sources import SOURCES, make_source
+from navcache.pipeline.sources.base import Episode, Frames
+from navcache.pipeline.sources.navila import NavilaSource
+from navcache.pipeline.sources.rover import RoverSource
 from tests import helpers
 
 W, H = 32, 24
@@ -510,12 +510,12 @@ def test_make_source_unknown_kind_and_options(tmp_path):
 
 def test_registry_imports_sources_lazily():
     code = (
-        "import sys, pipeline.sources as s; "
-        "assert 'pipeline.sources.navila' not in sys.modules; "
-        "assert 'pipeline.sources.rover' not in sys.modules; "
+        "import sys, navcache.pipeline.sources as s; "
+        "assert 'navcache.pipeline.sources.navila' not in sys.modules; "
+        "assert 'navcache.pipeline.sources.rover' not in sys.modules; "
         "assert 'decord' not in sys.modules; "
-        "s.source_class('rover'); assert 'pipeline.sources.rover' in sys.modules; "
-        "assert 'pipeline.sources.navila' not in sys.modules"
+        "s.source_class('rover'); assert 'navcache.pipeline.sources.rover' in sys.modules; "
+        "assert 'navcache.pipeline.sources.navila' not in sys.modules"
     )
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import yaml
 
-from cache_specs import open_cache
-from cache_specs.layout import PARTS
-from cache_specs.verify import verify_cache
-from pipeline.config import load_config
-from pipeline.runner import ExtractOptions, extract
+from navcache.cache_specs import open_cache
+from navcache.cache_specs.layout import PARTS
+from navcache.cache_specs.verify import verify_cache
+from navcache.pipeline.config import load_config
+from navcache.pipeline.runner import ExtractOptions, extract
 from tests.helpers import cache_checksums, run_cli
 
 N = 2000
@@ -155,8 +155,8 @@ def test_compaction_copies_rows_without_encoding(base, tmp_path):
 
 
 def test_kill_during_an_incremental_rebuild_then_rerun_is_identical(base, tmp_path, monkeypatch):
-    import cache_specs.finalize as fin
-    import cache_specs.parts as parts_mod
+    import navcache.cache_specs.finalize as fin
+    import navcache.cache_specs.parts as parts_mod
 
     _, ids = base
     rng = random.Random(7)

@@ -12,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.encoders import vggt as V
-from pipeline.encoders.vggt import (
+from navcache.pipeline.encoders import vggt as V
+from navcache.pipeline.encoders.vggt import (
     VGGTAdapter,
     VGGTSettings,
     pose_encoding_to_extri_intri,
@@ -21,7 +21,7 @@ from pipeline.encoders.vggt import (
     processed_size,
     quat_xyzw_to_rotmat,
 )
-from pipeline.errors import NavcacheError
+from navcache.pipeline.errors import NavcacheError
 from tests.standins.vggt_standin import StandInVGGT, make_standin
 
 STANDIN = "tests.standins.vggt_standin:StandInVGGT"

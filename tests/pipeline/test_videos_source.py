@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.errors import ConfigError, DatasetError, Quarantine
-from pipeline.fingerprint import FileHasher, episode_fingerprint
-from pipeline.sources import SOURCES, make_source
-from pipeline.sources.base import Episode
-from pipeline.sources.videos import VideosSource
+from navcache.pipeline.errors import ConfigError, DatasetError, Quarantine
+from navcache.pipeline.fingerprint import FileHasher, episode_fingerprint
+from navcache.pipeline.sources import SOURCES, make_source
+from navcache.pipeline.sources.base import Episode
+from navcache.pipeline.sources.videos import VideosSource
 from tests import helpers
 
 W = H = 32
@@ -561,6 +561,6 @@ def test_options_are_validated_by_name(tmp_path):
 
 
 def test_registered_and_lazy():
-    assert SOURCES["videos"] == "pipeline.sources.videos:VideosSource"
+    assert SOURCES["videos"] == "navcache.pipeline.sources.videos:VideosSource"
     src = make_source("videos", Path("/nonexistent"), num_frames=16)
     assert isinstance(src, VideosSource) and src.kind == "videos" and src.num_frames == 16

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.encoders.weights import PROVENANCE_FILE
+from navcache.pipeline.encoders.weights import PROVENANCE_FILE
 
 CONFIG_FILE = "config.json"
 _MEAN = (0.485, 0.456, 0.406)
