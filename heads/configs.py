@@ -13,9 +13,32 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dataclasses import asdict, replace
+
 from navcache.cache_specs.config import build, merge, read_yaml, unknown_name
 
 C = TypeVar("C")
+
+
+class HeadConfig:
+    """What every head's frozen config dataclass shares (mixed in): plain-data round trip, and the
+    paths normalised with ``loop.out_dir`` mirroring ``out_dir`` (call ``_normalise`` in ``__post_init__``)."""
+
+    def _normalise(self) -> None:
+        object.__setattr__(self, "splits", tuple(self.splits))
+        for name in ("cache_root", "out_dir"):
+            object.__setattr__(self, name, str(getattr(self, name)))
+        if str(self.loop.out_dir) != self.out_dir:
+            object.__setattr__(self, "loop", replace(self.loop, out_dir=self.out_dir))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["splits"] = list(self.splits)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return build(cls, d)
 
 
 def preset(presets: Mapping[str, C], name: str, head: str = "head") -> C:

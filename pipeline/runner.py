@@ -78,6 +78,10 @@ def plan_all(project: ProjectConfig, opts: ExtractOptions, summary: RunSummary, 
     """Every stage plan of the selected datasets for ``opts.split``; a dataset without that split or
     stage is skipped with a note in ``summary.skipped``; listing errors go to ``summary.errors``."""
     check_selection(project, opts)
+    return _plan_selected(project, opts, summary, hasher)
+
+
+def _plan_selected(project: ProjectConfig, opts: ExtractOptions, summary: RunSummary, hasher: FileHasher) -> list[StagePlan]:
     plans: list[StagePlan] = []
     seen: dict = {}  # each model is located once per run, whichever datasets share it
     for name, ds in project.datasets.items():
@@ -123,7 +127,7 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
     summary = RunSummary(dry_run=opts.dry_run)
     hasher = FileHasher(Path(project.cache_root) / ".navcache" / "filehash.sqlite")
     try:
-        plans = plan_all(project, opts, summary, hasher)
+        plans = _plan_selected(project, opts, summary, hasher)
     finally:
         hasher.close()
     failed: set[tuple[str, str]] = set()  # (dataset, stage) whose build failed: skip its downstream

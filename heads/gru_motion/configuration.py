@@ -15,11 +15,10 @@
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from navcache.cache_specs.config import build
-from navcache.heads.configs import load_head_config
+from navcache.heads.configs import HeadConfig, load_head_config
 from navcache.heads.train_loop import LoopConfig
 
 HEAD = "gru-motion"
@@ -28,7 +27,7 @@ READS = ("poses",)
 
 
 @dataclass(frozen=True)
-class GruMotionConfig:
+class GruMotionConfig(HeadConfig):
     cache_root: str = "navcache_cache"
     dataset: str = "demo_motion"
     splits: tuple[str, str] = ("train", "val")  # (train split, val split) of the poses cache
@@ -56,20 +55,8 @@ class GruMotionConfig:
         need(self.delta_loss_weight >= 0, "delta_loss_weight", "must be >= 0")
         need(self.k_loss_weight >= 0, "k_loss_weight", "must be >= 0")
         need(isinstance(self.loop, LoopConfig), "loop", "must be a LoopConfig")
-        object.__setattr__(self, "splits", tuple(self.splits))
-        object.__setattr__(self, "cache_root", str(self.cache_root))
-        object.__setattr__(self, "out_dir", str(self.out_dir))
-        if str(self.loop.out_dir) != self.out_dir:
-            object.__setattr__(self, "loop", replace(self.loop, out_dir=self.out_dir))
+        self._normalise()
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["splits"] = list(self.splits)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GruMotionConfig":
-        return build(cls, d)
 
 
 Config = GruMotionConfig

@@ -16,12 +16,11 @@
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from navcache.cache_specs.config import build
-from navcache.heads.configs import load_head_config
+from navcache.heads.configs import HeadConfig, load_head_config
 from navcache.heads.train_loop import LoopConfig
 
 HEAD = "sim-heads"
@@ -35,7 +34,7 @@ def _default_loop() -> LoopConfig:
 
 
 @dataclass(frozen=True)
-class SimHeadsConfig:
+class SimHeadsConfig(HeadConfig):
     cache_root: str = "navcache_cache"
     dataset: str = "demo_rover"
     splits: tuple[str, str] = ("train", "val")  # (train split, val split)
@@ -73,25 +72,13 @@ class SimHeadsConfig:
         need(all(v >= 0 for v in lw.values()) and sum(lw.values()) > 0, "loss_weights", "must be >= 0 and not all 0")
         need(isinstance(self.loop, LoopConfig), "loop", "must be a LoopConfig")
         object.__setattr__(self, "loss_weights", lw)
-        object.__setattr__(self, "splits", tuple(self.splits))
-        for name in ("cache_root", "out_dir"):
-            object.__setattr__(self, name, str(getattr(self, name)))
         if self.llm is not None:
             object.__setattr__(self, "llm", str(self.llm))
-        if str(self.loop.out_dir) != self.out_dir:
-            object.__setattr__(self, "loop", replace(self.loop, out_dir=self.out_dir))
+        self._normalise()
 
     def __hash__(self):  # loss_weights is a dict; hash the plain form
         return hash(repr(self.to_dict()))
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["splits"] = list(self.splits)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SimHeadsConfig":
-        return build(cls, d)
 
 
 Config = SimHeadsConfig

@@ -97,8 +97,11 @@ class StreamingSimHeadsTask(SimHeadsTask):
     training batches from ``stream_split``; evaluation accumulates logits batch by batch (a split's
     logits are small even when its features are not) and scores them with the same ``metrics``."""
 
-    def __init__(self, cfg: SimHeadsConfig, model: SimV0Model, stats: dict, majority: dict[str, int]):
+    def __init__(self, cfg: SimHeadsConfig, model: SimV0Model, stats: dict, majority: dict[str, int], eval_loaders: dict | None = None):
         self.cfg, self.model, self.stats, self.majority = cfg, model, stats, majority
+        # {(split, batch_size): loader}: evaluation reads the same unshuffled loader every time, so
+        # the caches are opened and joined once per run, not once per evaluation
+        self._eval = dict(eval_loaders or {})
 
     def _loader(self, split: str, **kw):
         c = self.cfg
@@ -109,7 +112,10 @@ class StreamingSimHeadsTask(SimHeadsTask):
         return self._loader(self.cfg.splits[0], batch_size=batch_size, seed=seed, rank=rank, world=world)
 
     def eval_batches(self, split: str, batch_size: int):
-        return iter(self._loader(self.cfg.splits[0] if split == "train" else self.cfg.splits[1], batch_size=batch_size, shuffle=False))
+        name = self.cfg.splits[0] if split == "train" else self.cfg.splits[1]
+        if (name, batch_size) not in self._eval:
+            self._eval[name, batch_size] = self._loader(name, batch_size=batch_size, shuffle=False)
+        return iter(self._eval[name, batch_size])
 
     @torch.no_grad()
     def evaluate_batches(self, model, batches) -> dict[str, float]:
@@ -144,7 +150,7 @@ def build_task(cfg: SimHeadsConfig) -> tuple[SimHeadsTask, dict]:
     if mode == "memory":
         task = SimHeadsTask(cfg, model, data["train"], data["val"])
     else:
-        task = StreamingSimHeadsTask(cfg, model, stats, data["majority"])
+        task = StreamingSimHeadsTask(cfg, model, stats, data["majority"], data["eval_loaders"])
     info = {"F": data["F"], "dv": data["dv"], "d": llm_info["hidden_size"], "K": cfg.K, "data_mode": mode, **data["counts"],
             "telemetry_norm": stats, "llm": llm_info, "majority": task.majority, "labels": {h: list(v) for h, v in LABELS.items()}}
     return task, info
@@ -170,7 +176,9 @@ def _stream_data(cfg: SimHeadsConfig) -> dict:
     train_split, val_split = cfg.splits
     with open_cache(cfg.cache_root, cfg.dataset, train_split, "rover_meta") as meta:
         stats = _train_stats(meta.stats.get("telemetry"), train_split)
-    loaders = {s: stream_split(cfg.cache_root, cfg.dataset, s, stats, batch_size=1, shuffle=False) for s in cfg.splits}
+    loaders = {s: stream_split(cfg.cache_root, cfg.dataset, s, stats, batch_size=cfg.loop.batch_size, shuffle=False, mode="stream",
+                               memory_budget=cfg.memory_budget_mb << 20, num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer)
+               for s in cfg.splits}  # kept as the task's evaluation loaders
     first = {s: next(iter(ld)) for s, ld in loaders.items()}
     F_dv = {s: tuple(b["vis_feats"].shape[1:]) for s, b in first.items()}
     if F_dv[train_split] != F_dv[val_split]:
@@ -181,7 +189,8 @@ def _stream_data(cfg: SimHeadsConfig) -> dict:
     counts = {"n_train": len(loaders[train_split].episodes), "n_val": len(loaders[val_split].episodes),
               "dropped": {s: ld.join_report.n_dropped.get("feats", 0) for s, ld in zip(("train", "val"), loaders.values())}}
     F_, dv = F_dv[train_split]
-    return {"stats": stats, "F": int(F_), "dv": int(dv), "majority": majority, "counts": counts}
+    return {"stats": stats, "F": int(F_), "dv": int(dv), "majority": majority, "counts": counts,
+            "eval_loaders": {(s, cfg.loop.batch_size): ld for s, ld in loaders.items()}}
 
 
 def _train_stats(stats: dict | None, train_split: str) -> dict:
