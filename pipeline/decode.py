@@ -1,37 +1,35 @@
 """Frame decoding that never hands back fewer or damaged frames without saying so.
 
-Decoders are lenient on purpose: ffmpeg conceals a truncated last packet, decord builds its frame
-count from whatever packets it could read, and older OpenCV builds decode half a JPEG with only a
-warning. A cache built from such output is silently wrong, so every function here checks counts,
-shapes and file completeness and raises ``Quarantine`` (naming the file) instead.
+Decoders are lenient on purpose: ffmpeg conceals damaged slices and a truncated last packet,
+decord builds its frame count from whatever packets it could read and cannot turn concealment
+off, and older OpenCV builds decode half a JPEG with only a warning. A cache built from such
+output is silently wrong, so every function here checks counts, shapes and file completeness and
+raises ``Quarantine`` (naming the file) instead.
 
-Observed with decord 0.6.0 / OpenCV 5.0 on mp4v files written by cv2.VideoWriter:
-  * missing, 0-byte, text-renamed-.mp4, moov-less, and moov-at-end files cut anywhere: decord's
-    constructor raises RuntimeError ("Error reading <file>...").
-  * moov-at-front ("faststart") file cut inside mdat before the last packet: the constructor raises
-    DECORDError ("av_read_frame failed"); cv2 still reports the header's full frame count and
-    ``read()`` returns fewer frames.
-  * faststart file cut inside the *last* packet (up to ~1 kB short here): decord and cv2 both
-    report and return every frame, the last one partly grey. Only the container itself shows it:
-    the mdat box declares more bytes than the file has, hence ``check_iso_bmff_complete``.
+Videos go through three gates, cheapest first:
+  * ``video_check.check_mp4``: an mp4/mov's boxes tile the file (a cut file ends inside a box)
+    and its sample table points inside the media data (a moved ``moov``, a box inserted before
+    ``mdat`` or a shifted ``stco`` decode plausible frames from the wrong bytes);
+  * ``video_reader.StrictVideoReader``: PyAV with error detection on, concealment off and one
+    thread, decoding the whole stream, so a damaged slice raises and the same file always gives
+    the same frames;
+  * counts: the decoded count equals the container's, the annotation's (``expected_frames``), and
+    for containers without a sample table (avi, mkv) OpenCV's header count.
+decord is no longer used for decoding (``bench/video_fuzz.py`` keeps it as the "before" column).
 """
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Callable, Sequence
 
 import cv2
 import numpy as np
-from decord import VideoReader, cpu
-from decord._ffi.base import DECORDError
 
 from navcache.pipeline.errors import Quarantine
+from navcache.pipeline.video_check import check_iso_bmff_complete, check_mp4
+from navcache.pipeline.video_reader import StrictVideoReader
 
-__all__ = ["black_frames", "read_jpegs", "read_video", "read_video_sampled"]
-
-# decord raises DECORDError from C++ checks and RuntimeError when ffmpeg cannot open the input.
-_DECORD_ERRORS = (DECORDError, RuntimeError)
+__all__ = ["black_frames", "check_iso_bmff_complete", "read_jpegs", "read_video", "read_video_sampled"]
 
 
 def black_frames(k: int, h: int, w: int) -> np.ndarray:
@@ -68,51 +66,6 @@ def _short(err: BaseException) -> str:
 
 # --------------------------------------------------------------------------------------- video
 
-# Top-level box types that can start an ISO-BMFF (mp4/mov/m4v/3gp) file. Files starting otherwise
-# (mkv, avi, webm, garbage) skip the box walk and are left to the decoder.
-_BMFF_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"})
-
-
-def check_iso_bmff_complete(path: Path, size: int) -> bool:
-    """Quarantine an mp4/mov whose top-level boxes do not exactly tile the file, or lack ``moov``.
-    Returns whether the file is ISO-BMFF (False: another container, nothing checked).
-
-    A truncated file ends inside a box (usually ``mdat``), so that box declares more bytes than
-    remain. Reads only the 8-16 byte box headers, never the media data.
-    """
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8 or head[4:8] not in _BMFF_FIRST_BOXES:
-            return False
-        offset, seen_moov = 0, False
-        while offset < size:
-            f.seek(offset)
-            header = f.read(16)
-            if len(header) < 8:
-                raise Quarantine(f"truncated video {path}: {size - offset} stray bytes after the last mp4 box")
-            box_size, box_type = struct.unpack(">I4s", header[:8])
-            name = box_type.decode("latin-1")
-            if box_size == 1:  # 64-bit "largesize" follows the type
-                if len(header) < 16:
-                    raise Quarantine(f"truncated video {path}: mp4 box {name!r} header cut at offset {offset}")
-                box_size = struct.unpack(">Q", header[8:16])[0]
-            elif box_size == 0:  # "extends to end of file": nothing to cross-check
-                seen_moov |= box_type == b"moov"
-                break
-            if box_size < 8:
-                raise Quarantine(f"corrupt video {path}: mp4 box {name!r} at offset {offset} has size {box_size}")
-            if offset + box_size > size:
-                raise Quarantine(
-                    f"truncated video {path}: mp4 box {name!r} at offset {offset} declares {box_size} bytes "
-                    f"but only {size - offset} remain (file is {size} bytes)"
-                )
-            seen_moov |= box_type == b"moov"
-            offset += box_size
-        if not seen_moov:
-            raise Quarantine(f"unfinished video {path}: mp4 has no 'moov' box (index missing, e.g. recording interrupted)")
-    return True
-
-
 def _container_frame_count(path: Path) -> int | None:
     """Frame count stated by the container according to OpenCV's ffmpeg backend; None if unknown."""
     cap = cv2.VideoCapture(str(path))
@@ -126,7 +79,7 @@ def _container_frame_count(path: Path) -> int | None:
 
 
 def validate_indices(indices: Sequence[int], n: int, what: object) -> list[int]:
-    """Plain ints, each in [0, n); decord itself would wrap -1 to the last frame silently.
+    """Plain ints, each in [0, n); a decoder indexing from the end would take -1 as the last frame.
 
     Raises Quarantine naming ``what`` (a path or an episode id) for an index out of range.
     """
@@ -142,31 +95,6 @@ def validate_indices(indices: Sequence[int], n: int, what: object) -> list[int]:
     return out
 
 
-def _get_padded_rows(vr: "VideoReader", idx: list[int]) -> np.ndarray | None:
-    """Frames ``idx`` decoded one by one with their RGB row padding dropped; None if not that case.
-
-    decord 0.6.0 hands out a frame of width W whose RGB rows carry padding (row stride > 3*W, seen
-    for W = 2, 4, 6, 8, 12, 16, 24, 48, 72) as [H, W, stride // W]; ``get_batch`` then fails to copy
-    it into a [K, H, W, 3] batch ("DECORDArrayCopyFromTo: The size must exactly match"). The first
-    3*W bytes of each row are the pixels (identical to OpenCV's decode for every even W <= 320).
-    Any other ``get_batch`` failure returns None (the caller quarantines as before).
-    """
-    try:
-        first = vr[idx[0]].asnumpy()
-        if first.ndim != 3 or first.shape[2] <= 3:
-            return None
-        h, w = first.shape[:2]
-        out = np.empty((len(idx), h, w, 3), dtype=np.uint8)
-        for j, i in enumerate(idx):
-            f = first if j == 0 else vr[i].asnumpy()
-            if f.shape != first.shape or f.dtype != np.uint8:
-                return None
-            out[j] = f.reshape(h, -1)[:, : w * 3].reshape(h, w, 3)
-    except _DECORD_ERRORS:
-        return None
-    return out
-
-
 def read_video_sampled(
     path: Path,
     sample: Callable[[int], Sequence[int]],
@@ -177,44 +105,27 @@ def read_video_sampled(
     Returns ``(pixels, n_frames)``: pixels uint8 [K, H, W, 3] RGB with K = len(sample(n)) rows in
     the requested order. ``sample`` may itself raise Quarantine (e.g. "clip too short").
     Raises Quarantine for every kind of damage listed in the module docstring, for a frame count
-    other than ``expected_frames``, for out-of-range indices and for a short or misshapen batch.
+    other than ``expected_frames``, and for out-of-range indices.
     """
     path = Path(path)
     size = check_file(path, "video")
-    bmff = check_iso_bmff_complete(path, size)
-    try:
-        vr = VideoReader(str(path), ctx=cpu(0), num_threads=1)
-        n = len(vr)
-    except _DECORD_ERRORS as e:
-        raise Quarantine(f"cannot open video {path}: {_short(e)}") from None
-    try:
+    tables = check_mp4(path, size)
+    with StrictVideoReader(path) as reader:
+        n = reader.info.n_frames
         if n <= 0:
             raise Quarantine(f"video {path} has no decodable frames")
+        if tables is not None and tables.video_samples not in (None, n):
+            raise Quarantine(f"video {path}: the sample table lists {tables.video_samples} frames, the demuxer {n}")
         if expected_frames is not None and n != expected_frames:
             raise Quarantine(f"video {path}: decoder finds {n} frames, annotation says {expected_frames}")
-        # decord counts packets it could index; the container header is a second opinion that
-        # disagrees when the index and the stream have drifted apart, or when an avi/mkv was cut
-        # short (those have no box table for the check above). An intact mp4's count comes from
-        # the same sample table decord reads, so without an annotated count it would add nothing.
-        stated = _container_frame_count(path) if expected_frames is not None or not bmff else None
+        # An avi/mkv has no sample table to check; its header count is a second opinion that
+        # disagrees when the file was cut short.
+        stated = _container_frame_count(path) if tables is None else None
         if stated is not None and stated != n:
             said = f", annotation says {expected_frames}" if expected_frames is not None else ""
             raise Quarantine(f"video {path}: container states {stated} frames, decoder finds {n}{said} (truncated?)")
         idx = validate_indices(sample(n), n, path)
-        try:
-            pixels = vr.get_batch(idx).asnumpy()
-        except _DECORD_ERRORS as e:
-            pixels = _get_padded_rows(vr, idx)
-            if pixels is None:
-                raise Quarantine(f"cannot decode frames {_span(idx)} of video {path}: {_short(e)}") from None
-    finally:
-        del vr  # closes the file now rather than at the next garbage collection
-    if pixels.ndim != 4 or pixels.shape[-1] != 3 or pixels.dtype != np.uint8:
-        raise Quarantine(f"video {path}: decoder returned {pixels.dtype} {pixels.shape}, expected uint8 [K,H,W,3]")
-    if pixels.shape[0] != len(idx):
-        raise Quarantine(f"video {path}: asked for {len(idx)} frames, decoder returned {pixels.shape[0]}")
-    if pixels.shape[1] == 0 or pixels.shape[2] == 0:
-        raise Quarantine(f"video {path}: decoder returned empty frames of shape {pixels.shape[1:]}")
+        pixels = reader.frames(idx)
     return pixels, n
 
 
@@ -234,10 +145,6 @@ def read_video(
         return read_video_sampled(path, lambda n: range(n), expected_frames)
     fixed = list(indices)
     return read_video_sampled(path, lambda n: fixed, expected_frames)
-
-
-def _span(idx: Sequence[int]) -> str:
-    return f"{min(idx)}..{max(idx)}" if len(idx) > 1 else str(idx[0])
 
 
 # -------------------------------------------------------------------------------------- images

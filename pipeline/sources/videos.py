@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 
-from navcache.pipeline.decode import check_file, check_iso_bmff_complete, read_jpegs, read_video_sampled, validate_indices
+from navcache.pipeline.decode import check_file, read_jpegs, read_video_sampled, validate_indices
+from navcache.pipeline.video_check import check_mp4
+from navcache.pipeline.video_reader import StrictVideoReader
 from navcache.pipeline.errors import DatasetError, Quarantine
 from navcache.pipeline.safepaths import UnsafePath, folder_under, resolve_under
 from navcache.pipeline.sampling import uniform_indices
@@ -269,8 +270,8 @@ class VideosSource:
         if rec["kind"] == "video":
 
             def same_count(found: int) -> list[int]:
-                # decord indexes packets; the listing read the container header. Disagreement means
-                # the sampling rule ran on the wrong n (or the file changed), so refuse.
+                # Disagreement with the listing's count means the sampling rule ran on the wrong n
+                # (or the file changed since), so refuse.
                 if found != n:
                     raise Quarantine(f"video {episode.files[0]}: decoder finds {found} frames, the container header said {n} when listed")
                 return idx
@@ -444,33 +445,17 @@ def _ordered_frames(folder: Path) -> list[str]:
 
 
 def _probe_video(path: Path) -> tuple[int, float | None]:
-    """(frame count, fps or None) from the container header, without decoding.
+    """(frame count, fps or None) from the container, without decoding.
 
-    The mp4 box walk catches truncated files here already. OpenCV's count is exact for mp4/mov
-    (the sample table) and avi (the header); for mkv/webm it is duration x fps, which
-    ``read_frames`` cross-checks against decord's packet count.
+    The mp4 checks (boxes tile the file, the sample table points into the media data) quarantine
+    truncated and re-boxed files here already. The count is the sample table's for mp4/mov, the
+    header's for avi, and the counted packets for mkv/webm (which state none); ``read_frames``
+    decodes every frame and checks the count again.
     """
     size = check_file(path, "video")
-    check_iso_bmff_complete(path, size)
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise Quarantine(f"cannot open video {path}: not a video or unsupported container")
-        count, fps = cap.get(cv2.CAP_PROP_FRAME_COUNT), cap.get(cv2.CAP_PROP_FPS)
-    finally:
-        cap.release()
-    fps = float(fps) if math.isfinite(fps) and fps > 0 else None
-    if count and math.isfinite(count) and count > 0:
-        return int(count), fps
-    # no count in the header: let decord index the packets (slower, still no decoding)
-    n = [0]
-
-    def grab(found: int) -> list[int]:
-        n[0] = found
-        return [0]
-
-    read_video_sampled(path, grab)
-    return n[0], fps
+    check_mp4(path, size)
+    with StrictVideoReader(path) as reader:
+        return reader.info.n_frames, reader.info.fps
 
 
 # ----------------------------------------------------------------------------- ground truth

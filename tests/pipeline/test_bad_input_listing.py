@@ -158,5 +158,6 @@ def test_truncated_avi_or_mkv_is_quarantined_without_an_annotated_count(tmp_path
     assert n == 40 and pixels.shape == (2, 48, 64, 3)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # no box table in these containers to reveal the cut
-    with pytest.raises(Quarantine, match=r"container states 40 frames, decoder finds \d+"):
+    # the avi's index still lists 40 frames; its cut last packet is flagged by the demuxer
+    with pytest.raises(Quarantine, match=r"container states 40 frames, decoder finds \d+|flags the packet at byte \d+ as damaged"):
         read_video(path, [0])
