@@ -61,10 +61,8 @@ class StrictVideoReader:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        try:
-            self._container = av.open(str(self.path), mode="r")
-        except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-            raise Quarantine(f"cannot open video {self.path}: not a video or unsupported container ({_kind(e)})") from None
+        self._container = self._open()
+        self._decoded = False  # a decoder is used once: each frames() call after the first reopens the file
         try:
             self.info = self._probe()
         except BaseException:
@@ -79,6 +77,12 @@ class StrictVideoReader:
 
     def close(self) -> None:
         self._container.close()
+
+    def _open(self):
+        try:
+            return av.open(str(self.path), mode="r")
+        except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+            raise Quarantine(f"cannot open video {self.path}: not a video or unsupported container ({_kind(e)})") from None
 
     def _stream(self):
         streams = self._container.streams.video
@@ -133,6 +137,10 @@ class StrictVideoReader:
 
     def _decode_all(self, keep: dict[int, np.ndarray | None]) -> int:
         """Decode every frame in order, filling ``keep[k]`` for the wanted k; returns the count."""
+        if self._decoded:  # a fresh demuxer and decoder: no state carried over from the last pass
+            self._container.close()
+            self._container = self._open()
+        self._decoded = True
         s = self._stream()
         cc = s.codec_context
         cc.thread_type = "NONE"
