@@ -70,6 +70,8 @@ def _walk(f: BinaryIO, start: int, end: int, path: Path, top: bool) -> list[_Box
     while offset < end:
         f.seek(offset)
         header = f.read(16)
+        if not top and end - offset < 8 and not header[: end - offset].strip(b"\x00"):
+            break  # QuickTime's optional zero terminator at the end of a container
         if len(header) < 8 or offset + 8 > end:
             what = "after the last mp4 box" if top else "inside a box"
             raise Quarantine(f"truncated video {path}: {end - offset} stray bytes {what} at offset {offset}")

@@ -181,6 +181,15 @@ def test_stsc_not_covering_the_samples(clips, tmp_path):
     assert "chunk table" in reason
 
 
+def test_quicktime_zero_terminator_inside_moov_is_accepted(clips, tmp_path, originals):
+    data = clips[0].read_bytes()
+    o, size = find(data, b"moov")  # the last box of the file
+    fixed = data[:o] + struct.pack(">I", size + 4) + data[o + 4 : o + size] + bytes(4)
+    (tmp_path / "qt.mp4").write_bytes(fixed)
+    pixels, n = read_video(tmp_path / "qt.mp4", None)
+    assert np.array_equal(pixels, originals[clips[0]])
+
+
 def test_non_mp4_containers_skip_the_table_check(tmp_path):
     assert check_mp4(_write_h264(tmp_path / "x.mkv", 5), (tmp_path / "x.mkv").stat().st_size) is None
 
