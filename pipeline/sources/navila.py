@@ -76,7 +76,7 @@ def _unstorable(value: object, where: str = "") -> str | None:
 
     Refused: an integer literal past ``MAX_INT_DIGITS`` and a string or key with a lone surrogate
     (a JSON ``\\ud800`` escape decodes to one; it is no text UTF-8 can encode). Recursion is bounded
-    by the parser's, which already refused deeper nesting.
+    by the parser's, which already refused much deeper nesting (the caller catches the rest).
     """
     if isinstance(value, _HugeInt):
         return f"{where or 'value'}: {value!r}, longer than {MAX_INT_DIGITS} digits"
@@ -260,7 +260,10 @@ class NavilaSource:
         if getattr(rec, "duplicates", ()):
             return bad(placeholder, f"keys given more than once: {list(rec.duplicates)}")
         vid = rec.get("video_id")
-        unstorable = _unstorable(rec)
+        try:
+            unstorable = _unstorable(rec)
+        except RecursionError:  # parsed a few frames shallower than this walk starts
+            return bad(placeholder, "record nested too deeply")
         if unstorable:
             usable_id = _unstorable(vid) is None and claim_id(vid, "video_id", seen, i) is None
             return bad(vid if usable_id else placeholder, unstorable)

@@ -69,11 +69,11 @@ def _columns(table: pa.Table, path: Path) -> dict[str, list[Any]]:
             continue
         column = table.column(c)
         try:
-            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-                columns[c] = _text_cells(column)
-            else:
-                columns[c] = column.to_pylist()
+            columns[c] = column.to_pylist()
         except (pa.ArrowException, UnicodeDecodeError, ValueError) as e:
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                columns[c] = _text_cells(column)  # some cell is not UTF-8: find which, row by row
+                continue
             raise DatasetError(f"{path}: column {c!r} cannot be read: {type(e).__name__}: {e}") from None
     return columns
 
