@@ -66,11 +66,29 @@ def _shard(value: Optional[str]):
     return (i, n)
 
 
+def _safe_names(what: str):
+    """Typer callback: the option's value(s) must be safe ``what`` names (``cache_specs.config.check_name``),
+    since they become folders under the cache root; exit 2 naming the option otherwise."""
+
+    def check(value):
+        from navcache.cache_specs.config import check_name
+
+        for name in [value] if isinstance(value, str) else value or ():
+            try:
+                check_name(what, name, "")
+            except ConfigError as e:
+                raise typer.BadParameter(str(e)) from None
+        return value
+
+    return check
+
+
 @app.command()
 def extract(
-    split: str = typer.Option("train", "--split", "-s", help="Split to build."),
-    only: Optional[str] = typer.Option(None, "--only", help="Build this stage and whatever it needs."),
-    dataset: list[str] = typer.Option([], "--dataset", "-d", help="Restrict to these datasets (repeatable)."),
+    split: str = typer.Option("train", "--split", "-s", help="Split to build.", callback=_safe_names("split")),
+    only: Optional[str] = typer.Option(None, "--only", help="Build this stage and whatever it needs.", callback=_safe_names("stage")),
+    dataset: list[str] = typer.Option([], "--dataset", "-d", help="Restrict to these datasets (repeatable).",
+                                      callback=_safe_names("dataset")),
     executor: str = typer.Option("local", "--executor", help="local | dask"),
     workers: int = typer.Option(2, "--workers", help="Dask LocalCluster worker processes."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Join an existing dask scheduler (tcp://host:8786)."),
@@ -96,7 +114,7 @@ def extract(
 
 @app.command()
 def status(
-    split: Optional[str] = typer.Option(None, "--split", "-s", help="Only this split (default: all)."),
+    split: Optional[str] = typer.Option(None, "--split", "-s", help="Only this split (default: all).", callback=_safe_names("split")),
     config: Optional[Path] = ConfigOpt,
     as_json: bool = JsonOpt,
 ):
@@ -156,8 +174,8 @@ app.add_typer(export_app, name="export")
 @export_app.command("navila-poses")
 def export_navila_poses(
     out: Path = typer.Argument(..., help="Output .jsonl (one file per split)."),
-    dataset: str = typer.Option(..., "--dataset", "-d"),
-    split: str = typer.Option("train", "--split", "-s"),
+    dataset: str = typer.Option(..., "--dataset", "-d", callback=_safe_names("dataset")),
+    split: str = typer.Option("train", "--split", "-s", callback=_safe_names("split")),
     config: Optional[Path] = ConfigOpt,
 ):
     """NaVILA pose sidecar: {video_id, poses, deltas, dist_bins, yaw_bins} per line, streamed and atomic."""
@@ -200,8 +218,9 @@ def predict(
     name: str = HeadArg,
     out: Path = typer.Argument(..., help="Output .jsonl: one prediction per example, with its id (written atomically)."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A run's checkpoints/best.pt (or last.pt); sim-heads also takes its export/ folder."),
-    split: str = typer.Option("val", "--split", "-s"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Default: the checkpoint's, else the demo's."),
+    split: str = typer.Option("val", "--split", "-s", callback=_safe_names("split")),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Default: the checkpoint's, else the demo's.",
+                                          callback=_safe_names("dataset")),
     cache_root: Optional[Path] = typer.Option(None, "--cache-root", help="Default: the checkpoint's (if still there), else the project's."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default: the head's."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),

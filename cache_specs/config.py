@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,7 +25,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 
-__all__ = ["ConfigError", "build", "coerce", "merge", "parse_assignments", "read_yaml", "suggest", "to_plain", "unknown_name"]
+__all__ = ["ConfigError", "SAFE_NAME", "build", "check_name", "coerce", "merge", "parse_assignments", "read_yaml", "suggest",
+           "to_plain", "unknown_name"]
 
 
 def suggest(name: object, valid: Iterable[object]) -> str:
@@ -37,6 +39,21 @@ def unknown_name(what: str, name: object, valid: Iterable[object], where: str = 
     """``[where: ]unknown <what> 'name' (valid: a, b); did you mean 'a'?`` as a ConfigError."""
     valid = [str(v) for v in valid]
     return ConfigError(_at(where, f"unknown {what} {name!r} (valid: {', '.join(valid)}){suggest(name, valid)}"))
+
+
+#: dataset, split and stage names: each becomes one folder under the cache root
+#: (``<cache_root>/<dataset>/<split>/<spec>``), so nothing that could leave it or hide there
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_name(what: str, name: object, where: str) -> str:
+    """``name`` when it is a safe ``what`` name (``SAFE_NAME``, no ``..``); ConfigError naming
+    ``where`` otherwise, e.g. ``datasets.nav.splits[0]: invalid split name '../x' (...)``."""
+    if isinstance(name, str) and SAFE_NAME.fullmatch(name) and ".." not in name:
+        return name
+    raise ConfigError(_at(where, f"invalid {what} name {name!r}: a {what} name is a folder under the cache root, "
+                                 "so it uses letters, digits, '.', '_' and '-', starts with a letter or digit, "
+                                 "has no '..' and at most 128 characters"))
 
 
 def _at(where: str, msg: str) -> str:

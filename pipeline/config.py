@@ -17,14 +17,18 @@
         pool_grid: 4
 
 Relative paths are relative to the file's folder. Every error names the field it is about.
+Dataset and split names become folders under ``cache_root``: letters, digits, ``.``, ``_``, ``-``
+(``cache_specs.config.check_name``). A dataset whose files live outside its ``root`` on purpose
+says so with ``options: {allow_outside_root: true}`` (``pipeline/safepaths.py``).
 """
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from navcache.cache_specs.config import build, merge, read_yaml, to_plain, unknown_name
+from navcache.cache_specs.config import build, check_name, merge, read_yaml, to_plain, unknown_name
 
 from .errors import ConfigError
 
@@ -118,6 +122,9 @@ def config_from_dict(data: Mapping[str, Any], base: Path, origin: str = "file") 
     from .stages import STAGES
 
     for name, ds in cfg.datasets.items():
+        check_name("dataset", name, "datasets")
+        for i, split in enumerate(ds.splits):
+            check_name("split", split, f"datasets.{name}.splits[{i}]")
         if ds.source not in SOURCES:
             raise unknown_name("source", ds.source, SOURCES, f"datasets.{name}.source")
         source_options(ds.source, ds.options, f"datasets.{name}.options")  # validate now, naming the field
@@ -133,6 +140,23 @@ def config_from_dict(data: Mapping[str, Any], base: Path, origin: str = "file") 
             raise unknown_name("stage", st, STAGES, "stages")
         cfg.stage_settings(st)  # validate now, not halfway through a run
     return cfg
+
+
+def check_cache_root(cache_root: Path) -> None:
+    """ConfigError naming ``cache_root``, its path and the OS reason when no file can be created
+    under it (``/proc``, a read-only mount, a file in the way); creates the folder otherwise.
+
+    Probed by creating a file there rather than with ``os.access``, which says yes to root for
+    almost anything; the probe is an unnamed temporary file (``O_TMPFILE`` on Linux), so a run
+    killed mid-probe leaves nothing behind.
+    """
+    root = Path(cache_root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cache_root: cannot write caches under {str(root)!r}: {e.strerror or e}") from None
 
 
 def load_config(path: Path) -> ProjectConfig:

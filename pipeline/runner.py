@@ -19,7 +19,7 @@ from navcache.cache_specs.layout import PARTS
 from navcache.cache_specs.manifest import invalidate
 from navcache.cache_specs.parts import read_part_meta
 
-from .config import ProjectConfig
+from .config import ProjectConfig, check_cache_root
 from .errors import DatasetError, NavcacheError
 from .fingerprint import FileHasher
 from .plan import StagePlan, plan_split
@@ -124,6 +124,8 @@ def check_providers(project: ProjectConfig, dataset: str, source, only: str | No
 def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | None = None) -> RunSummary:
     reporter = reporter or Reporter()
     check_selection(project, opts)  # before anything is created under the cache root
+    if not opts.dry_run:
+        check_cache_root(project.cache_root)  # a ConfigError with the OS reason, not a traceback later
     summary = RunSummary(dry_run=opts.dry_run)
     hasher = FileHasher(Path(project.cache_root) / ".navcache" / "filehash.sqlite")
     try:

@@ -2,7 +2,13 @@
 
 Annotation files are data, not code we wrote: a path in them may be ``../../etc/passwd``, a URL,
 an absolute path to somewhere else, or a symlink inside the dataset that points outside it.
-``resolve_under`` is the one place that turns such a string into a filesystem path.
+``resolve_under`` is the one place that turns such a string into a filesystem path, and every file
+a source reads goes through it or ``folder_under`` -- the files named by its own options too
+(``annotations_{split}.json``, ``{split}.parquet``...), since those may be symlinks as well.
+
+A dataset whose files deliberately live elsewhere (frames symlinked to shared storage) sets
+``allow_outside_root: true`` in its source options; that lifts only the "under the root" rule, and
+is named in every refusal so that the way out is one line of the project file.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from pathlib import Path
 
 from navcache.pipeline.errors import NavcacheError
 
-__all__ = ["UnsafePath", "resolve_under"]
+__all__ = ["ALLOW_OUTSIDE", "UnsafePath", "folder_under", "resolve_under"]
 
 
 class UnsafePath(NavcacheError):
@@ -32,8 +38,11 @@ _SCHEME_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 # "C:\x" or "C:/x": a Windows absolute path, which on POSIX would silently become a relative name.
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
+#: the source option that lifts the "under the root" rule (named in every refusal)
+ALLOW_OUTSIDE = "allow_outside_root"
 
-def resolve_under(root: Path, rel: str) -> Path:
+
+def resolve_under(root: Path, rel: str, allow_outside: bool = False) -> Path:
     """Return the absolute, symlink-resolved path of ``rel`` under ``root``.
 
     ``rel`` is normally relative to ``root``; an absolute path is accepted only when it lies inside
@@ -41,7 +50,8 @@ def resolve_under(root: Path, rel: str) -> Path:
 
     Raises UnsafePath (naming ``rel``) for: non-str values, empty strings, NUL bytes, URL-like
     strings, Windows drive paths, and anything that resolves outside ``root`` -- lexically (``..``)
-    or through a symlink -- or to ``root`` itself.
+    or through a symlink -- or to ``root`` itself. ``allow_outside`` (the dataset's
+    ``allow_outside_root`` option) accepts paths outside ``root``; every other rule still holds.
     """
     if not isinstance(rel, str):
         raise UnsafePath(f"path must be a string, got {type(rel).__name__} {rel!r}")
@@ -68,15 +78,18 @@ def resolve_under(root: Path, rel: str) -> Path:
     real = Path(os.path.realpath(candidate))
     if real == real_root:
         raise UnsafePath(f"path {rel!r} names the dataset root {str(root)!r} itself, not a file in it")
-    if not real.is_relative_to(real_root):
-        raise UnsafePath(f"path {rel!r} resolves to {str(real)!r}, outside the dataset root {str(real_root)!r}")
+    if not allow_outside and not real.is_relative_to(real_root):
+        raise UnsafePath(
+            f"path {rel!r} resolves to {str(real)!r}, outside the dataset root {str(real_root)!r} "
+            f"(a dataset whose files live elsewhere on purpose sets {ALLOW_OUTSIDE}: true in its options)"
+        )
     return real
 
 
-def folder_under(root: Path, rel: str) -> Path:
+def folder_under(root: Path, rel: str, allow_outside: bool = False) -> Path:
     """``root / rel`` (unresolved) for a folder named by a config template; ``rel`` may be "." (the
     root itself), otherwise ``resolve_under``'s rules apply. Raises UnsafePath."""
     if posixpath.normpath(rel) == ".":
         return Path(root)
-    resolve_under(root, rel)
+    resolve_under(root, rel, allow_outside)
     return Path(root) / rel

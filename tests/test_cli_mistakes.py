@@ -110,3 +110,45 @@ def test_summary_keeps_full_names_outside_a_terminal(project):
 
     p = run_cli("extract", "-c", str(project), cwd=project.parent)
     assert "frame-features" in p.stderr and "…" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("field, value", [("dataset", "../../escaped_ds"), ("split", "../../esc"), ("dataset", ".hidden"),
+                                          ("split", "a/b"), ("split", "x..y")])
+def test_an_unsafe_name_in_the_project_file_is_a_config_error(project, field, value):
+    cfg = yaml.safe_load(project.read_text())
+    if field == "dataset":
+        cfg["datasets"][value] = cfg["datasets"].pop("more")
+        where = "datasets: invalid dataset name"
+    else:
+        cfg["datasets"]["nav"]["splits"] = ["train", value]
+        where = "datasets.nav.splits[1]: invalid split name"
+    project.write_text(yaml.safe_dump(cfg))
+    r = navcache("extract", "-c", project)
+    assert r.exit_code == 2, r.output
+    assert where in r.output and repr(value) in r.output and "Traceback" not in r.output, r.output
+    assert not (project.parent / "cache").exists() and not (project.parent.parent / "escaped_ds").exists()
+
+
+@pytest.mark.parametrize("args, option", [
+    (("extract", "--split", "../../esc"), "--split"),
+    (("extract", "--dataset", "nav", "--dataset", "../nav"), "--dataset"),
+    (("extract", "--only", "../poses"), "--only"),
+    (("status", "--split", "../x"), "--split"),
+    (("export", "navila-poses", "OUT", "--dataset", "nav", "--split", "../../train"), "--split"),
+    (("predict", "gru-motion", "OUT", "--checkpoint", "CK", "--dataset", "../nav"), "--dataset"),
+])
+def test_an_unsafe_name_on_the_command_line_is_refused_before_any_work(project, tmp_path, args, option):
+    args = [str(tmp_path / "x.jsonl") if a == "OUT" else str(tmp_path / "ck.pt") if a == "CK" else a for a in args]
+    r = navcache(*args, "-c", project) if args[0] in ("extract", "status", "export") else navcache(*args)
+    assert r.exit_code == 2, r.output
+    assert option in r.output and "name" in r.output, r.output
+    assert not (project.parent / "cache").exists()
+
+
+def test_an_unwritable_cache_root_is_a_config_error(project):
+    cfg = yaml.safe_load(project.read_text())
+    cfg["cache_root"] = "/proc"
+    project.write_text(yaml.safe_dump(cfg))
+    r = navcache("extract", "-c", project)
+    assert r.exit_code == 2, r.output
+    assert "cache_root: cannot write caches under '/proc'" in r.output and "Traceback" not in r.output, r.output

@@ -76,7 +76,11 @@ class HFVisionEncoder(FrozenEncoder):
         from transformers import AutoModel
 
         transformers.utils.logging.disable_progress_bar()
-        return AutoModel.from_pretrained(self.s.model, revision=self.s.revision, trust_remote_code=self.s.trust_remote_code)
+        # use_safetensors=None: safetensors whenever the checkpoint has them, else a .bin read with
+        # torch.load(weights_only=True), never an arbitrary unpickled object; True would refuse
+        # .bin-only checkpoints (tests/pipeline/test_confinement.py checks both cases)
+        return AutoModel.from_pretrained(self.s.model, revision=self.s.revision, trust_remote_code=self.s.trust_remote_code,
+                                         use_safetensors=None)
 
     def _on_loaded(self, model) -> None:
         import torch

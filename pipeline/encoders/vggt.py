@@ -25,13 +25,14 @@ camera-from-world [R | T] (x right, y down, z forward).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import traceback
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import NavcacheError
+from ..errors import ConfigError, NavcacheError
 from .base import FrozenEncoder, check_device, check_precision
 from .base import free_cuda_cache as _free_cuda_cache
 from .base import oom_error_type as _oom_type
@@ -44,6 +45,26 @@ PATCH_SIZE = 14
 
 _CLASS_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_]\w*$")
 
+#: ``model_class`` values imported without ``allow_custom_code`` ("module:*" = any class of it):
+#: VGGT itself and navcache's test stand-in. Importing a module runs its code, so a project file
+#: naming any other class must say so, as ``trust_remote_code`` does for the hub.
+ALLOWED_CLASSES: tuple[str, ...] = (
+    "vggt.models.vggt:VGGT",
+    "navcache.tests.standins.vggt_standin:*",
+    "tests.standins.vggt_standin:*",
+)
+
+
+def class_allowed(model_class: str) -> bool:
+    module = model_class.partition(":")[0]
+    return model_class in ALLOWED_CLASSES or f"{module}:*" in ALLOWED_CLASSES
+
+
+def _installed(model_class: str) -> bool:
+    """Whether the top-level package of ``model_class`` is there; looking it up runs none of its
+    code (unlike ``find_spec`` of a submodule, which imports the parents)."""
+    return importlib.util.find_spec(model_class.partition(":")[0].split(".")[0]) is not None
+
 
 @dataclass(frozen=True)
 class VGGTSettings:
@@ -51,6 +72,8 @@ class VGGTSettings:
     model: str = "facebook/VGGT-1B"
     #: "package.module:Class" of the model; tests point it at a stand-in
     model_class: str = "vggt.models.vggt:VGGT"
+    #: import a ``model_class`` outside ``ALLOWED_CLASSES`` (it runs that module's code)
+    allow_custom_code: bool = False
     #: autocast dtype of the aggregator; "auto" = bf16 on CUDA capability >= 8, fp16 on older
     #: CUDA, fp32 (no autocast) on CPU. The heads always run in fp32, as in ``VGGT.forward``.
     dtype: str = "auto"
@@ -66,6 +89,14 @@ class VGGTSettings:
             raise ValueError(f"model must be a non-empty hub id or folder, got {self.model!r}")
         if not isinstance(self.model_class, str) or not _CLASS_RE.match(self.model_class):
             raise ValueError(f"model_class must look like 'package.module:Class', got {self.model_class!r}")
+        if not isinstance(self.allow_custom_code, bool):
+            raise ValueError(f"allow_custom_code must be true or false, got {self.allow_custom_code!r}")
+        # a class that is not installed is left to the import, whose error says how to install VGGT
+        if not self.allow_custom_code and not class_allowed(self.model_class) and _installed(self.model_class):
+            raise ValueError(
+                f"model_class {self.model_class!r} is not an allowed VGGT class (allowed: {', '.join(ALLOWED_CLASSES)}); "
+                "importing it would run its code: set allow_custom_code: true beside it if you trust it"
+            )
         check_precision(self.dtype, "dtype")
         check_device(self.device)
         if not isinstance(self.keep_tokens, bool):
@@ -210,13 +241,21 @@ class VGGTAdapter(FrozenEncoder):
 
     # -- heavy path ---------------------------------------------------------------------------
     def _import_class(self, field: str = "vggt.model_class"):
+        """The class ``model_class`` names; ConfigError for one outside ``ALLOWED_CLASSES`` without
+        ``allow_custom_code`` (checked again here: settings may be built without ``__post_init__``'s
+        lookup finding the module), NavcacheError when it cannot be imported."""
         module_name, _, cls_name = self.s.model_class.partition(":")
+        if not self.s.allow_custom_code and not class_allowed(self.s.model_class) and _installed(self.s.model_class):
+            raise ConfigError(f"{field}: {self.s.model_class!r} is not an allowed VGGT class (allowed: "
+                              f"{', '.join(ALLOWED_CLASSES)}); set allow_custom_code: true beside it if you trust its code")
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
+            custom = "" if self.s.allow_custom_code or class_allowed(self.s.model_class) else (
+                f"; a class other than {ALLOWED_CLASSES[0]} also needs allow_custom_code: true")
             raise NavcacheError(
                 f"{field}: VGGT model class {self.s.model_class!r} cannot be imported ({e}); VGGT is not on PyPI, "
-                f"install it with: {INSTALL_HINT}"
+                f"install it with: {INSTALL_HINT}{custom}"
             ) from None
         try:
             return getattr(module, cls_name)
@@ -226,6 +265,9 @@ class VGGTAdapter(FrozenEncoder):
     def _load_model(self):
         cls = self._import_class()
         try:
+            # huggingface_hub's PyTorchModelHubMixin (VGGT's base) reads model.safetensors when there
+            # is one and a .bin only through torch.load(weights_only=True); it takes no
+            # use_safetensors (extra keywords go to the model's __init__)
             return cls.from_pretrained(self.s.model)
         # OSError: not downloadable / not in the cache; ValueError: huggingface_hub's
         # HFValidationError for a local path that does not exist (read as a repo id)

@@ -5,6 +5,11 @@ Layout under ``root`` (names are templates filled with the split):
   {split}/...               the images; "frames" paths are relative to this folder
   poses_{split}.json        optional {video_id: [[x, y, yaw], ... one per frame]}
 
+Every file read resolves under ``root`` (symlinks followed) unless the ``allow_outside_root``
+option says otherwise. One record that cannot be stored -- a lone surrogate in a string, an
+integer literal longer than ``MAX_INT_DIGITS`` -- is quarantined; only a file that cannot be parsed
+at all fails its split.
+
 An episode is one record. Only the ``num_frames`` frames NaVILA's sampling keeps are listed in
 ``Episode.files`` and decoded, so memory stays at [num_frames, H, W, 3] however long the history.
 """
@@ -21,11 +26,15 @@ from navcache.pipeline.decode import black_frames, read_jpegs
 from navcache.pipeline.errors import DatasetError, Quarantine
 from navcache.pipeline.safepaths import UnsafePath, folder_under, resolve_under
 from navcache.pipeline.sampling import navila_indices
-from navcache.pipeline.sources.base import Episode, Frames, claim_id
+from navcache.pipeline.sources.base import Episode, Frames, claim_id, json_safe
 from navcache.pipeline.sources.fields import declared_record
 from navcache.pipeline.sources.options import NavilaOptions, build_options
 
-__all__ = ["NavilaSource"]
+__all__ = ["MAX_INT_DIGITS", "NavilaSource"]
+
+#: longest integer literal read as a number: CPython's default int/str conversion limit, fixed here
+#: so that a file parses the same whatever ``sys.set_int_max_str_digits`` the process runs with
+MAX_INT_DIGITS = 4300
 
 
 class _Object(dict):
@@ -42,9 +51,66 @@ def _object(pairs: list[tuple[str, Any]]) -> _Object:
     return obj
 
 
+class _HugeInt:
+    """Stands in for an integer literal longer than ``MAX_INT_DIGITS``: ``int()`` would raise
+    ValueError inside ``json.loads`` and so fail the whole file for one value; the marker lets the
+    record holding it be quarantined instead."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<integer literal of {self.digits} digits>"
+
+
+def _parse_int(text: str) -> int | _HugeInt:
+    digits = len(text) - text.startswith("-")
+    return _HugeInt(digits) if digits > MAX_INT_DIGITS else int(text)
+
+
+def _unstorable(value: object, where: str = "") -> str | None:
+    """Why ``value`` (parsed JSON) cannot go into the cache index, naming where in it
+    (``'frames'[3]``), or None.
+
+    Refused: an integer literal past ``MAX_INT_DIGITS`` and a string or key with a lone surrogate
+    (a JSON ``\\ud800`` escape decodes to one; it is no text UTF-8 can encode). Recursion is bounded
+    by the parser's, which already refused much deeper nesting (the caller catches the rest).
+    """
+    if isinstance(value, _HugeInt):
+        return f"{where or 'value'}: {value!r}, longer than {MAX_INT_DIGITS} digits"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            text = repr(value)  # repr escapes the surrogate: the reason itself stays valid text
+            return f"{where or 'value'}: {text if len(text) <= 80 else text[:77] + '...'} holds a lone surrogate, which is not text"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        at = f"{where}[{k!r}]" if where else repr(k)
+        problem = (_unstorable(k, f"key {at}") if isinstance(k, str) else None) or _unstorable(v, at)
+        if problem:
+            return problem
+    return None
+
+
+def _storable(value: Any) -> Any:
+    """``value`` with every ``_HugeInt`` as its description (``json_safe`` does the rest)."""
+    if isinstance(value, _HugeInt):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
+
+
 def _load_json(path: Path) -> Any:
-    """Parsed JSON (objects as ``_Object``), or DatasetError naming the file and the line/column of
-    a syntax error, or what else made it unreadable (nesting too deep, an integer too long)."""
+    """Parsed JSON (objects as ``_Object``, over-long integers as ``_HugeInt``), or DatasetError
+    naming the file and the line/column of a syntax error, or what else made it unreadable
+    (nesting too deep, a file that is one over-long integer)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -52,13 +118,16 @@ def _load_json(path: Path) -> Any:
     except OSError as e:
         raise DatasetError(f"{path}: cannot read: {e.strerror or e}") from None
     try:
-        return json.loads(text, object_pairs_hook=_object)
+        data = json.loads(text, object_pairs_hook=_object, parse_int=_parse_int)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except RecursionError:
         raise DatasetError(f"{path}: JSON nested too deeply") from None
-    except ValueError as e:  # e.g. an integer literal past Python's digit limit
+    except ValueError as e:  # nothing known raises it since _parse_int; kept as the split's error
         raise DatasetError(f"{path}: unreadable JSON: {e}") from None
+    if isinstance(data, _HugeInt):
+        raise DatasetError(f"{path}: unreadable JSON: the whole file is an {data!r}")
+    return data
 
 
 def _finite(v: int | float) -> bool:
@@ -112,9 +181,17 @@ class NavilaSource:
     def _image_dir(self, split: str) -> Path:
         """The split's image folder; DatasetError if it leaves the dataset root (e.g. a symlink)."""
         try:
-            return folder_under(self.root, self.images.format(split=split))
+            return folder_under(self.root, self.images.format(split=split), self.options.allow_outside_root)
         except UnsafePath as e:
             raise DatasetError(f"navila option 'images' for split {split!r}: {e}") from None
+
+    def _file(self, option: str, split: str) -> Path:
+        """The resolved path of the file option ``option`` names for ``split`` (annotations, poses);
+        DatasetError if it leaves the dataset root (``..``, an absolute path, a symlink)."""
+        try:
+            return resolve_under(self.root, getattr(self, option).format(split=split), self.options.allow_outside_root)
+        except UnsafePath as e:
+            raise DatasetError(f"navila option {option!r} for split {split!r}: {e}") from None
 
     # ------------------------------------------------------------------------------ listing
 
@@ -124,14 +201,14 @@ class NavilaSource:
         Raises DatasetError when the annotation file (or an existing pose file) is missing,
         not valid JSON, or of the wrong top-level type.
         """
-        ann_path = self.root / self.annotations.format(split=split)
+        ann_path = self._file("annotations", split)
         if not ann_path.is_file():
             raise DatasetError(f"navila annotation file not found: {ann_path}")
         records = _load_json(ann_path)
         if not isinstance(records, list):
             raise DatasetError(f"{ann_path}: expected a JSON list of records, got {type(records).__name__}")
 
-        pose_path = self.root / self.poses.format(split=split)
+        pose_path = self._file("poses", split)
         pose_map: dict[str, Any] | None = None
         ambiguous: set[str] = set()  # video_ids listed more than once in the pose file
         if pose_path.exists():
@@ -148,7 +225,7 @@ class NavilaSource:
         ]
 
         without_poses = sorted(v for v in seen if pose_map is not None and v not in pose_map)
-        orphan_poses = sorted(k for k in (pose_map or {}) if k not in seen)
+        orphan_poses = sorted(json_safe(k) for k in (pose_map or {}) if k not in seen)
         self.report = {
             "split": split,
             "records": len(records),
@@ -178,11 +255,18 @@ class NavilaSource:
             return Episode(placeholder, {"record_index": i, "raw": rec}, (), f"{where}: expected an object, got {type(rec).__name__}")
 
         def bad(episode_id: str, reason: str) -> Episode:
-            return Episode(episode_id, {"record_index": i, **rec}, (), f"{where}: {reason}")
+            return Episode(episode_id, {"record_index": i, **_storable(rec)}, (), f"{where}: {reason}")
 
         if getattr(rec, "duplicates", ()):
             return bad(placeholder, f"keys given more than once: {list(rec.duplicates)}")
         vid = rec.get("video_id")
+        try:
+            unstorable = _unstorable(rec)
+        except RecursionError:  # parsed a few frames shallower than this walk starts
+            return bad(placeholder, "record nested too deeply")
+        if unstorable:
+            usable_id = _unstorable(vid) is None and claim_id(vid, "video_id", seen, i) is None
+            return bad(vid if usable_id else placeholder, unstorable)
         refused = claim_id(vid, "video_id", seen, i)
         if refused:
             return bad(placeholder, refused)
@@ -198,7 +282,7 @@ class NavilaSource:
                 return bad(vid, f"{key!r} must be a string, got {_brief(rec.get(key))}")
 
         try:
-            resolved = [resolve_under(image_dir, f) for f in frames]
+            resolved = [resolve_under(image_dir, f, self.options.allow_outside_root) for f in frames]
         except UnsafePath as e:
             return bad(vid, f"unsafe path in 'frames': {e}")
 
@@ -253,7 +337,7 @@ class NavilaSource:
                     raise Quarantine(f"{episode.episode_id}: frame index {k} out of range for {len(frames)} frames")
             image_dir = self._image_dir(rec["split"])
             try:
-                paths = [resolve_under(image_dir, frames[k]) for k in idx if k >= 0]
+                paths = [resolve_under(image_dir, frames[k], self.options.allow_outside_root) for k in idx if k >= 0]
             except UnsafePath as e:
                 raise Quarantine(f"{episode.episode_id}: {e}") from None
         if not paths:

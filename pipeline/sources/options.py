@@ -4,7 +4,12 @@ This module imports no decoder (cv2, pyarrow...), so a project file's ``datasets
 are validated when it is loaded, before any source module is imported. Messages name the field:
 ``datasets.nav.options.num_frames: expected an integer, got 'x'``, ``datasets.nav.options:
 num_frames must be an integer >= 2, got 1``, ``datasets.nav.options: unknown field 'fps' (valid:
-annotations, images, num_frames, poses)``.
+allow_outside_root, annotations, images, num_frames, poses)``.
+
+Every source takes ``allow_outside_root`` (default false): every file a source reads, the ones its
+own templates name included, must resolve under the dataset root, symlinks followed
+(``pipeline/safepaths.py``); ``true`` lets them live elsewhere on purpose (frames symlinked to
+shared storage). Changing it changes the source options, hence the fingerprints (a rebuild).
 """
 from __future__ import annotations
 
@@ -25,6 +30,11 @@ def check_template(option: str, value: object) -> None:
         raise ValueError(f"{option!r} = {value!r}: only the placeholder {{split}} is allowed ({e})") from None
 
 
+def check_flag(option: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{option!r} must be true or false, got {value!r}")
+
+
 def check_min(option: str, value: object, minimum: int) -> None:
     # build() already refused non-integers; this guards direct construction too
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -41,11 +51,14 @@ class NavilaOptions:
     poses: str = "poses_{split}.json"
     #: T, frames NaVILA's sampling keeps (front-padded with black when the history is shorter)
     num_frames: int = 8
+    #: read files that resolve outside the dataset root (see the module docstring)
+    allow_outside_root: bool = False
 
     def __post_init__(self):
         for name in ("annotations", "images", "poses"):
             check_template(name, getattr(self, name))
         check_min("num_frames", self.num_frames, 2)
+        check_flag("allow_outside_root", self.allow_outside_root)
 
 
 @dataclass(frozen=True)
@@ -54,10 +67,13 @@ class RoverOptions:
     table: str = "{split}.parquet"
     #: frames decoded per clip, spread uniformly, first and last included
     num_frames: int = 8
+    #: read files that resolve outside the dataset root (see the module docstring)
+    allow_outside_root: bool = False
 
     def __post_init__(self):
         check_template("table", self.table)
         check_min("num_frames", self.num_frames, 1)
+        check_flag("allow_outside_root", self.allow_outside_root)
 
 
 @dataclass(frozen=True)
@@ -70,8 +86,11 @@ class VideosOptions:
     num_frames: int = 128
     #: episodes with fewer frames are quarantined
     min_frames: int = 2
+    #: read files that resolve outside the dataset root (see the module docstring)
+    allow_outside_root: bool = False
 
     def __post_init__(self):
+        check_flag("allow_outside_root", self.allow_outside_root)
         check_template("split_dir", self.split_dir)
         if self.split_list is not None:
             check_template("split_list", self.split_list)

@@ -5,6 +5,8 @@ root), ``fps``, ``telemetry`` (8 floats, ``cache_specs.labels.TELEMETRY_FIELDS``
 ``reason``, ``action`` (strings from ``cache_specs.labels``); optional ``n_frames`` (int; when
 present, the decoded count must match it) and ``weight`` (float >= 0, default 1.0).
 Each clip is decoded at ``num_frames`` uniformly spread frames, first and last included.
+The table and the videos resolve under ``root`` (symlinks followed) unless ``allow_outside_root``
+is set; a string cell that is not valid UTF-8 quarantines its row, not the table.
 """
 from __future__ import annotations
 
@@ -33,6 +35,47 @@ OPTIONAL_COLUMNS: tuple[str, ...] = ("n_frames", "weight")
 
 def _is_real(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+class _BadText:
+    """A string cell whose bytes are not UTF-8 (Arrow does not validate on write): the row holding
+    it is quarantined with ``reason`` instead of the whole table failing to convert."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<{self.reason}>"
+
+
+def _text_cells(column: pa.ChunkedArray) -> list[str | None | _BadText]:
+    """A string column's cells, decoded one by one (``to_pylist`` fails the whole column on one)."""
+    out: list[str | None | _BadText] = []
+    for raw in column.cast(pa.large_binary()).to_pylist():  # a view of the same bytes: never fails
+        try:
+            out.append(None if raw is None else raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            out.append(_BadText(f"not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 4]!r})"))
+    return out
+
+
+def _columns(table: pa.Table, path: Path) -> dict[str, list[Any]]:
+    """The known columns as Python lists; DatasetError naming the file for one that cannot be read."""
+    columns = {}
+    for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS):
+        if c not in table.column_names:
+            continue
+        column = table.column(c)
+        try:
+            columns[c] = column.to_pylist()
+        except (pa.ArrowException, UnicodeDecodeError, ValueError) as e:
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                columns[c] = _text_cells(column)  # some cell is not UTF-8: find which, row by row
+                continue
+            raise DatasetError(f"{path}: column {c!r} cannot be read: {type(e).__name__}: {e}") from None
+    return columns
 
 
 def _read_table(path: Path) -> pa.Table:
@@ -77,12 +120,12 @@ class RoverSource:
 
         Raises DatasetError when the table is missing, unreadable or lacks required columns.
         """
-        path = self.root / self.table.format(split=split)
-        table = _read_table(path)
         try:
-            columns = {c: table.column(c).to_pylist() for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in table.column_names}
-        except (pa.ArrowException, UnicodeDecodeError, ValueError) as e:  # e.g. a string column that is not UTF-8
-            raise DatasetError(f"{path}: a column cannot be read: {type(e).__name__}: {e}") from None
+            path = resolve_under(self.root, self.table.format(split=split), self.options.allow_outside_root)
+        except UnsafePath as e:
+            raise DatasetError(f"rover option 'table' for split {split!r}: {e}") from None
+        table = _read_table(path)
+        columns = _columns(table, path)
         seen: dict[str, int] = {}
         episodes = []
         for i in range(table.num_rows):
@@ -99,12 +142,16 @@ class RoverSource:
         def bad(episode_id: str, reason: str) -> Episode:
             return Episode(episode_id, {"row_index": i, **_jsonable(row)}, (), f"{where}: {reason}")
 
+        bad_text = [c for c, v in row.items() if isinstance(v, _BadText)]
+        if bad_text:
+            usable_id = not isinstance(clip, _BadText) and claim_id(clip, "clip_id", seen, i, item="row") is None
+            return bad(clip if usable_id else placeholder, "; ".join(f"{c!r}: {row[c].reason}" for c in bad_text))
         refused = claim_id(clip, "clip_id", seen, i, item="row")
         if refused:
             return bad(placeholder, refused)
 
         try:
-            video_path = resolve_under(self.root, row["video"])
+            video_path = resolve_under(self.root, row["video"], self.options.allow_outside_root)
         except UnsafePath as e:
             return bad(clip, f"unsafe 'video' path: {e}")
 

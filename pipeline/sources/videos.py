@@ -97,7 +97,7 @@ class VideosSource:
     def _split_folder(self, split: str) -> Path:
         """The split folder (unresolved path); DatasetError if it is missing or leaves the root."""
         try:
-            folder = folder_under(self.root, self.split_dir.format(split=split))
+            folder = folder_under(self.root, self.split_dir.format(split=split), self.options.allow_outside_root)
         except UnsafePath as e:
             raise DatasetError(f"videos option 'split_dir' for split {split!r}: {e}") from None
         if not folder.is_dir():
@@ -111,7 +111,7 @@ class VideosSource:
         UTF-8 text. Everything wrong with one episode quarantines that episode only.
         """
         folder = self._split_folder(split)
-        found = _unique_ids(_scan(self.root, folder))
+        found = _unique_ids(_scan(self.root, folder, self.options.allow_outside_root))
         if self.split_list is None:
             chosen: list[_Found | Episode] = list(found.values())
             listed = None
@@ -132,7 +132,7 @@ class VideosSource:
     def _select(self, split: str, listed: str, found: dict[str, _Found]) -> list[_Found | Episode]:
         """The split list's ids, in file order, mapped to what the scan found."""
         try:
-            path = resolve_under(self.root, listed)
+            path = resolve_under(self.root, listed, self.options.allow_outside_root)
         except UnsafePath as e:
             raise DatasetError(f"videos option 'split_list' for split {split!r}: {e}") from None
         if not path.is_file():
@@ -174,7 +174,7 @@ class VideosSource:
             return bad(f.problem)
         try:
             if f.kind == "video":
-                media_path = resolve_under(self.root, media)
+                media_path = resolve_under(self.root, media, self.options.allow_outside_root)
                 n, fps = _probe_video(media_path)
                 frame_files: list[Path] = []
             else:
@@ -189,7 +189,7 @@ class VideosSource:
         try:
             if f.kind == "frames":
                 # Only the sampled frames are listed (and fingerprinted), as for NaVILA.
-                frame_files = [resolve_under(self.root, f"{media}/{names[k]}") for k in idx]
+                frame_files = [resolve_under(self.root, f"{media}/{names[k]}", self.options.allow_outside_root) for k in idx]
             meta, meta_fps = self._meta(f)
             gt = self._sidecar(f, GT_SUFFIX)
         except (Quarantine, UnsafePath, OSError) as e:
@@ -212,7 +212,7 @@ class VideosSource:
         if not os.path.lexists(p):
             return None
         rel = Path(os.path.relpath(p, self.root)).as_posix()
-        real = resolve_under(self.root, rel)
+        real = resolve_under(self.root, rel, self.options.allow_outside_root)
         if not real.is_file():
             raise Quarantine(f"sidecar {rel} is not a regular file")
         return rel, real
@@ -282,11 +282,11 @@ class VideosSource:
                 paths = list(episode.files[: len(idx)])  # exactly what was fingerprinted
             else:
                 try:
-                    folder = resolve_under(self.root, rec["media"])
+                    folder = resolve_under(self.root, rec["media"], self.options.allow_outside_root)
                     names = _ordered_frames(folder)
                     if len(names) != n:
                         raise Quarantine(f"folder now has {len(names)} frames, {n} when listed")
-                    paths = [resolve_under(self.root, f"{rec['media']}/{names[k]}") for k in idx]
+                    paths = [resolve_under(self.root, f"{rec['media']}/{names[k]}", self.options.allow_outside_root) for k in idx]
                 except (Quarantine, UnsafePath) as e:
                     raise Quarantine(f"{rec['media']}: {_reason(e)}") from None
             pixels = read_jpegs(paths)
@@ -314,7 +314,7 @@ class VideosSource:
             raise Quarantine(f"{rec['media']}: no ground-truth geometry sidecar (<name>{GT_SUFFIX}) next to it")
         idx = self._indices(episode, rec, indices)
         try:
-            path = resolve_under(self.root, rel)
+            path = resolve_under(self.root, rel, self.options.allow_outside_root)
         except UnsafePath as e:
             raise Quarantine(f"{rel}: {e}") from None
         try:
@@ -326,11 +326,11 @@ class VideosSource:
 # ---------------------------------------------------------------------------------- scanning
 
 
-def _scan(root: Path, top: Path) -> list[_Found]:
+def _scan(root: Path, top: Path, allow_outside: bool = False) -> list[_Found]:
     """Every video file and frames folder under ``top`` (names only; nothing is opened).
 
     ``top`` is walked by its unresolved path, so ids and record paths keep the dataset's names
-    even where a folder is a symlink (to somewhere under ``root``).
+    even where a folder is a symlink (to somewhere under ``root``, or anywhere with ``allow_outside``).
     """
     found: list[_Found] = []
 
@@ -353,7 +353,7 @@ def _scan(root: Path, top: Path) -> list[_Found]:
                 is_dir = False
             if e.is_symlink() and (is_dir or ext in VIDEO_EXTS):
                 try:
-                    real = resolve_under(root, os.path.relpath(p, root))
+                    real = resolve_under(root, os.path.relpath(p, root), allow_outside)
                 except UnsafePath as err:
                     # Reported rather than skipped: a link is there on purpose, its refusal should show.
                     found.append(_Found(r if is_dir else _strip(r), "frames" if is_dir else "video", p, r, f"refused: {err}"))

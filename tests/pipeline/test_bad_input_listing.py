@@ -85,7 +85,7 @@ def test_bad_values_in_one_record_quarantine_that_record(tmp_path):
     st = _poses_stage(s, "nav")
     reasons = {q["episode_id"]: q["reason"] for q in st.quarantined}
     assert "'frames' must be a non-empty list of paths, got float nan" in reasons[recs[0]["video_id"]]
-    assert "cannot be encoded for the file system" in reasons[recs[1]["video_id"]]
+    assert "'frames'[0]: 'ep000/\\ud800.jpg' holds a lone surrogate" in reasons[recs[1]["video_id"]]
     assert "form navcache reserves" in reasons["<record #2>"]
     assert "expected an object" in reasons["<record #6>"]
     assert "not finite" in reasons[vid]
@@ -133,16 +133,27 @@ def test_id_mismatches_between_files_reach_the_summary(tmp_path, good):
     assert s.to_dict()["sources"]["nav/train"] == rep
 
 
-def test_rover_table_with_invalid_utf8_fails_its_dataset_only(tmp_path, good):
+def test_rover_row_with_invalid_utf8_is_quarantined_not_the_table(tmp_path, good):
     rover = tmp_path / "rover"
     rover.mkdir()
-    table = pa.table({"clip_id": pa.array([b"\xff\xfe"], pa.binary()).cast(pa.string(), safe=False),
-                      "video": ["a.mp4"], "fps": [10.0], "telemetry": [[0.0] * 8], "risk": ["low"], "reason": ["none"], "action": ["go"]})
+    vw = cv2.VideoWriter(str(rover / "c.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (32, 32))
+    for i in range(10):
+        vw.write(np.full((32, 32, 3), i * 20, np.uint8))
+    vw.release()
+    clip_ids = pa.array([b"\xff\xfe", b"ok-1", b"ok-2"], pa.binary()).cast(pa.string(), safe=False)
+    videos = pa.array([b"a.mp4", b"b\xed\xa0\x80.mp4", b"c.mp4"], pa.binary()).cast(pa.string(), safe=False)  # an encoded surrogate
+    table = pa.table({"clip_id": clip_ids, "video": videos, "fps": [10.0] * 3, "telemetry": [[0.0] * 8] * 3,
+                      "risk": ["low"] * 3, "reason": ["human"] * 3, "action": ["stop"] * 3})
     pq.write_table(table, rover / "train.parquet")
     ds = {"rover": {"source": "rover", "root": str(rover), "splits": ["train"], "stages": ["rover-meta"]},
           "good": {"source": "navila", "root": str(good), "splits": ["train"], "stages": ["poses"]}}
     s = extract(config_from_dict({"cache_root": str(tmp_path / "cache"), "datasets": ds}, tmp_path), ExtractOptions("train"))
-    assert len(s.errors) == 1 and "dataset rover split train" in s.errors[0] and "cannot be read" in s.errors[0], s.errors
+    assert not s.errors, s.errors
+    (meta,) = [st for st in s.stages if st.dataset == "rover"]
+    reasons = {q["episode_id"]: q["reason"] for q in meta.quarantined}
+    assert "'clip_id': not UTF-8 text (byte 0" in reasons["<row #0>"], reasons
+    assert "'video': not UTF-8 text (byte 1" in reasons["ok-1"], reasons
+    assert meta.finalized and set(reasons) == {"<row #0>", "ok-1"} and meta.episodes_ok == 1  # ok-2 is built
     assert _poses_stage(s, "good").episodes_ok == 4
 
 

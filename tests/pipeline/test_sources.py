@@ -503,7 +503,7 @@ def test_make_source_unknown_kind_and_options(tmp_path):
     assert "'habitat'" in str(err.value) and "navila, rover" in str(err.value)
     with pytest.raises(ConfigError) as err:
         make_source("rover", tmp_path, num_frame=8, fps=3)
-    assert "unknown field 'fps'" in str(err.value) and "valid: num_frames, table" in str(err.value)
+    assert "unknown field 'fps'" in str(err.value) and "valid: allow_outside_root, num_frames, table" in str(err.value)
     with pytest.raises(ConfigError, match="num_frames"):
         make_source("navila", tmp_path, num_frames=0)
 
