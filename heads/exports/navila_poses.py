@@ -1,7 +1,12 @@
 """The NaVILA pose sidecar: one JSON object per line, as the integration guide loads it.
 
     {"video_id": "...", "poses": [[x, y, yaw] x T], "deltas": [[dx, dy, dyaw] x T-1],
-     "dist_bins": [T-1 ints], "yaw_bins": [T-1 ints]}
+     "dist_bins": [T-1 ints], "yaw_bins": [T-1 ints], "step_valid": [T-1 bools]}
+
+Steps touching front padding (``step_valid`` false, including the step from padding to the first
+real frame) carry bins of -100, the ignore index of PyTorch's cross-entropy and NaVILA's
+``IGNORE_INDEX``, so the integration guide's ``ce_loss`` skips them (docs/navila_integration.md).
+``step_valid`` is an extra key: the guide's consumer reads the keys it knows and ignores the rest.
 
 Streamed part by part (memory flat in the number of records), written to a temporary file and
 renamed into place, so a killed export never leaves a truncated sidecar that looks complete.
@@ -23,8 +28,10 @@ import numpy as np
 from navcache.cache_specs.layout import PARTS, TMP_PREFIX, fsync_dir, private_name
 from navcache.cache_specs.parts import open_part_data, read_part_meta
 from navcache.cache_specs.reader import open_cache
+from navcache.cache_specs.specs.poses import IGNORE_INDEX
 
-KEYS = ("poses", "deltas", "dist_bins", "yaw_bins")
+KEYS = ("poses", "deltas", "dist_bins", "yaw_bins", "step_valid")
+BIN_KEYS = ("dist_bins", "yaw_bins")
 
 
 @dataclass
@@ -87,12 +94,15 @@ _OPEN_PARTS = 4
 
 
 def _rounded(pdir: Path) -> dict[str, list]:
-    """One part's pose arrays as nested lists, floats rounded to 6 decimals."""
+    """One part's pose arrays as nested lists, floats rounded to 6 decimals, bins -100 off ``step_valid``."""
     data = open_part_data(pdir, read_part_meta(pdir))
     try:
         arrays = {k: np.asarray(data[k][...]) for k in KEYS}
     finally:
         data.close()
+    valid = arrays["step_valid"].astype(bool)
+    for k in BIN_KEYS:  # whatever the cache's spec version wrote there, padded steps train nothing
+        arrays[k] = np.where(valid, arrays[k].astype(np.int64), IGNORE_INDEX)
     return {k: (np.round(v.astype(np.float64), 6) if v.dtype.kind == "f" else v).tolist() for k, v in arrays.items()}
 
 

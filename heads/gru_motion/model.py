@@ -2,7 +2,7 @@
 
 Inputs per episode, S = T-1 steps (from the ``poses`` cache):
     deltas [B, S, 3] f32, dist_bins [B, S] i64, yaw_bins [B, S] i64, step_valid [B, S] bool.
-Invalid steps (front padding) are zeroed at the input, so whatever they hold cannot reach any
+Invalid steps (front padding; their bins are -100 in the poses cache and the sidecar) are zeroed at the input, so whatever they hold cannot reach any
 valid output, and their own embeddings are zero. Padding is at the front, so valid outputs see
 only zeros before the first real step.
 """

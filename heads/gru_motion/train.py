@@ -2,7 +2,8 @@
 
 Targets, from the output at step t (which has seen steps <= t):
     next: dist/yaw bins of step t+1;  k-step: dist/yaw bins of step t+k;  (optional) deltas of step t+1.
-A (t, target) pair counts only when both step t and the target step are valid (``step_valid``).
+A (t, target) pair counts only when both step t and the target step are valid (``step_valid``);
+padded steps' bins are ``IGNORE_INDEX`` (-100) in the data and the cross-entropy ignores them too.
 Baselines on exactly the same pairs: the train split's majority class, and repeating step t's bin.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from navcache.cache_specs.specs.poses import IGNORE_INDEX
 from navcache.heads.train_loop import global_mean, load_trainable, run_loop, seed_everything
 
 from .configuration import GruMotionConfig
@@ -69,7 +71,7 @@ class GruMotionTask:
             for kind in ("dist", "yaw"):
                 logits = out[f"{name}_{kind}"].float()[m]
                 tgt = _shift(b[f"{kind}_bins"], off)[m]
-                losses[f"{name}_{kind}"] = global_mean(F.cross_entropy(logits, tgt, reduction="none"))
+                losses[f"{name}_{kind}"] = global_mean(F.cross_entropy(logits, tgt, ignore_index=IGNORE_INDEX, reduction="none"))
         if "next_delta" in out:
             m = _pairs(b["step_valid"], 1)
             per_pair = F.smooth_l1_loss(out["next_delta"].float()[m], _shift(b["deltas"], 1)[m], reduction="none")  # [n, 3]
@@ -121,9 +123,9 @@ def build_task(cfg: GruMotionConfig) -> tuple[GruMotionTask, dict]:
     n_dist, n_yaw = len(tinfo["dist_edges"]) + 1, len(tinfo["yaw_edges"]) + 1
     for split, arr in ((train_split, train_arrays), (val_split, val_arrays)):
         for kind, n in (("dist", n_dist), ("yaw", n_yaw)):
-            b = arr[f"{kind}_bins"]
+            b = arr[f"{kind}_bins"][arr["step_valid"].bool()]  # padded steps hold IGNORE_INDEX
             if b.numel() and (int(b.min()) < 0 or int(b.max()) >= n):
-                raise ValueError(f"{split}: {kind}_bins outside [0, {n}) of the manifest edges")
+                raise ValueError(f"{split}: {kind}_bins of valid steps outside [0, {n}) of the manifest edges")
     seed_everything(cfg.loop.seed)  # model init depends only on the seed
     task = GruMotionTask(cfg, train_arrays, val_arrays, n_dist, n_yaw)
     info = {"n_dist": n_dist, "n_yaw": n_yaw, "dist_edges": tinfo["dist_edges"], "yaw_edges": tinfo["yaw_edges"],

@@ -3,11 +3,9 @@
 Token layout of ``last_hidden_state`` [N, 1 + R + Hp*Wp, D]: CLS at 0, R register tokens
 (``config.num_register_tokens``; 4 for released DINOv3), then the patch grid row-major.
 
-Preprocessing follows the model's own ``preprocessor_config.json`` (resize to ``size`` with
-bilinear antialiasing, rescale, normalise with ``image_mean``/``image_std``). We apply it with
-``torch.nn.functional.interpolate(antialias=True)`` instead of instantiating the transformers
-processor because the DINOv3 processor in transformers >= 5 requires torchvision, which has no
-wheel matching the CPU torch build on our machines; torchvision's tensor resize is this same call.
+Preprocessing is the model's own: ``hf_preprocessing.build_preprocessor`` turns its
+``preprocessor_config.json`` into the pixels its transformers image processor produces (resample
+filter, shortest-edge resize, centre crop included), and refuses options it cannot honour.
 """
 from __future__ import annotations
 
@@ -18,6 +16,7 @@ import numpy as np
 
 from ..errors import NavcacheError
 from .base import FrozenEncoder, check_device, check_precision
+from .hf_preprocessing import DINOV3, UnsupportedPreprocessing, build_preprocessor, processor_class_name
 
 
 @dataclass(frozen=True)
@@ -65,10 +64,27 @@ class HFVisionEncoder(FrozenEncoder):
         return type(self.model_config()).__name__
 
     def output_identity(self) -> dict:
-        return {
+        pc = self.processor_config()
+        ident = {
             "class": self.architecture(),
-            "processor": {k: v for k, v in self.processor_config().items() if k not in ("processor_class", "image_processor_type")},
+            "processor": {k: v for k, v in pc.items() if k not in ("processor_class", "image_processor_type")},
         }
+        if processor_class_name(pc) != DINOV3:
+            # pixels now come from the transformers processor itself: caches of other towers made
+            # with the old re-implementation (squashed, bilinear) must not be reused; DINOv3's are
+            # unchanged (same ops), so its identity keeps the keys it was fingerprinted with
+            ident["preprocessing"] = "transformers-processor"
+        return ident
+
+    def check(self, field: str, seen: dict | None = None) -> str:
+        """The base check (weights reachable), then the preprocessing: ``UnsupportedPreprocessing``
+        (a NavcacheError naming ``field`` and the options) before any frame is decoded."""
+        where = super().check(field, seen)
+        try:
+            build_preprocessor(self.processor_config(), self.s.model)
+        except UnsupportedPreprocessing as e:
+            raise UnsupportedPreprocessing(f"{field}: {e}") from None
+        return where
 
     # -- heavy path ---------------------------------------------------------------------------
     def _load_model(self):
@@ -83,27 +99,14 @@ class HFVisionEncoder(FrozenEncoder):
                                          use_safetensors=None)
 
     def _on_loaded(self, model) -> None:
-        import torch
-
         self._n_reg = int(getattr(model.config, "num_register_tokens", 0) or 0)
         self._patch = int(model.config.patch_size)
-        pc = self.processor_config()
-        size = pc.get("size") or {"height": 224, "width": 224}
-        self._size = (int(size.get("height", size.get("shortest_edge", 224))), int(size.get("width", size.get("shortest_edge", 224))))
-        self._mean = torch.tensor(pc.get("image_mean", (0.485, 0.456, 0.406)), dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(pc.get("image_std", (0.229, 0.224, 0.225)), dtype=torch.float32).view(1, 3, 1, 1)
-        self._scale = float(pc.get("rescale_factor", 1 / 255))
+        self._preprocess = build_preprocessor(self.processor_config(), self.s.model)
 
     def preprocess(self, pixels: np.ndarray):
-        """uint8 [N, H, W, 3] RGB -> float32 [N, 3, S_h, S_w] normalised. Thread-safe, CPU."""
-        import torch
-        import torch.nn.functional as F
-
+        """uint8 [N, H, W, 3] RGB -> float32 [N, 3, S_h, S_w] as the model's image processor makes them. Thread-safe, CPU."""
         self.load()
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float()
-        if tuple(x.shape[-2:]) != self._size:
-            x = F.interpolate(x, size=self._size, mode="bilinear", antialias=True, align_corners=False)
-        return (x * self._scale - self._mean) / self._std
+        return self._preprocess(pixels)
 
     def encode(self, x) -> tuple[Any, Any]:
         """[N, 3, S_h, S_w] -> (cls [N, D] float32, patches [N, Hp, Wp, D] float32), on CPU."""

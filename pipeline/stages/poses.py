@@ -12,6 +12,7 @@ from typing import Literal, Mapping
 import numpy as np
 
 from navcache.cache_specs.specs import get_spec
+from navcache.cache_specs.specs.poses import IGNORE_INDEX
 
 from ..camera import planar_poses
 from ..errors import Quarantine
@@ -41,7 +42,7 @@ class PosesSettings:
 
 class PosesStage(Stage):
     name = "poses"
-    code_version = "2"
+    code_version = "3"  # 3: bins of padded steps are IGNORE_INDEX (-100), not 0 (= a hard right turn)
     reads_files = False
     uses = ("poses",)
     required_uses = ("poses",)  # the sampled frame numbers live there, whatever the provider
@@ -87,8 +88,9 @@ class PosesStage(Stage):
         if valid.any():
             deltas[valid] = egocentric_deltas(picked)  # [n_real - 1, 3] == valid.sum() steps
         dist_bins, yaw_bins = bin_steps(deltas, self.settings.dist_edges, self.settings.yaw_edges)
-        dist_bins[~valid] = 0
-        yaw_bins[~valid] = 0
+        # -100, not 0: a loss that forgets step_valid must skip these steps, not learn "stop, hard right"
+        dist_bins[~valid] = IGNORE_INDEX
+        yaw_bins[~valid] = IGNORE_INDEX
         return Prepared(
             episode.episode_id,
             {

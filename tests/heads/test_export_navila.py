@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,25 +15,23 @@ from navcache.pipeline.config import load_config
 from tests.helpers import make_navila, write_project
 
 
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "navila_integration.md"
+
+
+def guide_namespace() -> dict:
+    """Every ``python`` block of the integration guide, run in order in one namespace."""
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.S)
+    assert len(blocks) >= 4, "the guide lost its code blocks"
+    ns: dict = {}
+    exec(compile("\n".join(blocks), str(GUIDE), "exec"), ns)
+    return ns
+
+
 def guide_consumer(path):
     """What the integration guide does: dict by video_id, np.array(float32/int64), collate by stacking."""
-    pose_data = {}
-    with open(path) as f:
-        for line in f:
-            record = json.loads(line)
-            pose_data[record["video_id"]] = record
-    items = []
-    for vid in sorted(pose_data):
-        r = pose_data[vid]
-        items.append(
-            {
-                "poses": np.array(r["poses"], dtype=np.float32),
-                "deltas": np.array(r["deltas"], dtype=np.float32),
-                "dist_bins": np.array(r["dist_bins"], dtype=np.int64),
-                "yaw_bins": np.array(r["yaw_bins"], dtype=np.int64),
-            }
-        )
-    batch = {k: torch.stack([torch.from_numpy(it[k]) for it in items], dim=0) for k in items[0]}
+    g = guide_namespace()
+    pose_data = g["load_pose_sidecar"](path)
+    batch = g["collate_poses"]([g["pose_fields"](pose_data[vid]) for vid in sorted(pose_data)])
     return pose_data, batch
 
 
@@ -66,3 +66,42 @@ def test_cli_export(tmp_path, tiny_model):
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 4
     r = CliRunner().invoke(cli.app, ["export", "navila-poses", str(tmp_path / "x.jsonl"), "-d", "nope", "-c", str(cfg)])
     assert r.exit_code == 2 and "unknown dataset" in r.output
+
+
+def test_guide_loss_ignores_padded_steps(tmp_path, tiny_model):
+    """Padded steps (and the step from padding to the first real frame) carry -100, so the guide's
+    loss is the same whatever the model predicts there; the sidecar adds step_valid."""
+    data = make_navila(tmp_path / "data", n_episodes=3)  # the "-4" ids have 5 frames: 3 padding rows at T=8
+    project = load_config(write_project(tmp_path, data, tiny_model))
+    out = tmp_path / "gru_pose_train.jsonl"
+    export_for_dataset(project, "nav", "train", out)
+    pose_data, batch = guide_consumer(out)
+    ids = sorted(pose_data)
+    valid = torch.tensor([pose_data[v]["step_valid"] for v in ids])
+    assert valid.dtype == torch.bool and not valid.all() and valid.any(1).all()
+    padded = torch.tensor([[f < 0 for f in open_cache(project.cache_root, "nav", "train", "poses")[v]["frame_index"]] for v in ids])
+    assert padded.any(), "the fixture must hold padded samples"
+    assert torch.equal(valid, ~padded[:, :-1] & ~padded[:, 1:])  # padding -> first real frame is invalid too
+    for k in ("dist_bins", "yaw_bins"):
+        assert batch[k].dtype == torch.int64
+        assert (batch[k][~valid] == -100).all() and (batch[k][valid] >= 0).all()
+
+    g = guide_namespace()
+    gen = torch.Generator().manual_seed(0)
+    B, S = batch["dist_bins"].shape
+    dist_logits, yaw_logits = torch.randn(B, S, 5, generator=gen), torch.randn(B, S, 9, generator=gen)
+    base = g["motion_loss"](dist_logits, yaw_logits, batch["dist_bins"], batch["yaw_bins"])
+    assert torch.isfinite(base) and base > 0
+    # whatever the logits on padded steps, the loss does not move
+    pad = (~valid).unsqueeze(-1)
+    for scale in (100.0, -100.0):
+        d2 = torch.where(pad, scale * torch.randn(B, S, 5, generator=gen), dist_logits)
+        y2 = torch.where(pad, scale * torch.randn(B, S, 9, generator=gen), yaw_logits)
+        torch.testing.assert_close(g["motion_loss"](d2, y2, batch["dist_bins"], batch["yaw_bins"]), base, rtol=0, atol=0)
+    # and it equals the mean cross-entropy over the real steps alone
+    want = (torch.nn.functional.cross_entropy(dist_logits[valid], batch["dist_bins"][valid], reduction="sum")
+            + torch.nn.functional.cross_entropy(yaw_logits[valid], batch["yaw_bins"][valid], reduction="sum")) / valid.sum()
+    torch.testing.assert_close(base, want)
+    # a batch of padded steps only: zero, not NaN
+    only_pad = torch.full((1, S), -100, dtype=torch.int64)
+    assert float(g["motion_loss"](dist_logits[:1], yaw_logits[:1], only_pad, only_pad)) == 0.0

@@ -96,6 +96,8 @@ def test_padded_steps_do_not_change_loss_or_metrics(demo_caches, tmp_path):
     for arrays in (task.train_arrays, task.val_arrays):
         inv = ~arrays["step_valid"]
         assert inv.any(), "the demo must exercise front padding"
+        for k in ("dist_bins", "yaw_bins"):
+            assert arrays[k].dtype == torch.int64 and (arrays[k][inv] == -100).all() and (arrays[k][~inv] >= 0).all()
         g = torch.Generator().manual_seed(0)
         noisy = dict(arrays)
         noisy["deltas"] = torch.where(inv[..., None], torch.randn(arrays["deltas"].shape, generator=g) * 10, arrays["deltas"])

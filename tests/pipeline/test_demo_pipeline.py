@@ -92,6 +92,8 @@ def test_poses_are_ground_truth_at_navila_samples(demo_run):
         np.testing.assert_allclose(ep["deltas"][v], want, atol=1e-5)
         d_bins, y_bins = bin_steps(want)
         assert (ep["dist_bins"][v] == d_bins).all() and (ep["yaw_bins"][v] == y_bins).all()
+        for k in ("dist_bins", "yaw_bins"):  # padded steps: cross-entropy's ignore index, in a signed dtype
+            assert ep[k].dtype == np.int64 and (ep[k][~v] == -100).all()
         padded_seen |= n_pad > 0
     assert padded_seen, "the demo world must exercise NaVILA's front padding"
 
