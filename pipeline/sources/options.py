@@ -25,6 +25,11 @@ def check_template(option: str, value: object) -> None:
         raise ValueError(f"{option!r} = {value!r}: only the placeholder {{split}} is allowed ({e})") from None
 
 
+#: default ``max_image_pixels``: 64 Mpx is an 8000x8000 frame (192 MB decoded), far above any
+#: camera's frames; ``pipeline.decode.DEFAULT_MAX_PIXELS`` is the same number (this module imports no decoder)
+MAX_IMAGE_PIXELS = 64_000_000
+
+
 def check_min(option: str, value: object, minimum: int) -> None:
     # build() already refused non-integers; this guards direct construction too
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -41,11 +46,15 @@ class NavilaOptions:
     poses: str = "poses_{split}.json"
     #: T, frames NaVILA's sampling keeps (front-padded with black when the history is shorter)
     num_frames: int = 8
+    #: an image whose header states more pixels quarantines its episode, before it is decoded (null: no limit)
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS
 
     def __post_init__(self):
         for name in ("annotations", "images", "poses"):
             check_template(name, getattr(self, name))
         check_min("num_frames", self.num_frames, 2)
+        if self.max_image_pixels is not None:
+            check_min("max_image_pixels", self.max_image_pixels, 1)
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,9 @@ class VideosOptions:
     num_frames: int = 128
     #: episodes with fewer frames are quarantined
     min_frames: int = 2
+    #: a frames-folder image whose header states more pixels quarantines its episode, before it is
+    #: decoded (null: no limit)
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS
 
     def __post_init__(self):
         check_template("split_dir", self.split_dir)
@@ -77,6 +89,8 @@ class VideosOptions:
             check_template("split_list", self.split_list)
         check_min("num_frames", self.num_frames, 1)
         check_min("min_frames", self.min_frames, 1)
+        if self.max_image_pixels is not None:
+            check_min("max_image_pixels", self.max_image_pixels, 1)
 
 
 #: options class of each source kind (the keys are ``pipeline.sources.SOURCES``'s)

@@ -161,8 +161,9 @@ class RoverSource:
 
     # ------------------------------------------------------------------------------ decoding
 
-    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None) -> Frames:
-        """``num_frames`` frames at ``uniform_indices(n, num_frames)`` (or ``indices``).
+    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None) -> Frames:
+        """``num_frames`` frames at ``uniform_indices(n, num_frames)`` (or ``indices``); video
+        frames always come at full size (``resize_to`` is the Source protocol's hint, unused here).
 
         pixels uint8 [T, H, W, 3] RGB, no padding. Raises Quarantine for a quarantined episode, a
         damaged video, a frame count other than the ``n_frames`` column, or a clip shorter than

@@ -231,8 +231,8 @@ def test_the_check_catches_a_source_that_reads_an_undeclared_field(cases, tmp_pa
 
         record_fields = {**NavilaSource.record_fields, "frames": ("frames", "sample_indices", "split")}
 
-        def read_frames(self, episode, indices=None):
-            f = super().read_frames(episode, indices)
+        def read_frames(self, episode, indices=None, **kw):
+            f = super().read_frames(episode, indices, **kw)
             keep = int(episode.record["n_pad"])  # not read through declared_record
             return Frames(f.pixels[keep:], f.indices[keep:], f.padded[keep:])
 
