@@ -5,6 +5,9 @@ root), ``fps``, ``telemetry`` (8 floats, ``cache_specs.labels.TELEMETRY_FIELDS``
 ``reason``, ``action`` (strings from ``cache_specs.labels``); optional ``n_frames`` (int; when
 present, the decoded count must match it) and ``weight`` (float >= 0, default 1.0).
 Each clip is decoded at ``num_frames`` uniformly spread frames, first and last included.
+
+Listing looks at each clip's file without decoding it (a stat, and the mp4's top-level box
+headers): a missing, empty, truncated or non-file clip quarantines its row there, for every stage.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from navcache.cache_specs.labels import LABELS, TELEMETRY_FIELDS
-from navcache.pipeline.decode import read_video_sampled
+from navcache.pipeline.decode import check_file, check_iso_bmff_complete, read_video_sampled
 from navcache.pipeline.errors import DatasetError, Quarantine
 from navcache.pipeline.safepaths import UnsafePath, resolve_under
 from navcache.pipeline.sampling import uniform_indices
@@ -107,6 +110,9 @@ class RoverSource:
             video_path = resolve_under(self.root, row["video"])
         except UnsafePath as e:
             return bad(clip, f"unsafe 'video' path: {e}")
+        problem = _file_problem(video_path)
+        if problem:
+            return bad(clip, problem)
 
         fps = row["fps"]
         if not _is_real(fps) or not math.isfinite(fps) or fps <= 0:
@@ -187,6 +193,23 @@ class RoverSource:
         pixels, _ = read_video_sampled(path, sample, expected_frames=expected)
         idx = np.asarray(chosen, dtype=np.int64)
         return Frames(pixels=pixels, indices=idx, padded=np.zeros(len(idx), dtype=bool))
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why the clip's file cannot be decoded, as far as its directory entry and mp4 box headers
+    tell (missing, a folder, empty, truncated, no index); None if they look whole.
+
+    Found here, at listing, the problem quarantines the episode in every stage of the dataset,
+    ``rover-meta`` (which never opens the clip) included, so all its indexes list it with this
+    one reason. Damage only decoding reveals is still the decoding stage's to quarantine.
+    """
+    try:
+        check_iso_bmff_complete(path, check_file(path, "video"))
+    except Quarantine as e:
+        return e.reason
+    except OSError as e:  # unreadable (permissions, I/O error)
+        return f"cannot read video file {path}: {e.strerror or e}"
+    return None
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
