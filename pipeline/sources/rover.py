@@ -110,9 +110,6 @@ class RoverSource:
             video_path = resolve_under(self.root, row["video"])
         except UnsafePath as e:
             return bad(clip, f"unsafe 'video' path: {e}")
-        problem = _file_problem(video_path)
-        if problem:
-            return bad(clip, problem)
 
         fps = row["fps"]
         if not _is_real(fps) or not math.isfinite(fps) or fps <= 0:
@@ -149,6 +146,10 @@ class RoverSource:
             weight = 1.0  # absent column or null cell: the row counts once
         elif not _is_real(weight) or not math.isfinite(weight) or weight < 0:
             return bad(clip, f"'weight' must be a finite number >= 0, got {weight!r}")
+
+        problem = _file_problem(video_path)  # last: a row's own errors are named first
+        if problem:
+            return bad(clip, problem)
 
         record = {
             "video": row["video"],
