@@ -4,7 +4,7 @@ This module imports no decoder (cv2, pyarrow...), so a project file's ``datasets
 are validated when it is loaded, before any source module is imported. Messages name the field:
 ``datasets.nav.options.num_frames: expected an integer, got 'x'``, ``datasets.nav.options:
 num_frames must be an integer >= 2, got 1``, ``datasets.nav.options: unknown field 'fps' (valid:
-annotations, images, num_frames, poses)``.
+annotations, images, max_image_pixels, num_frames, poses)``.
 """
 from __future__ import annotations
 
