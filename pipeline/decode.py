@@ -249,7 +249,7 @@ _PNG_MAGIC, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 _IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 #: JPEG DCT scaling: libjpeg decodes straight to 1/2, 1/4 or 1/8 of the size, never holding the full image
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
-#: only images above this are decoded reduced (``reduction``): 16 Mpx is twice a 4K UHD frame
+#: only images above this are decoded reduced (``reduction``): 16 Mpx is about twice a 4K UHD frame (8.3 Mpx)
 REDUCE_ABOVE_PIXELS = 16_000_000
 #: default ``max_pixels``, the sources' ``max_image_pixels`` option's (``sources.options.MAX_IMAGE_PIXELS``)
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -312,14 +312,14 @@ def image_header_size(raw: bytes) -> tuple[int, int] | None:
 
 
 def reduction(size: tuple[int, int], resize_to: tuple[int, int] | None) -> int:
-    """The largest JPEG DCT scale 1/s (s in 1, 2, 4, 8) whose output still covers ``resize_to``,
+    """The largest reduction 1/s (s in 1, 2, 4, 8) whose output still covers ``resize_to``,
     for an image above ``REDUCE_ABOVE_PIXELS``; 1 (full size) for every other.
 
     ``size`` is the image's (width, height), ``resize_to`` the (width, height) the consumer resizes
     to (None: full size). So an image is reduced only when it is huge *and* at least twice as large
     as needed in both directions. Every frame up to 4K UHD decodes exactly as before: caches built
     from such frames stay valid (their fingerprints do not change) and rebuilding them gives the
-    same bytes. A reduced image reaches the consumer's (antialiased) resize already DCT-downscaled,
+    same bytes. A reduced image reaches the consumer's (antialiased) resize already downscaled,
     so its result differs slightly from resizing the full image; memory is what it buys.
     """
     w, h = size
@@ -335,9 +335,10 @@ def reduction(size: tuple[int, int], resize_to: tuple[int, int] | None) -> int:
 def read_image(path: Path, resize_to: tuple[int, int] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """One image file (JPEG, or anything OpenCV decodes) as uint8 [H', W', 3] RGB.
 
-    ``resize_to``: the (width, height) the caller will resize to; a JPEG above 16 Mpx and at least
-    twice that size is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling (``reduction``),
-    so [H', W'] lies between the full size and ``resize_to``; other images come at full size. ``max_pixels``: an
+    ``resize_to``: the (width, height) the caller will resize to; an image above 16 Mpx and at
+    least twice that size comes at 1/2, 1/4 or 1/8 scale (``reduction``), so [H', W'] lies between
+    the full size and ``resize_to``: a JPEG by libjpeg's DCT scaling (never whole in memory), a PNG
+    decoded whole and shrunk by OpenCV; every other image comes at full size. ``max_pixels``: an
     image whose header states more pixels is quarantined with its size before any decoding (None: no limit).
     """
     return _read_image(Path(path), resize_to, max_pixels)[0]
@@ -356,7 +357,8 @@ def _read_image(path: Path, resize_to: tuple[int, int] | None, max_pixels: int |
     del raw
     if size is not None:
         _check_pixels(path, size, max_pixels)
-    s = reduction(size, resize_to) if size is not None and data[:2].tobytes() == _JPEG_SOI else 1
+    # a PNG has no scaled decoding: OpenCV decodes it whole (at most max_pixels) and shrinks it at once
+    s = reduction(size, resize_to) if size is not None else 1
     flags = _IMREAD_FLAGS if s == 1 else _REDUCED[s] | cv2.IMREAD_IGNORE_ORIENTATION
     try:
         bgr = cv2.imdecode(data, flags)

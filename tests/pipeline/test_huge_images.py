@@ -122,6 +122,17 @@ def test_huge_jpeg_is_reduced_and_keeps_its_colours(tmp_path):
     assert np.abs(img[-10, -10].astype(int) - (90, 140, 200)).max() <= 3
 
 
+def test_huge_png_is_shrunk_and_normal_png_is_not(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (6000, 4000), (10, 200, 30)).save(tmp_path / "big.png")
+    img = read_image(tmp_path / "big.png", resize_to=(224, 224))
+    assert img.shape == (500, 750, 3) and (img == (10, 200, 30)).all()
+    noise = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "small.png")
+    assert np.array_equal(read_image(tmp_path / "small.png", resize_to=(64, 64)), noise)
+
+
 # ---------------------------------------------------------------------------------- refusals
 
 
