@@ -4,7 +4,7 @@ normal-sized frame decodes byte for byte as before.
 
 The huge image (12000x12000, 144 Mpx, a few MB as a JPEG of flat colour) is generated into
 tmp_path; the peak memory is the ``ru_maxrss`` an ``extract`` subprocess reports for itself. That
-subprocess runs under an address-space-free data limit (RLIMIT_DATA), so code that decodes the full
+subprocess runs under a 3 GiB data limit (RLIMIT_DATA), so code that decodes the full
 image fails inside it instead of taking 15 GB from a shared machine.
 """
 from __future__ import annotations
