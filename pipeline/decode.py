@@ -29,7 +29,7 @@ from navcache.pipeline.errors import Quarantine
 from navcache.pipeline.video_check import check_iso_bmff_complete, check_mp4
 from navcache.pipeline.video_reader import StrictVideoReader
 
-__all__ = ["black_frames", "check_iso_bmff_complete", "read_jpegs", "read_video", "read_video_sampled"]
+__all__ = ["DEFAULT_MAX_PIXELS", "black_frames", "check_iso_bmff_complete", "image_header_size", "read_image", "read_jpegs", "read_video", "read_video_sampled", "reduction"]
 
 
 def black_frames(k: int, h: int, w: int) -> np.ndarray:
@@ -154,11 +154,21 @@ _PNG_MAGIC, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 # Keep the stored pixel orientation: NaVILA reads frames with PIL, which ignores EXIF rotation,
 # while cv2.IMREAD_COLOR alone would apply it.
 _IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+#: JPEG DCT scaling: libjpeg decodes straight to 1/2, 1/4 or 1/8 of the size, never holding the full image
+_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+#: only images above this are decoded reduced (``reduction``): 16 Mpx is about twice a 4K UHD frame (8.3 Mpx)
+REDUCE_ABOVE_PIXELS = 16_000_000
+#: default ``max_pixels``, the sources' ``max_image_pixels`` option's (``sources.options.MAX_IMAGE_PIXELS``)
+DEFAULT_MAX_PIXELS = 64_000_000
+# start-of-frame markers (baseline, progressive, lossless, arithmetic...): they carry the image size.
+# C4 (DHT), C8 (JPG) and CC (DAC) lie in the same range but are tables.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# markers without a length field: TEM, RST0-7 (SOI/EOI never occur inside the header walk)
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 
 
-def _check_image_complete(data: np.ndarray, path: Path) -> None:
+def _check_image_complete(raw: bytes, path: Path) -> None:
     """Quarantine a JPEG without its end-of-image marker or a PNG without its IEND chunk."""
-    raw = data.tobytes()
     if raw.startswith(_JPEG_SOI):
         # Some writers pad files with zero bytes after EOI; the image itself is still complete.
         if not raw.rstrip(b"\x00").endswith(_JPEG_EOI):
@@ -168,44 +178,136 @@ def _check_image_complete(data: np.ndarray, path: Path) -> None:
             raise Quarantine(f"truncated PNG {path}: no IEND chunk at the end of its {len(raw)} bytes")
 
 
-def read_image(path: Path) -> np.ndarray:
-    """One image file (JPEG, or anything OpenCV decodes) as uint8 [H, W, 3] RGB."""
-    path = Path(path)
+def image_header_size(raw: bytes) -> tuple[int, int] | None:
+    """(width, height) a JPEG's start-of-frame or a PNG's IHDR states; None for other formats or
+    a header that states no size (a JPEG whose height comes later, in a DNL marker).
+
+    Hand-rolled on purpose: the size must be known *before* anything is decoded, and the libraries
+    at hand cannot tell it safely: OpenCV has no header-only call, and PIL's ``Image.open`` raises
+    ``DecompressionBombError`` without the size above twice its process-wide ``MAX_IMAGE_PIXELS``
+    (changing that global would be hidden state). Both fields sit at offsets the JPEG (ITU T.81
+    B.2.2) and PNG (RFC 2083 4.1.1) standards fix; only segment headers are read.
+    """
+    if raw.startswith(_PNG_MAGIC):
+        if len(raw) < 24 or raw[12:16] != b"IHDR":
+            return None
+        w, h = struct.unpack(">II", raw[16:24])
+        return w, h
+    if not raw.startswith(_JPEG_SOI):
+        return None
+    i = 2
+    while i + 4 <= len(raw):
+        if raw[i] != 0xFF:
+            return None  # not at a marker: damaged header, leave it to the decoder
+        marker = raw[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            i += 2
+            continue
+        length = struct.unpack(">H", raw[i + 2 : i + 4])[0]
+        if marker in _JPEG_SOF:
+            if i + 9 > len(raw):
+                return None
+            h, w = struct.unpack(">HH", raw[i + 5 : i + 9])
+            return (w, h) if h > 0 else None
+        if marker == 0xDA:  # start of scan before any frame header: not a valid JPEG
+            return None
+        i += 2 + length
+    return None
+
+
+def reduction(size: tuple[int, int], resize_to: tuple[int, int] | None) -> int:
+    """The largest reduction 1/s (s in 1, 2, 4, 8) whose output still covers ``resize_to``,
+    for an image above ``REDUCE_ABOVE_PIXELS``; 1 (full size) for every other.
+
+    ``size`` is the image's (width, height), ``resize_to`` the (width, height) the consumer resizes
+    to (None: full size). So an image is reduced only when it is huge *and* at least twice as large
+    as needed in both directions. Every frame up to 4K UHD decodes exactly as before: caches built
+    from such frames stay valid (their fingerprints do not change) and rebuilding them gives the
+    same bytes. A reduced image reaches the consumer's (antialiased) resize already downscaled,
+    so its result differs slightly from resizing the full image; memory is what it buys.
+    """
+    w, h = size
+    if resize_to is None or w * h <= REDUCE_ABOVE_PIXELS:
+        return 1
+    nw, nh = resize_to
+    for s in (8, 4, 2):
+        if w >= s * nw and h >= s * nh:
+            return s
+    return 1
+
+
+def read_image(path: Path, resize_to: tuple[int, int] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """One image file (JPEG, or anything OpenCV decodes) as uint8 [H', W', 3] RGB.
+
+    ``resize_to``: the (width, height) the caller will resize to; an image above 16 Mpx and at
+    least twice that size comes at 1/2, 1/4 or 1/8 scale (``reduction``), so [H', W'] lies between
+    the full size and ``resize_to``: a JPEG by libjpeg's DCT scaling (never whole in memory), a PNG
+    decoded whole and shrunk by OpenCV; every other image comes at full size. ``max_pixels``: an
+    image whose header states more pixels is quarantined with its size before any decoding (None: no limit).
+    """
+    return _read_image(Path(path), resize_to, max_pixels)[0]
+
+
+def _read_image(path: Path, resize_to: tuple[int, int] | None, max_pixels: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """``read_image``'s pixels and the image's full (width, height), reduced or not."""
     check_file(path, "image")
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise Quarantine(f"cannot read image {path}: {e.strerror or e}") from None
-    _check_image_complete(data, path)
+    raw = data.tobytes()
+    _check_image_complete(raw, path)
+    size = image_header_size(raw)
+    del raw
+    if size is not None:
+        _check_pixels(path, size, max_pixels)
+    # a PNG has no scaled decoding: OpenCV decodes it whole (at most max_pixels) and shrinks it at once
+    s = reduction(size, resize_to) if size is not None else 1
+    flags = _IMREAD_FLAGS if s == 1 else _REDUCED[s] | cv2.IMREAD_IGNORE_ORIENTATION
     try:
-        bgr = cv2.imdecode(data, _IMREAD_FLAGS)
+        bgr = cv2.imdecode(data, flags)
     except cv2.error as e:
         raise Quarantine(f"cannot decode image {path}: {_short(e)}") from None
+    del data
     if bgr is None:
         raise Quarantine(f"cannot decode image {path}: not an image or corrupt")
     if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8 or 0 in bgr.shape:
         raise Quarantine(f"image {path} decoded to {bgr.dtype} {bgr.shape}, expected uint8 [H,W,3]")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if size is None:  # a format whose header is not read here: refused after decoding, before it is kept
+        size = (bgr.shape[1], bgr.shape[0])
+        _check_pixels(path, size, max_pixels)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size
 
 
-def read_jpegs(paths: Sequence[Path]) -> np.ndarray:
+def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int | None) -> None:
+    w, h = size
+    if max_pixels is not None and w * h > max_pixels:
+        raise Quarantine(
+            f"image {path} is {w}x{h} ({w * h / 1e6:.1f} Mpx), above the limit of {max_pixels / 1e6:g} Mpx "
+            f"(source option max_image_pixels)"
+        )
+
+
+def read_jpegs(paths: Sequence[Path], resize_to: tuple[int, int] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode image files into one uint8 [K, H, W, 3] RGB array, rows in the order of ``paths``.
 
-    Raises Quarantine naming the file when one is missing, empty, truncated, undecodable, or has a
-    size different from the first frame's.
+    ``resize_to`` and ``max_pixels`` as in ``read_image``: with ``resize_to``, large JPEGs arrive
+    reduced, all by the same factor (files of one size share it). Raises Quarantine naming the file when
+    one is missing, empty, truncated, undecodable, above ``max_pixels``, or has a size different
+    from the first frame's.
     """
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("read_jpegs needs at least one path")
-    first = read_image(paths[0])
+    first, size0 = _read_image(paths[0], resize_to, max_pixels)
     out = np.empty((len(paths), *first.shape), dtype=np.uint8)  # one allocation, no list of frames
     out[0] = first
     for j, p in enumerate(paths[1:], start=1):
-        img = read_image(p)
-        if img.shape != first.shape:
-            raise Quarantine(
-                f"frame size mismatch: {p} is {img.shape[1]}x{img.shape[0]}, "
-                f"{paths[0]} is {first.shape[1]}x{first.shape[0]}"
-            )
+        img, size = _read_image(p, resize_to, max_pixels)
+        if size != size0 or img.shape != first.shape:
+            raise Quarantine(f"frame size mismatch: {p} is {size[0]}x{size[1]}, {paths[0]} is {size0[0]}x{size0[1]}")
         out[j] = img
     return out

@@ -18,7 +18,13 @@ DEMO_CACHE = "navcache_cache"
 DEMO_ENCODER = "models/dinov3-tiny-random"
 
 
-def demo_config_dict(demo_dir: Path, cache_root: Path) -> dict:
+def demo_config_dict(demo_dir: Path, cache_root: Path, pixels: bool = True) -> dict:
+    """The embedded demo's project; ``pixels=False`` (a ``demo-data --no-pixels`` world, which
+    holds the NaVILA records and poses only) keeps just what that world can build: demo_navila's poses."""
+    if not pixels:
+        full = demo_config_dict(demo_dir, cache_root)
+        navila = {**full["datasets"]["demo_navila"], "stages": ["poses"]}
+        return {"cache_root": full["cache_root"], "backend": full["backend"], "datasets": {"demo_navila": navila}}
     return {
         "cache_root": str(cache_root),
         "backend": "zarr",
@@ -73,8 +79,19 @@ def demo_config_dict(demo_dir: Path, cache_root: Path) -> dict:
     }
 
 
-def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float = 1.0) -> None:
-    """Generate the demo world and the tiny encoder if they are not there yet."""
+#: what a pixel-free demo world lacks, and so what its project leaves out
+PIXEL_FREE_LACKS = "demo_navila's frames (frame-features), demo_motion, demo_rover and demo_tours"
+
+
+def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float = 1.0) -> bool:
+    """Generate the demo world and the tiny encoder if they are not there yet; returns whether the
+    world has pixels.
+
+    A world already there is never regenerated into something else: a pixel-free one
+    (``demo-data --no-pixels``, possibly at a scale where rendering takes hours and gigabytes) is
+    used as it is, saying what it lacks and the command that adds it. Only a world in an older
+    format is rewritten, with the same seed, scale and pixels, since this navcache cannot read it.
+    """
     from .demo import FORMAT, generate_demo
     from .encoders.tiny import make_random_dinov3
 
@@ -82,12 +99,20 @@ def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float
     if not info.exists():  # any scale already there is kept (`navcache demo-data --scale`)
         say(f"navcache: no {DEFAULT_FILE} here, using the embedded demo; generating the demo world into {demo_dir} (once)")
         generate_demo(demo_dir, scale=scale)
+        pixels = True
     else:
         meta = json.loads(info.read_text())
-        if meta.get("format") != FORMAT or not meta.get("pixels", True):  # same scale and seed, with every dataset
-            say(f"navcache: the demo world in {demo_dir} is from an older navcache or has no pixels; regenerating it")
-            generate_demo(demo_dir, scale=float(meta.get("scale", scale)), seed=int(meta.get("seed", 0)))
+        pixels = bool(meta.get("pixels", True))
+        scale, seed = float(meta.get("scale", scale)), int(meta.get("seed", 0))
+        if meta.get("format") != FORMAT:
+            say(f"navcache: the demo world in {demo_dir} is from an older navcache; rewriting it in this version's format (same seed, scale and pixels)")
+            generate_demo(demo_dir, scale=scale, seed=seed, pixels=pixels)
+        elif not pixels:
+            say(f"navcache: the demo world in {demo_dir} has no pixels (made by `navcache demo-data --no-pixels`): "
+                f"only demo_navila's poses can be built; {PIXEL_FREE_LACKS} are left out. "
+                f"To add them (renders every frame): navcache demo-data {demo_dir} --scale {scale:g} --seed {seed}")
     make_random_dinov3(demo_dir / DEMO_ENCODER, size="tiny", seed=0)
+    return pixels
 
 
 def resolve_project(config: Path | None = None, cwd: Path | None = None, say: Callable[[str], None] = print) -> ProjectConfig:
@@ -97,8 +122,8 @@ def resolve_project(config: Path | None = None, cwd: Path | None = None, say: Ca
     if (cwd / DEFAULT_FILE).exists():
         return load_config(cwd / DEFAULT_FILE)
     demo_dir = cwd / DEMO_DIR
-    ensure_demo(demo_dir, say)
-    return config_from_dict(demo_config_dict(demo_dir, cwd / DEMO_CACHE), cwd, origin="demo")
+    pixels = ensure_demo(demo_dir, say)
+    return config_from_dict(demo_config_dict(demo_dir, cwd / DEMO_CACHE, pixels), cwd, origin="demo")
 
 
 def default_cache_root(cwd: Path | None = None) -> Path:

@@ -95,10 +95,13 @@ class Source(Protocol):
         Raises DatasetError when the split cannot be listed at all (e.g. malformed annotation file).
         """
 
-    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None) -> Frames:
+    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None) -> Frames:
         """Decode the episode's sampled frames (``indices`` overrides the sampling rule).
 
-        Raises Quarantine when a file is missing/corrupt or a decoder returns fewer frames than promised.
+        ``resize_to``: the (width, height) the caller resizes every frame to; a source may then
+        hand out frames decoded smaller than stored (never below it, e.g. JPEG DCT scaling of a
+        huge image). Raises Quarantine when a file is missing/corrupt, above the source's size
+        limit, or a decoder returns fewer frames than promised.
         """
 
 

@@ -4,7 +4,7 @@ This module imports no decoder (cv2, pyarrow...), so a project file's ``datasets
 are validated when it is loaded, before any source module is imported. Messages name the field:
 ``datasets.nav.options.num_frames: expected an integer, got 'x'``, ``datasets.nav.options:
 num_frames must be an integer >= 2, got 1``, ``datasets.nav.options: unknown field 'fps' (valid:
-allow_outside_root, annotations, images, num_frames, poses)``.
+allow_outside_root, annotations, images, max_image_pixels, num_frames, poses)``.
 
 Every source takes ``allow_outside_root`` (default false): every file a source reads, the ones its
 own templates name included, must resolve under the dataset root, symlinks followed
@@ -33,6 +33,9 @@ def check_template(option: str, value: object) -> None:
 def check_flag(option: str, value: object) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{option!r} must be true or false, got {value!r}")
+#: default ``max_image_pixels``: 64 Mpx is an 8000x8000 frame (192 MB decoded), far above any
+#: camera's frames; ``pipeline.decode.DEFAULT_MAX_PIXELS`` is the same number (this module imports no decoder)
+MAX_IMAGE_PIXELS = 64_000_000
 
 
 def check_min(option: str, value: object, minimum: int) -> None:
@@ -53,12 +56,16 @@ class NavilaOptions:
     num_frames: int = 8
     #: read files that resolve outside the dataset root (see the module docstring)
     allow_outside_root: bool = False
+    #: an image whose header states more pixels quarantines its episode, before it is decoded (null: no limit)
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS
 
     def __post_init__(self):
         for name in ("annotations", "images", "poses"):
             check_template(name, getattr(self, name))
         check_min("num_frames", self.num_frames, 2)
         check_flag("allow_outside_root", self.allow_outside_root)
+        if self.max_image_pixels is not None:
+            check_min("max_image_pixels", self.max_image_pixels, 1)
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,9 @@ class VideosOptions:
     min_frames: int = 2
     #: read files that resolve outside the dataset root (see the module docstring)
     allow_outside_root: bool = False
+    #: a frames-folder image whose header states more pixels quarantines its episode, before it is
+    #: decoded (null: no limit)
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS
 
     def __post_init__(self):
         check_flag("allow_outside_root", self.allow_outside_root)
@@ -96,6 +106,8 @@ class VideosOptions:
             check_template("split_list", self.split_list)
         check_min("num_frames", self.num_frames, 1)
         check_min("min_frames", self.min_frames, 1)
+        if self.max_image_pixels is not None:
+            check_min("max_image_pixels", self.max_image_pixels, 1)
 
 
 #: options class of each source kind (the keys are ``pipeline.sources.SOURCES``'s)

@@ -7,6 +7,9 @@ present, the decoded count must match it) and ``weight`` (float >= 0, default 1.
 Each clip is decoded at ``num_frames`` uniformly spread frames, first and last included.
 The table and the videos resolve under ``root`` (symlinks followed) unless ``allow_outside_root``
 is set; a string cell that is not valid UTF-8 quarantines its row, not the table.
+
+Listing looks at each clip's file without decoding it (a stat, and the mp4's top-level box
+headers): a missing, empty, truncated or non-file clip quarantines its row there, for every stage.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from navcache.cache_specs.labels import LABELS, TELEMETRY_FIELDS
-from navcache.pipeline.decode import read_video_sampled
+from navcache.pipeline.decode import check_file, check_iso_bmff_complete, read_video_sampled
 from navcache.pipeline.errors import DatasetError, Quarantine
 from navcache.pipeline.safepaths import UnsafePath, resolve_under
 from navcache.pipeline.sampling import uniform_indices
@@ -191,6 +194,10 @@ class RoverSource:
         elif not _is_real(weight) or not math.isfinite(weight) or weight < 0:
             return bad(clip, f"'weight' must be a finite number >= 0, got {weight!r}")
 
+        problem = _file_problem(video_path)  # last: a row's own errors are named first
+        if problem:
+            return bad(clip, problem)
+
         record = {
             "video": row["video"],
             "fps": float(fps),
@@ -208,8 +215,9 @@ class RoverSource:
 
     # ------------------------------------------------------------------------------ decoding
 
-    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None) -> Frames:
-        """``num_frames`` frames at ``uniform_indices(n, num_frames)`` (or ``indices``).
+    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None) -> Frames:
+        """``num_frames`` frames at ``uniform_indices(n, num_frames)`` (or ``indices``); video
+        frames always come at full size (``resize_to`` is the Source protocol's hint, unused here).
 
         pixels uint8 [T, H, W, 3] RGB, no padding. Raises Quarantine for a quarantined episode, a
         damaged video, a frame count other than the ``n_frames`` column, or a clip shorter than
@@ -233,6 +241,23 @@ class RoverSource:
         pixels, _ = read_video_sampled(path, sample, expected_frames=expected)
         idx = np.asarray(chosen, dtype=np.int64)
         return Frames(pixels=pixels, indices=idx, padded=np.zeros(len(idx), dtype=bool))
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why the clip's file cannot be decoded, as far as its directory entry and mp4 box headers
+    tell (missing, a folder, empty, truncated, no index); None if they look whole.
+
+    Found here, at listing, the problem quarantines the episode in every stage of the dataset,
+    ``rover-meta`` (which never opens the clip) included, so all its indexes list it with this
+    one reason. Damage only decoding reveals is still the decoding stage's to quarantine.
+    """
+    try:
+        check_iso_bmff_complete(path, check_file(path, "video"))
+    except Quarantine as e:
+        return e.reason
+    except OSError as e:  # unreadable (permissions, I/O error)
+        return f"cannot read video file {path}: {e.strerror or e}"
+    return None
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

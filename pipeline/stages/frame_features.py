@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal, Mapping
 
 import numpy as np
@@ -84,11 +85,19 @@ class FrameFeaturesStage(Stage):
     def setup(self) -> None:
         self.encoder.load()
 
+    @cached_property
+    def resize_to(self) -> tuple[int, int]:
+        """(width, height) ``encoder.preprocess`` resizes every frame to (the processor's ``size``):
+        sources may decode huge JPEGs reduced towards it, so memory follows the model, not the file."""
+        size = self.encoder.processor_config().get("size") or {}
+        edge = size.get("shortest_edge", 224)
+        return int(size.get("width", edge)), int(size.get("height", edge))
+
     def prepare(self, episode, upstream: Mapping) -> Prepared:
         if self.settings.frames_from == "keyframes":
-            frames = self.source.read_frames(episode, upstream["keyframes"]["frame_index"].tolist())
+            frames = self.source.read_frames(episode, upstream["keyframes"]["frame_index"].tolist(), resize_to=self.resize_to)
         else:
-            frames = self.source.read_frames(episode)
+            frames = self.source.read_frames(episode, resize_to=self.resize_to)
         x = self.encoder.preprocess(frames.pixels)
         return Prepared(episode.episode_id, (x, frames.indices.astype(np.int64), frames.padded.astype(bool)), cost=len(x))
 

@@ -98,15 +98,16 @@ def test_pixel_free_demo_has_the_same_records_and_poses(demo: DemoInfo, tmp_path
     assert (full.rover_root / "train.parquet").is_file() and list(full.root.rglob("*.jpg"))
 
 
-def test_ensure_demo_replaces_a_pixel_free_demo(tmp_path: Path):
+def test_ensure_demo_keeps_a_pixel_free_demo(tmp_path: Path):
     from navcache.pipeline.project import ensure_demo
 
     generate_demo(tmp_path / "d", scale=0.05, pixels=False, workers=1)
     said = []
-    ensure_demo(tmp_path / "d", say=said.append, scale=0.05)
+    assert ensure_demo(tmp_path / "d", say=said.append, scale=1.0) is False
     meta = json.loads((tmp_path / "d" / "demo_info.json").read_text())
-    assert meta["pixels"] is True and meta["scale"] == 0.05 and "no pixels" in said[0]
-    assert (tmp_path / "d" / "rover" / "train.parquet").is_file()
+    assert meta["pixels"] is False and meta["scale"] == 0.05 and "no pixels" in said[0]
+    assert f"navcache demo-data {tmp_path / 'd'} --scale 0.05" in said[0]
+    assert not (tmp_path / "d" / "rover" / "train.parquet").exists()
 
 
 # ---------------------------------------------------------------- NaVILA format

@@ -231,8 +231,8 @@ def test_the_check_catches_a_source_that_reads_an_undeclared_field(cases, tmp_pa
 
         record_fields = {**NavilaSource.record_fields, "frames": ("frames", "sample_indices", "split")}
 
-        def read_frames(self, episode, indices=None):
-            f = super().read_frames(episode, indices)
+        def read_frames(self, episode, indices=None, **kw):
+            f = super().read_frames(episode, indices, **kw)
             keep = int(episode.record["n_pad"])  # not read through declared_record
             return Frames(f.pixels[keep:], f.indices[keep:], f.padded[keep:])
 
@@ -296,7 +296,7 @@ def test_options_are_frozen_dataclasses(tmp_path):
     ({"num_frames": "x"}, "datasets.nav.options.num_frames: expected an integer, got 'x'"),
     ({"num_frames": 1}, "datasets.nav.options: 'num_frames' must be an integer >= 2, got 1"),
     ({"images": "{split}/{cam}"}, "datasets.nav.options: 'images' = '{split}/{cam}': only the placeholder {split} is allowed"),
-    ({"frames": 8}, "datasets.nav.options: unknown field 'frames' (valid: allow_outside_root, annotations, images, num_frames, poses)"),
+    ({"frames": 8}, "datasets.nav.options: unknown field 'frames' (valid: allow_outside_root, annotations, images, max_image_pixels, num_frames, poses)"),
 ])
 def test_project_file_options_errors_name_the_field(tmp_path, options, message):
     doc = {"cache_root": "cache", "datasets": {"nav": {"source": "navila", "root": "data", "options": options}}}

@@ -556,7 +556,7 @@ def test_options_are_validated_by_name(tmp_path):
                          ({"split_list": "{x}.txt"}, "split_list"), ({"split_list": 3}, "split_list")]:
         with pytest.raises(ConfigError, match=f"^videos.options(: '|.){name}"):
             VideosSource(tmp_path, **kwargs)
-    with pytest.raises(ConfigError, match=r"unknown field 'frames' \(valid: allow_outside_root, min_frames, num_frames, split_dir, split_list\)"):
+    with pytest.raises(ConfigError, match=r"unknown field 'frames' \(valid: allow_outside_root, max_image_pixels, min_frames, num_frames, split_dir, split_list\)"):
         make_source("videos", tmp_path, frames=8)
 
 
