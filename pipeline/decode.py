@@ -19,6 +19,7 @@ decord is no longer used for decoding (``bench/video_fuzz.py`` keeps it as the "
 """
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Callable, Sequence
 
