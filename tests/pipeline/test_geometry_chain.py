@@ -287,6 +287,42 @@ def test_vggt_provider_writes_the_geometry_spec(tours, tmp_path):
     assert g.manifest["provenance"]["geometry"]["random_init"] is True
 
 
+def test_vggt_geometry_is_in_the_first_camera_and_keyframes_on_its_own_float32_points(tours, tmp_path):
+    """extrinsic[0] = [I | 0]; each camera sees every stored point where the model put it; the picks
+    are Spatial-MLLM's on the model's own full-resolution float32 points (a direct call)."""
+    from navcache.pipeline.sources import make_source
+    from navcache.pipeline.encoders.vggt import VGGTSettings
+    from navcache.pipeline.stages.geometry import GeometrySettings, GeometryStage
+
+    cwd, _, _ = tours
+    model = make_standin(tmp_path / "vggt", seed=2)
+    project = _vggt_project(cwd, model, num_frames=6, cache="cache_first_camera")
+    assert not extract(project, ExtractOptions("val")).errors
+    g = open_cache(project.cache_root, "tours_vggt", "val", "geometry")
+    k = open_cache(project.cache_root, "tours_vggt", "val", "keyframes")
+    assert "re-expressed" in g.manifest["provenance"]["geometry"]["world_frame"]
+    ds = project.datasets["tours_vggt"]
+    source = make_source(ds.source, Path(ds.root), **ds.options)
+    vggt = VGGTSettings(model=str(model), model_class="tests.standins.vggt_standin:StandInVGGT")
+    stage = GeometryStage(GeometrySettings(provider="vggt", image_size=(518, 518), stride=14, vggt=vggt), source, ds.options)
+    stage.setup()
+    for ep in source.episodes("val"):
+        row = g[ep.episode_id]
+        raw = stage.adapter.infer(stage.prepare(ep, {}).payload[0])  # the model's own predictions
+        np.testing.assert_array_equal(row["extrinsic"][0], np.eye(3, 4, dtype=np.float32))
+        assert not np.allclose(raw["extrinsic"][0], np.eye(3, 4), atol=1e-3)  # the stand-in's world is elsewhere
+        e_raw, e_new = (np.concatenate([e, np.tile([[[0, 0, 0, 1]]], (len(e), 1, 1))], 1).astype(np.float64)
+                        for e in (raw["extrinsic"], row["extrinsic"]))
+        np.testing.assert_allclose(e_new, e_raw @ np.linalg.inv(e_raw[0]), atol=1e-5)
+        p_raw = raw["world_points"][:, ::14, ::14].astype(np.float64)
+        p_new = row["world_points"].astype(np.float64)
+        cam_raw = np.einsum("sij,shwj->shwi", e_raw[:, :3, :3], p_raw) + e_raw[:, None, None, :3, 3]
+        cam_new = np.einsum("sij,shwj->shwi", e_new[:, :3, :3], p_new) + e_new[:, None, None, :3, 3]
+        np.testing.assert_allclose(cam_new, cam_raw, rtol=2e-3, atol=2e-3 * np.abs(cam_raw).max())  # fp16 points
+        sets, thr, voxel = _spatial_mllm_voxel_sets(raw["world_points"], raw["world_points_conf"])
+        _assert_keyframes_are(k[ep.episode_id], sets, _spatial_mllm_picks(sets, 16), thr, voxel)
+
+
 def test_vggt_out_of_memory_quarantines_with_the_frame_count(tours, tmp_path):
     cwd, _, _ = tours
     project = _vggt_project(cwd, make_standin(tmp_path / "vggt", oom_above_frames=3), cache="cache_oom")
