@@ -410,10 +410,18 @@ class _F32Coords:
         self.strides = (dims[1] * dims[2], dims[2], 1)
 
     def ids(self, planar: np.ndarray) -> np.ndarray:
-        """planar [3, n] float32 -> linear ids [n]."""
-        out = np.zeros(planar.shape[1], np.int64)
+        """planar [3, n] float32 -> linear ids [n] (int32 when the grid fits: the hot loop of the geometry step)."""
+        itype = np.int32 if self.n_cells < 2**31 else np.int64
+        out = np.zeros(planar.shape[1], itype)
+        t = np.empty(planar.shape[1], np.float32)
         for a in range(3):
-            out += np.floor((planar[a] - self.lo[a]) / self.voxel).astype(np.int64) * self.strides[a]
+            np.subtract(planar[a], self.lo[a], out=t)  # float32 maths throughout, as the reference's tensors
+            np.divide(t, self.voxel, out=t)
+            np.floor(t, out=t)
+            coord = t.astype(itype)
+            if self.strides[a] != 1:
+                coord *= itype(self.strides[a])
+            out += coord
         return out
 
 
