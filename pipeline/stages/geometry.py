@@ -102,13 +102,12 @@ class GeometryStage(Stage):
         return ident
 
     def provenance(self) -> dict:
-        voxels = "per-frame voxel sets from the full-resolution float32 maps, before striding and fp16 (Spatial-MLLM's)"
+        # details (voxel sets from the full-resolution float32 maps) are in the spec's doc
         if self.adapter is None:
-            note = "ground truth from the source's .gt.npz sidecars"
-            return {"geometry": {"provider": "gt", "note": note, "world_frame": "first sampled camera", "voxels": voxels}}
-        world = "first sampled camera: VGGT's cameras and world points re-expressed exactly (extrinsic[0] = [I | 0])"
-        return {"geometry": {"provider": "vggt", **self.adapter.provenance(), "world_frame": world,
-                             "voxels": voxels + " on VGGT's own world frame, before the re-expression"}}
+            return {"geometry": {"provider": "gt", "note": "ground truth from the source's .gt.npz sidecars",
+                                 "world_frame": "first sampled camera"}}
+        world = "first camera (VGGT re-expressed exactly)"  # extrinsic[0] = [I | 0]; voxels on VGGT's own frame
+        return {"geometry": {"provider": "vggt", **self.adapter.provenance(), "world_frame": world}}
 
     def check(self, seen: dict | None = None) -> None:
         if self.adapter is not None:  # the gt provider needs no model
