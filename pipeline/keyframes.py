@@ -11,7 +11,10 @@ Reference: Spatial-MLLM ``src/sampling/sa_sampling.py`` (``space_aware_frame_sam
    on ties), stopping early once the best gain is 0; the picks are returned sorted.
 
 Every number is the reference's, bit for bit, on the same float32 values (the reference's tensors
-are float32: VGGT's heads run outside autocast). Our cache stores fp16; fp16 -> fp32 is exact, so
+are float32: VGGT's heads run outside autocast). The pipeline therefore runs ``frame_voxels`` in the
+geometry step on the provider's full-resolution float32 maps, before striding and fp16 storage, and
+keeps the sets in the geometry cache (``pack_voxels`` / ``unpack_voxels``); the keyframes stage runs
+``greedy`` or ``uniform_on`` on them, so its picks do not depend on the cache's stride or dtype. Our cache stores fp16; fp16 -> fp32 is exact, so
 ``space_aware(p16, c16) == space_aware(p16.astype(f32), c16.astype(f32))`` (bar the float32 refusal
 below). Other dtypes are cast to float32 first. What exactness takes:
 
@@ -48,6 +51,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+class Degenerate(ValueError):
+    """Where the reference would crash or divide by zero; ``code`` (1..5) survives a cache round trip."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+#: what each ``Degenerate.code`` means, for a reason read back from the geometry cache (0 = none)
+DEGENERATE = {
+    1: "NaN confidence: the median would be NaN and no point kept",
+    2: "no confident world point (conf >= median and conf > 0.1)",
+    3: "non-finite world point among the confident points",
+    4: "confident world points have zero extent along an axis; voxel size would be 0",
+    5: "voxel grid too fine for int64 ids",
+}
+#: ``pack_voxels``' code for a frame whose set does not fit the row's capacity
+TOO_MANY_VOXELS = 6
+
 #: cells up to which per-frame voxel sets are deduplicated in a dense bitmap (one byte a cell)
 DENSE_GRID_MAX = 1 << 24
 
@@ -81,13 +103,13 @@ class Selection:
 
 @dataclass(frozen=True)
 class FrameVoxels:
-    """Each frame's voxel set, as sorted unique int64 ids in ``[0, n_ids)``.
+    """Each frame's voxel set, as sorted unique integer ids in ``[0, n_ids)``.
 
     Ids are labels only (linear grid ids, or ranks when the grid is huge); the sets, the
     threshold and the voxel size are what the reference computes.
     """
 
-    sets: tuple[np.ndarray, ...]  # S arrays of int64 ids
+    sets: tuple[np.ndarray, ...]  # S arrays of int64 (int32 when read back from a cache) ids
     n_ids: int
     n_voxels: int
     voxel_size: float
@@ -97,7 +119,18 @@ class FrameVoxels:
 def space_aware(points: np.ndarray, conf: np.ndarray, k: int = 16) -> Selection:
     """Spatial-MLLM's greedy voxel coverage; points [S,H,W,3], conf [S,H,W] (fp16 or fp32)."""
     _check_k(k)
-    vox = frame_voxels(points, conf)
+    return greedy(frame_voxels(points, conf), k)
+
+
+def uniform(points: np.ndarray, conf: np.ndarray, k: int) -> Selection:
+    """Evenly spaced frames ``linspace(0, S-1, min(k, S))``, scored on the same voxel sets in position order."""
+    _check_k(k)
+    return uniform_on(frame_voxels(points, conf), k)
+
+
+def greedy(vox: FrameVoxels, k: int) -> Selection:
+    """``space_aware`` on precomputed voxel sets: K rounds of the most new voxels, lowest index on ties."""
+    _check_k(k)
     covered = np.zeros(vox.n_ids, bool)
     bound = np.array([len(s) for s in vox.sets], np.int64)  # gain with nothing covered yet
     remaining = set(range(len(vox.sets)))
@@ -115,10 +148,9 @@ def space_aware(points: np.ndarray, conf: np.ndarray, k: int = 16) -> Selection:
     return _selection(picks, gains, vox)
 
 
-def uniform(points: np.ndarray, conf: np.ndarray, k: int) -> Selection:
-    """Evenly spaced frames ``linspace(0, S-1, min(k, S))``, scored on the same voxel sets in position order."""
+def uniform_on(vox: FrameVoxels, k: int) -> Selection:
+    """``uniform`` on precomputed voxel sets."""
     _check_k(k)
-    vox = frame_voxels(points, conf)
     s = len(vox.sets)
     picks = np.unique(np.linspace(0, s - 1, min(k, s)).astype(int)).tolist()
     covered = np.zeros(vox.n_ids, bool)
@@ -150,17 +182,17 @@ def frame_voxels(points: np.ndarray, conf: np.ndarray) -> FrameVoxels:
         if planar.shape[1]:
             mn, mx = _min_max(planar)
             if not (np.isfinite(mn).all() and np.isfinite(mx).all()):
-                raise ValueError(f"non-finite world point among the confident points of frame {f}")
+                raise Degenerate(3, f"non-finite world point among the confident points of frame {f}")
             lo, hi = np.minimum(lo, mn), np.maximum(hi, mx)
     if not sum(k.shape[1] for k in kept):
-        raise ValueError(f"no confident world point (threshold {float(thr):g}, conf > 0.1 also required)")
+        raise Degenerate(2, f"no confident world point (threshold {float(thr):g}, conf > 0.1 also required)")
     extent = hi - lo  # float32, like the reference's ``x_max - x_min``
     if extent.min() <= 0:
         axis = "xyz"[int(np.argmin(extent))]
-        raise ValueError(f"confident world points have zero extent along {axis}; voxel size would be 0")
+        raise Degenerate(4, f"confident world points have zero extent along {axis}; voxel size would be 0")
     voxel = np.float32(extent.min() * _INV_20)
     if voxel <= 0:  # a float32 extent so small that extent * (1/20) underflows
-        raise ValueError(f"confident world points have a vanishing extent {extent.tolist()}; voxel size would be 0")
+        raise Degenerate(4, f"confident world points have a vanishing extent {extent.tolist()}; voxel size would be 0")
 
     # pass 2: voxel ids per frame
     coords = _F16Coords(lo, hi, voxel) if points.dtype == np.float16 else _F32Coords(lo, hi, voxel)
@@ -171,6 +203,63 @@ def frame_voxels(points: np.ndarray, conf: np.ndarray) -> FrameVoxels:
         sets, n_ids = _dedupe_sorted(kept, coords)
         n_voxels = n_ids
     return FrameVoxels(tuple(sets), int(n_ids), int(n_voxels), float(voxel), float(thr))
+
+
+# -- cache rows -----------------------------------------------------------------------------------
+def voxel_rows(points: np.ndarray, conf: np.ndarray, capacity: int) -> dict[str, np.ndarray]:
+    """``frame_voxels`` of full-resolution maps as fixed-width rows, one per frame (the geometry cache).
+
+    points [S,H,W,3] / conf [S,H,W] (the provider's float32 maps) -> ``voxels`` int32 [S, capacity]
+    (each frame's sorted ids, renumbered 0..U-1 over the episode's U voxels, -1 after the last),
+    ``voxel_count`` int32 [S], and the episode's ``voxel_union`` (U) int64, ``voxel_size`` and
+    ``voxel_threshold`` float32 and ``voxel_error`` int8 (0, a ``DEGENERATE`` code, or
+    ``TOO_MANY_VOXELS`` when a frame's set is longer than ``capacity``; then no id is kept), each
+    repeated on every row. Ranks keep int32 enough for any episode (U <= S*H*W) and make the
+    reader's coverage bitmap U long, not grid-sized.
+    """
+    s = int(np.shape(points)[0])
+    rows = {"voxels": np.full((s, capacity), -1, np.int32), "voxel_count": np.zeros(s, np.int32)}
+    union, size, thr, err = 0, 0.0, 0.0, 0
+    try:
+        vox = frame_voxels(points, conf)
+    except Degenerate as e:
+        err = e.code
+    else:
+        counts = np.array([len(v) for v in vox.sets], np.int32)
+        rows["voxel_count"] = counts
+        union, size, thr = vox.n_voxels, vox.voxel_size, vox.threshold
+        if counts.max() > capacity:
+            err = TOO_MANY_VOXELS
+        else:
+            every = np.unique(np.concatenate(vox.sets))  # sorted: the ranks keep each set sorted
+            for f, ids in enumerate(vox.sets):
+                rows["voxels"][f, : len(ids)] = np.searchsorted(every, ids)
+    rows.update(
+        voxel_union=np.full(s, union, np.int64),
+        voxel_size=np.full(s, size, np.float32),
+        voxel_threshold=np.full(s, thr, np.float32),
+        voxel_error=np.full(s, err, np.int8),
+    )
+    return rows
+
+
+def read_voxel_rows(rows, capacity_field: str = "max_frame_voxels") -> FrameVoxels:
+    """``voxel_rows``' arrays (an episode's geometry rows) -> FrameVoxels; ``Degenerate`` when none were kept."""
+    err = int(np.max(rows["voxel_error"]))
+    counts = np.asarray(rows["voxel_count"])
+    if err == TOO_MANY_VOXELS:
+        f = int(np.argmax(counts))
+        raise Degenerate(
+            err,
+            f"frame {f} sees {int(counts[f])} voxels, more than the {np.shape(rows['voxels'])[1]} the geometry cache "
+            f"keeps per frame ({capacity_field}); raise it and rebuild the geometry cache",
+        )
+    if err:
+        raise Degenerate(err, DEGENERATE.get(err, f"unknown voxel error code {err}"))
+    voxels = np.asarray(rows["voxels"])
+    sets = tuple(voxels[f, : counts[f]] for f in range(len(counts)))
+    union = int(rows["voxel_union"][0])
+    return FrameVoxels(sets, union, union, float(rows["voxel_size"][0]), float(rows["voxel_threshold"][0]))
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -216,10 +305,10 @@ def _threshold(conf: np.ndarray) -> np.float32:
         bits = conf.reshape(-1).view(np.int16)
         lo, hi = int(bits.min()), int(bits.max())
         if not (lo >= 0 and hi <= _F16_POS_INF) and bool(((bits & 0x7FFF) > _F16_POS_INF).any()):
-            raise ValueError("NaN confidence: the median would be NaN and no point kept")
+            raise Degenerate(1, "NaN confidence: the median would be NaN and no point kept")
     else:
         if np.isnan(conf).any():
-            raise ValueError("NaN confidence: the median would be NaN and no point kept")
+            raise Degenerate(1, "NaN confidence: the median would be NaN and no point kept")
         bits = conf.reshape(-1).view(np.int32)
         lo = int(bits.min())
     keys = bits if lo >= 0 else _order_keys(bits)  # all sign bits clear: the bits are already in order
@@ -242,7 +331,7 @@ def _keep_test(dtype, thr: np.float32):
         pos = _F16_VALUES[: _F16_POS_INF + 1]
         ok = (pos >= thr) & (pos > _TENTH)
         if not ok.any():
-            raise ValueError(f"no confident world point (threshold {float(thr):g}, conf > 0.1 also required)")
+            raise Degenerate(2, f"no confident world point (threshold {float(thr):g}, conf > 0.1 also required)")
         first = np.int16(np.argmax(ok))
         return lambda c: c >= first
     tenth_up = np.nextafter(_TENTH, np.float32(np.inf))
@@ -312,7 +401,8 @@ class _F32Coords:
         with np.errstate(over="ignore"):
             top = np.floor((hi - lo) / voxel)  # the largest coordinate: the formula is monotone in p
         if not np.isfinite(top).all() or np.prod(top.astype(object) + 1) >= _ID_LIMIT:
-            raise ValueError(
+            raise Degenerate(
+                5,
                 f"voxel grid too fine for int64 ids: extent {(hi - lo).tolist()} with voxel size {float(voxel):g}"
             )
         dims = [int(t) + 1 for t in top]
@@ -320,10 +410,18 @@ class _F32Coords:
         self.strides = (dims[1] * dims[2], dims[2], 1)
 
     def ids(self, planar: np.ndarray) -> np.ndarray:
-        """planar [3, n] float32 -> linear ids [n]."""
-        out = np.zeros(planar.shape[1], np.int64)
+        """planar [3, n] float32 -> linear ids [n] (int32 when the grid fits: the hot loop of the geometry step)."""
+        itype = np.int32 if self.n_cells < 2**31 else np.int64
+        out = np.zeros(planar.shape[1], itype)
+        t = np.empty(planar.shape[1], np.float32)
         for a in range(3):
-            out += np.floor((planar[a] - self.lo[a]) / self.voxel).astype(np.int64) * self.strides[a]
+            np.subtract(planar[a], self.lo[a], out=t)  # float32 maths throughout, as the reference's tensors
+            np.divide(t, self.voxel, out=t)
+            np.floor(t, out=t)
+            coord = t.astype(itype)
+            if self.strides[a] != 1:
+                coord *= itype(self.strides[a])
+            out += coord
         return out
 
 

@@ -83,6 +83,11 @@ class VGGTSettings:
     keep_tokens: bool = False
     #: average-pool the patch-token grid by token_pool x token_pool
     token_pool: int = 2
+    #: reproduce Spatial-MLLM's VGGT input (``src/sampling/sa_sampling.py``): frames taller than
+    #: wide are rotated 90 degrees clockwise (PIL ``rotate(-90, expand=True)``) instead of
+    #: centre-cropped, and the images reach VGGT as bfloat16 (the plain behaviour: float32).
+    #: Spatial-MLLM autocasts bf16 on CUDA, so dtype must be "auto" or "bf16".
+    spatial_mllm: bool = False
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():
@@ -103,6 +108,10 @@ class VGGTSettings:
             raise ValueError(f"keep_tokens must be true or false, got {self.keep_tokens!r}")
         if isinstance(self.token_pool, bool) or not isinstance(self.token_pool, int) or self.token_pool < 1:
             raise ValueError(f"token_pool must be an integer >= 1, got {self.token_pool!r}")
+        if not isinstance(self.spatial_mllm, bool):
+            raise ValueError(f"spatial_mllm must be true or false, got {self.spatial_mllm!r}")
+        if self.spatial_mllm and self.dtype not in ("auto", "bf16"):
+            raise ValueError(f"spatial_mllm runs VGGT under bf16 autocast as Spatial-MLLM: dtype must be auto or bf16, got {self.dtype!r}")
 
 
 # -- pure conversions (numpy; no torch, no vggt) -----------------------------------------------
@@ -178,8 +187,12 @@ def processed_size(h: int, w: int, target: int = TARGET_SIZE, patch: int = PATCH
     return min(nh, int(target)), int(target)
 
 
-def preprocess_crop(frames):
+def preprocess_crop(frames, rotate_portrait: bool = False):
     """Decoded RGB frames uint8 [S, H, W, 3] -> float32 torch tensor [S, 3, H', W'] in [0, 1].
+
+    ``rotate_portrait`` (``VGGTSettings.spatial_mllm``): frames with H > W are first rotated 90
+    degrees clockwise, as Spatial-MLLM's loader does (``img.rotate(-90, expand=True)``), so H' x W'
+    is ``processed_size(W, H)``; other frames are unchanged.
 
     Reproduces ``load_and_preprocess_images(paths, mode="crop")``: PIL bicubic resize to
     (W', resized height) with ``processed_size``'s rounding, ``ToTensor`` scaling (uint8 / 255 in
@@ -195,6 +208,8 @@ def preprocess_crop(frames):
     a = np.asarray(frames)
     if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3 or a.shape[0] < 1:
         raise ValueError(f"frames must be uint8 [S, H, W, 3] RGB with S >= 1, got {a.dtype} {a.shape}")
+    if rotate_portrait and a.shape[1] > a.shape[2]:
+        a = np.rot90(a, k=-1, axes=(1, 2))  # clockwise: PIL's rotate(-90, expand=True) is ROTATE_270
     s, h, w, _ = a.shape
     out_h, out_w = processed_size(h, w)
     rh = _resized_height(h, w, TARGET_SIZE, PATCH_SIZE)
@@ -228,6 +243,8 @@ class VGGTAdapter(FrozenEncoder):
             "preprocess": {"mode": "crop", "target": TARGET_SIZE, "patch": PATCH_SIZE, "resample": "PIL.BICUBIC"},
             "keep_tokens": self.s.keep_tokens,
         }
+        if self.s.spatial_mllm:  # absent otherwise: existing caches keep their fingerprints
+            ident["spatial_mllm"] = {"portrait": "rotate 90 clockwise", "input_dtype": "bfloat16"}
         if self.s.keep_tokens:
             # the pool size changes nothing when no tokens are kept
             ident["token_pool"] = self.s.token_pool
@@ -310,7 +327,9 @@ class VGGTAdapter(FrozenEncoder):
             raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {patch}")
         hp, wp = h // patch, w // patch
 
-        x = images.to(dev, dtype=torch.float32, non_blocking=True)[None]  # [1, S, 3, H, W]
+        # Spatial-MLLM hands VGGT bf16 images (their rounding reaches every output); plain: float32
+        in_dtype = torch.bfloat16 if self.s.spatial_mllm else torch.float32
+        x = images.to(dev, dtype=in_dtype, non_blocking=True)[None]  # [1, S, 3, H, W]
         with torch.inference_mode():
             with self.autocast():
                 tokens_list, patch_start_idx = model.aggregator(x)

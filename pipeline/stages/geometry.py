@@ -3,8 +3,15 @@
 Two providers write the same spec (``cache_specs/specs/geometry.py``):
     vggt  VGGT over all N_m sampled frames of the episode in one forward pass
     gt    ground truth from the source (simulator depth, poses, intrinsics), unprojected
-Both express the world in the first sampled camera's frame, so keyframes, planar poses and plots
-never care which provider built the cache.
+Both express the world in the first sampled camera's frame, so planar poses and plots never care
+which provider built the cache (VGGT's predictions are re-expressed in it exactly: extrinsic[0] is
+[I | 0]).
+
+Space-aware keyframes need each frame's voxel set (``pipeline/keyframes.py``); it is computed here,
+from the provider's full-resolution float32 maps before striding and fp16 storage, exactly as
+Spatial-MLLM computes it from VGGT's outputs (VGGT: on its own world points, before the
+re-expression, as Spatial-MLLM), and stored with the rows, so the keyframes stage gives
+Spatial-MLLM's picks whatever ``stride`` is.
 """
 from __future__ import annotations
 
@@ -17,8 +24,9 @@ import numpy as np
 
 from navcache.cache_specs.specs.geometry import SPEC, SPEC_WITH_TOKENS
 
-from ..camera import relative_to_first, unproject
+from ..camera import relative_to_first, to_homogeneous, unproject
 from ..encoders.vggt import VGGTAdapter, VGGTSettings, processed_size
+from ..keyframes import voxel_rows
 from ..errors import ConfigError, Quarantine
 from .base import Prepared, Stage
 
@@ -34,6 +42,10 @@ class GeometrySettings:
     image_size: tuple[int, int] = (518, 518)
     #: keep every stride-th pixel of the maps (1 = all; 518x518x128 frames is ~400 MB/episode in fp16)
     stride: int = 4
+    #: capacity of the per-frame voxel sets kept for the keyframes stage (int32 ids, -1 padded;
+    #: 64 KB a frame before compression). A frame seeing more voxels makes its episode's keyframes
+    #: quarantined with a message naming this field; frames of at most this many pixels never do.
+    max_frame_voxels: int = 16384
 
     def __post_init__(self):
         if self.provider not in ("vggt", "gt"):
@@ -42,13 +54,16 @@ class GeometrySettings:
             raise ValueError(f"image_size must be [H, W] of positive ints, got {list(self.image_size)}")
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if isinstance(self.max_frame_voxels, bool) or not isinstance(self.max_frame_voxels, int) or self.max_frame_voxels < 1:
+            raise ValueError(f"max_frame_voxels must be an integer >= 1, got {self.max_frame_voxels!r}")
         if self.provider == "gt" and self.vggt.keep_tokens:
             raise ValueError("vggt.keep_tokens needs provider 'vggt' (ground truth has no tokens)")
 
 
 class GeometryStage(Stage):
     name = "geometry"
-    code_version = "1"
+    # 2: per-frame voxel sets from the full-resolution float32 maps; VGGT re-expressed in the first camera
+    code_version = "2"
     # what is decoded, and the ground-truth sidecar for either provider (its file is hashed with
     # the episode's files anyway; the field keeps fingerprints of existing caches)
     uses = ("frames", "gt_geometry")
@@ -72,7 +87,7 @@ class GeometryStage(Stage):
 
     def dims(self) -> dict[str, int]:
         (h, w), s = self.settings.image_size, self.settings.stride
-        d = {"h": math.ceil(h / s), "w": math.ceil(w / s)}
+        d = {"h": math.ceil(h / s), "w": math.ceil(w / s), "V": self.settings.max_frame_voxels}
         if self._tokens:
             embed, patch = _vggt_arch(self.settings.vggt.model)
             pool = self.settings.vggt.token_pool
@@ -81,15 +96,18 @@ class GeometryStage(Stage):
 
     def identity(self) -> dict:
         s = self.settings
-        ident = {"provider": s.provider, "image_size": list(s.image_size), "stride": s.stride}
+        ident = {"provider": s.provider, "image_size": list(s.image_size), "stride": s.stride, "max_frame_voxels": s.max_frame_voxels}
         if self.adapter is not None:
             ident["vggt"] = {**self.adapter.identity(), "keep_tokens": s.vggt.keep_tokens, "token_pool": s.vggt.token_pool}
         return ident
 
     def provenance(self) -> dict:
+        # details (voxel sets from the full-resolution float32 maps) are in the spec's doc
         if self.adapter is None:
-            return {"geometry": {"provider": "gt", "note": "ground truth from the source's .gt.npz sidecars"}}
-        return {"geometry": {"provider": "vggt", **self.adapter.provenance()}}
+            return {"geometry": {"provider": "gt", "note": "ground truth from the source's .gt.npz sidecars",
+                                 "world_frame": "first sampled camera"}}
+        world = "first camera (VGGT re-expressed exactly)"  # extrinsic[0] = [I | 0]; voxels on VGGT's own frame
+        return {"geometry": {"provider": "vggt", **self.adapter.provenance(), "world_frame": world}}
 
     def check(self, seen: dict | None = None) -> None:
         if self.adapter is not None:  # the gt provider needs no model
@@ -112,15 +130,19 @@ class GeometryStage(Stage):
         if not real.any():
             raise Quarantine("no real frame to run VGGT on")
         pixels, index = frames.pixels[real], frames.indices[real]
-        got = processed_size(*pixels.shape[1:3])
+        h, w = pixels.shape[1:3]
+        rotate = self.settings.vggt.spatial_mllm and h > w  # Spatial-MLLM turns portrait frames landscape
+        got = processed_size(*((w, h) if rotate else (h, w)))
         if tuple(got) != tuple(self.settings.image_size):
+            turned = " (rotated: vggt.spatial_mllm)" if rotate else ""
             raise Quarantine(
-                f"frames {pixels.shape[2]}x{pixels.shape[1]} preprocess to {got[0]}x{got[1]} (HxW) but "
+                f"frames {w}x{h} preprocess to {got[0]}x{got[1]} (HxW){turned} but "
                 f"stages.geometry.image_size is {list(self.settings.image_size)}; give each resolution its own dataset"
             )
         from ..encoders.vggt import preprocess_crop
 
-        return Prepared(episode.episode_id, (preprocess_crop(pixels), index.astype(np.int64)), cost=len(index))
+        images = preprocess_crop(pixels, rotate_portrait=self.settings.vggt.spatial_mllm)
+        return Prepared(episode.episode_id, (images, index.astype(np.int64)), cost=len(index))
 
     def compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray]]:
         return [it.payload if isinstance(it.payload, dict) else self._vggt(it) for it in items]
@@ -142,14 +164,18 @@ class GeometryStage(Stage):
                 # e.g. a zero predicted field of view gives an infinite focal length
                 raise Quarantine(f"VGGT returned NaN or infinite {name} for this episode")
         s = self.settings.stride
+        # Spatial-MLLM selects on VGGT's float32 full-resolution points in VGGT's own world frame
+        voxels = voxel_rows(out["world_points"], out["world_points_conf"], self.settings.max_frame_voxels)
+        extrinsic, points = _in_first_camera(out["extrinsic"], out.pop("world_points")[:, ::s, ::s])
         arrays = {
             "frame_index": frame_index,
-            "extrinsic": out["extrinsic"].astype(np.float32),
+            "extrinsic": extrinsic,
             "intrinsic": out["intrinsic"].astype(np.float32),
             "depth": _f16(out["depth"][:, ::s, ::s]),
             "depth_conf": _f16(out["depth_conf"][:, ::s, ::s]),
-            "world_points": _f16(out["world_points"][:, ::s, ::s]),
+            "world_points": points,
             "world_points_conf": _f16(out["world_points_conf"][:, ::s, ::s]),
+            **voxels,
         }
         if self._tokens:
             arrays["tokens"] = _f16(out["tokens"])
@@ -169,11 +195,12 @@ class GeometryStage(Stage):
         extr = relative_to_first(gt["extrinsics"])
         intr = np.broadcast_to(np.asarray(gt["intrinsics"], np.float64), (len(depth), 3, 3))
         s = self.settings.stride
-        points = unproject(np.where(valid_full, depth, 0.0), intr, extr, s)
-        valid = valid_full[:, ::s, ::s]
-        points[~valid] = 0.0
+        full = _unproject_f32(np.where(valid_full, depth, 0.0), intr, extr)  # [S,H,W,3]
+        full[~valid_full] = 0.0
+        points, valid = full[:, ::s, ::s], valid_full[:, ::s, ::s]
         if not np.isfinite(points).all():
             raise Quarantine("non-finite world point from the ground truth (check its intrinsics/extrinsics)")
+        voxels = voxel_rows(full, valid_full.astype(np.float32), self.settings.max_frame_voxels)
         conf = valid.astype(np.float16)
         return {
             "frame_index": np.asarray(self.record(episode)["sample_indices"], np.int64),
@@ -183,7 +210,40 @@ class GeometryStage(Stage):
             "depth_conf": conf,
             "world_points": _f16(points),
             "world_points_conf": conf.copy(),
+            **voxels,
         }
+
+
+def _unproject_f32(depth: np.ndarray, intr: np.ndarray, extr: np.ndarray) -> np.ndarray:
+    """``unproject`` at full resolution, frame by frame (float64 maths, float32 result) -> [S,H,W,3].
+
+    One frame at a time keeps the float64 temporaries to a frame; the float32 maps are what the
+    voxel sets are computed from (and what the stored fp16 maps are rounded from, as before).
+    """
+    s, h, w = depth.shape
+    out = np.empty((s, h, w, 3), np.float32)
+    for f in range(s):
+        out[f] = unproject(depth[f : f + 1], intr[f : f + 1], extr[f : f + 1])[0]
+    return out
+
+
+def _in_first_camera(extrinsic: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """VGGT's cameras [S,3,4] and world points [S,h,w,3] re-expressed in the first camera's frame.
+
+    VGGT's world is only approximately its first camera (its extrinsic[0] is predicted, not fixed).
+    With E0 = [R0 | t0]: E_i' = E_i E0^-1 (row 0 set to [I | 0] exactly) and p' = R0 p + t0, in
+    float64 frame by frame -> float32 extrinsics, fp16 points. Camera-frame coordinates E_i p are
+    unchanged, so depth, intrinsics and points stay consistent.
+    """
+    e = to_homogeneous(np.asarray(extrinsic, np.float64))
+    first = e[0]
+    rel = (e @ np.linalg.inv(first))[:, :3, :]
+    rel[0] = np.eye(3, 4)
+    rot, shift = first[:3, :3], first[:3, 3]
+    out = np.empty(points.shape, np.float16)
+    for f in range(len(points)):
+        out[f] = _f16(np.asarray(points[f], np.float64) @ rot.T + shift)
+    return rel.astype(np.float32), out
 
 
 def _f16(a) -> np.ndarray:

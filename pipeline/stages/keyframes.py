@@ -1,8 +1,10 @@
 """``keyframes``: choose N_k of an episode's N_m sampled frames from its ``geometry`` rows.
 
 ``space-aware`` is Spatial-MLLM's greedy voxel coverage (``pipeline/keyframes.py``); ``uniform`` is
-the evenly spaced baseline, scored on the same voxels. ``frame-features`` can then encode only the
-chosen frames (``frames_from: keyframes``).
+the evenly spaced baseline, scored on the same voxels. Both run on the per-frame voxel sets the
+geometry stage computed from the provider's full-resolution float32 maps (the geometry rows'
+``voxels``), never on the strided fp16 maps, so the picks are Spatial-MLLM's whatever the geometry
+``stride``. ``frame-features`` can then encode only the chosen frames (``frames_from: keyframes``).
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ class KeyframesSettings:
 
 class KeyframesStage(Stage):
     name = "keyframes"
-    code_version = "1"
+    # 2: selects on the geometry rows' full-resolution voxel sets instead of the fp16 maps
+    code_version = "2"
     reads_files = False  # everything comes from the geometry rows, whose fingerprint is upstream
     uses = ()  # everything comes from the geometry rows
     kept_fields = ("n_frames",)
@@ -56,12 +59,9 @@ class KeyframesStage(Stage):
         from .. import keyframes
 
         geo = upstream["geometry"]
-        points, conf = geo["world_points"], geo["world_points_conf"]  # [S,h,w,3], [S,h,w] fp16
-        if not np.isfinite(points).all():
-            raise Quarantine("geometry has NaN or infinite world points")
-        pick = keyframes.space_aware if self.settings.strategy == "space-aware" else keyframes.uniform
+        pick = keyframes.greedy if self.settings.strategy == "space-aware" else keyframes.uniform_on
         try:
-            sel = pick(points, conf, self.settings.num_keyframes)
+            sel = pick(keyframes.read_voxel_rows(geo, "stages.geometry.max_frame_voxels"), self.settings.num_keyframes)
         except ValueError as e:
             raise Quarantine(f"keyframes: {e}") from None
         n = len(sel.positions)

@@ -8,11 +8,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from navcache.cache_specs import open_cache
 from navcache.cache_specs.verify import verify_cache
 from navcache.pipeline import keyframes as kf
-from navcache.pipeline.camera import planar_poses
+from navcache.pipeline.camera import planar_poses, relative_to_first, unproject
 from navcache.pipeline.config import config_from_dict
 from navcache.pipeline.demo import video_writer
 from navcache.pipeline.motion import bin_steps, egocentric_deltas
@@ -74,18 +75,140 @@ def test_gt_geometry_agrees_with_the_simulator(tours):
         np.testing.assert_allclose(z[valid], row["depth"][valid].astype(np.float64), rtol=2e-3, atol=2e-2)
 
 
+# ------------------------------------------------------------------ Spatial-MLLM's selection, written out
+
+def _spatial_mllm_voxel_sets(points: np.ndarray, conf: np.ndarray):
+    """``space_aware_frame_sampling`` + ``compute_voxel_sets`` (src/sampling/sa_sampling.py) on float32
+    torch tensors, step by step. points [T,H,W,3], conf [T,H,W] float32 -> (sets of voxel tuples, thr, voxel)."""
+    wp, wc = torch.from_numpy(points)[None], torch.from_numpy(conf)[None]  # [1,T,H,W,3], [1,T,H,W]
+    thr = np.percentile(wc.reshape(-1).numpy(), 50)
+    mask = (wc >= thr) & (wc > 0.1)
+    kept = wp.reshape(-1, 3)[mask.reshape(-1)]
+    x_min, y_min, z_min = kept.min(dim=0)[0]
+    x_max, y_max, z_max = kept.max(dim=0)[0]
+    # on CUDA, where the reference runs, ``tensor / 20`` multiplies by float32(1/20)
+    voxel = min(x_max - x_min, y_max - y_min, z_max - z_min) * torch.tensor(1 / 20, dtype=torch.float32)
+    offset, size = torch.tensor([x_min.item(), y_min.item(), z_min.item()]), torch.tensor(voxel.item())
+    sets = []
+    for t in range(wp.shape[1]):
+        valid = wp[0, t].reshape(-1, 3)[mask[0, t].flatten()]
+        coords = ((valid - offset) / size).floor().long()
+        sets.append(set(map(tuple, torch.unique(coords, dim=0).tolist())))
+    return sets, float(np.float32(thr)), float(np.float32(voxel.item()))
+
+
+def _spatial_mllm_picks(sets, k):
+    """``maximum_coverage_sampling``, in pick order."""
+    selected, covered, remaining = [], set(), set(range(len(sets)))
+    for _ in range(k):
+        if not remaining:
+            break
+        max_gain, best = -1, None
+        for frame in remaining:
+            gain = len(sets[frame] - covered)
+            if gain > max_gain:
+                max_gain, best = gain, frame
+        if best is None or max_gain <= 0:
+            break
+        selected.append(best)
+        covered.update(sets[best])
+        remaining.remove(best)
+    return selected
+
+
+def _scored(sets, picks):
+    covered, gains, coverage, every = set(), [], [], set().union(*sets)
+    for f in picks:
+        gains.append(len(sets[f] - covered))
+        covered |= sets[f]
+        coverage.append(len(covered) / len(every))
+    return gains, coverage, len(every)
+
+
+def _full_resolution_gt_maps(cwd: Path, episode_id: str):
+    """The tour's ground truth unprojected at every pixel, float32 (what Spatial-MLLM would see)."""
+    from navcache.pipeline.sources import make_source
+
+    ds = demo_config_dict(cwd / "navcache_demo", cwd / "navcache_cache")["datasets"]["demo_tours"]
+    src = make_source(ds["source"], Path(ds["root"]), **ds["options"])
+    ep = next(e for e in src.episodes("train") if e.episode_id == episode_id)
+    gt = src.load_gt_geometry(ep)
+    depth = np.asarray(gt["depth"], np.float64)
+    valid = np.isfinite(depth) & (depth > 0)
+    intr = np.broadcast_to(np.asarray(gt["intrinsics"], np.float64), (len(depth), 3, 3))
+    points = unproject(np.where(valid, depth, 0.0), intr, relative_to_first(gt["extrinsics"]))
+    points[~valid] = 0.0
+    return points.astype(np.float32), valid.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def reference_sets(tours):
+    """Per tour: Spatial-MLLM's voxel sets, threshold and voxel size on the float32 full-resolution maps."""
+    cwd, project, _ = tours
+    out = {}
+    for ep in open_cache(project.cache_root, "demo_tours", "train", "geometry").episodes:
+        points, conf = _full_resolution_gt_maps(cwd, ep)
+        rounded = kf.space_aware(points.astype(np.float16), conf.astype(np.float16), 16).positions.tolist()
+        out[ep] = (*_spatial_mllm_voxel_sets(points, conf), rounded)
+    return out
+
+
+def _assert_keyframes_are(keys, sets, picks, thr, voxel):
+    gains, coverage, n = _scored(sets, picks)
+    order = np.argsort(keys["pick_order"])
+    assert keys["position"][order].tolist() == picks and keys["gain"][order].tolist() == gains
+    np.testing.assert_array_equal(keys["coverage"][order], np.float32(coverage))
+    assert (keys["n_voxels"] == n).all() and (keys["threshold"] == np.float32(thr)).all()
+    assert (keys["voxel_size"] == np.float32(voxel)).all()
+
+
+def test_keyframes_are_spatial_mllms_on_the_full_resolution_float32_maps(tours, reference_sets):
+    """The cache is stored at stride 2 in fp16; the picks must still be those of the float32 maps."""
+    cwd, project, _ = tours
+    g = open_cache(project.cache_root, "demo_tours", "train", "geometry")
+    k = open_cache(project.cache_root, "demo_tours", "train", "keyframes")
+    assert g[g.episodes[0]]["world_points"].shape[1:] == (64, 64, 3)  # 128x128 ground truth at stride 2
+    moved = 0
+    for ep in g.episodes:
+        sets, thr, voxel, rounded = reference_sets[ep]
+        picks = _spatial_mllm_picks(sets, 16)
+        keys = k[ep]
+        _assert_keyframes_are(keys, sets, picks, thr, voxel)
+        assert (keys["frame_index"] == g[ep]["frame_index"][keys["position"]]).all()
+        # the case this guards: the same maps rounded to fp16 (even unstrided) pick other frames
+        moved += len(set(picks) - set(rounded))
+    assert moved >= len(g.episodes)
+
+
 def test_space_aware_keyframes_beat_uniform_on_revisiting_tours(tours):
     _, project, _ = tours
     g = open_cache(project.cache_root, "demo_tours", "train", "geometry")
     k = open_cache(project.cache_root, "demo_tours", "train", "keyframes")
     for ep in g.episodes:
         geo, keys = g[ep], k[ep]
-        sel = kf.space_aware(geo["world_points"], geo["world_points_conf"], 16)
-        assert (keys["position"] == sel.positions).all() and (keys["frame_index"] == geo["frame_index"][sel.positions]).all()
-        uni = kf.uniform(geo["world_points"], geo["world_points_conf"], 16)
+        uni = kf.uniform_on(kf.read_voxel_rows(geo), 16)
         assert len(keys["position"]) == len(uni.positions) == 16
         assert keys["coverage"].max() > uni.coverage[-1]  # strictly more of the rooms seen with the same budget
         assert np.all(np.diff(keys["coverage"][np.argsort(keys["pick_order"])]) >= 0)
+
+
+def test_uniform_keyframes_at_another_stride_are_scored_on_the_same_voxels(tours, reference_sets):
+    cwd, _, _ = tours
+
+    def coarse_uniform(cfg):
+        cfg["datasets"] = {"demo_tours": {**cfg["datasets"]["demo_tours"], "stages": ["geometry", "keyframes"], "stage_settings": {}}}
+        cfg["stages"]["geometry"]["stride"] = 4
+        cfg["stages"]["keyframes"] = {"strategy": "uniform", "num_keyframes": 12}
+        cfg["cache_root"] = str(cwd / "cache_uniform")
+
+    project = _project(cwd, coarse_uniform)
+    s = extract(project, ExtractOptions("train", datasets=("demo_tours",)))
+    assert not s.errors
+    k = open_cache(project.cache_root, "demo_tours", "train", "keyframes")
+    for ep in k.episodes:
+        sets, thr, voxel, _ = reference_sets[ep]
+        picks = np.linspace(0, len(sets) - 1, 12, dtype=int).tolist()  # Spatial-MLLM's uniform sampling
+        _assert_keyframes_are(k[ep], sets, picks, thr, voxel)
 
 
 def test_frame_features_encode_exactly_the_keyframes(tours):
@@ -162,6 +285,42 @@ def test_vggt_provider_writes_the_geometry_spec(tours, tmp_path):
     assert row["tokens"].shape == (4, 18, 18, 32) and row["tokens"].dtype == np.float16
     np.testing.assert_allclose(row["intrinsic"][:, :2, 2], 259.0)  # principal point at the 518x518 centre
     assert g.manifest["provenance"]["geometry"]["random_init"] is True
+
+
+def test_vggt_geometry_is_in_the_first_camera_and_keyframes_on_its_own_float32_points(tours, tmp_path):
+    """extrinsic[0] = [I | 0]; each camera sees every stored point where the model put it; the picks
+    are Spatial-MLLM's on the model's own full-resolution float32 points (a direct call)."""
+    from navcache.pipeline.sources import make_source
+    from navcache.pipeline.encoders.vggt import VGGTSettings
+    from navcache.pipeline.stages.geometry import GeometrySettings, GeometryStage
+
+    cwd, _, _ = tours
+    model = make_standin(tmp_path / "vggt", seed=2)
+    project = _vggt_project(cwd, model, num_frames=6, cache="cache_first_camera")
+    assert not extract(project, ExtractOptions("val")).errors
+    g = open_cache(project.cache_root, "tours_vggt", "val", "geometry")
+    k = open_cache(project.cache_root, "tours_vggt", "val", "keyframes")
+    assert "re-expressed" in g.manifest["provenance"]["geometry"]["world_frame"]
+    ds = project.datasets["tours_vggt"]
+    source = make_source(ds.source, Path(ds.root), **ds.options)
+    vggt = VGGTSettings(model=str(model), model_class="tests.standins.vggt_standin:StandInVGGT")
+    stage = GeometryStage(GeometrySettings(provider="vggt", image_size=(518, 518), stride=14, vggt=vggt), source, ds.options)
+    stage.setup()
+    for ep in source.episodes("val"):
+        row = g[ep.episode_id]
+        raw = stage.adapter.infer(stage.prepare(ep, {}).payload[0])  # the model's own predictions
+        np.testing.assert_array_equal(row["extrinsic"][0], np.eye(3, 4, dtype=np.float32))
+        assert not np.allclose(raw["extrinsic"][0], np.eye(3, 4), atol=1e-3)  # the stand-in's world is elsewhere
+        e_raw, e_new = (np.concatenate([e, np.tile([[[0, 0, 0, 1]]], (len(e), 1, 1))], 1).astype(np.float64)
+                        for e in (raw["extrinsic"], row["extrinsic"]))
+        np.testing.assert_allclose(e_new, e_raw @ np.linalg.inv(e_raw[0]), atol=1e-5)
+        p_raw = raw["world_points"][:, ::14, ::14].astype(np.float64)
+        p_new = row["world_points"].astype(np.float64)
+        cam_raw = np.einsum("sij,shwj->shwi", e_raw[:, :3, :3], p_raw) + e_raw[:, None, None, :3, 3]
+        cam_new = np.einsum("sij,shwj->shwi", e_new[:, :3, :3], p_new) + e_new[:, None, None, :3, 3]
+        np.testing.assert_allclose(cam_new, cam_raw, rtol=2e-3, atol=2e-3 * np.abs(cam_raw).max())  # fp16 points
+        sets, thr, voxel = _spatial_mllm_voxel_sets(raw["world_points"], raw["world_points_conf"])
+        _assert_keyframes_are(k[ep.episode_id], sets, _spatial_mllm_picks(sets, 16), thr, voxel)
 
 
 def test_vggt_out_of_memory_quarantines_with_the_frame_count(tours, tmp_path):

@@ -7,6 +7,7 @@ positions, gains, coverage, threshold and voxel size on random small episodes, t
 from __future__ import annotations
 
 import contextlib
+import re
 
 import numpy as np
 import pytest
@@ -379,7 +380,7 @@ def test_hugely_thin_fp16_grid_is_rank_compressed():
         kf.space_aware(points.astype(np.float32), conf, 4)
 
 
-def _room(s=12, h=24, w=24, seed=0):
+def _room(s=12, h=24, w=24, seed=0, dtype=np.float16):
     """A camera walking through a box room: realistic voxel sets at test size."""
     rng = np.random.default_rng(seed)
     lo, hi = np.array([-4.0, -1.5, -3.0]), np.array([4.0, 1.5, 9.0])
@@ -395,7 +396,7 @@ def _room(s=12, h=24, w=24, seed=0):
             depth = np.where(d > 0, (hi - c) / d, (lo - c) / d).min(axis=1)
         points[f] = c + d * depth[:, None] + rng.normal(0, 0.01, d.shape)
     conf = 1 + np.exp(rng.normal(1.0, 1.0, (s, h, w)))
-    return points.reshape(s, h, w, 3).astype(np.float16), conf.astype(np.float16)
+    return points.reshape(s, h, w, 3).astype(dtype), conf.astype(dtype)
 
 
 @pytest.mark.parametrize("sorted_path", [False, True])
@@ -433,3 +434,67 @@ def test_bad_shapes_are_refused():
         kf.space_aware(np.zeros((2, 3, 3, 3)), np.zeros((2, 3, 4)))
     with pytest.raises(ValueError, match="no point"):
         kf.space_aware(np.zeros((0, 3, 3, 3)), np.zeros((0, 3, 3)))
+
+
+# -- voxel sets through the geometry cache's rows ------------------------------------------------
+def _via_rows(select, capacity=64):
+    return lambda points, conf, k: select(kf.read_voxel_rows(kf.voxel_rows(points, conf, capacity)), k)
+
+
+@SETTINGS
+@given(episodes())
+def test_greedy_on_cached_rows_matches_brute_force(ep):
+    _check(_via_rows(kf.greedy), _brute, *ep)
+
+
+@SETTINGS
+@given(episodes())
+def test_uniform_on_cached_rows_matches_brute_force(ep):
+    _check(_via_rows(kf.uniform_on), _brute_uniform, *ep)
+
+
+@pytest.mark.parametrize("sorted_path", [False, True])
+def test_rows_of_a_float32_room_keep_the_reference_picks(sorted_path):
+    points, conf = _room(s=16, h=48, w=48, seed=3, dtype=np.float32)
+    with _sorted_dedupe() if sorted_path else contextlib.nullcontext():
+        rows = kf.voxel_rows(points, conf, 48 * 48)
+    assert rows["voxels"].dtype == np.int32 and rows["voxels"].shape == (16, 48 * 48)
+    assert (rows["voxel_error"] == 0).all() and rows["voxel_union"][0] == rows["voxels"].max() + 1
+    for f, n in enumerate(rows["voxel_count"]):
+        assert (np.diff(rows["voxels"][f, :n]) > 0).all() and (rows["voxels"][f, n:] == -1).all()
+    vox = kf.read_voxel_rows(rows)
+    for k in (1, 5, 16, 40):
+        _assert_same(kf.greedy(vox, k), _brute(points, conf, k)[0])
+        _assert_same(kf.uniform_on(vox, k), _brute_uniform(points, conf, k)[0])
+
+
+def test_a_frame_beyond_the_row_capacity_is_named_not_truncated():
+    points, conf = _room(s=4, h=24, w=24, dtype=np.float32)
+    rows = kf.voxel_rows(points, conf, 8)
+    assert (rows["voxel_error"] == kf.TOO_MANY_VOXELS).all() and (rows["voxels"] == -1).all()
+    most = int(rows["voxel_count"].max())
+    assert most > 8
+    with pytest.raises(kf.Degenerate, match=f"sees {most} voxels, more than the 8 .*stages.geometry.max_frame_voxels"):
+        kf.read_voxel_rows(rows, "stages.geometry.max_frame_voxels")
+
+
+@pytest.mark.parametrize(
+    "conf_value, code",
+    [(0.0, 2), (float("nan"), 1)],
+)
+def test_degenerate_maps_keep_their_reason_in_the_rows(conf_value, code):
+    points, _ = _room(s=3, h=8, w=8, dtype=np.float32)
+    rows = kf.voxel_rows(points, np.full((3, 8, 8), conf_value, np.float32), 16)
+    assert (rows["voxel_error"] == code).all() and (rows["voxel_count"] == 0).all()
+    with pytest.raises(kf.Degenerate, match=re.escape(kf.DEGENERATE[code])):
+        kf.read_voxel_rows(rows)
+
+
+def test_fp16_storage_moves_picks_that_the_cached_rows_keep():
+    """The case the rows exist for: rounding the maps to fp16 changes the picks, the rows do not."""
+    points, conf = _room(s=24, h=32, w=32, seed=0, dtype=np.float32)
+    want, _ = _brute(points, conf, 8)
+    from_rows = kf.greedy(kf.read_voxel_rows(kf.voxel_rows(points, conf, 1024)), 8)
+    _assert_same(from_rows, want)
+    rounded, _ = _brute(points.astype(np.float16), conf.astype(np.float16), 8)
+    assert sorted(rounded["picks"]) != sorted(want["picks"])  # what the keyframes stage used to select from

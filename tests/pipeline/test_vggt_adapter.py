@@ -238,6 +238,8 @@ def test_preprocess_rejects_non_uint8_or_wrong_layout():
         ({"keep_tokens": "yes"}, "keep_tokens"),
         ({"token_pool": 0}, "token_pool"),
         ({"token_pool": True}, "token_pool"),
+        ({"spatial_mllm": 1}, "spatial_mllm"),
+        ({"spatial_mllm": True, "dtype": "fp32"}, "spatial_mllm"),
     ],
 )
 def test_settings_validation_names_the_field(kw, field):
@@ -247,9 +249,63 @@ def test_settings_validation_names_the_field(kw, field):
 
 def test_settings_defaults():
     s = VGGTSettings()
-    assert (s.model, s.model_class, s.dtype, s.device, s.keep_tokens, s.token_pool) == (
-        "facebook/VGGT-1B", "vggt.models.vggt:VGGT", "auto", "auto", False, 2
+    assert (s.model, s.model_class, s.dtype, s.device, s.keep_tokens, s.token_pool, s.spatial_mllm) == (
+        "facebook/VGGT-1B", "vggt.models.vggt:VGGT", "auto", "auto", False, 2, False
     )
+
+
+# -- Spatial-MLLM's input (src/sampling/sa_sampling.py: load_and_preprocess_images, .to(bfloat16)) ----
+
+
+def _spatial_mllm_loader(frame: np.ndarray) -> torch.Tensor:
+    """Spatial-MLLM's loader for one decoded RGB frame, step by step with PIL."""
+    from PIL import Image
+
+    img = Image.fromarray(frame)
+    width, height = img.size
+    if height > width:
+        img = img.rotate(-90, expand=True)
+    width, height = img.size
+    new_height = round(height * (518 / width) / 14) * 14
+    img = img.resize((518, new_height), Image.Resampling.BICUBIC)
+    t = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+    if new_height > 518:
+        start = (new_height - 518) // 2
+        t = t[:, start : start + 518]
+    return t
+
+
+@pytest.mark.parametrize("hw", [(100, 60), (97, 31), (64, 64), (60, 100), (300, 301)])
+def test_spatial_mllm_rotates_portrait_frames_like_its_loader(hw):
+    frames = np.random.default_rng(sum(hw)).integers(0, 256, (2, *hw, 3), dtype=np.uint8)
+    got = preprocess_crop(frames, rotate_portrait=True)
+    want = torch.stack([_spatial_mllm_loader(f) for f in frames])
+    assert got.shape == want.shape
+    assert torch.equal(got, want)
+    if hw[0] > hw[1]:  # plain navcache crops the centre rows instead
+        assert preprocess_crop(frames).shape != got.shape or not torch.equal(preprocess_crop(frames), got)
+    else:
+        assert torch.equal(preprocess_crop(frames), got)
+
+
+def test_spatial_mllm_feeds_vggt_bfloat16_images(standin_dir):
+    x = images(s=2)
+    ad = adapter(standin_dir, dtype="bf16", spatial_mllm=True)
+    seen = []
+    hook = ad.load().aggregator.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
+    try:
+        out = ad.infer(x)
+        plain = adapter(standin_dir, dtype="bf16")
+        plain._model = ad.load()  # the same module, so the hook sees both calls
+        ref = plain.infer(x.to(torch.bfloat16).float())  # the bf16 rounding is the only difference
+        unrounded = plain.infer(x)
+    finally:
+        hook.remove()
+    assert seen == [torch.bfloat16, torch.float32, torch.float32]
+    for name in ref:
+        np.testing.assert_array_equal(out[name], ref[name])
+    assert not np.array_equal(out["depth"], unrounded["depth"])
+    assert "spatial_mllm" in ad.identity() and "spatial_mllm" not in plain.identity()
 
 
 # -- adapter against the stand-in ------------------------------------------------------------------
