@@ -149,6 +149,38 @@ def demo_data(
     raise typer.Exit(demo_data_cmd(out, scale, seed, pixels))
 
 
+submit_app = typer.Typer(no_args_is_help=True, help="Submit a command to SLURM as batch jobs (sbatch).")
+app.add_typer(submit_app, name="submit")
+
+
+@submit_app.command("extract")
+def submit_extract(
+    split: str = typer.Option("train", "--split", "-s", help="Split to build."),
+    array: int = typer.Option(..., "--array", help="Number of shard jobs (task I runs extract --shard I/N)."),
+    partition: Optional[str] = typer.Option(None, "--partition", "-p", help="SLURM partition (default: the cluster's)."),
+    gpus_per_task: Optional[int] = typer.Option(None, "--gpus-per-task", help="GPUs per shard job."),
+    time: Optional[str] = typer.Option(None, "--time", "-t", help="Time limit per job, SLURM syntax (e.g. 04:00:00)."),
+    mem: Optional[str] = typer.Option(None, "--mem", help="Memory per job, SLURM syntax (e.g. 32G)."),
+    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", help="CPU cores per job (decode threads)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Build this stage and whatever it needs."),
+    dataset: list[str] = typer.Option([], "--dataset", "-d", help="Restrict to these datasets (repeatable)."),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+):
+    """A SLURM array of N shard jobs, then a finalising job (--dependency=afterok); prints the job ids.
+
+    Scripts and logs go to <cache_root>/.navcache/slurm/<stamp>/; `navcache status` shows each task's progress."""
+    from navcache.pipeline.commands import submit_cmd
+    from navcache.pipeline.executors.slurm_submit import SubmitOptions
+
+    try:
+        opts = SubmitOptions(split, array, partition, gpus_per_task, time, mem, cpus_per_task, tuple(dataset), only)
+    except ValueError as e:
+        typer.echo(f"navcache: {e}", err=True)
+        raise typer.Exit(EXIT_CONFIG)
+    raise typer.Exit(submit_cmd(config, opts, as_json))
+
+
 export_app = typer.Typer(no_args_is_help=True, help="Write caches out in the formats other projects consume.")
 app.add_typer(export_app, name="export")
 
