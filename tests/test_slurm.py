@@ -25,7 +25,19 @@ pytestmark = [
 ]
 
 SCALE = 0.5
-RECIPE = "navcache extract --split train --shard $SLURM_ARRAY_TASK_ID/4"  # README, "SLURM array"
+
+
+def _readme_recipe() -> list[str]:
+    """The README's ``sbatch --array=... --wrap '...'`` line, as a user would type it."""
+    import shlex
+
+    from tests.helpers import REPO
+
+    (line,) = [x for x in (REPO / "README.md").read_text().splitlines() if x.startswith("sbatch --array=")]
+    return shlex.split(line)
+
+
+RECIPE = _readme_recipe()
 TIMEOUT = 240.0
 
 
@@ -133,7 +145,7 @@ def jobs():
 
 
 def test_readme_array_recipe_matches_a_local_run(job_dir, jobs, local_sums):
-    job = _sbatch(job_dir, jobs, "--array=0-3", "--wrap", RECIPE)
+    job = _sbatch(job_dir, jobs, *RECIPE[1:])
     _wait(job, job_dir)
     _finalise(job_dir)
     assert _all_checksums(job_dir) == local_sums
@@ -157,7 +169,8 @@ def test_cancelled_task_resubmitted_matches_a_local_run(job_dir, jobs, local_sum
 
     mine = _shard_parts(job_dir, 1, 4)
     assert len(mine) >= 3, mine  # several parts: there is a "mid-run" between the first and the last
-    job = _sbatch(job_dir, jobs, "--array=0-3", "--wrap", RECIPE)
+    assert RECIPE[1] == "--array=0-3", RECIPE  # shard 1 of 4 below
+    job = _sbatch(job_dir, jobs, *RECIPE[1:])
     deadline = time.monotonic() + TIMEOUT
     while not any(p.exists() for p in mine):  # task 1 has committed its first part
         assert 1 in queue_states(job), f"task 1 left the queue before committing a part\n{_logs(job_dir)}"
@@ -168,7 +181,7 @@ def test_cancelled_task_resubmitted_matches_a_local_run(job_dir, jobs, local_sum
     done = [p for p in mine if p.exists()]
     assert 0 < len(done) < len(mine), f"task 1 was not cancelled mid-run: {len(done)}/{len(mine)} parts"
 
-    again = _sbatch(job_dir, jobs, "--array=1", "--wrap", RECIPE)  # the cancelled task alone, as written
+    again = _sbatch(job_dir, jobs, "--array=1", *RECIPE[2:])  # the cancelled task alone, as written
     _wait(again, job_dir)
     assert all(p.exists() for p in mine), "the resubmitted task left parts unbuilt"
     _finalise(job_dir)
