@@ -211,3 +211,32 @@ def test_submit_and_status(job_dir, jobs, local_sums):
     assert "navcache summary" in (folder / "finalize.out").read_text(), _logs(folder)
     assert _all_checksums(job_dir) == local_sums
     assert all("slurm" not in d for d in _json_docs(_run("navcache", "status", "--split", "train", "--json", cwd=job_dir)))  # nothing queued now
+
+
+def test_executor_slurm_workers_are_slurm_jobs(job_dir, local_sums):
+    """``--executor slurm``: dask-jobqueue submits the workers as SLURM jobs; the caches equal a local run's."""
+    import dataclasses
+
+    from navcache.pipeline.executors.slurm_cluster import SlurmClusterConfig
+    from navcache.pipeline.executors.slurm_submit import _slurm
+    from navcache.pipeline.project import resolve_project
+    from navcache.pipeline.runner import ExtractOptions, Reporter, extract
+
+    name = f"navcache-test-{os.getpid()}"
+    seen: list[str] = []
+
+    class WatchQueue(Reporter):  # after each part: which of our worker jobs are running
+        def stage_start(self, sp, episodes):
+            return lambda e, f: seen.extend(_slurm("squeue", "-h", "--name", name, "-o", "%T").split())
+
+    project = resolve_project(cwd=job_dir, say=lambda m: None)
+    project = dataclasses.replace(project, slurm=SlurmClusterConfig(cores=1, memory="2GB", walltime="00:10:00", job_name=name))
+    try:
+        summary = extract(project, ExtractOptions("train", datasets=("demo_rover",), executor="slurm", workers=2), WatchQueue())
+    finally:
+        subprocess.run(["scancel", "--name", name], capture_output=True)
+    assert not summary.errors, summary.errors
+    assert "RUNNING" in seen, seen
+    got = _all_checksums(job_dir)
+    assert got and got == {k: v for k, v in local_sums.items() if k.startswith("demo_rover/")}
+    assert list((job_dir / "navcache_cache" / ".navcache" / "slurm" / "workers").glob("*.out"))  # the worker jobs' logs
