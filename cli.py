@@ -71,8 +71,9 @@ def extract(
     split: str = typer.Option("train", "--split", "-s", help="Split to build."),
     only: Optional[str] = typer.Option(None, "--only", help="Build this stage and whatever it needs."),
     dataset: list[str] = typer.Option([], "--dataset", "-d", help="Restrict to these datasets (repeatable)."),
-    executor: str = typer.Option("local", "--executor", help="local | dask"),
-    workers: int = typer.Option(2, "--workers", help="Dask LocalCluster worker processes."),
+    executor: str = typer.Option("local", "--executor", help="local | dask | slurm (dask workers submitted as SLURM jobs)."),
+    workers: int = typer.Option(2, "--workers", help="Dask LocalCluster worker processes; with --executor slurm, worker jobs."),
+    cluster: list[str] = typer.Option([], "--cluster", help="KEY=VALUE over the project's slurm: block, e.g. cores=8 memory=32GB (repeatable)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Join an existing dask scheduler (tcp://host:8786)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Build only part I of N (SLURM arrays); a later plain run finalises."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (up to date / stale / missing parts) and stop."),
@@ -91,7 +92,7 @@ def extract(
     except ValueError as e:
         typer.echo(f"navcache: {e}", err=True)
         raise typer.Exit(EXIT_CONFIG)
-    raise typer.Exit(extract_cmd(config, opts, as_json, strict))
+    raise typer.Exit(extract_cmd(config, opts, as_json, strict, tuple(cluster)))
 
 
 @app.command()

@@ -21,12 +21,12 @@ def load_project(config: Path | None):
     return resolve_project(config, say=lambda m: console.print(f"[cyan]{m}[/]"))
 
 
-def extract_cmd(config: Path | None, opts, as_json: bool = False, strict: bool = False) -> int:
+def extract_cmd(config: Path | None, opts, as_json: bool = False, strict: bool = False, cluster: tuple[str, ...] = ()) -> int:
     from .console import RichReporter, print_notes, print_plan, print_summary
     from .runner import extract, plan_all
 
     try:
-        project = load_project(config)
+        project = with_cluster(load_project(config), cluster)
         if opts.dry_run:
             from .fingerprint import FileHasher
             from .summary import RunSummary
@@ -52,6 +52,20 @@ def extract_cmd(config: Path | None, opts, as_json: bool = False, strict: bool =
     if strict and summary.quarantined:
         return EXIT_QUARANTINE
     return EXIT_OK
+
+
+def with_cluster(project, sets: tuple[str, ...]):
+    """The project with ``--cluster KEY=VALUE`` assignments merged over its ``slurm:`` block."""
+    if not sets:
+        return project
+    import dataclasses
+
+    from navcache.cache_specs.config import build, merge, parse_assignments, to_plain
+
+    from .executors.slurm_cluster import SlurmClusterConfig
+
+    slurm = build(SlurmClusterConfig, merge(to_plain(project.slurm), parse_assignments(list(sets))), "--cluster")
+    return dataclasses.replace(project, slurm=slurm)
 
 
 def _plan_json(sp) -> dict:
