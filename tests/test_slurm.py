@@ -218,7 +218,7 @@ def test_executor_slurm_workers_are_slurm_jobs(job_dir, local_sums):
     import dataclasses
 
     from navcache.pipeline.executors.slurm_cluster import SlurmClusterConfig
-    from navcache.pipeline.executors.slurm_submit import _slurm
+    from navcache.pipeline.executors.slurm_submit import run_slurm
     from navcache.pipeline.project import resolve_project
     from navcache.pipeline.runner import ExtractOptions, Reporter, extract
 
@@ -227,7 +227,7 @@ def test_executor_slurm_workers_are_slurm_jobs(job_dir, local_sums):
 
     class WatchQueue(Reporter):  # after each part: which of our worker jobs are running
         def stage_start(self, sp, episodes):
-            return lambda e, f: seen.extend(_slurm("squeue", "-h", "--name", name, "-o", "%T").split())
+            return lambda e, f: seen.extend(run_slurm("squeue", "-h", "--name", name, "-o", "%T").split())
 
     project = resolve_project(cwd=job_dir, say=lambda m: None)
     project = dataclasses.replace(project, slurm=SlurmClusterConfig(cores=1, memory="2GB", walltime="00:10:00", job_name=name))

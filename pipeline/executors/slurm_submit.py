@@ -130,11 +130,11 @@ def write_scripts(folder: Path, opts: SubmitOptions, config: Path | None, cwd: P
 
 def sbatch(*args: str) -> str:
     """Run ``sbatch --parsable ARGS``; the job id."""
-    out = _slurm("sbatch", "--parsable", *args)
+    out = run_slurm("sbatch", "--parsable", *args)
     return out.strip().split(";")[0]  # "<id>" or "<id>;<cluster>"
 
 
-def _slurm(cmd: str, *args: str, check: bool = True) -> str:
+def run_slurm(cmd: str, *args: str, check: bool = True) -> str:
     try:
         p = subprocess.run([cmd, *args], capture_output=True, text=True, timeout=120)
     except FileNotFoundError:
@@ -171,7 +171,7 @@ def load_submissions(cache_root: Path) -> list[Submission]:
 def queue_states(job_id: str) -> dict[int | None, str]:
     """{array task id (None for a plain job): SLURM state} of the job's tasks still known to
     ``squeue`` (pending, running, completing); {} once they have all left the queue."""
-    out = _slurm("squeue", "-h", "-r", "-j", job_id, "-o", "%K|%T", check=False)
+    out = run_slurm("squeue", "-h", "-r", "-j", job_id, "-o", "%K|%T", check=False)
     states: dict[int | None, str] = {}
     for line in out.splitlines():
         task, _, state = line.strip().partition("|")
