@@ -89,8 +89,9 @@ def extract(
     only: Optional[str] = typer.Option(None, "--only", help="Build this stage and whatever it needs.", callback=_safe_names("stage")),
     dataset: list[str] = typer.Option([], "--dataset", "-d", help="Restrict to these datasets (repeatable).",
                                       callback=_safe_names("dataset")),
-    executor: str = typer.Option("local", "--executor", help="local | dask"),
-    workers: int = typer.Option(2, "--workers", help="Dask LocalCluster worker processes."),
+    executor: str = typer.Option("local", "--executor", help="local | dask | slurm (dask workers submitted as SLURM jobs)."),
+    workers: int = typer.Option(2, "--workers", help="Dask LocalCluster worker processes; with --executor slurm, worker jobs."),
+    cluster: list[str] = typer.Option([], "--cluster", help="KEY=VALUE over the project's slurm: block, e.g. cores=8 memory=32GB (repeatable)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Join an existing dask scheduler (tcp://host:8786)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Build only part I of N (SLURM arrays); a later plain run finalises."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (up to date / stale / missing parts) and stop."),
@@ -109,7 +110,7 @@ def extract(
     except ValueError as e:
         typer.echo(f"navcache: {e}", err=True)
         raise typer.Exit(EXIT_CONFIG)
-    raise typer.Exit(extract_cmd(config, opts, as_json, strict))
+    raise typer.Exit(extract_cmd(config, opts, as_json, strict, tuple(cluster)))
 
 
 @app.command()
@@ -165,6 +166,39 @@ def demo_data(
     from navcache.pipeline.commands import demo_data_cmd
 
     raise typer.Exit(demo_data_cmd(out, scale, seed, pixels))
+
+
+submit_app = typer.Typer(no_args_is_help=True, help="Submit a command to SLURM as batch jobs (sbatch).")
+app.add_typer(submit_app, name="submit")
+
+
+@submit_app.command("extract")
+def submit_extract(
+    split: str = typer.Option("train", "--split", "-s", help="Split to build.", callback=_safe_names("split")),
+    array: int = typer.Option(..., "--array", help="Number of shard jobs (task I runs extract --shard I/N)."),
+    partition: Optional[str] = typer.Option(None, "--partition", "-p", help="SLURM partition (default: the cluster's)."),
+    gpus_per_task: Optional[int] = typer.Option(None, "--gpus-per-task", help="GPUs per shard job."),
+    time: Optional[str] = typer.Option(None, "--time", "-t", help="Time limit per job, SLURM syntax (e.g. 04:00:00)."),
+    mem: Optional[str] = typer.Option(None, "--mem", help="Memory per job, SLURM syntax (e.g. 32G)."),
+    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", help="CPU cores per job (decode threads)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Build this stage and whatever it needs.", callback=_safe_names("stage")),
+    dataset: list[str] = typer.Option([], "--dataset", "-d", help="Restrict to these datasets (repeatable).",
+                                      callback=_safe_names("dataset")),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+):
+    """A SLURM array of N shard jobs, then a finalising job (--dependency=afterok); prints the job ids.
+
+    Scripts and logs go to <cache_root>/.navcache/slurm/<stamp>/; `navcache status` shows each task's progress."""
+    from navcache.pipeline.commands import submit_cmd
+    from navcache.pipeline.executors.slurm_submit import SubmitOptions
+
+    try:
+        opts = SubmitOptions(split, array, partition, gpus_per_task, time, mem, cpus_per_task, tuple(dataset), only)
+    except ValueError as e:
+        typer.echo(f"navcache: {e}", err=True)
+        raise typer.Exit(EXIT_CONFIG)
+    raise typer.Exit(submit_cmd(config, opts, as_json))
 
 
 export_app = typer.Typer(no_args_is_help=True, help="Write caches out in the formats other projects consume.")

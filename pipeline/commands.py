@@ -21,12 +21,12 @@ def load_project(config: Path | None):
     return resolve_project(config, say=lambda m: console.print(f"[cyan]{m}[/]"))
 
 
-def extract_cmd(config: Path | None, opts, as_json: bool = False, strict: bool = False) -> int:
+def extract_cmd(config: Path | None, opts, as_json: bool = False, strict: bool = False, cluster: tuple[str, ...] = ()) -> int:
     from .console import RichReporter, print_notes, print_plan, print_summary
     from .runner import extract, plan_all
 
     try:
-        project = load_project(config)
+        project = with_cluster(load_project(config), cluster)
         if opts.dry_run:
             from .fingerprint import FileHasher
             from .summary import RunSummary
@@ -54,6 +54,20 @@ def extract_cmd(config: Path | None, opts, as_json: bool = False, strict: bool =
     return EXIT_OK
 
 
+def with_cluster(project, sets: tuple[str, ...]):
+    """The project with ``--cluster KEY=VALUE`` assignments merged over its ``slurm:`` block."""
+    if not sets:
+        return project
+    import dataclasses
+
+    from navcache.cache_specs.config import build, merge, parse_assignments, to_plain
+
+    from .executors.slurm_cluster import SlurmClusterConfig
+
+    slurm = build(SlurmClusterConfig, merge(to_plain(project.slurm), parse_assignments(list(sets))), "--cluster")
+    return dataclasses.replace(project, slurm=slurm)
+
+
 def _plan_json(sp) -> dict:
     return {"dataset": sp.dataset, "split": sp.split, "stage": sp.stage_name, "cache_dir": str(sp.cache_dir), "complete": sp.finalized, **sp.counts()}
 
@@ -70,7 +84,69 @@ def status_cmd(config: Path | None, split: str | None, as_json: bool) -> int:
     code = EXIT_OK
     for sp in splits:
         code = max(code, extract_cmd(config, ExtractOptions(split=sp, dry_run=True), as_json))
-    return code
+    return max(code, array_status(project, split, as_json))
+
+
+def array_status(project, split: str | None, as_json: bool) -> int:
+    """Per task of every SLURM array (``navcache submit``) still queued or running: its state and
+    the parts it owns that are committed."""
+    from .executors.slurm_submit import SlurmError, load_submissions, queue_states, shard_progress, task_states
+    from .fingerprint import FileHasher
+    from .runner import ExtractOptions, plan_all
+    from .summary import RunSummary
+
+    subs = [s for s in load_submissions(project.cache_root) if split in (None, s.split)]
+    try:
+        active = [(s, queue_states(s.finalize_job)) for s in subs if queue_states(s.array_job) or queue_states(s.finalize_job)]
+        report = []
+        for s, fin in active:
+            opts = ExtractOptions(split=s.split, only=s.only, datasets=s.datasets, dry_run=True)
+            plans = plan_all(project, opts, RunSummary(dry_run=True), FileHasher())
+            tasks = [{"task": i, "state": st, **row} for i, (st, row) in enumerate(zip(task_states(s), shard_progress(plans, s.array)))]
+            report.append({**s.to_dict(), "finalize_state": next(iter(fin.values()), "done").lower(), "tasks": tasks})
+    except SlurmError as e:
+        print(f"navcache: submitted arrays: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if as_json:
+        if report:
+            print(json.dumps({"slurm": report}, indent=1))
+        return EXIT_OK
+    from rich.table import Table
+
+    from .console import console
+
+    for r in report:
+        t = Table(title=f"SLURM array {r['array_job']} ({r['split']}): finalising job {r['finalize_job']} {r['finalize_state']}")
+        for col in ("task", "state", "parts built"):
+            t.add_column(col)
+        for row in r["tasks"]:
+            t.add_row(str(row["task"]), row["state"], f"{row['built']}/{row['parts']}")
+        console.print(t)
+    return EXIT_OK
+
+
+def submit_cmd(config: Path | None, opts, as_json: bool = False) -> int:
+    """``navcache submit extract``: the array and its finalising job submitted; prints their ids."""
+    from .executors.slurm_submit import SlurmError, submit
+    from .runner import ExtractOptions, check_selection
+
+    try:
+        project = load_project(config)  # an embedded demo world is generated here, once, not by N racing tasks
+        check_selection(project, ExtractOptions(split=opts.split, only=opts.only, datasets=opts.datasets))
+        sub = submit(project.cache_root, opts, config, Path.cwd())
+    except ConfigError as e:
+        print(f"navcache: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SlurmError as e:
+        print(f"navcache: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if as_json:
+        print(json.dumps(sub.to_dict(), indent=1))
+    else:
+        print(f"submitted array job {sub.array_job} ({sub.array} tasks, --shard I/{sub.array}) "
+              f"and finalising job {sub.finalize_job} (afterok:{sub.array_job})")
+        print(f"scripts and logs: {sub.folder}")
+    return EXIT_OK
 
 
 def inspect_cmd(path: Path | None, config: Path | None, as_json: bool, episode: str | None = None, plot: Path | None = None) -> int:

@@ -31,6 +31,7 @@ from typing import Any, Literal, Mapping
 from navcache.cache_specs.config import build, check_name, merge, read_yaml, to_plain, unknown_name
 
 from .errors import ConfigError
+from .executors.slurm_cluster import SlurmClusterConfig
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class ProjectConfig:
     backend: Literal["zarr", "zarr-raw", "hdf5"] = "zarr"  # zarr-raw: uncompressed chunks, for caches streamed every epoch
     chunk_rows: int = 64
     run: RunConfig = field(default_factory=RunConfig)
+    #: worker jobs of ``--executor slurm`` (dask-jobqueue)
+    slurm: SlurmClusterConfig = field(default_factory=SlurmClusterConfig)
     #: where the file came from ("demo" for the embedded demo config)
     origin: str = "file"
 

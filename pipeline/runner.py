@@ -34,15 +34,15 @@ class ExtractOptions:
     split: str = "train"
     only: str | None = None
     datasets: tuple[str, ...] = ()
-    executor: str = "local"  # "local" | "dask"
+    executor: str = "local"  # "local" | "dask" | "slurm" (dask workers as SLURM jobs; workers = jobs)
     workers: int = 2
     scheduler: str | None = None
     shard: tuple[int, int] | None = None  # (i, n): build new parts of group % n == i
     dry_run: bool = False
 
     def __post_init__(self):
-        if self.executor not in ("local", "dask"):
-            raise ValueError(f"executor must be 'local' or 'dask', got {self.executor!r}")
+        if self.executor not in ("local", "dask", "slurm"):
+            raise ValueError(f"executor must be 'local', 'dask' or 'slurm', got {self.executor!r}")
         if self.shard is not None and not (0 <= self.shard[0] < self.shard[1]):
             raise ValueError(f"shard must be I/N with 0 <= I < N, got {self.shard[0]}/{self.shard[1]}")
 
@@ -134,23 +134,33 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
         hasher.close()
     failed: set[tuple[str, str]] = set()  # (dataset, stage) whose build failed: skip its downstream
     built: list[tuple[StagePlan, StageSummary]] = []
-    for sp in plans:
-        ss = StageSummary(sp.dataset, sp.split, sp.stage_name, str(sp.cache_dir), parts_total=len(sp.parts))
-        summary.stages.append(ss)
-        todo = sp.todo
-        if opts.shard is not None:
-            todo = [p for p in todo if p.group % opts.shard[1] == opts.shard[0]]
-        ss.parts_skipped = len(sp.parts) - len(todo)
-        if opts.dry_run:
-            continue
-        if any((sp.dataset, u) in failed for u in sp.stage.consumes):
-            summary.errors.append(f"{sp.dataset}/{sp.split}/{sp.stage_name}: skipped, an upstream stage failed")
-            failed.add((sp.dataset, sp.stage_name))
-            continue
-        if _build_stage(project, sp, todo, opts, reporter, ss, summary):
-            built.append((sp, ss))
-        else:
-            failed.add((sp.dataset, sp.stage_name))
+    slurm = None
+    if opts.executor == "slurm" and not opts.dry_run:
+        from .executors.slurm_cluster import SlurmClient
+
+        # one cluster for the run, started on first use
+        slurm = SlurmClient(project.slurm, opts.workers, str(Path(project.cache_root) / ".navcache" / "slurm" / "workers"))
+    try:
+        for sp in plans:
+            ss = StageSummary(sp.dataset, sp.split, sp.stage_name, str(sp.cache_dir), parts_total=len(sp.parts))
+            summary.stages.append(ss)
+            todo = sp.todo
+            if opts.shard is not None:
+                todo = [p for p in todo if p.group % opts.shard[1] == opts.shard[0]]
+            ss.parts_skipped = len(sp.parts) - len(todo)
+            if opts.dry_run:
+                continue
+            if any((sp.dataset, u) in failed for u in sp.stage.consumes):
+                summary.errors.append(f"{sp.dataset}/{sp.split}/{sp.stage_name}: skipped, an upstream stage failed")
+                failed.add((sp.dataset, sp.stage_name))
+                continue
+            if _build_stage(project, sp, todo, opts, reporter, ss, summary, slurm):
+                built.append((sp, ss))
+            else:
+                failed.add((sp.dataset, sp.stage_name))
+    finally:
+        if slurm is not None:
+            slurm.close()
     # finalising compacts and sweeps upstream parts: only once every downstream build has read them
     for sp, ss in built if opts.shard is None else ():
         try:
@@ -163,14 +173,15 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
     return summary
 
 
-def _build_stage(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptions, reporter: Reporter, ss: StageSummary, summary: RunSummary) -> bool:
+def _build_stage(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptions, reporter: Reporter, ss: StageSummary, summary: RunSummary,
+                 slurm=None) -> bool:
     """Build ``todo`` and count the layout's quarantine; False (error recorded) if the build failed."""
     t0 = time.perf_counter()
     if todo:
         invalidate(sp.cache_dir)  # the cache no longer matches its inputs: it stops looking complete
         progress = reporter.stage_start(sp, sum(len(p.episodes) for p in todo))
         try:
-            metas = _build(project, sp, todo, opts, progress)
+            metas = _build(project, sp, todo, opts, progress, slurm)
         except Exception as e:  # noqa: BLE001 - report, keep other datasets going
             # a known error's message says it all; its traceback only with --debug
             (log.debug if isinstance(e, NavcacheError) else log.exception)("stage %s failed", sp.stage_name, exc_info=True)
@@ -186,11 +197,12 @@ def _build_stage(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptio
     return True
 
 
-def _build(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptions, progress) -> list[dict]:
-    if opts.executor == "dask":
+def _build(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptions, progress, slurm=None) -> list[dict]:
+    if opts.executor in ("dask", "slurm"):
         from .executors.dask_exec import build_parts_dask
 
-        return build_parts_dask(project, sp, todo, opts.workers, opts.scheduler, progress)
+        client = slurm.get() if slurm is not None else None
+        return build_parts_dask(project, sp, todo, opts.workers, opts.scheduler, progress, client=client)
     from .executors.local import build_parts
 
     return build_parts(sp, todo, project.backend, project.chunk_rows, project.run, progress)
