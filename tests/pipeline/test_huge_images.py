@@ -3,7 +3,7 @@ its size in the reason) or decoded DCT-reduced towards the encoder's input size,
 normal-sized frame decodes byte for byte as before.
 
 The huge image (12000x12000, 144 Mpx, a few MB as a JPEG of flat colour) is generated into
-tmp_path; the peak memory is the ``ru_maxrss`` an ``extract`` subprocess reports for itself. That
+tmp_path; the peak memory is the ``VmHWM`` an ``extract`` subprocess reports for itself. That
 subprocess runs under a 3 GiB data limit (RLIMIT_DATA), so code that decodes the full
 image fails inside it instead of taking 15 GB from a shared machine.
 """
@@ -173,7 +173,9 @@ _CHILD = textwrap.dedent(
     from navcache.pipeline.config import load_config
     from navcache.pipeline.runner import ExtractOptions, extract
     s = extract(load_config(sys.argv[1]), ExtractOptions("train", only="frame-features"))
-    peak = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    # VmHWM is this process image's own high-water mark: ru_maxrss would start from the RSS of the
+    # process that forked us (Linux carries it over fork and execve), i.e. pytest's, not ours
+    peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     (st,) = s.stages
     print(json.dumps({"peak_kib": peak, "errors": s.errors, "ok": st.episodes_ok, "quarantined": st.quarantined}))
     """
