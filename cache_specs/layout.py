@@ -39,6 +39,12 @@ def part_id(i: int) -> str:
     return f"part-{i:05d}"
 
 
+def is_part_name(name: str) -> bool:
+    """Whether ``name`` is one ``part_id`` makes: only such folders are ours to sweep."""
+    head, _, num = name.partition("-")
+    return head == "part" and num.isascii() and num.isdigit() and part_id(int(num)) == name
+
+
 def private_name(prefix: str, name: str) -> str:
     """A name no other process will pick: pid + random, so concurrent writers never collide."""
     return f"{prefix}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"

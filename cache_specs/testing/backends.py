@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ..backends import BACKENDS, get_backend
+from .damage import DamageConformance
 from ..layout import MANIFEST, PART_JSON, PARTS, TMP_PREFIX, TRASH_PREFIX, cache_dir as layout_cache_dir, part_id
 from ..manifest import IncompleteCache, finalize_cache, invalidate, read_manifest
 from ..parts import EpisodeResult, read_part_meta, write_part
@@ -183,8 +184,9 @@ def assert_episode_equal(got: Mapping[str, np.ndarray], want: Mapping[str, np.nd
 # --------------------------------------------------------------------------------------------
 
 
-class BackendConformance:
-    """Every storage backend must pass all of these. Subclasses set ``backend_name``."""
+class BackendConformance(DamageConformance):
+    """Every storage backend must pass all of these (the damage checks of ``DamageConformance``
+    included). Subclasses set ``backend_name``."""
 
     backend_name: str = ""
 

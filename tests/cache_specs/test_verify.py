@@ -16,6 +16,7 @@ import pytest
 from navcache.cache_specs.testing.backends import SPECS, build_cache, make_episode, quarantined  # noqa: E402
 
 from navcache.cache_specs import open_cache  # noqa: E402
+from navcache.cache_specs.errors import DamagedCache  # noqa: E402
 from navcache.cache_specs.layout import INDEX, MANIFEST, PART_JSON, PARTS, part_id  # noqa: E402
 from navcache.cache_specs.manifest import invalidate  # noqa: E402
 from navcache.cache_specs.parts import write_part  # noqa: E402
@@ -136,8 +137,9 @@ def test_flipped_byte_inside_chunk_data_fails_decoding_too(cache):
     if backend == "hdf5":
         # fletcher32: HDF5 itself refuses the chunk rather than returning changed values
         assert decoded[0].kind == "unreadable_array"
-        with open_cache(c) as r, pytest.raises(OSError):
-            r.load("feat")
+    # a reader turns the backend's checksum failure into one error naming the part and the fix
+    with open_cache(c) as r, pytest.raises(DamagedCache, match=f"part {TARGET} is damaged.*navcache verify --repair"):
+        r.load("feat")
     assert damaged_parts(deep) == {TARGET}
     # other arrays of the same part and other parts still read fine
     with open_cache(c) as r:
