@@ -84,8 +84,11 @@ def check_part_files(part_dir: Path, files: Mapping[str, Mapping[str, Any]]) -> 
 
 
 def raise_on_files(part_dir: Path, meta: Mapping[str, Any]) -> None:
-    """DamagedCache when ``check_part_files`` finds anything (the first three problems named)."""
-    problems = check_part_files(part_dir, meta.get("files", {}))
+    """DamagedCache when ``check_part_files`` finds anything (the first three problems named).
+    A part.json without a ``files`` record (none written so far lacks one) opens unchecked."""
+    if "files" not in meta:
+        return
+    problems = check_part_files(part_dir, meta["files"])
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise damaged(part_dir, "; ".join(problems[:3]) + more)

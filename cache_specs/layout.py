@@ -6,7 +6,9 @@
         index.parquet          one row per episode, sorted by id: part, start, length, status, reason
         parts/part-00000/      one folder per part, renamed into place by its single writer
             part.json          fingerprint, episodes (each with its fingerprint), row counts,
-                               per-array and per-file checksums
+                               per-array and per-file checksums; its ``files`` record (size of
+                               each file written) is what a reader checks a part's listing against
+                               (``integrity``)
             data.zarr | data.h5
         parts/.tmp-*           a writer's private folder while it works (orphan if it died)
 

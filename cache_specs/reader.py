@@ -7,6 +7,10 @@
     >>> c.array("cls")[100:200]      # lazy view over all parts
     >>> c.load("cls")                # whole array in memory (what trainers use)
     >>> ds = c.torch_dataset()       # torch Dataset of per-episode dicts
+
+A part is read only after ``integrity``'s checks (its files as recorded, its part.json the one the
+manifest vouches for, the index rows into it matching it); damage raises ``DamagedCache`` naming
+the part and ``navcache verify --repair``, never reads as zeros or as another part's rows.
 """
 from __future__ import annotations
 
@@ -91,8 +95,12 @@ class ArrayView:
 class CacheReader:
     """A complete cache opened for reading. Thread-safe for reads; open once per process."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, check_index: bool = True):
+        """``check_index=False``: a part's index rows are not compared with its part.json (the
+        other checks stay). For a DataLoader worker whose parent loader checked every part: the
+        check reads the index with polars, whose thread pool deadlocks in a forked child."""
         self.path = Path(path)
+        self._check_index = check_index
         self.manifest: dict = read_manifest(self.path)
         if MANIFEST_SHA_KEY in self.manifest and self.manifest[MANIFEST_SHA_KEY] != manifest_checksum(self.manifest):
             raise DamagedCache(f"{self.path}: {MANIFEST} differs from its own checksum (edited or corrupt); {REPAIR}")
@@ -187,7 +195,7 @@ class CacheReader:
             raw, meta = read_part_json(pdir)
             if meta.get("format") not in READABLE_PART_FORMATS:
                 raise damaged(pdir, f"{PART_JSON} has format {meta.get('format')!r}, not one of {', '.join(READABLE_PART_FORMATS)}")
-            check_part_meta(pdir, raw, meta, record, self._index_rows.get(part, ()))
+            check_part_meta(pdir, raw, meta, record, self._index_rows.get(part, ()) if self._check_index else ())
             raise_on_files(pdir, meta)
             self._checked[part] = meta
         return self._checked[part]

@@ -13,7 +13,11 @@ The suite has two layers:
 * the whole path a real pipeline takes through that backend: ``write_part`` (atomic commit,
   quarantine, idempotent retries) -> ``finalize_cache`` -> ``open_cache`` (index, per-episode
   access, ``ArrayView`` indexing across part boundaries, ``load``, ``offsets``, the torch dataset,
-  ``repr``), including a hypothesis property test with random episodes split into random parts.
+  ``repr``), including a hypothesis property test with random episodes split into random parts;
+* damage (``DamageConformance`` in ``cache_specs.testing.damage``): a shard deleted, emptied, cut or
+  with a flipped byte, two part folders swapped, index and part.json disagreeing, each read through
+  ``load``, ``c[...]``, the torch dataset and ``make_loader`` (stream and memory): every one raises
+  ``DamagedCache`` naming the part, none returns zeros or another part's rows.
 
 Everything runs on real files under pytest's ``tmp_path``; nothing is mocked.
 """

@@ -147,11 +147,11 @@ DAMAGES: dict[str, Callable[[Path], None]] = {
 # -- the ways into a cache -------------------------------------------------------------------------
 
 
-def _loader(mode: str):
+def _loader(mode: str, workers: int = 0):
     def read(c: Path) -> list:
         from ..streaming import make_loader
 
-        loader = make_loader({"c": c}, {"c": ["feat"]}, batch_size=2, mode=mode, shuffle=False)
+        loader = make_loader({"c": c}, {"c": ["feat"]}, batch_size=2, mode=mode, shuffle=False, num_workers=workers)
         return [b["c.feat"] for b in loader]
 
     return read
@@ -164,6 +164,7 @@ READS: dict[str, Callable[[Path], object]] = {
     "torch_dataset_lazy": lambda c: [x["feat"] for x in open_cache(c).torch_dataset(["feat"], in_memory=False)],
     "loader_stream": _loader("stream"),
     "loader_memory": _loader("memory"),
+    "loader_workers": _loader("stream", workers=1),  # reads in a forked worker: its error reaches the caller
 }
 
 
