@@ -22,3 +22,9 @@ class ConfigError(NavcacheError, ValueError):
     Also a ``ValueError``: it is a bad value, and code that validates frozen dataclasses by catching
     ``ValueError`` (their ``__post_init__`` checks) keeps working when the builder wraps the message.
     """
+
+
+class DamagedCache(NavcacheError):
+    """A cache's files do not match what was written: a part missing, swapped, truncated, a chunk
+    failing its checksum. Readers raise it instead of returning fill values; the message names the
+    cache, the part and ``navcache verify --repair``."""

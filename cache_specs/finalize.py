@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .layout import MANIFEST, PARTS, TMP_PREFIX, TRASH_PREFIX, canonical_json, fsync_dir, part_id, private_name, read_json, sha256_file
+from .layout import MANIFEST, PARTS, TMP_PREFIX, TRASH_PREFIX, canonical_json, fsync_dir, is_part_name, part_id, private_name, read_json, sha256_file
 from .manifest import (
     INDEX,
     MANIFEST_FORMAT,
@@ -160,7 +160,9 @@ def _loader(cache_dir: Path, rows: Sequence[tuple[str, Mapping]], metas: Mapping
 
 def sweep(cache_dir: Path, keep: set[str]) -> list[str]:
     """Delete temporaries and every part folder not in ``keep``; return the part names removed.
-    Only for the cache's owner (a plain run, a repair): shard jobs may be writing meanwhile."""
+    Only for the cache's owner (a plain run, a repair): shard jobs may be writing meanwhile.
+    Only what our writers make goes: anything else in ``parts/`` (a user's file, a folder not
+    named ``part-N``) stays, and ``verify`` reports it as a stray."""
     remove_temporaries(cache_dir)
     pdir = Path(cache_dir) / PARTS
     gone = []
@@ -169,12 +171,11 @@ def sweep(cache_dir: Path, keep: set[str]) -> list[str]:
     for d in sorted(pdir.iterdir()):
         if d.name in keep or d.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
             continue
-        if d.is_dir() and not d.is_symlink():
-            trash = pdir / private_name(TRASH_PREFIX, d.name)
-            os.rename(d, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            d.unlink(missing_ok=True)
+        if not (is_part_name(d.name) and d.is_dir() and not d.is_symlink()):
+            continue
+        trash = pdir / private_name(TRASH_PREFIX, d.name)
+        os.rename(d, trash)
+        shutil.rmtree(trash, ignore_errors=True)
         gone.append(d.name)
     if gone:
         fsync_dir(pdir)

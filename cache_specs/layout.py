@@ -6,7 +6,9 @@
         index.parquet          one row per episode, sorted by id: part, start, length, status, reason
         parts/part-00000/      one folder per part, renamed into place by its single writer
             part.json          fingerprint, episodes (each with its fingerprint), row counts,
-                               per-array and per-file checksums
+                               per-array and per-file checksums; its ``files`` record (size of
+                               each file written) is what a reader checks a part's listing against
+                               (``integrity``)
             data.zarr | data.h5
         parts/.tmp-*           a writer's private folder while it works (orphan if it died)
 
@@ -37,6 +39,12 @@ def cache_dir(cache_root: Path, dataset: str, split: str, spec: str) -> Path:
 
 def part_id(i: int) -> str:
     return f"part-{i:05d}"
+
+
+def is_part_name(name: str) -> bool:
+    """Whether ``name`` is one ``part_id`` makes: only such folders are ours to sweep."""
+    head, _, num = name.partition("-")
+    return head == "part" and num.isascii() and num.isdigit() and part_id(int(num)) == name
 
 
 def private_name(prefix: str, name: str) -> str:

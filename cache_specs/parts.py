@@ -245,8 +245,23 @@ def read_part_meta(part_dir: Path) -> dict | None:
     return meta if isinstance(meta, dict) and meta.get("format") in READABLE_PART_FORMATS else None
 
 
-def open_part_data(part_dir: Path, meta: Mapping[str, Any]):
-    return get_backend(meta["backend"]).open(part_dir)
+def open_part_data(part_dir: Path, meta: Mapping[str, Any], check: bool = True, files_checked: bool = False):
+    """The part's arrays (``PartData``). ``check`` (every reader): first compare the folder's files
+    with part.json's record (a listing, no data read; skipped when ``files_checked``: a reader
+    reopening a part it checked) and wrap the data so a failed checksum or decode raises
+    ``DamagedCache`` naming the part (``integrity``); ``verify`` passes False to see the backend's
+    own behaviour."""
+    if not check:
+        return get_backend(meta["backend"]).open(part_dir)
+    from .integrity import DECODE_ERRORS, CheckedPart, damaged, raise_on_files
+
+    if not files_checked:
+        raise_on_files(part_dir, meta)
+    try:
+        data = get_backend(meta["backend"]).open(part_dir)
+    except DECODE_ERRORS as e:
+        raise damaged(part_dir, f"its data does not open ({type(e).__name__}: {e})") from e
+    return CheckedPart(data, part_dir)
 
 
 class PartEpisodes:

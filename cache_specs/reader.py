@@ -7,10 +7,16 @@
     >>> c.array("cls")[100:200]      # lazy view over all parts
     >>> c.load("cls")                # whole array in memory (what trainers use)
     >>> ds = c.torch_dataset()       # torch Dataset of per-episode dicts
+
+A part is read only after ``integrity``'s checks (its files as recorded, its part.json the one the
+manifest vouches for, the index rows into it matching it); damage raises ``DamagedCache`` naming
+the part and ``navcache verify --repair``, never reads as zeros or as another part's rows.
 """
 from __future__ import annotations
 
+import hashlib
 import html
+import io
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -18,9 +24,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import describe
-from .layout import INDEX, PARTS, cache_dir as _cache_dir
-from .manifest import read_manifest
-from .parts import open_part_data
+from .errors import DamagedCache
+from .integrity import REPAIR, check_part_meta, damaged, raise_on_files, read_part_json
+from .layout import INDEX, MANIFEST, PART_JSON, PARTS, cache_dir as _cache_dir
+from .manifest import MANIFEST_SHA_KEY, manifest_checksum, read_manifest
+from .parts import READABLE_PART_FORMATS, open_part_data
 
 
 class ArrayView:
@@ -87,10 +95,17 @@ class ArrayView:
 class CacheReader:
     """A complete cache opened for reading. Thread-safe for reads; open once per process."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, check_index: bool = True):
+        """``check_index=False``: a part's index rows are not compared with its part.json (the
+        other checks stay). For a DataLoader worker whose parent loader checked every part: the
+        check reads the index with polars, whose thread pool deadlocks in a forked child."""
         self.path = Path(path)
+        self._check_index = check_index
         self.manifest: dict = read_manifest(self.path)
+        if MANIFEST_SHA_KEY in self.manifest and self.manifest[MANIFEST_SHA_KEY] != manifest_checksum(self.manifest):
+            raise DamagedCache(f"{self.path}: {MANIFEST} differs from its own checksum (edited or corrupt); {REPAIR}")
         self._open: dict[str, Any] = {}
+        self._checked: dict[str, dict] = {}  # part -> its part.json, once it passed ``integrity``'s checks
 
     # -- metadata ---------------------------------------------------------------------------
     @property
@@ -107,7 +122,11 @@ class CacheReader:
         """polars DataFrame: episode_id, part, start, length, status, reason."""
         import polars as pl
 
-        return pl.read_parquet(self.path / INDEX)
+        raw = (self.path / INDEX).read_bytes()
+        want = self.manifest.get("index_sha256")
+        if want is not None and hashlib.sha256(raw).hexdigest() != want:
+            raise DamagedCache(f"{self.path}: {INDEX} differs from the one the manifest recorded; {REPAIR}")
+        return pl.read_parquet(io.BytesIO(raw))
 
     @cached_property
     def episodes(self) -> list[str]:
@@ -155,28 +174,53 @@ class CacheReader:
         return list(self.spec["arrays"])
 
     # -- data ---------------------------------------------------------------------------------
+    @cached_property
+    def _index_rows(self) -> dict[str, list[tuple[str, int, int, str]]]:
+        """part -> the index rows (episode id, start, length, status) that point into it."""
+        out: dict[str, list] = {}
+        t = self.index
+        for eid, part, start, length, status in zip(*(t[c].to_list() for c in ("episode_id", "part", "start", "length", "status"))):
+            out.setdefault(part, []).append((eid, start, length, status))
+        return out
+
+    def part_meta(self, part: str) -> dict:
+        """``part``'s part.json, after ``integrity``'s checks (once per reader): its bytes are
+        what the manifest recorded, every index row into it matches it, and its files are all
+        there with their recorded sizes. DamagedCache naming the part otherwise."""
+        if part not in self._checked:
+            pdir = self.path / PARTS / part
+            record = self.manifest.get("parts", {}).get(part)
+            if record is None:
+                raise DamagedCache(f"{self.path}: the index names part {part}, which the manifest does not list; {REPAIR}")
+            raw, meta = read_part_json(pdir)
+            if meta.get("format") not in READABLE_PART_FORMATS:
+                raise damaged(pdir, f"{PART_JSON} has format {meta.get('format')!r}, not one of {', '.join(READABLE_PART_FORMATS)}")
+            check_part_meta(pdir, raw, meta, record, self._index_rows.get(part, ()) if self._check_index else ())
+            raise_on_files(pdir, meta)
+            self._checked[part] = meta
+        return self._checked[part]
+
+    def check(self) -> None:
+        """Run ``part_meta``'s checks on every part the manifest lists (a listing per part, no
+        data read): DamagedCache naming the first damaged part. Trainers call it before the first
+        batch, so damage stops a run at its start rather than mid-epoch."""
+        for part in sorted(self.manifest.get("parts", {})):
+            self.part_meta(part)
+
     def _part_array(self, part: str, name: str):
         if part not in self._open:
-            from .parts import read_part_meta
-
-            meta = read_part_meta(self.path / PARTS / part)
-            if meta is None:
-                raise FileNotFoundError(f"{self.path}: part {part} is missing or damaged; run `navcache verify --repair`")
-            self._open[part] = open_part_data(self.path / PARTS / part, meta)
+            self._open[part] = self.open_part(part)
         return self._open[part][name]
 
     def open_part(self, part: str):
         """One part's arrays (``PartData``), opened afresh and NOT cached: the caller closes it.
+        Checked first (``part_meta``); reads raise DamagedCache where a chunk fails its checksum.
 
         For readers that manage their own bounded set of open parts (``cache_specs.streaming``)
         and for worker processes, which must not inherit handles across a fork.
         """
-        from .parts import read_part_meta
-
-        meta = read_part_meta(self.path / PARTS / part)
-        if meta is None:
-            raise FileNotFoundError(f"{self.path}: part {part} is missing or damaged; run `navcache verify --repair`")
-        return open_part_data(self.path / PARTS / part, meta)
+        meta = self.part_meta(part)
+        return open_part_data(self.path / PARTS / part, meta, files_checked=True)
 
     def chunk_rows(self, name: str, part: str) -> int:
         """Rows per stored chunk of array ``name`` in ``part`` (the unit a read decodes)."""

@@ -41,7 +41,8 @@ class DiskRows:
     def __init__(self, path: str | Path, arrays: Sequence[str], max_open: int = 8):
         from .reader import CacheReader
 
-        self._reader = CacheReader(Path(path))
+        # the loader checked every part against the index before any worker forked (``check``)
+        self._reader = CacheReader(Path(path), check_index=False)
         self.arrays = list(arrays)
         spec = self._reader.spec["arrays"]
         # row shape and dtype from the cache's spec: opening each part's arrays only to learn

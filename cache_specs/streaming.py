@@ -165,6 +165,8 @@ class StreamingLoader:
     def __init__(self, caches: Mapping[str, CacheReader | str | Path], arrays: Mapping[str, Sequence[str]], config: LoaderConfig):
         self.config = c = config
         readers = {n: r if isinstance(r, CacheReader) else open_cache(r) for n, r in caches.items()}
+        for r in readers.values():
+            r.check()  # a damaged part stops the run here, not mid-epoch (a listing per part; workers re-check what they open)
         self.arrays = _check_arrays(readers, arrays)
         self.join: Join = join_caches(readers)
         if not len(self.join):

@@ -17,6 +17,9 @@ Damage kinds (``Damage.kind``):
     array_mismatch       an array decodes, but to different values than were written
     orphan_temp          a writer's temporary folder (or index/manifest temp file) left by a killed process
     orphan_part          a part folder the manifest does not list
+    stray                a file or folder that is no part of a cache (a junk folder beside ``parts/``,
+                         a name inside ``parts/`` that is not a part's): not ours, so ``--repair``
+                         reports it and leaves it for its owner to move or delete
 """
 from __future__ import annotations
 
@@ -30,8 +33,10 @@ from .layout import (
     MANIFEST,
     PART_JSON,
     PARTS,
+    RETIRED_MANIFEST,
     TMP_PREFIX,
     TRASH_PREFIX,
+    is_part_name,
     list_files,
     read_json,
     sha256_file,
@@ -75,7 +80,7 @@ def verify_part(part_dir: Path, deep: bool = True) -> list[Damage]:
             out.append(Damage("unexpected_file", pid, rel))
     if deep:
         try:
-            data = open_part_data(part_dir, meta)
+            data = open_part_data(part_dir, meta, check=False)  # the raw backend: its own errors are the report
         except Exception as e:  # noqa: BLE001 - any decoder error is damage to report, not to raise
             return out + [Damage("unreadable_array", pid, f"cannot open data: {type(e).__name__}: {e}")]
         try:
@@ -103,6 +108,8 @@ def verify_cache(cache_dir: Path, deep: bool = True) -> list[Damage]:
             out.append(Damage("orphan_temp", None, f"{PARTS}/{name}"))
     for x in sorted(cache_dir.glob(TMP_PREFIX + "*")):  # an index/manifest write cut short
         out.append(Damage("orphan_temp", None, x.name))
+    out += strays(cache_dir)
+    on_disk = [n for n in on_disk if is_part_name(n) and (parts_dir / n).is_dir()]
     if not (cache_dir / MANIFEST).exists():
         out.append(Damage("no_manifest", None, f"{cache_dir} has no {MANIFEST}: build not finished"))
         for name in on_disk:
@@ -141,6 +148,28 @@ def verify_cache(cache_dir: Path, deep: bool = True) -> list[Damage]:
     return out
 
 
+#: what a cache folder may hold besides ``.tmp-*`` files of an interrupted index/manifest write
+CACHE_ENTRIES = {MANIFEST: False, RETIRED_MANIFEST: False, INDEX: False, PARTS: True}  # name -> is a folder
+
+
+def strays(cache_dir: Path) -> list[Damage]:
+    """Files and folders of ``cache_dir`` and its ``parts/`` that no writer of ours makes: reported,
+    never deleted (they may be a user's)."""
+    out = []
+    for x in sorted(Path(cache_dir).iterdir()):
+        folder = x.is_dir() and not x.is_symlink()
+        if x.name.startswith(TMP_PREFIX) or CACHE_ENTRIES.get(x.name) == folder:
+            continue
+        out.append(Damage("stray", None, f"{x.name}{'/' if folder else ''}: not part of a navcache cache; left in place, move or delete it by hand"))
+    pdir = Path(cache_dir) / PARTS
+    for x in sorted(pdir.iterdir()) if pdir.is_dir() and not pdir.is_symlink() else []:
+        folder = x.is_dir() and not x.is_symlink()
+        if x.name.startswith((TMP_PREFIX, TRASH_PREFIX)) or (folder and is_part_name(x.name)):
+            continue
+        out.append(Damage("stray", None, f"{PARTS}/{x.name}{'/' if folder else ''}: not a part; left in place, move or delete it by hand"))
+    return out
+
+
 def _index_rows(index: Path, listed: dict, metas: dict) -> list[Damage]:
     """Every index row names a listed part and an entry of its part.json with the same rows.
     (A part missing from disk is reported once, as missing_part, not per row.)"""
@@ -166,3 +195,8 @@ def _index_rows(index: Path, listed: dict, metas: dict) -> list[Damage]:
 
 def damaged_parts(damage: list[Damage]) -> set[str]:
     return {d.part for d in damage if d.part and d.kind != "orphan_part"}
+
+
+def needs_rebuild(damage: list[Damage]) -> bool:
+    """Whether a repair has anything to rebuild: strays are left to their owner, nothing else."""
+    return any(d.kind != "stray" for d in damage)

@@ -9,7 +9,7 @@ from navcache.cache_specs.errors import EXIT_DAMAGE, EXIT_FAILED, EXIT_OK
 from navcache.cache_specs.layout import PARTS
 from navcache.cache_specs.manifest import invalidate, remove_temporaries
 from navcache.cache_specs.reader import iter_caches
-from navcache.cache_specs.verify import damaged_parts, verify_cache
+from navcache.cache_specs.verify import damaged_parts, needs_rebuild, verify_cache
 
 
 def verify_and_repair(path: Path | None, project, repair: bool, as_json: bool) -> int:
@@ -25,9 +25,11 @@ def verify_and_repair(path: Path | None, project, repair: bool, as_json: bool) -
         if dmg:
             damaged[d] = dmg
     repaired = {}
-    if repair and damaged:
-        repaired = _repair(project, damaged)
-        for d in damaged:
+    # strays (a user's folder beside parts/) are reported, never deleted, and need no rebuild
+    rebuild = {d: dmg for d, dmg in damaged.items() if needs_rebuild(dmg)}
+    if repair and rebuild:
+        repaired = _repair(project, rebuild)
+        for d in rebuild:
             report[str(d)] = [str(x) for x in verify_cache(d)]
     still = {k: v for k, v in report.items() if v}
     from rich.markup import escape

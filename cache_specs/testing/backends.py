@@ -13,7 +13,11 @@ The suite has two layers:
 * the whole path a real pipeline takes through that backend: ``write_part`` (atomic commit,
   quarantine, idempotent retries) -> ``finalize_cache`` -> ``open_cache`` (index, per-episode
   access, ``ArrayView`` indexing across part boundaries, ``load``, ``offsets``, the torch dataset,
-  ``repr``), including a hypothesis property test with random episodes split into random parts.
+  ``repr``), including a hypothesis property test with random episodes split into random parts;
+* damage (``DamageConformance`` in ``cache_specs.testing.damage``): a shard deleted, emptied, cut or
+  with a flipped byte, two part folders swapped, index and part.json disagreeing, each read through
+  ``load``, ``c[...]``, the torch dataset and ``make_loader`` (stream and memory): every one raises
+  ``DamagedCache`` naming the part, none returns zeros or another part's rows.
 
 Everything runs on real files under pytest's ``tmp_path``; nothing is mocked.
 """
@@ -30,6 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ..backends import BACKENDS, get_backend
+from .damage import DamageConformance
 from ..layout import MANIFEST, PART_JSON, PARTS, TMP_PREFIX, TRASH_PREFIX, cache_dir as layout_cache_dir, part_id
 from ..manifest import IncompleteCache, finalize_cache, invalidate, read_manifest
 from ..parts import EpisodeResult, read_part_meta, write_part
@@ -183,8 +188,9 @@ def assert_episode_equal(got: Mapping[str, np.ndarray], want: Mapping[str, np.nd
 # --------------------------------------------------------------------------------------------
 
 
-class BackendConformance:
-    """Every storage backend must pass all of these. Subclasses set ``backend_name``."""
+class BackendConformance(DamageConformance):
+    """Every storage backend must pass all of these (the damage checks of ``DamageConformance``
+    included). Subclasses set ``backend_name``."""
 
     backend_name: str = ""
 

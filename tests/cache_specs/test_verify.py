@@ -16,6 +16,7 @@ import pytest
 from navcache.cache_specs.testing.backends import SPECS, build_cache, make_episode, quarantined  # noqa: E402
 
 from navcache.cache_specs import open_cache  # noqa: E402
+from navcache.cache_specs.errors import DamagedCache  # noqa: E402
 from navcache.cache_specs.layout import INDEX, MANIFEST, PART_JSON, PARTS, part_id  # noqa: E402
 from navcache.cache_specs.manifest import invalidate  # noqa: E402
 from navcache.cache_specs.parts import write_part  # noqa: E402
@@ -136,8 +137,9 @@ def test_flipped_byte_inside_chunk_data_fails_decoding_too(cache):
     if backend == "hdf5":
         # fletcher32: HDF5 itself refuses the chunk rather than returning changed values
         assert decoded[0].kind == "unreadable_array"
-        with open_cache(c) as r, pytest.raises(OSError):
-            r.load("feat")
+    # a reader turns the backend's checksum failure into one error naming the part and the fix
+    with open_cache(c) as r, pytest.raises(DamagedCache, match=f"part {TARGET} is damaged.*navcache verify --repair"):
+        r.load("feat")
     assert damaged_parts(deep) == {TARGET}
     # other arrays of the same part and other parts still read fine
     with open_cache(c) as r:
@@ -426,3 +428,57 @@ def test_verify_still_finds_damage_next_to_dead_rows(dead_rows):
     m[MANIFEST_SHA_KEY] = manifest_checksum(m)
     (c2 / MANIFEST).write_text(json.dumps(m))
     assert ("bad_index", None) in report(verify_cache(c2, deep=False))
+
+
+# -- strays: what no writer of ours makes ---------------------------------------------------------
+
+
+def test_junk_folder_beside_parts_is_a_stray(cache):
+    backend, c = cache
+    (c / "junk").mkdir()
+    (c / "junk" / "notes.txt").write_text("mine")
+    (c / "README.txt").write_text("mine too")
+    damage = verify_cache(c)
+    assert report(damage) == [("stray", None), ("stray", None)]
+    assert [d.detail.split(":")[0] for d in damage] == ["README.txt", "junk/"] and all("left in place" in d.detail for d in damage)
+
+
+def test_non_part_names_inside_parts_are_strays_not_orphan_parts(cache):
+    backend, c = cache
+    (c / PARTS / "backup").mkdir()
+    (c / PARTS / "part-1").mkdir()  # not a name part_id makes
+    (c / PARTS / "list.txt").write_text("x")
+    damage = verify_cache(c)
+    assert report(damage) == [("stray", None)] * 3
+    assert {d.detail.split(":")[0] for d in damage} == {"parts/backup/", "parts/part-1/", "parts/list.txt"}
+    assert damaged_parts(damage) == set()
+
+
+def test_sweep_removes_our_leftovers_but_never_a_stray(cache):
+    from navcache.cache_specs.finalize import sweep
+
+    backend, c = cache
+    (c / PARTS / "backup").mkdir()
+    (c / PARTS / "backup" / "keep.txt").write_text("a user's file")
+    (c / "junk").mkdir()
+    write_part(c / PARTS, part_id(7), "fp7", SPEC, DIMS, [make_episode(SPEC, DIMS, "x", 2, 5)], backend=backend)
+    (c / PARTS / ".tmp-part-00009-123-abcd").mkdir()
+    assert sweep(c, {part_id(i) for i in range(N_PARTS)}) == [part_id(7)]
+    assert (c / PARTS / "backup" / "keep.txt").read_text() == "a user's file" and (c / "junk").is_dir()
+    assert not (c / PARTS / ".tmp-part-00009-123-abcd").exists()
+    assert report(verify_cache(c)) == [("stray", None)] * 2
+
+
+def test_repair_reports_strays_and_leaves_them(cache, capsys):
+    """``verify --repair`` on a cache whose only damage is a stray: nothing to rebuild, nothing
+    deleted, the cache stays complete, and the exit code still says the folder is not clean."""
+    from navcache.cache_specs.errors import EXIT_DAMAGE
+    from navcache.pipeline.verify_repair import verify_and_repair
+
+    backend, c = cache
+    (c / "junk").mkdir()
+    rc = verify_and_repair(c, None, repair=True, as_json=True)
+    out = json.loads(capsys.readouterr().out)
+    assert rc == EXIT_DAMAGE and out["repaired"] == {} and not out["ok"]
+    assert out["caches"][str(c)] == ["stray: junk/: not part of a navcache cache; left in place, move or delete it by hand"]
+    assert (c / "junk").is_dir() and (c / MANIFEST).exists()
