@@ -97,7 +97,7 @@ def start_cluster(cfg: GpuWorkersConfig, specs: list[WorkerSpec]):
     workers = {s.name: {"cls": Nanny, "options": {"nthreads": cfg.threads_per_worker, "env": s.env, "name": s.name,
                                                     "silence_logs": logging.ERROR}}
                for s in specs}
-    return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
+    return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard": False}},
                        silence_logs=logging.ERROR)
 
 
