@@ -31,6 +31,7 @@ from typing import Any, Literal, Mapping
 from navcache.cache_specs.config import build, check_name, merge, read_yaml, to_plain, unknown_name
 
 from .errors import ConfigError
+from .executors.gpu_workers import GpuWorkersConfig
 from .executors.slurm_cluster import SlurmClusterConfig
 
 
@@ -77,6 +78,8 @@ class ProjectConfig:
     run: RunConfig = field(default_factory=RunConfig)
     #: worker jobs of ``--executor slurm`` (dask-jobqueue)
     slurm: SlurmClusterConfig = field(default_factory=SlurmClusterConfig)
+    #: workers of ``--executor gpus`` (one per GPU of this node)
+    gpus: GpuWorkersConfig = field(default_factory=GpuWorkersConfig)
     #: where the file came from ("demo" for the embedded demo config)
     origin: str = "file"
 

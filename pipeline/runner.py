@@ -34,15 +34,15 @@ class ExtractOptions:
     split: str = "train"
     only: str | None = None
     datasets: tuple[str, ...] = ()
-    executor: str = "local"  # "local" | "dask" | "slurm" (dask workers as SLURM jobs; workers = jobs)
+    executor: str = "local"  # "local" | "dask" | "slurm" (dask workers as SLURM jobs; workers = jobs) | "gpus" (one worker per GPU)
     workers: int = 2
     scheduler: str | None = None
     shard: tuple[int, int] | None = None  # (i, n): build new parts of group % n == i
     dry_run: bool = False
 
     def __post_init__(self):
-        if self.executor not in ("local", "dask", "slurm"):
-            raise ValueError(f"executor must be 'local', 'dask' or 'slurm', got {self.executor!r}")
+        if self.executor not in ("local", "dask", "slurm", "gpus"):
+            raise ValueError(f"executor must be 'local', 'dask', 'slurm' or 'gpus', got {self.executor!r}")
         if self.shard is not None and not (0 <= self.shard[0] < self.shard[1]):
             raise ValueError(f"shard must be I/N with 0 <= I < N, got {self.shard[0]}/{self.shard[1]}")
 
@@ -140,6 +140,10 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
 
         # one cluster for the run, started on first use
         slurm = SlurmClient(project.slurm, opts.workers, str(Path(project.cache_root) / ".navcache" / "slurm" / "workers"))
+    elif opts.executor == "gpus" and not opts.dry_run:
+        from .executors.gpu_workers import GpuClient
+
+        slurm = GpuClient(project.gpus)  # same interface: the run's one cluster, started on first use
     try:
         for sp in plans:
             ss = StageSummary(sp.dataset, sp.split, sp.stage_name, str(sp.cache_dir), parts_total=len(sp.parts))
@@ -198,7 +202,7 @@ def _build_stage(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptio
 
 
 def _build(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptions, progress, slurm=None) -> list[dict]:
-    if opts.executor in ("dask", "slurm"):
+    if opts.executor in ("dask", "slurm", "gpus"):
         from .executors.dask_exec import build_parts_dask
 
         client = slurm.get() if slurm is not None else None

@@ -32,8 +32,9 @@ from __future__ import annotations
 import abc
 import re
 import threading
+import traceback
 from contextlib import AbstractContextManager
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Hashable, TypeVar
 
 from .weights import check_model, read_provenance, weights_fingerprint
 
@@ -86,6 +87,78 @@ def oom_error_type() -> type[BaseException]:
 
     # torch >= 2.5 exposes torch.OutOfMemoryError; it is the same class as torch.cuda's
     return getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+
+_NEEDED_RE = re.compile(r"Tried to allocate ([\d.]+ ?[KMGTP]?i?B)")
+
+
+def memory_needed(err: BaseException) -> str | None:
+    """The allocation a CUDA out-of-memory error reports ("2.00 GiB"), or None when it says none
+    (torch's message: "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has ...")."""
+    m = _NEEDED_RE.search(str(err))
+    return m.group(1) if m else None
+
+
+def drop_failed_frames(err: BaseException) -> None:
+    """Release what a failed forward pass still holds, then the CUDA cache: the activations are
+    referenced from the traceback's frames, and the cache cannot return memory they hold."""
+    traceback.clear_frames(err.__traceback__)
+    free_cuda_cache()
+
+
+T = TypeVar("T")
+
+
+class BatchSizer:
+    """Encoder batches as large as fit: ``size`` fixed, or ``"auto"``, which starts at
+    ``max_size`` and halves on out-of-memory until a batch fits, remembering the size per key
+    ((model, input shape, device)) for as long as this object lives (one run of one process).
+
+    Hand-rolled rather than a library: the only maintained one (HF accelerate's
+    ``find_executable_batch_size``) restarts a whole function, whereas here a failed chunk must
+    be retried in place so that its rows are neither lost nor computed twice.
+    """
+
+    def __init__(self, size: int | str, max_size: int = 256):
+        if size != "auto" and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"batch size must be 'auto' or an integer >= 1, got {size!r}")
+        self.size, self.max_size = size, max_size
+        self._fits: dict[Hashable, int] = {}
+        #: (key, size) of every batch that ran out of memory, in order (what was tried)
+        self.failed: list[tuple[Hashable, int]] = []
+
+    def current(self, key: Hashable) -> int:
+        return self.size if self.size != "auto" else self._fits.get(key, self.max_size)
+
+    def known(self) -> dict[Hashable, int]:
+        """Sizes settled so far, per key."""
+        return dict(self._fits)
+
+    def run(self, key: Hashable, x, fn: Callable[[Any], T]) -> list[T]:
+        """``fn`` over consecutive chunks of ``x`` [N, ...] (each row in exactly one successful
+        call, in order); with "auto", a chunk that raises out-of-memory is retried at half the
+        size. A fixed size, or one row not fitting, lets the error through."""
+        oom = oom_error_type()
+        out, i = [], 0
+        while i < len(x):
+            bs = self.current(key)
+            chunk = x[i : i + bs]
+            try:
+                out.append(fn(chunk))
+            except oom as e:
+                if self.size != "auto" or len(chunk) == 1:
+                    raise
+                err = e
+            else:
+                if self.size == "auto" and len(chunk) == bs:
+                    self._fits.setdefault(key, bs)  # known to fit (a shorter tail proves nothing)
+                i += len(chunk)
+                continue
+            drop_failed_frames(err)
+            del err
+            self.failed.append((key, len(chunk)))
+            self._fits[key] = len(chunk) // 2
+        return out
 
 
 class FrozenEncoder(abc.ABC):

@@ -24,7 +24,7 @@ from navcache.cache_specs.parts import EpisodeResult, PartEpisodes, write_part
 from ..config import RunConfig
 from ..errors import Quarantine
 from ..plan import PartPlan, StagePlan
-from ..stages.base import Prepared
+from ..stages.base import Computed, Prepared
 
 log = logging.getLogger("navcache")
 
@@ -140,8 +140,9 @@ def build_parts(
             log.debug("compute failed for %s:\n%s", batch[0][0].episode_id, traceback.format_exc())
             finish(batch[0][0], EpisodeResult(batch[0][0].episode_id, reason=reason), 0)
             return
-        for (slot, item), arrays in zip(batch, outs):
-            finish(slot, EpisodeResult(slot.episode_id, arrays), item.cost)
+        for (slot, item), got in zip(batch, outs):
+            res = EpisodeResult(slot.episode_id, got.arrays, meta=got.meta) if isinstance(got, Computed) else EpisodeResult(slot.episode_id, got)
+            finish(slot, res, item.cost)
 
     dims = stage.dims()
     work = [(_Slot(pi, k, ep.episode_id), ep) for pi, p in enumerate(parts) for k, ep in enumerate(p.episodes)]

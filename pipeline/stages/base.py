@@ -3,7 +3,9 @@
 Life of a stage in a run:
     identity() / dims()            cheap, at planning time (no weights loaded)
     prepare(episode, upstream)     in decode threads: read files, decode, preprocess (CPU)
-    compute([prepared, ...])       in the main thread: one encoder batch spanning several episodes
+    compute([prepared, ...])       in the main thread: one encoder batch spanning several episodes;
+                                   per episode its arrays, or ``Computed(arrays, meta)`` to keep notes
+                                   (e.g. frames dropped to fit in memory) in its part.json entry
 Either may raise ``Quarantine(reason)`` for one episode; the run goes on.
 """
 from __future__ import annotations
@@ -27,6 +29,14 @@ class Prepared:
     episode_id: str
     payload: Any
     cost: int = 1
+
+
+@dataclass(frozen=True)
+class Computed:
+    """An episode's arrays plus ``meta``, JSON-ready notes kept in its part.json entry."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict
 
 
 class Stage:
@@ -127,7 +137,7 @@ class Stage:
     def prepare(self, episode: Episode, upstream: Mapping[str, Mapping[str, np.ndarray]]) -> Prepared:
         raise NotImplementedError
 
-    def compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray]]:
+    def compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray] | Computed]:
         raise NotImplementedError
 
     # -- finalising -------------------------------------------------------------------------------

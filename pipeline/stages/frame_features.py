@@ -10,6 +10,7 @@ import numpy as np
 from navcache.cache_specs.specs import get_spec
 from navcache.cache_specs.specs.frame_features import SPEC_WITH_PATCHES
 
+from ..encoders.base import BatchSizer
 from ..encoders.hf_vision import EncoderSettings, HFVisionEncoder
 from .base import Prepared, Stage
 
@@ -21,8 +22,11 @@ class FrameFeaturesSettings:
     pool_grid: int = 2
     #: also keep the full patch grid (fp16; large)
     store_patch_tokens: bool = False
-    #: frames per encoder forward; batches span episodes
-    batch_size: int = 32
+    #: frames per encoder forward (batches span episodes); "auto": the largest that fits,
+    #: starting at max_batch_size and halving on out-of-memory (remembered for the run)
+    batch_size: int | Literal["auto"] = 32
+    #: where "auto" starts, and the frames gathered per encoder call with "auto"
+    max_batch_size: int = 256
     #: "source": the source's own sampling (NaVILA's 8 frames, a clip's frames);
     #: "keyframes": only the frames the ``keyframes`` stage chose (its cache is an upstream)
     frames_from: Literal["source", "keyframes"] = "source"
@@ -32,8 +36,10 @@ class FrameFeaturesSettings:
             raise ValueError(f"frames_from must be 'source' or 'keyframes', got {self.frames_from!r}")
         if self.pool_grid < 1:
             raise ValueError(f"pool_grid must be >= 1, got {self.pool_grid}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size != "auto" and self.batch_size < 1:
+            raise ValueError(f"batch_size must be 'auto' or >= 1, got {self.batch_size}")
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
 
 
 class FrameFeaturesStage(Stage):
@@ -48,6 +54,7 @@ class FrameFeaturesStage(Stage):
     def __init__(self, settings, source, source_options):
         super().__init__(settings, source, source_options)
         self.encoder = HFVisionEncoder(settings.encoder)
+        self.batches = BatchSizer(settings.batch_size, settings.max_batch_size)
 
     @property
     def consumes(self) -> tuple[str, ...]:
@@ -80,7 +87,8 @@ class FrameFeaturesStage(Stage):
 
     @property
     def batch_cost(self) -> int:
-        return self.settings.batch_size
+        s = self.settings
+        return s.max_batch_size if s.batch_size == "auto" else s.batch_size
 
     def setup(self) -> None:
         self.encoder.load()
@@ -103,21 +111,13 @@ class FrameFeaturesStage(Stage):
 
     def compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray]]:
         import torch
-        import torch.nn.functional as F
 
-        x = torch.cat([it.payload[0] for it in items])
-        g, bs = self.settings.pool_grid, self.settings.batch_size
-        cls_all, pooled_all, patches_all = [], [], []
-        for i in range(0, len(x), bs):
-            cls, patches = self.encoder.encode(x[i : i + bs])
-            pooled = F.adaptive_avg_pool2d(patches.permute(0, 3, 1, 2), g).permute(0, 2, 3, 1)  # [n, G, G, D]
-            cls_all.append(cls.half())
-            pooled_all.append(pooled.half())
-            if self.settings.store_patch_tokens:
-                patches_all.append(patches.half())
-        cls = torch.cat(cls_all).numpy()
-        pooled = torch.cat(pooled_all).numpy()
-        patches = torch.cat(patches_all).numpy() if patches_all else None
+        x = torch.cat([it.payload[0] for it in items])  # [F, 3, S_h, S_w] over every item's frames
+        key = (self.encoder.s.model, tuple(x.shape[1:]), self.encoder.resolved_device())
+        chunks = self.batches.run(key, x, self._encode)
+        cls = torch.cat([c[0] for c in chunks]).numpy()
+        pooled = torch.cat([c[1] for c in chunks]).numpy()
+        patches = torch.cat([c[2] for c in chunks]).numpy() if self.settings.store_patch_tokens else None
         out, s = [], 0
         for it in items:
             n = it.cost
@@ -127,3 +127,11 @@ class FrameFeaturesStage(Stage):
             out.append(arrays)
             s += n
         return out
+
+    def _encode(self, x):
+        """One forward: [n, 3, S_h, S_w] -> fp16 (cls [n, D], pooled [n, G, G, D], patches [n, Hp, Wp, D] or None)."""
+        import torch.nn.functional as F
+
+        cls, patches = self.encoder.encode(x)
+        pooled = F.adaptive_avg_pool2d(patches.permute(0, 3, 1, 2), self.settings.pool_grid).permute(0, 2, 3, 1)
+        return cls.half(), pooled.half(), patches.half() if self.settings.store_patch_tokens else None

@@ -28,7 +28,7 @@ from ..camera import relative_to_first, to_homogeneous, unproject
 from ..encoders.vggt import VGGTAdapter, VGGTSettings, processed_size
 from ..keyframes import voxel_rows
 from ..errors import ConfigError, Quarantine
-from .base import Prepared, Stage
+from .base import Computed, Prepared, Stage
 
 F16_MAX = float(np.finfo(np.float16).max)
 
@@ -46,6 +46,10 @@ class GeometrySettings:
     #: 64 KB a frame before compression). A frame seeing more voxels makes its episode's keyframes
     #: quarantined with a message naming this field; frames of at most this many pixels never do.
     max_frame_voxels: int = 16384
+    #: vggt: an episode whose N_m frames run out of GPU memory is quarantined (None), or rerun on
+    #: at most this many evenly spaced frames (first and last kept), halved again while it does
+    #: not fit; its part.json entry then records the frames kept (``meta.frames_on_oom``)
+    max_frames_on_oom: int | None = None
 
     def __post_init__(self):
         if self.provider not in ("vggt", "gt"):
@@ -56,6 +60,8 @@ class GeometrySettings:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
         if isinstance(self.max_frame_voxels, bool) or not isinstance(self.max_frame_voxels, int) or self.max_frame_voxels < 1:
             raise ValueError(f"max_frame_voxels must be an integer >= 1, got {self.max_frame_voxels!r}")
+        if self.max_frames_on_oom is not None and (isinstance(self.max_frames_on_oom, bool) or self.max_frames_on_oom < 1):
+            raise ValueError(f"max_frames_on_oom must be an integer >= 1 or null, got {self.max_frames_on_oom!r}")
         if self.provider == "gt" and self.vggt.keep_tokens:
             raise ValueError("vggt.keep_tokens needs provider 'vggt' (ground truth has no tokens)")
 
@@ -99,6 +105,8 @@ class GeometryStage(Stage):
         ident = {"provider": s.provider, "image_size": list(s.image_size), "stride": s.stride, "max_frame_voxels": s.max_frame_voxels}
         if self.adapter is not None:
             ident["vggt"] = {**self.adapter.identity(), "keep_tokens": s.vggt.keep_tokens, "token_pool": s.vggt.token_pool}
+            if s.max_frames_on_oom is not None:  # absent otherwise: existing caches keep their fingerprints
+                ident["max_frames_on_oom"] = s.max_frames_on_oom
         return ident
 
     def provenance(self) -> dict:
@@ -107,7 +115,11 @@ class GeometryStage(Stage):
             return {"geometry": {"provider": "gt", "note": "ground truth from the source's .gt.npz sidecars",
                                  "world_frame": "first sampled camera"}}
         world = "first camera (VGGT re-expressed exactly)"  # extrinsic[0] = [I | 0]; voxels on VGGT's own frame
-        return {"geometry": {"provider": "vggt", **self.adapter.provenance(), "world_frame": world}}
+        geo = {"provider": "vggt", **self.adapter.provenance(), "world_frame": world}
+        if self.settings.max_frames_on_oom is not None:
+            geo["on_oom"] = (f"episodes out of GPU memory rerun on at most {self.settings.max_frames_on_oom} evenly spaced "
+                             "frames (halved while they do not fit); such episodes list them in meta.frames_on_oom")
+        return {"geometry": geo}
 
     def check(self, seen: dict | None = None) -> None:
         if self.adapter is not None:  # the gt provider needs no model
@@ -147,18 +159,11 @@ class GeometryStage(Stage):
     def compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray]]:
         return [it.payload if isinstance(it.payload, dict) else self._vggt(it) for it in items]
 
-    def _vggt(self, item: Prepared) -> dict[str, np.ndarray]:
-        import torch
-
+    def _vggt(self, item: Prepared) -> dict[str, np.ndarray] | Computed:
         images, frame_index = item.payload
-        try:
-            out = self.adapter.infer(images)
-        except torch.OutOfMemoryError:
-            n, _, h, w = images.shape
-            raise Quarantine(
-                f"out of GPU memory running VGGT on N_m={n} frames at {h}x{w}; lower the source option "
-                f"num_frames for long videos or use a larger GPU"
-            ) from None
+        out, keep = self._infer_fitting(images)
+        if keep is not None:
+            frame_index = frame_index[keep]
         for name in ("extrinsic", "intrinsic", "depth", "world_points"):
             if not np.isfinite(out[name]).all():
                 # e.g. a zero predicted field of view gives an infinite focal length
@@ -179,7 +184,39 @@ class GeometryStage(Stage):
         }
         if self._tokens:
             arrays["tokens"] = _f16(out["tokens"])
-        return arrays
+        if keep is None:
+            return arrays
+        note = {"n_m": len(images), "kept": len(keep), "max_frames_on_oom": self.settings.max_frames_on_oom}
+        return Computed(arrays, {"frames_on_oom": note})
+
+    def _infer_fitting(self, images) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """VGGT on all N_m frames of ``images`` [N_m, 3, H, W], or, with ``max_frames_on_oom``, on
+        the largest evenly spaced subset that fits; returns (outputs, kept positions or None for
+        all). Quarantine naming N_m and the allocation that failed when nothing fits."""
+        from ..encoders.base import memory_needed, oom_error_type
+
+        oom = oom_error_type()
+        n, _, h, w = images.shape
+        try:
+            return self.adapter.infer(images), None
+        except oom as e:
+            needed = memory_needed(e)
+        cap, tried = self.settings.max_frames_on_oom, []
+        k = min(cap, n - 1) if cap is not None else 0
+        while k >= 1:
+            keep = np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
+            try:
+                return self.adapter.infer(images[keep]), keep
+            except oom:
+                tried.append(len(keep))
+            k = len(keep) // 2
+        alloc = f" (an allocation of {needed} failed)" if needed else ""
+        retried = f"; rerun on {', '.join(map(str, tried))} frames, which did not fit either" if tried else ""
+        hint = "" if cap is not None else ", set stages.geometry.max_frames_on_oom to rerun it on fewer frames"
+        raise Quarantine(
+            f"out of GPU memory running VGGT on N_m={n} frames at {h}x{w}{alloc}{retried}; lower the source option "
+            f"num_frames for long videos{hint} or use a larger GPU"
+        )
 
     def _from_gt(self, episode) -> dict[str, np.ndarray]:
         gt = self.source.load_gt_geometry(episode)  # arrays at the sampled frames only
