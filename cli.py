@@ -89,7 +89,7 @@ def extract(
     only: Optional[str] = typer.Option(None, "--only", help="Build this stage and whatever it needs.", callback=_safe_names("stage")),
     dataset: list[str] = typer.Option([], "--dataset", "-d", help="Restrict to these datasets (repeatable).",
                                       callback=_safe_names("dataset")),
-    executor: str = typer.Option("local", "--executor", help="local | dask | slurm (dask workers submitted as SLURM jobs)."),
+    executor: str = typer.Option("local", "--executor", help="local | dask | slurm (dask workers submitted as SLURM jobs) | gpus (one worker per visible GPU)."),
     workers: int = typer.Option(2, "--workers", help="Dask LocalCluster worker processes; with --executor slurm, worker jobs."),
     cluster: list[str] = typer.Option([], "--cluster", help="KEY=VALUE over the project's slurm: block, e.g. cores=8 memory=32GB (repeatable)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Join an existing dask scheduler (tcp://host:8786)."),
@@ -212,7 +212,7 @@ def export_navila_poses(
     split: str = typer.Option("train", "--split", "-s", callback=_safe_names("split")),
     config: Optional[Path] = ConfigOpt,
 ):
-    """NaVILA pose sidecar: {video_id, poses, deltas, dist_bins, yaw_bins} per line, streamed and atomic."""
+    """NaVILA pose sidecar: {video_id, poses, deltas, dist_bins, yaw_bins, step_valid} per line (padded steps: bins -100, the ignore index), streamed and atomic."""
     raise typer.Exit(_export_navila_poses(config, dataset, split, out))
 
 

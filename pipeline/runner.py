@@ -134,16 +134,7 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
         hasher.close()
     failed: set[tuple[str, str]] = set()  # (dataset, stage) whose build failed: skip its downstream
     built: list[tuple[StagePlan, StageSummary]] = []
-    slurm = None
-    if opts.executor == "slurm" and not opts.dry_run:
-        from .executors.slurm_cluster import SlurmClient
-
-        # one cluster for the run, started on first use
-        slurm = SlurmClient(project.slurm, opts.workers, str(Path(project.cache_root) / ".navcache" / "slurm" / "workers"))
-    elif opts.executor == "gpus" and not opts.dry_run:
-        from .executors.gpu_workers import GpuClient
-
-        slurm = GpuClient(project.gpus)  # same interface: the run's one cluster, started on first use
+    cluster = _cluster(project, opts)
     try:
         for sp in plans:
             ss = StageSummary(sp.dataset, sp.split, sp.stage_name, str(sp.cache_dir), parts_total=len(sp.parts))
@@ -158,13 +149,13 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
                 summary.errors.append(f"{sp.dataset}/{sp.split}/{sp.stage_name}: skipped, an upstream stage failed")
                 failed.add((sp.dataset, sp.stage_name))
                 continue
-            if _build_stage(project, sp, todo, opts, reporter, ss, summary, slurm):
+            if _build_stage(project, sp, todo, opts, reporter, ss, summary, cluster):
                 built.append((sp, ss))
             else:
                 failed.add((sp.dataset, sp.stage_name))
     finally:
-        if slurm is not None:
-            slurm.close()
+        if cluster is not None:
+            cluster.close()
     # finalising compacts and sweeps upstream parts: only once every downstream build has read them
     for sp, ss in built if opts.shard is None else ():
         try:
@@ -177,15 +168,31 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
     return summary
 
 
+def _cluster(project: ProjectConfig, opts: ExtractOptions):
+    """The run's one dask cluster for ``slurm`` / ``gpus`` (started on first use, so a run with
+    nothing to build submits no job), else None (``dask`` starts a LocalCluster per stage build)."""
+    if opts.dry_run:
+        return None
+    if opts.executor == "slurm":
+        from .executors.slurm_cluster import SlurmClient
+
+        return SlurmClient(project.slurm, opts.workers, str(Path(project.cache_root) / ".navcache" / "slurm" / "workers"))
+    if opts.executor == "gpus":
+        from .executors.gpu_workers import GpuClient
+
+        return GpuClient(project.gpus)
+    return None
+
+
 def _build_stage(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptions, reporter: Reporter, ss: StageSummary, summary: RunSummary,
-                 slurm=None) -> bool:
+                 cluster=None) -> bool:
     """Build ``todo`` and count the layout's quarantine; False (error recorded) if the build failed."""
     t0 = time.perf_counter()
     if todo:
         invalidate(sp.cache_dir)  # the cache no longer matches its inputs: it stops looking complete
         progress = reporter.stage_start(sp, sum(len(p.episodes) for p in todo))
         try:
-            metas = _build(project, sp, todo, opts, progress, slurm)
+            metas = _build(project, sp, todo, opts, progress, cluster)
         except Exception as e:  # noqa: BLE001 - report, keep other datasets going
             # a known error's message says it all; its traceback only with --debug
             (log.debug if isinstance(e, NavcacheError) else log.exception)("stage %s failed", sp.stage_name, exc_info=True)
@@ -201,11 +208,11 @@ def _build_stage(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptio
     return True
 
 
-def _build(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptions, progress, slurm=None) -> list[dict]:
+def _build(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptions, progress, cluster=None) -> list[dict]:
     if opts.executor in ("dask", "slurm", "gpus"):
         from .executors.dask_exec import build_parts_dask
 
-        client = slurm.get() if slurm is not None else None
+        client = cluster.get() if cluster is not None else None
         return build_parts_dask(project, sp, todo, opts.workers, opts.scheduler, progress, client=client)
     from .executors.local import build_parts
 
