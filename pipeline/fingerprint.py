@@ -63,9 +63,12 @@ class FileHasher:
                     raise
                 time.sleep(0.05 + 0.01 * i)
         self._db.execute("PRAGMA synchronous=NORMAL")  # a memo: a lost row only costs a rehash
-        # h2: h (before ctime and the hashing time were kept) is never trusted again
-        self._db.execute("CREATE TABLE IF NOT EXISTS h2 (path TEXT, size INT, mtime INT, ctime INT, ino INT, sha TEXT, hashed INT,"
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(h)")}
+        if cols and "hashed" not in cols:  # a memo from before ctime and hashing times were kept: untrusted
+            self._db.execute("DROP TABLE IF EXISTS h")
+        self._db.execute("CREATE TABLE IF NOT EXISTS h (path TEXT, size INT, mtime INT, ctime INT, ino INT, sha TEXT, hashed INT,"
                          " PRIMARY KEY (path, size, mtime, ctime, ino))")
+        self._db.commit()
 
     @staticmethod
     def _key(path: Path, st: os.stat_result) -> tuple:
@@ -78,7 +81,7 @@ class FileHasher:
         with self._lock:
             hit = self._mem.get(key)
             if hit is None and self._db is not None:
-                row = self._db.execute("SELECT sha, hashed FROM h2 WHERE path=? AND size=? AND mtime=? AND ctime=? AND ino=?", key).fetchone()
+                row = self._db.execute("SELECT sha, hashed FROM h WHERE path=? AND size=? AND mtime=? AND ctime=? AND ino=?", key).fetchone()
                 if row:
                     hit = self._mem[key] = (row[0], row[1])
         return hit[0] if hit is not None and self._trusted(key, hit[1]) else None
@@ -104,7 +107,7 @@ class FileHasher:
                 return sha  # changed while read: this hash belongs to no stable key
             self._mem[key] = (sha, hashed_ns)
             if self._db is not None:
-                self._db.execute("INSERT OR REPLACE INTO h2 VALUES (?,?,?,?,?,?,?)", (*key, sha, hashed_ns))
+                self._db.execute("INSERT OR REPLACE INTO h VALUES (?,?,?,?,?,?,?)", (*key, sha, hashed_ns))
                 # commit now: an open write transaction would lock out every concurrent shard job
                 # (SLURM array tasks plan at the same time) until this whole planning ends
                 self._db.commit()
