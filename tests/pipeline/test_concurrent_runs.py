@@ -38,7 +38,7 @@ runpy.run_path({str(REPO / "cli.py")!r}, run_name="__main__")
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return make_navila(tmp_path_factory.mktemp("nav") / "data", n_episodes=10)  # 20 records: 10 parts of 2 per stage
+    return make_navila(tmp_path_factory.mktemp("nav") / "data", n_episodes=6)  # 12 records: 6 parts of 2 per stage
 
 
 def project_file(d: Path, dataset: Path, model: Path) -> Path:
@@ -141,8 +141,7 @@ def foreign_lease(path: Path, beat: int = 0) -> bytes:
 def test_a_foreign_lease_is_taken_over_only_after_the_timeout_without_heartbeat(tmp_path):
     path = lease_path(tmp_path, "part-00000")
     foreign_lease(path)
-    watch, t0 = Watch(0.4), time.monotonic()
-    beats = 0
+    watch, beats = Watch(0.4), 0
     while (lease := claim(path, watch, 0.4)) is None:
         if beats < 5:  # a live owner on another node: its heartbeat keeps the lease
             beats += 1
@@ -155,7 +154,6 @@ def test_a_foreign_lease_is_taken_over_only_after_the_timeout_without_heartbeat(
     finally:
         lease.release()
     assert not path.exists()
-    assert t0 <= t_beat
 
 
 def test_a_live_lease_is_never_taken_and_a_dead_local_owner_at_once(tmp_path):
@@ -180,6 +178,7 @@ def test_a_live_lease_is_never_taken_and_a_dead_local_owner_at_once(tmp_path):
 
 DEMO = """
 import pathlib, sys, time
+import torch, transformers
 from navcache.pipeline.project import ensure_demo
 gate = pathlib.Path(sys.argv[1])
 while not gate.exists():
@@ -191,10 +190,10 @@ ensure_demo(pathlib.Path(sys.argv[2]), scale=0.02)
 def test_concurrent_runs_generate_the_demo_world_once(tmp_path):
     gate, demo = tmp_path / "go", tmp_path / "navcache_demo"
     procs = [subprocess.Popen([sys.executable, "-c", DEMO, str(gate), str(demo)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
+             for _ in range(2)]
     gate.touch()
     outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], [e for _, e in outs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
     said = "".join(o for o, _ in outs)
     assert said.count("generating the demo world") == 1, said
     assert json.loads((demo / "demo_info.json").read_text())["scale"] == 0.02
