@@ -78,12 +78,14 @@ def _machine() -> str:
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (None if no such process / no /proc)."""
+    """The process's start time in clock ticks since boot (None if no such process / no /proc,
+    or a killed one its parent has not reaped yet: a zombie holds no lease)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the command name may hold spaces
+    fields = stat.rsplit(")", 1)[1].split()  # from field 3 on: the command name may hold spaces
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 @dataclass(frozen=True)
