@@ -31,6 +31,8 @@ PARTS = "parts"
 PART_JSON = "part.json"
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
+#: a claim on a part by a running extract (``pipeline/leases.py``): a temporary, swept on finalise
+LEASE_PREFIX = TMP_PREFIX + "lease-"
 
 
 def cache_dir(cache_root: Path, dataset: str, split: str, spec: str) -> Path:

@@ -145,7 +145,7 @@ def commit_part(
     """Write assembled ``arrays`` (rows of ``episodes`` back to back) under a private folder,
     checksum, fsync, and publish it as ``parts_dir/pid``; return the ``part.json`` content."""
     be = get_backend(backend)
-    parts_dir.mkdir(parents=True, exist_ok=True)
+    _mkdirs_durable(parts_dir)
     tmp = parts_dir / private_name(TMP_PREFIX, pid)
     tmp.mkdir()
     try:
@@ -209,6 +209,18 @@ def copy_part(parts_dir: Path, pid: str, fingerprint: str, picks: Sequence[tuple
         a = first["arrays"][n]
         arrays[n] = np.concatenate(blocks[n]) if blocks[n] else np.zeros((0, *a["shape"][1:]), np.dtype(a["dtype"]))
     return commit_part(parts_dir, pid, fingerprint, spec_json, arrays, episodes, backend, chunk_rows, first.get("provenance"))
+
+
+def _mkdirs_durable(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, fsyncing each new one's parent: a committed part
+    must not vanish after a crash with a folder entry that never reached the disk (NFS included)."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        fsync_dir(d.parent)
 
 
 def _publish(tmp: Path, final: Path, fingerprint: str, backend: str) -> None:

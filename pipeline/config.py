@@ -61,11 +61,16 @@ class RunConfig:
     decode_workers: int = 3
     prefetch_episodes: int = 32
     pending_writes: int = 2
+    #: a concurrent run's claim on a part (``pipeline/leases.py``) whose heartbeat stopped this long
+    #: is taken over; heartbeats every sixth of it
+    lease_timeout_s: float = 60.0
 
     def __post_init__(self):
         for name in ("decode_workers", "prefetch_episodes", "pending_writes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not self.lease_timeout_s > 0:
+            raise ValueError(f"lease_timeout_s must be > 0, got {self.lease_timeout_s}")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,45 +25,89 @@ def hash_obj(obj: Any) -> str:
 
 
 class FileHasher:
-    """sha256 of file contents, memoised by (path, size, mtime_ns, inode).
+    """sha256 of file contents, memoised by (path, size, mtime_ns, ctime_ns, inode).
 
     The memo only avoids re-reading unchanged files; a touched file is re-read and, having the same
     content, hashes the same. With ``db`` the memo persists across runs (SQLite, one per cache root).
+
+    Safe where timestamps are coarse (NFS servers storing seconds, FAT's 2 s) or clocks differ:
+    a file rewritten with the same size within one timestamp tick keeps its key. So an entry is
+    trusted only when the file's mtime and ctime were more than ``racy_s`` older than the moment
+    its hash was taken (git's "racy clean" rule): any later write then stamps a newer time. An
+    entry recorded too close to the file's last change is re-read at every lookup until the file
+    has aged. ``racy_s`` covers the timestamp granularity plus the clock skew between this host
+    and the file server. ``reads`` counts files actually read (what the memo saved is visible).
     """
 
-    def __init__(self, db: Path | None = None):
-        self._mem: dict[tuple, str] = {}
+    def __init__(self, db: Path | None = None, racy_s: float = 3.0):
+        self._mem: dict[tuple, tuple[str, int]] = {}
         self._lock = threading.Lock()
+        self._racy_ns = int(racy_s * 1e9)
+        self.reads = 0
         self._db = None
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(db), timeout=30, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # a memo: a lost row only costs a rehash
-            self._db.execute("CREATE TABLE IF NOT EXISTS h (path TEXT, size INT, mtime INT, ino INT, sha TEXT, PRIMARY KEY (path, size, mtime, ino))")
+            self._setup()
+
+    def _setup(self, tries: int = 100) -> None:
+        """WAL mode and the table. Switching to WAL takes the database exclusively and does not
+        wait for a busy one, so runs starting together (shard jobs, concurrent runs) retry it."""
+        for i in range(tries):
+            try:
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if i == tries - 1:
+                    raise
+                time.sleep(0.05 + 0.01 * i)
+        self._db.execute("PRAGMA synchronous=NORMAL")  # a memo: a lost row only costs a rehash
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(h)")}
+        if cols and "hashed" not in cols:  # a memo from before ctime and hashing times were kept: untrusted
+            self._db.execute("DROP TABLE IF EXISTS h")
+        self._db.execute("CREATE TABLE IF NOT EXISTS h (path TEXT, size INT, mtime INT, ctime INT, ino INT, sha TEXT, hashed INT,"
+                         " PRIMARY KEY (path, size, mtime, ctime, ino))")
+        self._db.commit()
+
+    @staticmethod
+    def _key(path: Path, st: os.stat_result) -> tuple:
+        return (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+    def _trusted(self, key: tuple, hashed_ns: int) -> bool:
+        return hashed_ns - max(key[2], key[3]) > self._racy_ns
+
+    def _lookup(self, key: tuple) -> str | None:
+        with self._lock:
+            hit = self._mem.get(key)
+            if hit is None and self._db is not None:
+                row = self._db.execute("SELECT sha, hashed FROM h WHERE path=? AND size=? AND mtime=? AND ctime=? AND ino=?", key).fetchone()
+                if row:
+                    hit = self._mem[key] = (row[0], row[1])
+        return hit[0] if hit is not None and self._trusted(key, hit[1]) else None
 
     def __call__(self, path: Path) -> str:
         try:
             st = os.stat(path)
         except OSError:
             return "missing"  # the stage will quarantine the episode; its fingerprint still differs from a present file
-        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
-        with self._lock:
-            if key in self._mem:
-                return self._mem[key]
-            if self._db is not None:
-                row = self._db.execute("SELECT sha FROM h WHERE path=? AND size=? AND mtime=? AND ino=?", key).fetchone()
-                if row:
-                    self._mem[key] = row[0]
-                    return row[0]
+        key = self._key(path, st)
+        sha = self._lookup(key)
+        if sha is not None:
+            return sha
+        hashed_ns = time.time_ns()  # before reading: a write after this moment stamps a later time
         try:
             sha = sha256_file(path)
+            after = self._key(path, os.stat(path))
         except OSError:
             return "unreadable"
         with self._lock:
-            self._mem[key] = sha
+            self.reads += 1
+            if after != key:
+                return sha  # changed while read: this hash belongs to no stable key
+            self._mem[key] = (sha, hashed_ns)
             if self._db is not None:
-                self._db.execute("INSERT OR REPLACE INTO h VALUES (?,?,?,?,?)", (*key, sha))
+                self._db.execute("INSERT OR REPLACE INTO h VALUES (?,?,?,?,?,?,?)", (*key, sha, hashed_ns))
                 # commit now: an open write transaction would lock out every concurrent shard job
                 # (SLURM array tasks plan at the same time) until this whole planning ends
                 self._db.commit()

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from navcache.cache_specs.layout import INDEX, MANIFEST, PARTS, cache_dir, part_id
-from navcache.cache_specs.manifest import MANIFEST_FORMAT, last_finalized
+from navcache.cache_specs.manifest import MANIFEST_FORMAT, MANIFEST_SHA_KEY, last_finalized
 from navcache.cache_specs.parts import PART_FORMAT, free_numbers, part_fingerprint, part_number, read_part_meta
 
 from .config import ProjectConfig
@@ -70,6 +70,8 @@ class StagePlan:
     part_size: int = 32
     #: parts of the last finalised layout that lose live episodes (changed or gone) in this plan
     superseded: set[str] = field(default_factory=set)
+    #: the complete manifest's own checksum when planning read it (None: there was none)
+    manifest_sha: str | None = None
 
     @property
     def todo(self) -> list[PartPlan]:
@@ -84,6 +86,11 @@ class StagePlan:
             out["stale" if p.part_id in self.superseded else p.state] += 1
         out["stale"] += len(self.superseded - {p.part_id for p in self.parts})
         return out
+
+    def committed(self, p: PartPlan, backend: str) -> bool:
+        """``p`` is in ``parts/`` as planned (committed by this run, a concurrent one or a shard job)."""
+        meta = read_part_meta(self.cache_dir / PARTS / p.part_id)
+        return meta is not None and meta["fingerprint"] == p.fingerprint and meta.get("backend") == backend
 
     def expected(self) -> dict[str, str]:
         return {p.part_id: p.fingerprint for p in self.parts}
@@ -228,6 +235,7 @@ def plan_split(
                        part_size=ds.part_size)
         sp.superseded = {pid for eid, pid in bases[name].live.items() if kept[name].get(eid, ("",))[0] != pid}
         sp.finalized = not groups[name] and _manifest_matches(cdir, sp.layout())
+        sp.manifest_sha = (_complete_manifest(cdir) or {}).get(MANIFEST_SHA_KEY)
         plans[name] = sp
     return list(plans.values())
 
@@ -296,3 +304,34 @@ def _manifest_matches(cdir: Path, layout: list[tuple[str, str]]) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return list(zip(t["episode_id"], t["part"])) == layout
+
+
+def _complete_manifest(cdir: Path) -> dict | None:
+    from navcache.cache_specs.layout import read_json
+
+    try:
+        m = read_json(cdir / MANIFEST)
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and m.get("format") == MANIFEST_FORMAT and m.get("complete") else None
+
+
+def finalised_since(sp: StagePlan) -> dict | None:
+    """The manifest a concurrent run finalised since ``sp`` was planned, when it holds exactly the
+    plan's episodes, each with the plan's fingerprint (its part ids may differ: that run compacted
+    and swept the parts this plan names, so finalising this plan again would fail); else None."""
+    m = _complete_manifest(sp.cache_dir)
+    if m is None or m.get(MANIFEST_SHA_KEY) == sp.manifest_sha:
+        return None
+    live = _live_rows(sp.cache_dir, m)
+    want = {eid: fp for p in sp.parts for eid, fp in p.episode_fps.items()}
+    if set(live) != set(want):
+        return None
+    held: dict[str, dict[str, str | None]] = {}
+    for eid, pid in live.items():
+        if pid not in held:
+            meta = read_part_meta(sp.cache_dir / PARTS / pid)
+            held[pid] = {} if meta is None else {e["episode_id"]: e.get("fingerprint") for e in meta["episodes"]}
+        if held[pid].get(eid) != want[eid]:
+            return None
+    return m

@@ -92,13 +92,36 @@ def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float
     used as it is, saying what it lacks and the command that adds it. Only a world in an older
     format is rewritten, with the same seed, scale and pixels, since this navcache cannot read it.
     """
-    from .demo import FORMAT, generate_demo
+    from .demo import demo_lock
     from .encoders.tiny import make_random_dinov3
+
+    if _demo_format(demo_dir) is not None:
+        pixels = _ensure_world(demo_dir, say, scale)
+    else:  # generating: concurrent runs in this folder wait for the first, then use its world
+        with demo_lock(demo_dir):
+            pixels = _ensure_world(demo_dir, say, scale)
+    make_random_dinov3(demo_dir / DEMO_ENCODER, size="tiny", seed=0)
+    return pixels
+
+
+def _demo_format(demo_dir: Path) -> str | None:
+    """The world's format when it is one this navcache reads (None: it must be generated)."""
+    from .demo import FORMAT
+
+    try:
+        fmt = json.loads((demo_dir / "demo_info.json").read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return fmt if fmt == FORMAT else None
+
+
+def _ensure_world(demo_dir: Path, say: Callable[[str], None], scale: float) -> bool:
+    from .demo import FORMAT, generate_demo
 
     info = demo_dir / "demo_info.json"
     if not info.exists():  # any scale already there is kept (`navcache demo-data --scale`)
         say(f"navcache: no {DEFAULT_FILE} here, using the embedded demo; generating the demo world into {demo_dir} (once)")
-        generate_demo(demo_dir, scale=scale)
+        generate_demo(demo_dir, scale=scale, lock=False)
         pixels = True
     else:
         meta = json.loads(info.read_text())
@@ -106,12 +129,11 @@ def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float
         scale, seed = float(meta.get("scale", scale)), int(meta.get("seed", 0))
         if meta.get("format") != FORMAT:
             say(f"navcache: the demo world in {demo_dir} is from an older navcache; rewriting it in this version's format (same seed, scale and pixels)")
-            generate_demo(demo_dir, scale=scale, seed=seed, pixels=pixels)
+            generate_demo(demo_dir, scale=scale, seed=seed, pixels=pixels, lock=False)
         elif not pixels:
             say(f"navcache: the demo world in {demo_dir} has no pixels (made by `navcache demo-data --no-pixels`): "
                 f"only demo_navila's poses can be built; {PIXEL_FREE_LACKS} are left out. "
                 f"To add them (renders every frame): navcache demo-data {demo_dir} --scale {scale:g} --seed {seed}")
-    make_random_dinov3(demo_dir / DEMO_ENCODER, size="tiny", seed=0)
     return pixels
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from navcache.cache_specs.finalize import finalize
+from navcache.cache_specs.finalize import finalize, sweep
 from navcache.cache_specs.layout import PARTS
 from navcache.cache_specs.manifest import invalidate
 from navcache.cache_specs.parts import read_part_meta
@@ -159,8 +159,7 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
     # finalising compacts and sweeps upstream parts: only once every downstream build has read them
     for sp, ss in built if opts.shard is None else ():
         try:
-            finalize(sp.cache_dir, sp.layout(), sp.expected(), _info(project, sp), sp.stage.cache_stats,
-                     part_size=sp.part_size, chunk_rows=project.chunk_rows)
+            _finalize(project, sp)
             ss.finalized = True
         except Exception as e:  # noqa: BLE001 - e.g. a part replaced by a stray writer, stats unreadable
             log.exception("finalizing %s failed", sp.cache_dir)
@@ -189,7 +188,8 @@ def _build_stage(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptio
     """Build ``todo`` and count the layout's quarantine; False (error recorded) if the build failed."""
     t0 = time.perf_counter()
     if todo:
-        invalidate(sp.cache_dir)  # the cache no longer matches its inputs: it stops looking complete
+        if not _shared(opts):  # shared runs invalidate once they build a part (``_build_shared``)
+            invalidate(sp.cache_dir)  # the cache no longer matches its inputs: it stops looking complete
         progress = reporter.stage_start(sp, sum(len(p.episodes) for p in todo))
         try:
             metas = _build(project, sp, todo, opts, progress, cluster)
@@ -214,9 +214,53 @@ def _build(project: ProjectConfig, sp: StagePlan, todo, opts: ExtractOptions, pr
 
         client = cluster.get() if cluster is not None else None
         return build_parts_dask(project, sp, todo, opts.workers, opts.scheduler, progress, client=client)
+    if _shared(opts):
+        return _build_shared(project, sp, todo, progress)
     from .executors.local import build_parts
 
     return build_parts(sp, todo, project.backend, project.chunk_rows, project.run, progress)
+
+
+def _shared(opts: ExtractOptions) -> bool:
+    """Un-sharded local runs claim their parts, so concurrent runs in one cache split the work;
+    shard jobs are disjoint by construction, dask tasks are placed by their scheduler."""
+    return opts.shard is None and opts.executor == "local"
+
+
+def _build_shared(project: ProjectConfig, sp: StagePlan, todo, progress) -> list[dict]:
+    """Build the parts of ``todo`` this run claims (``leases.share_work``), waiting for those
+    other runs hold; return the part.json of the parts built here."""
+    from contextlib import closing
+
+    from .executors.local import build_parts
+    from .leases import share_work
+
+    metas: list[dict] = []
+    batches = share_work(todo, sp.cache_dir / PARTS, lambda p: p.part_id, lambda p: sp.committed(p, project.backend),
+                         project.run.lease_timeout_s)
+    with closing(batches):
+        for batch in batches:
+            if not metas:
+                # before this run's first part: a run that built nothing must not un-finalise a
+                # manifest a concurrent run may have written meanwhile
+                invalidate(sp.cache_dir)
+            metas += build_parts(sp, batch, project.backend, project.chunk_rows, project.run, progress)
+    return metas
+
+
+def _finalize(project: ProjectConfig, sp: StagePlan) -> None:
+    """Finalise under the cache's lease; if a concurrent run finalised this same content since
+    planning, only sweep (its compaction may have removed parts this plan names)."""
+    from .leases import hold, lease_path
+    from .plan import finalised_since
+
+    with hold(lease_path(sp.cache_dir / PARTS, "finalize"), project.run.lease_timeout_s):
+        done = finalised_since(sp)
+        if done is not None:
+            sweep(sp.cache_dir, set(done["parts"]))
+            return
+        finalize(sp.cache_dir, sp.layout(), sp.expected(), _info(project, sp), sp.stage.cache_stats,
+                 part_size=sp.part_size, chunk_rows=project.chunk_rows)
 
 
 def _info(project: ProjectConfig, sp: StagePlan) -> dict:

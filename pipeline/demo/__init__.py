@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from navcache.cache_specs.labels import LABELS
+from navcache.cache_specs.layout import fsync_dir, fsync_tree
 
 from . import navila_writer, rover_writer, video_writer
 
@@ -34,7 +35,7 @@ CLIPS_PER_JOB = 8
 #: scale; the GRU motion head needs ~1,600 train records to beat its baselines (BENCHMARKS.md)
 MOTION_SCALE = 20
 
-__all__ = ["DemoInfo", "generate_demo", "FORMAT"]
+__all__ = ["DemoInfo", "generate_demo", "demo_lock", "FORMAT"]
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None,
 
 
 def generate_demo(out: Path, scale: float = 1.0, seed: int = 0, workers: int | None = None,
-                  pixels: bool = True) -> DemoInfo:
+                  pixels: bool = True, lock: bool = True) -> DemoInfo:
     """Write the demo datasets under ``out`` (``out/navila``, ``out/rover``) and describe them.
 
     Deterministic in (seed, scale). Returns at once when ``out/demo_info.json`` already records the
@@ -197,6 +198,9 @@ def generate_demo(out: Path, scale: float = 1.0, seed: int = 0, workers: int | N
     ``pixels=False`` writes only the NaVILA annotations and pose files, identical to the full demo's:
     enough for the ``poses`` stage and ``gru-motion`` at scales where rendering would dominate. The
     frames those records list do not exist, so pixel stages quarantine them; no rover or tours.
+
+    Concurrent calls generate once: the build runs under ``demo_lock(out)`` (``lock=False``: the
+    caller holds it), and the files are fsynced before the rename that publishes them.
     """
     out = Path(out)
     if not (scale > 0 and math.isfinite(scale)):
@@ -204,6 +208,24 @@ def generate_demo(out: Path, scale: float = 1.0, seed: int = 0, workers: int | N
     meta = _read_meta(out)
     if _same(meta, seed, scale, pixels):
         return DemoInfo.from_json(out, meta)
+    if not lock:
+        return _generate(out, scale, seed, workers, pixels)
+    with demo_lock(out):
+        return _generate(out, scale, seed, workers, pixels)
+
+
+def demo_lock(out: Path):
+    """The lease under which the demo at ``out`` is generated (``.tmp-lease-<name>`` beside it,
+    gone once released), so concurrent runs generate it once: ``with demo_lock(out): ...``."""
+    from ..leases import hold, lease_path
+
+    return hold(lease_path(Path(out).parent, Path(out).name))
+
+
+def _generate(out: Path, scale: float, seed: int, workers: int | None, pixels: bool) -> DemoInfo:
+    meta = _read_meta(out)
+    if _same(meta, seed, scale, pixels):
+        return DemoInfo.from_json(out, meta)  # a concurrent run generated it while we waited
     if out.exists() and meta is None and any(out.iterdir()) and not _is_old_demo(out):
         raise FileExistsError(f"{out} exists, is not empty and holds no demo_info.json; not replacing it")
     workers = min(_cpus(), 8) if workers is None else max(1, int(workers))
@@ -220,6 +242,7 @@ def generate_demo(out: Path, scale: float = 1.0, seed: int = 0, workers: int | N
             meta = _build(tmp, seed, float(scale), None, pixels)
         # demo_info.json last: its presence marks a complete demo
         (tmp / "demo_info.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        fsync_tree(tmp)  # a rename must never publish files whose data is not on disk yet
         done = _read_meta(out)
         if _same(done, seed, scale, pixels):
             return DemoInfo.from_json(out, done)  # a concurrent call finished the same demo first
@@ -227,6 +250,7 @@ def generate_demo(out: Path, scale: float = 1.0, seed: int = 0, workers: int | N
         if out.exists():
             os.replace(out, old)
         os.replace(tmp, out)
+        fsync_dir(out.parent)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
