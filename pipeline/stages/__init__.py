@@ -11,6 +11,7 @@ STAGES: dict[str, str] = {
     "geometry": "navcache.pipeline.stages.geometry:GeometryStage",
     "keyframes": "navcache.pipeline.stages.keyframes:KeyframesStage",
     "rover-meta": "navcache.pipeline.stages.rover_meta:RoverMetaStage",
+    "covisibility": "navcache.pipeline.stages.covisibility:CovisibilityStage",
 }
 
 
