@@ -173,3 +173,18 @@ def test_an_unsafe_name_in_a_head_config_is_refused_before_any_work(tmp_path, mo
     assert where in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "navcache_demo").exists() and not (tmp_path / "navcache_cache").exists()
     assert not (tmp_path.parent.parent / "escaped_ds").exists()
+
+
+@pytest.mark.parametrize("assignment, what", [
+    ("core=4", "--cluster: unknown field 'core' (valid: cores, job_extra_directives, job_name, memory, processes, queue, walltime)"),
+    ("cores=0", "--cluster: cores and processes must be >= 1"),
+    ("cores=two", "--cluster.cores"),
+    ("cores", "KEY=VALUE"),
+])
+def test_a_bad_cluster_option_is_refused_before_any_work(project, assignment, what):
+    r = navcache("extract", "--executor", "slurm", "--cluster", assignment, "-c", project)
+    assert r.exit_code == 2, r.output
+    assert what in r.output and "Traceback" not in r.output, r.output
+    if assignment == "core=4":
+        assert "did you mean 'cores'?" in r.output, r.output
+    assert not (project.parent / "cache").exists()
