@@ -154,3 +154,28 @@ def test_only_the_writers_exact_pattern_is_a_candidate(tmp_path, name):
     lookalike.write_bytes(b"x")
     age(lookalike)
     assert sweep_stale_temporaries(tmp_path, TMP_PREFIX + "out") == [] and lookalike.exists()
+
+
+def test_sim_heads_export_sweeps_killed_exports(tmp_path):
+    """The export's build folder (``.<out>.tmp-<pid>-<hex>``), and an old export a kill left set aside
+    between ``_commit_dir``'s two renames (``.<out>.old-<pid>-<hex>``, swept once ``out`` is whole)."""
+    from navcache.heads.checkpoint import atomic_save, trainable_state
+    from navcache.heads.sim_heads.export import MODEL_FILE, export_checkpoint
+    from navcache.heads.sim_heads.model import RANDOM_GPT2
+    from navcache.heads.sim_heads.predict import build_model
+
+    llm = {"random_init": True, "seed": 0, **RANDOM_GPT2}
+    model = build_model(llm, 8, 2, 2, RANDOM_GPT2["n_embd"], 16, 0.0)
+    md = {"head": "sim-heads", "llm": llm, "dv": 8, "F": 2, "K": 2, "d": RANDOM_GPT2["n_embd"],
+          "config": {"telemetry_hidden": 16}, "telemetry_norm": {"mean": [0.0], "std": [1.0]}}
+    ckpt = tmp_path / "checkpoints" / "best.pt"
+    ckpt.parent.mkdir()
+    atomic_save({"metadata": md, "model": trainable_state(model), "epoch": 1}, ckpt)
+
+    out = tmp_path / "run" / "export"
+    planted = plant(out.parent, ".", f"{out.name}.tmp", "dir")
+    aside = killed_writer(out.parent, ".", f"{out.name}.old", "dir")
+    age(aside)
+    export_checkpoint(ckpt, out, model=model)
+    check_swept(planted)
+    assert not aside.exists() and (out / MODEL_FILE).is_file()
