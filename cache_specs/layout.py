@@ -20,6 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,77 @@ def is_part_name(name: str) -> bool:
 def private_name(prefix: str, name: str) -> str:
     """A name no other process will pick: pid + random, so concurrent writers never collide."""
     return f"{prefix}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+#: a temporary untouched this long belongs to no live writer, whichever host wrote it (seconds)
+STALE_AFTER = 600.0
+
+
+def sweep_stale_temporaries(folder: Path, prefix: str, stale_after: float = STALE_AFTER) -> list[Path]:
+    """Delete what killed writers left in ``folder``; returns the files and folders removed.
+
+    Candidates are only the names one writer makes for one output, ``<prefix>-<pid>-<8 hex>``
+    (``private_name(p, n)`` with ``prefix = p + n``), and only once that writer is gone: its pid is
+    not a live process here (a zombie is dead), *and* nothing in the entry (a folder's whole tree)
+    was written for ``stale_after`` seconds. The pid test alone would delete the live temporary of
+    a writer on another host sharing the folder (its pid means nothing here); the age test alone
+    would delete a stalled but live local writer's. A live writer keeps writing, so its entry stays
+    young; a pid reused by an unrelated process only postpones the sweep to a later run. Hand-rolled
+    because what a temporary's name means (pid, output) is ours, not a library's.
+    """
+    pattern = re.compile(re.escape(prefix) + r"-(\d+)-[0-9a-f]{8}")
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None or entry.is_symlink() or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            if _written_within(Path(entry.path), time.time() - stale_after):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except FileNotFoundError:  # another sweeper got there first
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _written_within(path: Path, since: float) -> bool:
+    """Whether ``path`` or, for a folder, anything under it was modified after ``since`` (stops early)."""
+    if path.lstat().st_mtime > since:
+        return True
+    if not path.is_dir():
+        return False
+    for dirpath, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                if os.lstat(os.path.join(dirpath, name)).st_mtime > since:
+                    return True
+            except FileNotFoundError:
+                continue
+    return False
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process on this host (a zombie, killed but not reaped, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        pass  # no procfs (or the process just went): ask the kernel
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's live process (or an absurd pid): never sweep on a doubt
+    return True
 
 
 def fsync_dir(path: Path) -> None:

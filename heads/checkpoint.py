@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from navcache.cache_specs.layout import TMP_PREFIX, private_name, sweep_stale_temporaries
+
 # ----------------------------------------------------------------------------------------------
 # trained state
 
@@ -100,9 +102,15 @@ def plain(x: Any) -> Any:
 
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary name, then rename: readers see the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
+    torch.save(obj, tmp := _temporary(path))
     os.replace(tmp, path)
+
+
+def _temporary(path: Path) -> Path:
+    """A fresh private name beside ``path``, after removing those of writers killed mid-write (a
+    checkpoint's can be large, and a rerun never reuses a dead process's name)."""
+    sweep_stale_temporaries(path.parent, TMP_PREFIX + path.name)
+    return path.with_name(private_name(TMP_PREFIX, path.name))
 
 
 def append_line(path: Path, row: dict) -> None:
@@ -134,7 +142,7 @@ def truncate_jsonl(path: Path, last_epoch: int, last_step: int | None = None) ->
             ok = isinstance(row.get("epoch"), int) and row["epoch"] <= last_epoch
         if ok:
             keep.append(ln)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temporary(path)
     tmp.write_text("".join(ln + "\n" for ln in keep))
     os.replace(tmp, path)
 

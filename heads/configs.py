@@ -15,17 +15,22 @@ from typing import Any, TypeVar
 
 from dataclasses import asdict, replace
 
-from navcache.cache_specs.config import build, merge, read_yaml, unknown_name
+from navcache.cache_specs.config import build, check_name, merge, read_yaml, unknown_name
 
 C = TypeVar("C")
 
 
 class HeadConfig:
     """What every head's frozen config dataclass shares (mixed in): plain-data round trip, and the
-    paths normalised with ``loop.out_dir`` mirroring ``out_dir`` (call ``_normalise`` in ``__post_init__``)."""
+    paths normalised with ``loop.out_dir`` mirroring ``out_dir`` (call ``_normalise`` in ``__post_init__``).
+    ``dataset`` and ``splits`` name folders under ``cache_root``, so they are checked as the project
+    file's names are (``check_name``): ``dataset: ../../x`` is a ConfigError naming the field."""
 
     def _normalise(self) -> None:
+        check_name("dataset", self.dataset, "dataset")
         object.__setattr__(self, "splits", tuple(self.splits))
+        for i, split in enumerate(self.splits):
+            check_name("split", split, f"splits[{i}]")
         for name in ("cache_root", "out_dir"):
             object.__setattr__(self, name, str(getattr(self, name)))
         if str(self.loop.out_dir) != self.out_dir:

@@ -152,3 +152,39 @@ def test_an_unwritable_cache_root_is_a_config_error(project):
     r = navcache("extract", "-c", project)
     assert r.exit_code == 2, r.output
     assert "cache_root: cannot write caches under '/proc'" in r.output and "Traceback" not in r.output, r.output
+
+
+@pytest.mark.parametrize("head", ["sim-heads", "gru-motion"])
+@pytest.mark.parametrize("how, field, value", [
+    ("set", "dataset", "../../escaped_ds"),
+    ("file", "dataset", "../../escaped_ds"),
+    ("set", "dataset", ".hidden"),
+    ("set", "splits", "[train, ../../esc]"),
+])
+def test_an_unsafe_name_in_a_head_config_is_refused_before_any_work(tmp_path, monkeypatch, head, how, field, value):
+    monkeypatch.chdir(tmp_path)  # no navcache.yaml: the demo, which must not be generated for a bad name
+    if how == "set":
+        r = navcache("train", head, "--set", f"{field}={value}")
+    else:
+        (tmp_path / "head.yaml").write_text(yaml.safe_dump({field: value}))
+        r = navcache("train", head, "--config", tmp_path / "head.yaml")
+    assert r.exit_code == 2, r.output
+    where = "dataset: invalid dataset name" if field == "dataset" else "splits[1]: invalid split name"
+    assert where in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "navcache_demo").exists() and not (tmp_path / "navcache_cache").exists()
+    assert not (tmp_path.parent.parent / "escaped_ds").exists()
+
+
+@pytest.mark.parametrize("assignment, what", [
+    ("core=4", "--cluster: unknown field 'core' (valid: cores, job_extra_directives, job_name, memory, processes, queue, walltime)"),
+    ("cores=0", "--cluster: cores and processes must be >= 1"),
+    ("cores=two", "--cluster.cores"),
+    ("cores", "KEY=VALUE"),
+])
+def test_a_bad_cluster_option_is_refused_before_any_work(project, assignment, what):
+    r = navcache("extract", "--executor", "slurm", "--cluster", assignment, "-c", project)
+    assert r.exit_code == 2, r.output
+    assert what in r.output and "Traceback" not in r.output, r.output
+    if assignment == "core=4":
+        assert "did you mean 'cores'?" in r.output, r.output
+    assert not (project.parent / "cache").exists()

@@ -240,3 +240,49 @@ def test_executor_slurm_workers_are_slurm_jobs(job_dir, local_sums):
     got = _all_checksums(job_dir)
     assert got and got == {k: v for k, v in local_sums.items() if k.startswith("demo_rover/")}
     assert list((job_dir / "navcache_cache" / ".navcache" / "slurm" / "workers").glob("*.out"))  # the worker jobs' logs
+
+
+def test_executor_slurm_worker_cancelled_mid_run_loses_nothing(job_dir, local_sums):
+    """``--executor slurm`` with 2 worker jobs: one is ``scancel``-ed once a part is committed and
+    others are still to build; dask reruns its tasks on the other worker, the run completes, and the
+    caches equal a local run's (a rerun is the fallback should the run itself not recover)."""
+    import dataclasses
+
+    from navcache.pipeline.executors.slurm_cluster import SlurmClusterConfig
+    from navcache.pipeline.executors.slurm_submit import run_slurm
+    from navcache.pipeline.project import resolve_project
+    from navcache.pipeline.runner import ExtractOptions, Reporter, extract
+
+    name = f"navcache-test-cancel-{os.getpid()}"
+    cancelled: list[str] = []
+    done = [0]
+
+    class CancelOne(Reporter):  # after the first committed part: scancel one running worker job
+        def stage_start(self, sp, episodes):
+            def after_part(e, f):
+                done[0] += 1
+                if cancelled:
+                    return
+                queued = dict(ln.split() for ln in run_slurm("squeue", "-h", "--name", name, "-o", "%i %T").splitlines())
+                running = [j for j, state in queued.items() if state == "RUNNING"]
+                if running and len(queued) == 2:  # cancel a running one: the other (running or soon) finishes
+                    run_slurm("scancel", running[0])
+                    cancelled.append((running[0], done[0]))
+            return after_part
+
+    opts = ExtractOptions("train", datasets=("demo_rover",), executor="slurm", workers=2)
+    n_parts = len([p for p in _shard_parts(job_dir, 0, 1) if "demo_rover" in str(p)])
+    assert n_parts >= 3, n_parts  # parts remain to build after the first: the cancel is mid-run
+    project = resolve_project(cwd=job_dir, say=lambda m: None)
+    project = dataclasses.replace(project, slurm=SlurmClusterConfig(cores=1, memory="2GB", walltime="00:10:00", job_name=name))
+    try:
+        summary = extract(project, opts, CancelOne())
+        if summary.errors:  # dask-jobqueue could not recover: a rerun must finish the work
+            summary = extract(project, opts)
+    finally:
+        subprocess.run(["scancel", "--name", name], capture_output=True)
+    assert not summary.errors, summary.errors
+    ((job, parts_then),) = cancelled
+    assert 0 < parts_then < n_parts, (cancelled, n_parts)  # cancelled mid-run
+    assert _all_checksums(job_dir) == {k: v for k, v in local_sums.items() if k.startswith("demo_rover/")}
+    _no_leftovers(job_dir)

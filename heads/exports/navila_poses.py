@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from navcache.cache_specs.layout import PARTS, TMP_PREFIX, fsync_dir, private_name
+from navcache.cache_specs.layout import PARTS, STALE_AFTER, TMP_PREFIX, fsync_dir, private_name, sweep_stale_temporaries
 from navcache.cache_specs.parts import open_part_data, read_part_meta
 from navcache.cache_specs.reader import open_cache
 from navcache.cache_specs.specs.poses import IGNORE_INDEX
@@ -92,46 +90,10 @@ def export_navila_poses(cache_dir: Path, out: Path, annotation_ids: list[str] | 
     return report
 
 
-#: a temporary untouched this long belongs to no live writer, whichever host wrote it (seconds)
-STALE_AFTER = 600.0
-
-
 def sweep_temporaries(out: Path, stale_after: float = STALE_AFTER) -> list[Path]:
-    """Delete what killed exports to ``out`` left behind; returns the files removed.
-
-    Only names of this writer's own pattern for this output, ``.tmp-<out name>-<pid>-<8 hex>``
-    (``private_name``), are candidates, and only when the writer is gone: its pid is not a live
-    process here, *and* the file has not been written for ``stale_after`` seconds. The pid test
-    alone would delete the live temporary of an export running on another host over a shared
-    folder (its pid means nothing here); the age test alone would delete a stalled but live local
-    writer's. A live writer appends and flushes as it streams, so its file stays young. A pid reused
-    by an unrelated process only postpones the sweep to a later run.
-    """
-    pattern = re.compile(re.escape(TMP_PREFIX + out.name) + r"-(\d+)-[0-9a-f]{8}")
-    removed = []
-    now = time.time()
-    for entry in os.scandir(out.parent):
-        m = pattern.fullmatch(entry.name)
-        if m is None or not entry.is_file(follow_symlinks=False) or _pid_alive(int(m.group(1))):
-            continue
-        try:
-            if now - entry.stat(follow_symlinks=False).st_mtime < stale_after:
-                continue
-            os.unlink(entry.path)
-        except FileNotFoundError:  # another sweeper got there first
-            continue
-        removed.append(Path(entry.path))
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: existence check only
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # someone else's live process (or an absurd pid): never sweep on a doubt
-    return True
+    """Delete what killed exports to ``out`` left behind (``.tmp-<out name>-<pid>-<8 hex>``, the
+    ``private_name`` this writer uses), by ``sweep_stale_temporaries``'s rule; returns the files removed."""
+    return sweep_stale_temporaries(out.parent, TMP_PREFIX + out.name, stale_after)
 
 
 #: decoded parts kept while streaming (memory flat in the number of records)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from navcache.cache_specs.labels import LABELS, TELEMETRY_FIELDS
-from navcache.cache_specs.layout import fsync_dir, fsync_tree, private_name
+from navcache.cache_specs.layout import fsync_dir, fsync_tree, private_name, sweep_stale_temporaries
 from navcache.heads.checkpoint import trained_keys
 
 from .model import SimV0Model
@@ -79,6 +79,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, model: SimV0M
     config = export_config(md, checkpoint, ckpt.get("epoch"), ema=ckpt.get("ema") is not None)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # what exports killed mid-write left: their build folders, and (once ``out`` is whole again)
+    # an old export set aside by a kill between ``_commit_dir``'s two renames
+    sweep_stale_temporaries(out.parent, f".{out.name}.tmp")
     tmp = out.parent / private_name(".", f"{out.name}.tmp")
     tmp.mkdir()
     try:
@@ -89,6 +92,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, model: SimV0M
         _commit_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    sweep_stale_temporaries(out.parent, f".{out.name}.old")
     return out
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from navcache.cache_specs.labels import ACTION, LABELS, REASON, RISK, TELEMETRY_FIELDS
+from navcache.cache_specs.layout import TMP_PREFIX, private_name, sweep_stale_temporaries
 
 N_CLASSES = {"risk": len(RISK), "reason": len(REASON), "action": len(ACTION)}
 RANDOM_GPT2 = {"n_layer": 2, "n_head": 2, "n_embd": 64}
@@ -51,7 +51,9 @@ def make_random_gpt2(path: str | Path, seed: int = 0, arch: dict | None = None) 
         model = GPT2Model(cfg)
     # build beside, then rename: DDP ranks may all get here at once, and none may see half a model
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    sweep_stale_temporaries(path.parent, TMP_PREFIX + path.name)  # what ranks killed mid-save left
+    tmp = path.parent / private_name(TMP_PREFIX, path.name)
+    tmp.mkdir()
     try:
         with quiet_transformers():
             model.save_pretrained(tmp)

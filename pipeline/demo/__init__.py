@@ -11,7 +11,6 @@ import json
 import math
 import multiprocessing
 import os
-import secrets
 import shutil
 import sys
 from collections import Counter
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from navcache.cache_specs.labels import LABELS
-from navcache.cache_specs.layout import fsync_dir, fsync_tree
+from navcache.cache_specs.layout import fsync_dir, fsync_tree, private_name, sweep_stale_temporaries
 
 from . import navila_writer, rover_writer, video_writer
 
@@ -190,8 +189,9 @@ def generate_demo(out: Path, scale: float = 1.0, seed: int = 0, workers: int | N
     """Write the demo datasets under ``out`` (``out/navila``, ``out/rover``) and describe them.
 
     Deterministic in (seed, scale). Returns at once when ``out/demo_info.json`` already records the
-    same seed and scale. Builds into a sibling ``<out>.tmp-<random>`` folder and renames it into
-    place, so a crash never leaves a half-written demo at ``out``. ``workers``: processes to use
+    same seed and scale. Builds into a sibling ``<out>.tmp-<pid>-<random>`` folder and renames it into
+    place, so a crash never leaves a half-written demo at ``out`` (a later build sweeps a killed
+    one's folder: ``sweep_stale_temporaries``). ``workers``: processes to use
     (None: one per CPU, at most 8; 1: no pool; a script read from stdin always runs serially). Raises FileExistsError rather than replace an
     ``out`` that is not empty and is not a demo.
 
@@ -232,7 +232,9 @@ def _generate(out: Path, scale: float, seed: int, workers: int | None, pixels: b
     if not _spawn_can_import_main():
         workers = 1
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{secrets.token_hex(4)}")
+    # a killed build leaves its folder (the whole demo so far, possibly gigabytes): sweep those
+    sweep_stale_temporaries(out.parent, f"{out.name}.tmp")
+    tmp = out.with_name(private_name("", f"{out.name}.tmp"))
     try:
         if workers > 1:
             # spawn, not fork: callers may hold torch/dask threads, and forking those can deadlock
@@ -246,7 +248,7 @@ def _generate(out: Path, scale: float, seed: int, workers: int | None, pixels: b
         done = _read_meta(out)
         if _same(done, seed, scale, pixels):
             return DemoInfo.from_json(out, done)  # a concurrent call finished the same demo first
-        old = out.with_name(f"{out.name}.old-{secrets.token_hex(4)}")
+        old = out.with_name(private_name("", f"{out.name}.old"))
         if out.exists():
             os.replace(out, old)
         os.replace(tmp, out)
@@ -254,4 +256,5 @@ def _generate(out: Path, scale: float, seed: int, workers: int | None, pixels: b
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    sweep_stale_temporaries(out.parent, f"{out.name}.old")  # set aside by a build killed between renames
     return DemoInfo.from_json(out, meta)

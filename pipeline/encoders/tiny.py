@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from navcache.cache_specs.layout import private_name
+from navcache.cache_specs.layout import TMP_PREFIX, private_name, sweep_stale_temporaries
 
 from .weights import PROVENANCE_FILE
 
@@ -50,7 +50,8 @@ def make_random_dinov3(out: Path, size: str = "tiny", seed: int = 0, image_size:
     cfg = DINOv3ViTConfig(**DINOV3_SIZES[size], patch_size=16, num_register_tokens=4, image_size=image_size)
     torch.manual_seed(seed)
     model = DINOv3ViTModel(cfg).eval()
-    tmp = out.parent / private_name(".tmp-", out.name)
+    sweep_stale_temporaries(out.parent, TMP_PREFIX + out.name)  # what makers killed mid-save left
+    tmp = out.parent / private_name(TMP_PREFIX, out.name)
     model.save_pretrained(tmp)
     proc = dict(DINOV3_PROCESSOR, size={"height": image_size, "width": image_size})
     (tmp / "preprocessor_config.json").write_text(json.dumps(proc, indent=1))
