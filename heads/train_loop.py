@@ -23,6 +23,7 @@ per micro-batch, and only rank 0 writes files. Every rank evaluates the (identic
 """
 from __future__ import annotations
 
+import atexit
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -143,12 +144,20 @@ def run_loop(task: Task | StreamingTask, cfg: LoopConfig, config_dict: dict | No
     return {"last": {"train": p.last_train, "val": p.last_val}, "best": best, "rank": env.rank, "world_size": env.world}
 
 
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _setup(cfg: LoopConfig) -> _Env:
     """Processes, device and output folder (rank 0 creates it, everyone reads it)."""
     rank, world, local_rank = dist_env()
     device = pick_device(cfg.device, local_rank, world)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # torch leaves the group to interpreter teardown otherwise, where gloo's threads can still be
+        # alive ("terminate called without an active exception", SIGABRT after a finished run)
+        atexit.register(_destroy_group)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     env = _Env(rank, world, device, amp=cfg.amp == "auto" and device.type == "cuda", out=Path(cfg.out_dir))
