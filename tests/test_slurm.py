@@ -144,14 +144,6 @@ def jobs():
         subprocess.run(["scancel", *ids], capture_output=True)
 
 
-def test_readme_array_recipe_matches_a_local_run(job_dir, jobs, local_sums):
-    job = _sbatch(job_dir, jobs, *RECIPE[1:])
-    _wait(job, job_dir)
-    _finalise(job_dir)
-    assert _all_checksums(job_dir) == local_sums
-    _no_leftovers(job_dir)
-
-
 def _shard_parts(cwd: Path, shard: int, n: int) -> list[Path]:
     """part.json paths of the new parts shard ``shard`` of ``n`` owns (the plan all tasks share)."""
     from navcache.pipeline.fingerprint import FileHasher
@@ -164,7 +156,9 @@ def _shard_parts(cwd: Path, shard: int, n: int) -> list[Path]:
     return [sp.cache_dir / "parts" / p.part_id / "part.json" for sp in plans for p in sp.parts if p.group % n == shard]
 
 
-def test_cancelled_task_resubmitted_matches_a_local_run(job_dir, jobs, local_sums):
+def test_readme_array_recipe_with_a_task_cancelled_and_resubmitted_matches_a_local_run(job_dir, jobs, local_sums):
+    """The README's array line as written; its task 1 is scancelled mid-run and resubmitted alone
+    (``--array=1``, as the README says), then the plain finalising run: caches equal a local run."""
     from navcache.pipeline.executors.slurm_submit import queue_states
 
     mine = _shard_parts(job_dir, 1, 4)
@@ -213,39 +207,11 @@ def test_submit_and_status(job_dir, jobs, local_sums):
     assert all("slurm" not in d for d in _json_docs(_run("navcache", "status", "--split", "train", "--json", cwd=job_dir)))  # nothing queued now
 
 
-def test_executor_slurm_workers_are_slurm_jobs(job_dir, local_sums):
-    """``--executor slurm``: dask-jobqueue submits the workers as SLURM jobs; the caches equal a local run's."""
-    import dataclasses
-
-    from navcache.pipeline.executors.slurm_cluster import SlurmClusterConfig
-    from navcache.pipeline.executors.slurm_submit import run_slurm
-    from navcache.pipeline.project import resolve_project
-    from navcache.pipeline.runner import ExtractOptions, Reporter, extract
-
-    name = f"navcache-test-{os.getpid()}"
-    seen: list[str] = []
-
-    class WatchQueue(Reporter):  # after each part: which of our worker jobs are running
-        def stage_start(self, sp, episodes):
-            return lambda e, f: seen.extend(run_slurm("squeue", "-h", "--name", name, "-o", "%T").split())
-
-    project = resolve_project(cwd=job_dir, say=lambda m: None)
-    project = dataclasses.replace(project, slurm=SlurmClusterConfig(cores=1, memory="2GB", walltime="00:10:00", job_name=name))
-    try:
-        summary = extract(project, ExtractOptions("train", datasets=("demo_rover",), executor="slurm", workers=2), WatchQueue())
-    finally:
-        subprocess.run(["scancel", "--name", name], capture_output=True)
-    assert not summary.errors, summary.errors
-    assert "RUNNING" in seen, seen
-    got = _all_checksums(job_dir)
-    assert got and got == {k: v for k, v in local_sums.items() if k.startswith("demo_rover/")}
-    assert list((job_dir / "navcache_cache" / ".navcache" / "slurm" / "workers").glob("*.out"))  # the worker jobs' logs
-
-
 def test_executor_slurm_worker_cancelled_mid_run_loses_nothing(job_dir, local_sums):
-    """``--executor slurm`` with 2 worker jobs: one is ``scancel``-ed once a part is committed and
-    others are still to build; dask reruns its tasks on the other worker, the run completes, and the
-    caches equal a local run's (a rerun is the fallback should the run itself not recover)."""
+    """``--executor slurm``: dask-jobqueue submits 2 workers as SLURM jobs (seen RUNNING in squeue,
+    their logs in the cache root); one is ``scancel``-ed once a part is committed and others are still
+    to build; dask reruns its tasks on the other worker, the run completes, and the caches equal a
+    local run's (a rerun is the fallback should the run itself not recover)."""
     import dataclasses
 
     from navcache.pipeline.executors.slurm_cluster import SlurmClusterConfig
@@ -285,4 +251,5 @@ def test_executor_slurm_worker_cancelled_mid_run_loses_nothing(job_dir, local_su
     ((job, parts_then),) = cancelled
     assert 0 < parts_then < n_parts, (cancelled, n_parts)  # cancelled mid-run
     assert _all_checksums(job_dir) == {k: v for k, v in local_sums.items() if k.startswith("demo_rover/")}
+    assert list((job_dir / "navcache_cache" / ".navcache" / "slurm" / "workers").glob("*.out"))  # the worker jobs' logs
     _no_leftovers(job_dir)
