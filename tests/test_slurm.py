@@ -184,9 +184,10 @@ def test_readme_array_recipe_with_a_task_cancelled_and_resubmitted_matches_a_loc
 
 
 def test_submit_and_status(job_dir, jobs, local_sums):
-    n_parts = len(_shard_parts(job_dir, 0, 1))
+    # one dataset keeps it short: the array and finalising job are the same whatever they build
+    n_parts = len([p for p in _shard_parts(job_dir, 0, 1) if "demo_rover" in str(p)])
     out = json.loads(_run("navcache", "submit", "extract", "--split", "train", "--array", "2", "--time", "10",
-                          "--mem", "2G", "--cpus-per-task", "1", "--json", cwd=job_dir))
+                          "--mem", "2G", "--cpus-per-task", "1", "--dataset", "demo_rover", "--json", cwd=job_dir))
     jobs += [out["array_job"], out["finalize_job"]]
     folder = Path(out["folder"])
     assert folder.is_relative_to(job_dir / "navcache_cache" / ".navcache" / "slurm")
@@ -203,7 +204,7 @@ def test_submit_and_status(job_dir, jobs, local_sums):
     _wait(out["finalize_job"], job_dir)
     assert [(folder / f"task-{i}.rc").read_text().strip() for i in range(2)] == ["0"] * 2, _logs(folder)
     assert "navcache summary" in (folder / "finalize.out").read_text(), _logs(folder)
-    assert _all_checksums(job_dir) == local_sums
+    assert _all_checksums(job_dir) == {k: v for k, v in local_sums.items() if k.startswith("demo_rover/")}
     assert all("slurm" not in d for d in _json_docs(_run("navcache", "status", "--split", "train", "--json", cwd=job_dir)))  # nothing queued now
 
 

@@ -93,7 +93,12 @@ def _spatial_mllm_voxel_sets(points: np.ndarray, conf: np.ndarray):
     for t in range(wp.shape[1]):
         valid = wp[0, t].reshape(-1, 3)[mask[0, t].flatten()]
         coords = ((valid - offset) / size).floor().long()
-        sets.append(set(map(tuple, torch.unique(coords, dim=0).tolist())))
+        # torch.unique(coords, dim=0), by one int64 key per row (a 1-D unique is a plain sort: fast)
+        lo = coords.min(dim=0).values if len(coords) else torch.zeros(3, dtype=torch.long)
+        span = (coords.max(dim=0).values - lo + 1) if len(coords) else torch.ones(3, dtype=torch.long)
+        key = torch.unique(((coords - lo) * torch.stack([span[1] * span[2], span[2], torch.tensor(1)])).sum(dim=1))
+        rows = torch.stack([key // (span[1] * span[2]), key // span[2] % span[1], key % span[2]], dim=1) + lo
+        sets.append(set(map(tuple, rows.tolist())))
     return sets, float(np.float32(thr)), float(np.float32(voxel.item()))
 
 
