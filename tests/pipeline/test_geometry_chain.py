@@ -20,6 +20,7 @@ from navcache.pipeline.motion import bin_steps, egocentric_deltas
 from navcache.pipeline.project import demo_config_dict
 from navcache.pipeline.runner import ExtractOptions, extract
 from tests.helpers import demo_job
+from tests.pipeline.spatial_mllm_reference import greedy_picks
 from tests.standins.vggt_standin import make_standin
 
 CHAIN = ("geometry", "keyframes", "frame-features")
@@ -102,25 +103,6 @@ def _spatial_mllm_voxel_sets(points: np.ndarray, conf: np.ndarray):
     return sets, float(np.float32(thr)), float(np.float32(voxel.item()))
 
 
-def _spatial_mllm_picks(sets, k):
-    """``maximum_coverage_sampling``, in pick order."""
-    selected, covered, remaining = [], set(), set(range(len(sets)))
-    for _ in range(k):
-        if not remaining:
-            break
-        max_gain, best = -1, None
-        for frame in remaining:
-            gain = len(sets[frame] - covered)
-            if gain > max_gain:
-                max_gain, best = gain, frame
-        if best is None or max_gain <= 0:
-            break
-        selected.append(best)
-        covered.update(sets[best])
-        remaining.remove(best)
-    return selected
-
-
 def _scored(sets, picks):
     covered, gains, coverage, every = set(), [], [], set().union(*sets)
     for f in picks:
@@ -176,7 +158,7 @@ def test_keyframes_are_spatial_mllms_on_the_full_resolution_float32_maps(tours, 
     moved = 0
     for ep in g.episodes:
         sets, thr, voxel, rounded = reference_sets[ep]
-        picks = _spatial_mllm_picks(sets, 16)
+        picks = greedy_picks(sets, 16)
         keys = k[ep]
         _assert_keyframes_are(keys, sets, picks, thr, voxel)
         assert (keys["frame_index"] == g[ep]["frame_index"][keys["position"]]).all()
@@ -325,7 +307,7 @@ def test_vggt_geometry_is_in_the_first_camera_and_keyframes_on_its_own_float32_p
         cam_new = np.einsum("sij,shwj->shwi", e_new[:, :3, :3], p_new) + e_new[:, None, None, :3, 3]
         np.testing.assert_allclose(cam_new, cam_raw, rtol=2e-3, atol=2e-3 * np.abs(cam_raw).max())  # fp16 points
         sets, thr, voxel = _spatial_mllm_voxel_sets(raw["world_points"], raw["world_points_conf"])
-        _assert_keyframes_are(k[ep.episode_id], sets, _spatial_mllm_picks(sets, 16), thr, voxel)
+        _assert_keyframes_are(k[ep.episode_id], sets, greedy_picks(sets, 16), thr, voxel)
 
 
 def test_vggt_out_of_memory_quarantines_with_the_frame_count(tours, tmp_path):

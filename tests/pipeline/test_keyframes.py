@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from navcache.pipeline import keyframes as kf
+from tests.pipeline.spatial_mllm_reference import greedy_picks
 
 F32_TENTH = np.float32(0.1)
 INV_20 = np.float32(1) / np.float32(20)
@@ -69,20 +70,7 @@ def _result(picks, gains, coverage, n, thr, voxel) -> dict:
 
 def _brute(points, conf, k):
     sets, thr, voxel, too_fine = _brute_voxels(points, conf)
-    selected, covered, remaining = [], set(), set(range(len(sets)))
-    for _ in range(k):
-        if not remaining:
-            break
-        best, best_gain = None, -1
-        for f in sorted(remaining):  # a set of small ints iterates in ascending order
-            gain = len(sets[f] - covered)
-            if gain > best_gain:
-                best, best_gain = f, gain
-        if best is None or best_gain <= 0:
-            break
-        selected.append(best)
-        covered |= sets[best]
-        remaining.remove(best)
+    selected = greedy_picks(sets, k)
     gains, coverage, n = _score(sets, selected)
     return _result(selected, gains, coverage, n, thr, voxel), too_fine
 
