@@ -206,17 +206,21 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
+def _torchrun(script: Path, text: str, *args: Path, timeout: int) -> None:
+    """Write ``text`` to ``script`` and run it under real ``torchrun`` with 2 CPU processes; must exit 0."""
+    script.write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), *map(str, args)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
-    script = tmp_path / "ddp_toy.py"
-    script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "run"
     marks = tmp_path / "marks"
     marks.mkdir()
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(out), str(marks)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    _torchrun(tmp_path / "ddp_toy.py", DDP_SCRIPT, out, marks, timeout=180)
     done = {m.name: m.read_text() for m in marks.iterdir()}
     assert sorted(done) == ["rank0.txt", "rank1.txt"] and done["rank0.txt"] == done["rank1.txt"]  # identical models on both ranks
     assert [r["epoch"] for r in _lines(out / "metrics/val_metrics.jsonl")] == [1, 2, 3]
@@ -612,13 +616,8 @@ DDP_LONG_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_torchrun_grad_accumulation_and_mid_epoch_resume(tmp_path):
-    script = tmp_path / "ddp_long.py"
-    script.write_text(DDP_LONG_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "runs"
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(out)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    _torchrun(tmp_path / "ddp_long.py", DDP_LONG_SCRIPT, out, timeout=240)
     run_loop(NoDropoutTask(0, n_train=96), _cfg(tmp_path / "single", epochs=3, batch_size=96, lr=1e-2))
     ddp, single = _trained(out / "acc"), _trained(tmp_path / "single")
     for k in single:
