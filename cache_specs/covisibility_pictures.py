@@ -19,14 +19,15 @@ row-major from the top left, then ``RING``). The colour of a grid cell is its ma
 every panel of a picture, so prediction and ground truth compare by colour; a bar's length along
 its edge is that direction's mass (a full edge = all of B).
 
-Why the panels are one numpy RGB canvas, with matplotlib's text multiplied onto it, and not one
-matplotlib axes each: a 16-keyframe grid has up to 480 panels, which axes draw in seconds, a canvas in a
-fraction of one; and every panel's pixels are then known exactly (``heatmaps_layout``,
-``keyframe_layout``), which is what lets a test read a picture by sampling pixels. matplotlib
-draws the text and supplies the colour map. Every file is written by ``layout.atomic_write_bytes``
-(PNG bytes rendered in memory, not ``plotting.save_figure``), so all five kinds of output share one
-temporary naming scheme and the next write sweeps what a killed writer left
-(``sweep_stale_temporaries``).
+Why the pictures are one numpy RGB canvas with PIL text and not matplotlib figures
+(``plotting.new_figure``): a 32-keyframe episode has ~2,000 panels and ~3,000 labels over its 33
+pictures; drawn through matplotlib text they took 57 s, as numpy slices and PIL text 17 s (same
+loaded 2-core machine; matplotlib renders a label ~30x slower than PIL). Every panel's pixels are also known exactly
+(``heatmaps_layout``, ``keyframe_layout``), which lets a test read a picture by sampling pixels.
+matplotlib still supplies the colour map and the font (DejaVu Sans). Every file is written by
+``layout.atomic_write_bytes`` (PNG bytes encoded in memory by OpenCV, not ``plotting.save_figure``),
+so all kinds of output share one temporary naming scheme and the next write sweeps what a killed
+writer left (``sweep_stale_temporaries``).
 """
 from __future__ import annotations
 
@@ -41,7 +42,6 @@ from pathlib import Path
 import numpy as np
 
 from .layout import TMP_PREFIX, atomic_write_bytes, sweep_stale_temporaries
-from .plotting import new_figure
 from .specs.covisibility import RING
 
 KINDS = ("pred", "target")  # panel order inside a cell: prediction left, ground truth right
@@ -268,38 +268,68 @@ class _Data:
         _draw_bars(canvas, p, dist[self.grid**2 :])
 
 
-def _text(fig, lay, x: float, y: float, s: str, **kw) -> None:
-    fig.text(x / lay.width, 1 - y / lay.height, s, **{"fontsize": 7, "ha": "center", "va": "center", **kw})
+class _Page:
+    """A white canvas uint8 [H, W, 3] that panels are painted into, and the text to put on it last."""
+
+    def __init__(self, width: int, height: int):
+        self.canvas = np.full((height, width, 3), 255, np.uint8)
+        self.texts: list[tuple] = []
+
+    def text(self, x: float, y: float, s: str, size: int = 10, anchor: str = "mm", fill=(40, 40, 40)) -> None:
+        """``s`` (lines split on newlines) at (x, y); ``anchor`` as PIL's ("mm" centred, "lm" left-middle)."""
+        self.texts.append((x, y, s, size, anchor, fill))
+
+    def png(self) -> bytes:
+        import cv2
+        from PIL import Image, ImageDraw
+
+        img = Image.fromarray(self.canvas)
+        draw = ImageDraw.Draw(img)
+        for x, y, s, size, anchor, fill in self.texts:
+            lines, step = s.split("\n"), size + 3
+            for i, line in enumerate(lines):
+                draw.text((x, y + (i - (len(lines) - 1) / 2) * step), line, font=_font(size), fill=fill, anchor=anchor)
+        ok, png = cv2.imencode(".png", np.ascontiguousarray(np.asarray(img)[..., ::-1]))
+        if not ok:
+            raise RuntimeError("PNG encoding failed")
+        return png.tobytes()
 
 
-def _legend(fig, lay, x: int, y: int, d: _Data) -> None:
+@functools.lru_cache(maxsize=8)
+def _font(size_px: int):
+    """DejaVu Sans (matplotlib's own font, so always installed) at ``size_px`` pixels."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size_px)
+
+
+def _header(page: _Page, title: str, d: _Data) -> None:
+    page.text(_MARGIN, _MARGIN + 10, title, size=16, anchor="lm", fill=(0, 0, 0))
     both = " | ".join(KIND_LABEL[k] for k in d.kinds)
-    _text(fig, lay, x, y, f"colour: B's mass per cell of A's {d.grid}x{d.grid} grid, in units of an even spread "
-          f"(inferno, full at {d.vmax:.2g}x)   blue bars: B's mass out of A's view on that side (a full edge = all)   "
-          f"purple bar under: behind A   panels: {both}", ha="left", fontsize=7.5, color="#333333")
+    page.text(_MARGIN, _MARGIN + 32, f"colour: B's mass per cell of A's {d.grid}x{d.grid} grid, in units of an even spread "
+              f"(inferno, full at {d.vmax:.2g}x)    blue bars: B's mass out of A's view on that side (a full edge = all)    "
+              f"purple bar under: behind A    panels: {both}", size=11, anchor="lm")
 
 
 def _heatmaps_png(d: _Data, video: str, sel: np.ndarray) -> bytes:
     k, h, w, _ = d.frames.shape
     lay = heatmaps_layout(k, h, w, d.kinds)
-    canvas = np.full((lay.height, lay.width, 3), 255, np.uint8)
+    page = _Page(lay.width, lay.height)
     for (a, b, kind), p in lay.panels.items():
-        d.draw(canvas, p, a, b, kind)
+        d.draw(page.canvas, p, a, b, kind)
     for a, box in lay.diagonal.items():
         x0, y0, x1, y1 = box
-        canvas[y0 - 3 : y1 + 3, x0 - 3 : x1 + 3] = DIAGONAL_RGB
-        _paste(canvas, box, d.frames[a])
+        page.canvas[y0 - 3 : y1 + 3, x0 - 3 : x1 + 3] = DIAGONAL_RGB
+        _paste(page.canvas, box, d.frames[a])
     for b, box in lay.headers.items():
-        _paste(canvas, box, d.frames[b])
-    fig = new_figure(lay.width, lay.height)
-    _text(fig, lay, _MARGIN, _MARGIN + 10, f"{video}: where keyframe B's content lies in keyframe A's view "
-          f"(row A, column B; diagonal: A itself)", ha="left", fontsize=11)
-    _legend(fig, lay, _MARGIN, _MARGIN + 32, d)
+        _paste(page.canvas, box, d.frames[b])
+    _header(page, f"{video}: where keyframe B's content lies in keyframe A's view (row A, column B; diagonal: A itself)", d)
     for b, (x0, y0, x1, y1) in lay.headers.items():
-        _text(fig, lay, (x0 + x1) / 2, y1 + 7, f"B{b} f{sel[b]}" + ("  (pred | gt)" if len(d.kinds) == 2 and b == 0 else ""))
+        page.text((x0 + x1) / 2, y1 + 7, f"B{b} f{sel[b]}" + ("  (pred | gt)" if len(d.kinds) == 2 and b == 0 else ""))
     for a, (x, y) in lay.row_labels.items():
-        _text(fig, lay, x, y, f"A{a}\nf{sel[a]}", fontsize=8, color="#e6007e")
-    return _png(fig, canvas)
+        page.text(x, y, f"A{a}\nf{sel[a]}", size=11, fill=DIAGONAL_RGB)
+    return page.png()
 
 
 def _caption(dist: np.ndarray, grid: int) -> str:
@@ -311,36 +341,22 @@ def _caption(dist: np.ndarray, grid: int) -> str:
 def _keyframe_png(d: _Data, video: str, sel: np.ndarray, a: int) -> bytes:
     k, h, w, _ = d.frames.shape
     lay = keyframe_layout(k, h, w, d.kinds, a)
-    canvas = np.full((lay.height, lay.width, 3), 255, np.uint8)
-    _paste(canvas, lay.anchor, d.frames[a])
+    page = _Page(lay.width, lay.height)
+    _paste(page.canvas, lay.anchor, d.frames[a])
     for (b, kind), p in lay.panels.items():
-        d.draw(canvas, p, a, b, kind)
+        d.draw(page.canvas, p, a, b, kind)
     for b, box in lay.thumbs.items():
-        _paste(canvas, box, d.frames[b])
-    fig = new_figure(lay.width, lay.height)
-    _text(fig, lay, _MARGIN, _MARGIN + 10, f"{video}: keyframe A{a} (frame {sel[a]}): where each other keyframe B's "
-          f"content lies in A's view", ha="left", fontsize=11)
-    _legend(fig, lay, _MARGIN, _MARGIN + 32, d)
+        _paste(page.canvas, box, d.frames[b])
+    _header(page, f"{video}: keyframe A{a} (frame {sel[a]}): where each other keyframe B's content lies in A's view", d)
+    x0, y0, x1, y1 = lay.anchor
+    page.text(x1 + 10, (y0 + y1) / 2, f"A{a}  frame {sel[a]}\n(the view the heatmaps are drawn in)", size=12, anchor="lm", fill=DIAGONAL_RGB)
     for b, (x0, y0, x1, y1) in lay.thumbs.items():
         label = f"B{b}  frame {sel[b]}" + ("\nprediction | ground truth" if len(d.kinds) == 2 else "")
-        _text(fig, lay, x1 + 8, (y0 + y1) / 2, label, ha="left", fontsize=8)
+        page.text(x1 + 8, (y0 + y1) / 2, label, size=11, anchor="lm")
     for (b, kind), (x, y) in lay.captions.items():
         r = d.row.get((a, b))
-        _text(fig, lay, x, y, _caption(d.dists[kind][r], d.grid) if r is not None else "no pair", fontsize=7)
-    return _png(fig, canvas)
-
-
-def _png(fig, canvas: np.ndarray) -> bytes:
-    """The figure's text multiplied onto ``canvas`` (white paper: dark text darkens, white keeps), as PNG bytes."""
-    import cv2
-
-    fig.canvas.draw()
-    text = np.asarray(fig.canvas.buffer_rgba())[: canvas.shape[0], : canvas.shape[1], :3]
-    out = (canvas.astype(np.uint16) * text // 255).astype(np.uint8)
-    ok, png = cv2.imencode(".png", np.ascontiguousarray(out[..., ::-1]))
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return png.tobytes()
+        page.text(x, y, _caption(d.dists[kind][r], d.grid) if r is not None else "no pair", size=10)
+    return page.png()
 
 
 # ------------------------------------------------------------------------------------------------
