@@ -224,11 +224,11 @@ def _draw_bars(canvas: np.ndarray, p: Panel, ring: np.ndarray) -> None:
         colour = BEHIND_RGB if name == "behind" else BAR_RGB
         if name in ("left", "right"):
             n = round(float(mass) * (y1 - y0))
-            c = (y0 + y1 - n) // 2
+            c = (y0 + y1 - n + 1) // 2  # a 1-px bar on the centre pixel
             canvas[c : c + n, x0:x1] = colour
         else:
             n = round(float(mass) * (x1 - x0))
-            c = (x0 + x1 - n) // 2
+            c = (x0 + x1 - n + 1) // 2
             canvas[y0:y1, c : c + n] = colour
 
 
@@ -407,6 +407,8 @@ def _check(video, frames, selected_indices, grid, pairs, target, pred, pred_upsa
         pred_upsampled = up.astype(np.float32)
     info = {}
     for name, v in dict(geometry_info).items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"geometry_info keys must be non-empty strings (npz member names), got {name!r}")
         a = np.asarray(v)
         if a.dtype.kind not in "biufcUS":
             raise ValueError(f"geometry_info[{name!r}] must be a numeric or string array (no pickle), got {a.dtype}")

@@ -180,6 +180,7 @@ def test_prediction_only_draws_the_upsampled_density(tmp_path):
     ({"pred": _pred(), "pred_upsampled": np.ones((len(PAIRS), 8), np.float32)}, "pred_upsampled"),
     ({"geometry_info": {"extrinsic": np.zeros((K, 4, 4))}}, "geometry_info['extrinsic']"),
     ({"geometry_info": {"names": np.array([{"a": 1}], dtype=object)}}, "geometry_info['names']"),
+    ({"geometry_info": {3: np.zeros(2)}}, "geometry_info keys"),
     ({"summary": {"kl": float("nan")}}, "summary"),
     ({"summary": {"when": object()}}, "summary"),
 ])
