@@ -52,7 +52,8 @@ GAUGE_RGB = (236, 236, 236)  # the empty part of a bar's area
 DIAGONAL_RGB = (230, 0, 126)  # = pipeline.plots.HIGHLIGHT: the keyframe itself
 MISSING_RGB = (200, 200, 200)  # a pair without a row
 PRESENT = 0.5  # x uniform at which a cell's overlay is fully opaque
-_MARGIN, _TITLE_H, _GAP, _LABEL_W = 10, 46, 6, 58
+_MARGIN, _TITLE_H, _GAP, _LABEL_W = 10, 58, 6, 58
+_MIN_WIDTH = 840  # the title and legend lines fit
 _GRID_BUDGET_PX, _MAX_THUMB = 3000, 160
 _SPLIT = 5  # between a cell's prediction and ground-truth panels, so their bars never touch
 
@@ -127,7 +128,7 @@ def heatmaps_layout(n_keyframes: int, frame_h: int, frame_w: int, kinds: tuple[s
                         diagonal[a] = (dx, p.image[1], dx + tw, p.image[3])
                 else:
                     panels[(a, b, kind)] = p
-    return HeatmapsLayout(x0 + k * cell_w + _MARGIN, y0 + k * cell_h + _MARGIN, kinds, panels, diagonal, headers, rows)
+    return HeatmapsLayout(max(_MIN_WIDTH, x0 + k * cell_w + _MARGIN), y0 + k * cell_h + _MARGIN, kinds, panels, diagonal, headers, rows)
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def keyframe_layout(n_keyframes: int, frame_h: int, frame_w: int, kinds: tuple[s
             panels[(b, kind)] = p
             captions[(b, kind)] = ((p.image[0] + p.image[2]) // 2, p.bars["behind"][3] + 14)
     rows = math.ceil(len(others) / cols) if others else 0
-    width = max(2 * _MARGIN + cols * block_w, anchor[2] + 520)
+    width = max(2 * _MARGIN + cols * block_w, anchor[2] + 520, _MIN_WIDTH)
     return KeyframeLayout(width, y0 + rows * block_h + _MARGIN, anchor, thumbs, panels, captions)
 
 
@@ -307,9 +308,10 @@ def _font(size_px: int):
 def _header(page: _Page, title: str, d: _Data) -> None:
     page.text(_MARGIN, _MARGIN + 10, title, size=16, anchor="lm", fill=(0, 0, 0))
     both = " | ".join(KIND_LABEL[k] for k in d.kinds)
-    page.text(_MARGIN, _MARGIN + 32, f"colour: B's mass per cell of A's {d.grid}x{d.grid} grid, in units of an even spread "
-              f"(inferno, full at {d.vmax:.2g}x)    blue bars: B's mass out of A's view on that side (a full edge = all)    "
-              f"purple bar under: behind A    panels: {both}", size=11, anchor="lm")
+    page.text(_MARGIN, _MARGIN + 31, f"colour: B's mass per cell of A's {d.grid}x{d.grid} grid, in units of an even spread "
+              f"(inferno, full at {d.vmax:.2g}x)    panels: {both}", size=11, anchor="lm")
+    page.text(_MARGIN, _MARGIN + 46, "blue bars: B's mass out of A's view on that side (a full edge = all)    "
+              "purple bar under: behind A", size=11, anchor="lm")
 
 
 def _heatmaps_png(d: _Data, video: str, sel: np.ndarray) -> bytes:
