@@ -130,7 +130,7 @@ def inspect(
     path: Optional[Path] = typer.Argument(None, help="A cache folder, or a cache root (default: the project's)."),
     episode: Optional[str] = typer.Option(None, "--episode", "-e", help="Show one episode's arrays."),
     plot: Optional[Path] = typer.Option(
-        None, "--plot", help="With a geometry/keyframes cache and --episode: write a contact sheet and a top-down PNG into this folder."
+        None, "--plot", help="With a geometry/keyframes/covisibility cache and --episode: write a contact sheet and a top-down PNG (and, with a covisibility cache, the heatmap pictures and files) into this folder."
     ),
     config: Optional[Path] = ConfigOpt,
     as_json: bool = JsonOpt,
