@@ -118,6 +118,10 @@ class LeRobotSource:
             raise _fail(self.root, f"option camera {cam!r} is not a camera of this dataset (valid: {', '.join(cams)})")
         return cam
 
+    def robot_dims(self) -> dict[str, int]:
+        """{"S": state size, "A": action size} from info.json (0 where the feature is absent)."""
+        return {"S": _dim(self.info["features"].get(STATE)), "A": _dim(self.info["features"].get(ACTION))}
+
     def _tasks(self) -> dict[int, str]:
         meta = self.root / "meta"
         try:
