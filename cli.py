@@ -216,6 +216,38 @@ def export_navila_poses(
     raise typer.Exit(_export_navila_poses(config, dataset, split, out))
 
 
+@export_app.command("norm-stats")
+def export_norm_stats(
+    out: Path = typer.Argument(..., help="Output norm_stats.json."),
+    dataset: str = typer.Option(..., "--dataset", "-d", callback=_safe_names("dataset")),
+    split: str = typer.Option("train", "--split", "-s", callback=_safe_names("split")),
+    horizon: int = typer.Option(50, "--horizon", help="Action chunk length H (openpi: 50 for pi0, 10 for pi05 LIBERO)."),
+    config: Optional[Path] = ConfigOpt,
+):
+    """openpi norm_stats.json {"norm_stats": {"state", "actions"}} from the robot_meta cache, one streamed pass, no video decoding."""
+    raise typer.Exit(_export_norm_stats(config, dataset, split, horizon, out))
+
+
+def _export_norm_stats(config: Path | None, dataset: str, split: str, horizon: int, out: Path) -> int:
+    import json
+
+    from navcache.cache_specs.layout import cache_dir
+    from navcache.heads.exports.norm_stats import export_norm_stats as write
+    from navcache.pipeline.commands import load_project
+    from navcache.pipeline.ensure import ensure_caches
+
+    try:
+        project = load_project(config)
+        ensure_caches(project, [(dataset, split, "robot_meta")])
+        report = write(cache_dir(project.cache_root, dataset, split, "robot_meta"), out, horizon)
+    except (ConfigError, ValueError) as e:
+        return _error(e, EXIT_CONFIG)
+    except (NavcacheError, RuntimeError) as e:
+        return _error(e, EXIT_FAILED)
+    print(json.dumps(report.to_dict(), indent=1))
+    return EXIT_OK
+
+
 HeadArg = typer.Argument(..., metavar="HEAD", help=f"Which head: {' | '.join(HEADS)}.")
 SetOpt = typer.Option([], "--set", help="KEY=VALUE on top of the preset and the file, e.g. loop.lr=0.001 (repeatable; values read as YAML).")
 

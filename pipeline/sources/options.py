@@ -110,8 +110,29 @@ class VideosOptions:
             check_min("max_image_pixels", self.max_image_pixels, 1)
 
 
+@dataclass(frozen=True)
+class LeRobotOptions:
+    #: the camera ``read_frames`` serves (a key of info.json's features; null: the first camera)
+    camera: str | None = None
+    #: frames decoded per episode for frame stages, spread uniformly, first and last included
+    num_frames: int = 8
+    #: a table timestamp is served by the nearest decoded frame within this many seconds
+    #: (LeRobotDataset's default ``tolerance_s``); consecutive timestamps must be 1/fps apart within it
+    tolerance_s: float = 1e-4
+    #: read files that resolve outside the dataset root (see the module docstring)
+    allow_outside_root: bool = False
+
+    def __post_init__(self):
+        check_flag("allow_outside_root", self.allow_outside_root)
+        check_min("num_frames", self.num_frames, 1)
+        if self.camera is not None and (not isinstance(self.camera, str) or not self.camera):
+            raise ValueError(f"'camera' must be a feature key such as 'observation.images.image', got {self.camera!r}")
+        if isinstance(self.tolerance_s, bool) or not isinstance(self.tolerance_s, (int, float)) or not 0 < self.tolerance_s < 1:
+            raise ValueError(f"'tolerance_s' must be a number of seconds in (0, 1), got {self.tolerance_s!r}")
+
+
 #: options class of each source kind (the keys are ``pipeline.sources.SOURCES``'s)
-OPTIONS: dict[str, type] = {"navila": NavilaOptions, "rover": RoverOptions, "videos": VideosOptions}
+OPTIONS: dict[str, type] = {"navila": NavilaOptions, "rover": RoverOptions, "videos": VideosOptions, "lerobot": LeRobotOptions}
 
 
 def build_options(kind: str, options: Any, where: str | None = None) -> Any:
