@@ -16,6 +16,7 @@ SOURCES: dict[str, str] = {
     "navila": "navcache.pipeline.sources.navila:NavilaSource",
     "rover": "navcache.pipeline.sources.rover:RoverSource",
     "videos": "navcache.pipeline.sources.videos:VideosSource",
+    "vamos": "navcache.pipeline.sources.vamos:VamosSource",
 }
 
 
