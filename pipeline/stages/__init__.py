@@ -12,6 +12,7 @@ STAGES: dict[str, str] = {
     "keyframes": "navcache.pipeline.stages.keyframes:KeyframesStage",
     "rover-meta": "navcache.pipeline.stages.rover_meta:RoverMetaStage",
     "covisibility": "navcache.pipeline.stages.covisibility:CovisibilityStage",
+    "velocity": "navcache.pipeline.stages.velocity:VelocityStage",
 }
 
 
