@@ -248,6 +248,18 @@ def _export_norm_stats(config: Path | None, dataset: str, split: str, horizon: i
     return EXIT_OK
 
 
+@export_app.command("openvla-stats")
+def export_openvla_stats(
+    out: Path = typer.Argument(..., help="Output dataset_statistics.json."),
+    dataset: str = typer.Option(..., "--dataset", "-d", callback=_safe_names("dataset")),
+    split: str = typer.Option("train", "--split", "-s", callback=_safe_names("split")),
+    key: str = typer.Option("vamos_dataset", "--key", help="The dataset key: predict_action(..., unnorm_key=KEY)."),
+    config: Optional[Path] = ConfigOpt,
+):
+    """OpenVLA's dataset_statistics.json of the velocity cache's actions (mean, std, min, max, q01, q99, mask), one streamed pass, atomic."""
+    raise typer.Exit(_export_openvla_stats(config, dataset, split, key, out))
+
+
 HeadArg = typer.Argument(..., metavar="HEAD", help=f"Which head: {' | '.join(HEADS)}.")
 SetOpt = typer.Option([], "--set", help="KEY=VALUE on top of the preset and the file, e.g. loop.lr=0.001 (repeatable; values read as YAML).")
 
@@ -414,6 +426,28 @@ def _export_navila_poses(config: Path | None, dataset: str, split: str, out: Pat
     print(json.dumps(report.to_dict(), indent=1))
     return EXIT_OK
 
+
+
+def _export_openvla_stats(config: Path | None, dataset: str, split: str, key: str, out: Path) -> int:
+    """``navcache export openvla-stats``: the velocity cache brought up to date, then the file."""
+    import json
+
+    from navcache.cache_specs.layout import cache_dir
+    from navcache.heads.exports.openvla_stats import export_openvla_stats as write_stats
+    from navcache.pipeline.commands import load_project
+    from navcache.pipeline.ensure import ensure_caches
+
+    try:
+        project = load_project(config)
+        ensure_caches(project, [(dataset, split, "velocity")])
+        stats = write_stats(cache_dir(project.cache_root, dataset, split, "velocity"), out, key)
+    except ConfigError as e:
+        return _error(e, EXIT_CONFIG)
+    except (NavcacheError, RuntimeError, ValueError) as e:
+        return _error(e, EXIT_FAILED)
+    print(json.dumps({"out": str(out), "key": key, "num_transitions": stats[key]["num_transitions"],
+                      "q01": stats[key]["action"]["q01"], "q99": stats[key]["action"]["q99"]}, indent=1))
+    return EXIT_OK
 
 if __name__ == "__main__":
     app()

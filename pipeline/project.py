@@ -66,6 +66,14 @@ def demo_config_dict(demo_dir: Path, cache_root: Path, pixels: bool = True) -> d
                 "part_size": 4,
                 "stage_settings": {"frame-features": {"frames_from": "keyframes"}},
             },
+            # VAMOS-format parquet shards: first-person images, robot-frame paths -> 2-D velocities
+            "demo_vamos": {
+                "source": "vamos",
+                "root": str(demo_dir / "vamos"),
+                "splits": ["train", "val"],
+                "stages": ["frame-features", "velocity"],
+                "part_size": 64,
+            },
         },
         "stages": {
             "geometry": {"provider": "gt", "image_size": [128, 128], "stride": 2},

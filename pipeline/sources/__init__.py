@@ -17,6 +17,7 @@ SOURCES: dict[str, str] = {
     "rover": "navcache.pipeline.sources.rover:RoverSource",
     "videos": "navcache.pipeline.sources.videos:VideosSource",
     "lerobot": "navcache.pipeline.sources.lerobot:LeRobotSource",
+    "vamos": "navcache.pipeline.sources.vamos:VamosSource",
 }
 
 

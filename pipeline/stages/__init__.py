@@ -13,6 +13,7 @@ STAGES: dict[str, str] = {
     "rover-meta": "navcache.pipeline.stages.rover_meta:RoverMetaStage",
     "covisibility": "navcache.pipeline.stages.covisibility:CovisibilityStage",
     "robot-meta": "navcache.pipeline.stages.robot_meta:RobotMetaStage",
+    "velocity": "navcache.pipeline.stages.velocity:VelocityStage",
 }
 
 
