@@ -24,7 +24,7 @@ import numpy as np
 
 from navcache.pipeline.decode import black_frames, read_jpegs
 from navcache.pipeline.errors import DatasetError, Quarantine
-from navcache.pipeline.safepaths import UnsafePath, folder_under, resolve_under
+from navcache.pipeline.safepaths import Resolver, UnsafePath, folder_under, resolve_under
 from navcache.pipeline.sampling import navila_indices
 from navcache.pipeline.sources.base import Episode, Frames, claim_id, json_safe
 from navcache.pipeline.sources.fields import declared_record
@@ -219,8 +219,9 @@ class NavilaSource:
 
         image_dir = self._image_dir(split)
         seen: dict[str, int] = {}  # video_id -> index of the record that claimed it first
+        resolve = Resolver(image_dir, self.options.allow_outside_root)  # histories repeat frames: each resolved once
         episodes = [
-            self._episode(i, rec, split, image_dir, ann_path.name, pose_map, pose_path.name, seen, ambiguous)
+            self._episode(i, rec, split, resolve, ann_path.name, pose_map, pose_path.name, seen, ambiguous)
             for i, rec in enumerate(records)
         ]
 
@@ -242,7 +243,7 @@ class NavilaSource:
         i: int,
         rec: object,
         split: str,
-        image_dir: Path,
+        resolve: Resolver,
         ann_name: str,
         pose_map: dict[str, Any] | None,
         pose_name: str,
@@ -282,7 +283,7 @@ class NavilaSource:
                 return bad(vid, f"{key!r} must be a string, got {_brief(rec.get(key))}")
 
         try:
-            resolved = [resolve_under(image_dir, f, self.options.allow_outside_root) for f in frames]
+            resolved = [resolve(f) for f in frames]
         except UnsafePath as e:
             return bad(vid, f"unsafe path in 'frames': {e}")
 

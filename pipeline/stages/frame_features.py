@@ -67,7 +67,7 @@ class FrameFeaturesStage(Stage):
         d = {"D": self.encoder.hidden_size(), "G": self.settings.pool_grid}
         if self.settings.store_patch_tokens:
             size = self.encoder.processor_config().get("size", {})
-            patch = int(self.encoder.model_config().patch_size)
+            patch = self.encoder.patch_size()
             d.update(Hp=int(size.get("height", 224)) // patch, Wp=int(size.get("width", 224)) // patch)
         return d
 
