@@ -9,6 +9,7 @@ recomputes nothing.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sqlite3
@@ -186,6 +187,7 @@ def episode_fingerprint(episode, root: Path, hasher: FileHasher, files: Iterable
     return hash_obj({"id": episode.episode_id, "record": record, "files": hashed, "quarantine": episode.quarantine})
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of its argument, called once per episode
 def _dir_prefix(root: Path) -> str:
     r = str(Path(root))
     return r if r.endswith(os.sep) else r + os.sep

@@ -109,10 +109,23 @@ class Resolver:
     def __init__(self, root: Path, allow_outside: bool = False):
         self.root, self.allow_outside = Path(root), allow_outside
         self.real_root = Path(os.path.realpath(root))
+        self._root_s = str(self.real_root)
+        self._under = os.path.join(self._root_s, "")  # "<real root>/"
         self._dirs: dict[str, str] = {}
-        self._done: dict[str, Path | UnsafePath] = {}
+        self._done: dict[str, str | UnsafePath] = {}
+        self._paths: dict[str, Path] = {}
 
     def __call__(self, rel: str) -> Path:
+        """``resolve_under(root, rel, allow_outside)``."""
+        path = self._paths.get(rel) if isinstance(rel, str) else None
+        if path is None:
+            path = Path(self.check(rel))
+            if isinstance(rel, str):
+                self._paths[rel] = path
+        return path
+
+    def check(self, rel: str) -> str:
+        """The same, as a string: refusals without building a Path for every file named."""
         hit = self._done.get(rel) if isinstance(rel, str) else None
         if hit is None:
             try:
@@ -125,11 +138,11 @@ class Resolver:
             raise hit
         return hit
 
-    def _resolve(self, rel: str) -> Path:
+    def _resolve(self, rel: str) -> str:
         _check_text(rel)
         parts = rel.split("/")
         if os.path.isabs(rel) or any(c in ("", ".", "..") for c in parts):
-            return resolve_under(self.root, rel, self.allow_outside)
+            return str(resolve_under(self.root, rel, self.allow_outside))
         folder = "/".join(parts[:-1])
         real_dir = self._dirs.get(folder)
         if real_dir is None:
@@ -139,7 +152,13 @@ class Resolver:
             link = stat.S_ISLNK(os.lstat(full).st_mode)
         except OSError:
             link = False  # missing: realpath keeps the name as written
-        return _checked(self.root, rel, self.real_root, Path(os.path.realpath(full) if link else full), self.allow_outside)
+        if link:
+            return str(_checked(self.root, rel, self.real_root, Path(os.path.realpath(full)), self.allow_outside))
+        if full.startswith(self._under) or (self.allow_outside and full != self._root_s):
+            # ``_checked``'s tests on strings: both are normalised real paths, and a name below
+            # a folder is never the root itself (Path objects cost more than the lstat)
+            return full
+        return str(_checked(self.root, rel, self.real_root, Path(full), self.allow_outside))
 
 
 def folder_under(root: Path, rel: str, allow_outside: bool = False) -> Path:

@@ -159,10 +159,11 @@ def test_the_resolver_answers_as_resolve_under(tmp_path):
     (root / "a" / "out_link.jpg").symlink_to(outside / "y.jpg")
     (root / "dir_link").symlink_to(root / "a")
     (root / "out_dir").symlink_to(outside)
+    (root / "a" / "up").symlink_to(tmp_path)  # "a/up/root" names the root itself
     rels = ["a/b/x.jpg", "a/in_link.jpg", "a/out_link.jpg", "dir_link/b/x.jpg", "dir_link/out_link.jpg", "out_dir/y.jpg",
             "a/missing.jpg", "nope/missing.jpg", "a/../a/b/x.jpg", "../outside/y.jpg", "dir_link/../a/b/x.jpg", "a//b/x.jpg",
             "./a/b/x.jpg", str(root / "a/b/x.jpg"), str(outside / "y.jpg"), ".", "a/..", "", " ", "http://x/y.jpg", "s3:b/k",
-            "C:\\x.jpg", "a/b\x00.jpg", 7, "a/b/x.jpg"]
+            "C:\\x.jpg", "a/up/root", "a/up/outside/y.jpg", "a/b\x00.jpg", 7, "a/b/x.jpg"]
     for allow in (False, True):
         resolve = Resolver(root, allow)
         for rel in rels:
