@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import NavcacheError
 from .base import FrozenEncoder, check_device, check_precision
 from .hf_preprocessing import DINOV3, UnsupportedPreprocessing, build_preprocessor, processor_class_name
+from .weights import model_metadata
 
 
 @dataclass(frozen=True)
@@ -54,14 +55,28 @@ class HFVisionEncoder(FrozenEncoder):
 
         return AutoConfig.from_pretrained(self.s.model, revision=self.s.revision, trust_remote_code=self.s.trust_remote_code)
 
+    def facts(self) -> dict:
+        """Config class name, hidden and patch size, processor options: read through transformers
+        once per weights version (``weights.model_metadata``), so planning imports no transformers."""
+        return model_metadata(self.s.model, self.s.revision, self._read_facts, {"trust_remote_code": self.s.trust_remote_code})
+
+    def _read_facts(self) -> dict:
+        cfg = self.model_config()
+        patch = getattr(cfg, "patch_size", None)
+        return {"class": type(cfg).__name__, "hidden_size": int(cfg.hidden_size), "patch_size": None if patch is None else int(patch),
+                "processor": _processor_config(self.s.model, self.s.revision)}
+
     def hidden_size(self) -> int:
-        return int(self.model_config().hidden_size)
+        return int(self.facts()["hidden_size"])
+
+    def patch_size(self) -> int:
+        return int(self.facts()["patch_size"])
 
     def processor_config(self) -> dict:
-        return _processor_config(self.s.model, self.s.revision)
+        return self.facts()["processor"]
 
     def architecture(self) -> str:
-        return type(self.model_config()).__name__
+        return self.facts()["class"]
 
     def output_identity(self) -> dict:
         pc = self.processor_config()
