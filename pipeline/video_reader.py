@@ -38,6 +38,9 @@ __all__ = ["STRICT_DECODER_OPTIONS", "StrictVideoReader", "VideoInfo"]
 
 #: FFmpeg AVCodecContext options of every decode (see the module docstring).
 STRICT_DECODER_OPTIONS = {"err_detect": "crccheck+bitstream+buffer+explode"}
+#: swscale filter of ``frames(size=...)``: AREA averages every source pixel into the smaller frame
+#: (no aliasing, like the encoders' antialiased resizes) at about the cost of BILINEAR
+SCALE_INTERPOLATION = "AREA"
 
 
 @dataclass(frozen=True)
@@ -115,9 +118,14 @@ class StrictVideoReader:
             self._container.seek(0)
         return n
 
-    def frames(self, indices: Sequence[int]) -> np.ndarray:
+    def frames(self, indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
         """Frames ``indices`` (each in [0, n_frames), repeats allowed) as uint8 [K, H, W, 3] RGB,
         rows in the order of ``indices``, frame k being the k-th in presentation order.
+
+        ``size`` = (width, height): FFmpeg's scaler converts each wanted frame straight from the
+        decoder's YUV to RGB at that size (``SCALE_INTERPOLATION``), so no full-size RGB frame is
+        made; [K, height, width, 3]. Its filter is not the consumer's, so the pixels differ from a
+        full-size frame resized afterwards (``bench/feed_rate.py`` measures by how much).
 
         Decodes the whole stream once (see the module docstring) and raises Quarantine for any
         decoder error, corrupt packet or frame, size change, or a decoded count other than
@@ -127,11 +135,14 @@ class StrictVideoReader:
         n = self.info.n_frames
         if any(not 0 <= i < n for i in want):
             raise ValueError(f"frame indices must lie in [0, {n}) for {self.path}")
+        if size is not None and (not isinstance(size, (tuple, list)) or len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in size)):
+            raise ValueError(f"size must be (width, height), two positive integers, got {size!r}")
+        w, h = (int(size[0]), int(size[1])) if size is not None else (self.info.width, self.info.height)
         keep = {i: None for i in want}
-        decoded = self._decode_all(keep)
+        decoded = self._decode_all(keep, None if size is None else (w, h))
         if decoded != n:
             raise Quarantine(f"video {self.path}: container states {n} frames, decoder finds {decoded} (damaged or truncated?)")
-        out = np.empty((len(want), self.info.height, self.info.width, 3), np.uint8)
+        out = np.empty((len(want), h, w, 3), np.uint8)
         for j, i in enumerate(want):
             out[j] = keep[i]
         return out
@@ -153,7 +164,7 @@ class StrictVideoReader:
             raise Quarantine(f"corrupt video {self.path}: the decoder cannot start; the codec description in the header is damaged ({_kind(e)})") from None
         return s, cc
 
-    def _decode_all(self, keep: dict[int, np.ndarray | None]) -> int:
+    def _decode_all(self, keep: dict[int, np.ndarray | None], size: tuple[int, int] | None = None) -> int:
         """Decode every frame in order, filling ``keep[k]`` for the wanted k; returns the count."""
         s, cc = self._fresh_decoder()
         self._container.seek(0)
@@ -166,9 +177,9 @@ class StrictVideoReader:
                     raise Quarantine(f"corrupt video {self.path}: the container flags the packet at byte {packet.pos} as damaged")
                 where = f"the packet at byte {packet.pos} (frame ~{k})"
                 for frame in cc.decode(packet):
-                    k = self._take(frame, k, keep)
+                    k = self._take(frame, k, keep, size)
             for frame in cc.decode(None):
-                k = self._take(frame, k, keep)
+                k = self._take(frame, k, keep, size)
         except av.FFmpegError as e:
             raise Quarantine(f"corrupt video {self.path}: the decoder reports damaged data in {where} ({_kind(e)})") from None
         return k
@@ -224,10 +235,12 @@ class StrictVideoReader:
         h, w = self.info.height, self.info.width
         return np.asarray(times, np.float64), (np.stack(pixels) if pixels else np.empty((0, h, w, 3), np.uint8))
 
-    def _take(self, frame, k: int, keep: dict[int, np.ndarray | None]) -> int:
+    def _take(self, frame, k: int, keep: dict[int, np.ndarray | None], size: tuple[int, int] | None = None) -> int:
         self._check(frame, k)
-        if k in keep:
+        if k in keep and size is None:
             keep[k] = frame.to_ndarray(format="rgb24")  # [H, W, 3]
+        elif k in keep:
+            keep[k] = frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation=SCALE_INTERPOLATION)
         return k + 1
 
     def _check(self, frame, k: int) -> None:
