@@ -1,7 +1,9 @@
-"""A frozen ViT-style image encoder from transformers (DINOv3 by default; DINOv2 works too).
+"""A frozen ViT-style image encoder from transformers (DINOv3 by default; DINOv2, DINOv2 with
+registers, CLIP, SigLIP and fixed-resolution SigLIP2 too: ``towers.py``).
 
-Token layout of ``last_hidden_state`` [N, 1 + R + Hp*Wp, D]: CLS at 0, R register tokens
-(``config.num_register_tokens``; 4 for released DINOv3), then the patch grid row-major.
+Token layout of the sequence [N, (1) + R + Hp*Wp, D]: CLS at 0 where the family has one, R register
+tokens (``config.num_register_tokens``; 4 for released DINOv3), then the patch grid row-major.
+``layer`` picks ``last_hidden_state`` (default) or an inner block (``towers.run_tower``).
 
 Preprocessing is the model's own: ``hf_preprocessing.build_preprocessor`` turns its
 ``preprocessor_config.json`` into the pixels its transformers image processor produces (resample
@@ -16,6 +18,7 @@ import numpy as np
 
 from ..errors import NavcacheError
 from .base import FrozenEncoder, check_device, check_precision
+from .towers import check_layer, layout, load_tower, run_tower, tower_class, truncate_for_layer, vision_config
 from .hf_preprocessing import DINOV3, UnsupportedPreprocessing, build_preprocessor, processor_class_name
 from .weights import model_metadata
 
@@ -37,10 +40,14 @@ class EncoderSettings:
     #: there, from uint8); "fast" (DINOv3 only): on the CPU, resize in uint8 (within one grey level
     #: of "exact", ``hf_preprocessing._Dinov3Preprocess``); on CUDA the same as "exact"
     preprocess: str = "exact"
+    #: "last": last_hidden_state (after the final norm); an int k: hidden_states[k] (-2 = the
+    #: second-to-last block, as Prismatic/OpenVLA read their towers)
+    layer: int | str = "last"
 
     def __post_init__(self):
         check_precision(self.precision)
         check_device(self.device)
+        check_layer(self.layer)
         if self.preprocess not in PREPROCESS_MODES:
             raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, got {self.preprocess!r}")
 
@@ -71,8 +78,9 @@ class HFVisionEncoder(FrozenEncoder):
 
     def _read_facts(self) -> dict:
         cfg = self.model_config()
-        patch = getattr(cfg, "patch_size", None)
-        return {"class": type(cfg).__name__, "hidden_size": int(cfg.hidden_size), "patch_size": None if patch is None else int(patch),
+        vcfg = vision_config(cfg)
+        patch = getattr(vcfg, "patch_size", None)
+        return {"class": type(cfg).__name__, "hidden_size": int(vcfg.hidden_size), "patch_size": None if patch is None else int(patch),
                 "processor": _processor_config(self.s.model, self.s.revision)}
 
     def hidden_size(self) -> int:
@@ -100,6 +108,8 @@ class HFVisionEncoder(FrozenEncoder):
             ident["preprocessing"] = "transformers-processor"
         if self._fast:  # absent for "exact": existing caches keep their fingerprints
             ident["preprocess"] = "fast: uint8 resize on the CPU"
+        if self.s.layer != "last":  # likewise absent for the default
+            ident["layer"] = self.s.layer
         return ident
 
     @property
@@ -119,19 +129,16 @@ class HFVisionEncoder(FrozenEncoder):
 
     # -- heavy path ---------------------------------------------------------------------------
     def _load_model(self):
-        import transformers
-        from transformers import AutoModel
-
-        transformers.utils.logging.disable_progress_bar()
-        # use_safetensors=None: safetensors whenever the checkpoint has them, else a .bin read with
-        # torch.load(weights_only=True), never an arbitrary unpickled object; True would refuse
-        # .bin-only checkpoints (tests/pipeline/test_confinement.py checks both cases)
-        return AutoModel.from_pretrained(self.s.model, revision=self.s.revision, trust_remote_code=self.s.trust_remote_code,
-                                         use_safetensors=None)
+        # safetensors whenever the checkpoint has them, else a .bin read with torch.load(weights_only=True),
+        # never an arbitrary unpickled object (tests/pipeline/test_confinement.py checks both cases)
+        model = load_tower(self.s.model, self.s.revision, self.s.trust_remote_code)
+        truncate_for_layer(model, self.s.layer)
+        return model
 
     def _on_loaded(self, model) -> None:
-        self._n_reg = int(getattr(model.config, "num_register_tokens", 0) or 0)
-        self._patch = int(model.config.patch_size)
+        _, has_cls = tower_class(model.config, self.s.model)
+        self._layout = layout(model.config, has_cls)
+        self._patch = int(vision_config(model.config).patch_size)
         self._preprocess = build_preprocessor(self.processor_config(), self.s.model, self._fast)
 
     def preprocess(self, pixels: np.ndarray):
@@ -146,14 +153,13 @@ class HFVisionEncoder(FrozenEncoder):
         return self._preprocess(pixels, device=dev if dev.startswith("cuda") else None)
 
     def encode(self, x) -> tuple[Any, Any]:
-        """[N, 3, S_h, S_w] -> (cls [N, D] float32, patches [N, Hp, Wp, D] float32), on CPU."""
+        """[N, 3, S_h, S_w] -> (cls [N, D] float32, patches [N, Hp, Wp, D] float32), on CPU.
+
+        ``cls`` is the CLS token, or the patch mean for towers without one (SigLIP)."""
         import torch
 
         model = self.load()
         with torch.inference_mode(), self.autocast():
-            h = model(pixel_values=x.to(self.resolved_device(), non_blocking=True)).last_hidden_state
-        h = h.float()
-        hp, wp = x.shape[-2] // self._patch, x.shape[-1] // self._patch
-        cls = h[:, 0]
-        patches = h[:, 1 + self._n_reg :].reshape(h.shape[0], hp, wp, h.shape[-1])
+            h = run_tower(model, x.to(self.resolved_device(), non_blocking=True), self.s.layer)
+        cls, patches = self._layout.split(h.float(), x.shape[-2] // self._patch, x.shape[-1] // self._patch)
         return cls.cpu(), patches.cpu()

@@ -28,12 +28,16 @@ from navcache.cache_specs.specs.frame_features import SPEC_WITH_PATCHES
 
 from ..encoders.base import BatchSizer
 from ..encoders.hf_vision import EncoderSettings, HFVisionEncoder
+from ..encoders.prismatic import PrismaticEncoder, PrismaticSettings
 from .base import Prepared, Stage
 
 
 @dataclass(frozen=True)
 class FrameFeaturesSettings:
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    #: "hf": one transformers tower (``encoder``); "prismatic": OpenVLA's fused DINOv2 + SigLIP tower (``prismatic``)
+    tower: Literal["hf", "prismatic"] = "hf"
+    prismatic: PrismaticSettings = field(default_factory=PrismaticSettings)
     #: patch tokens are average-pooled to a pool_grid x pool_grid grid
     pool_grid: int = 2
     #: also keep the full patch grid (fp16; large)
@@ -52,6 +56,8 @@ class FrameFeaturesSettings:
     frame_memo_mb: int = 512
 
     def __post_init__(self):
+        if self.tower not in ("hf", "prismatic"):
+            raise ValueError(f"tower must be 'hf' or 'prismatic', got {self.tower!r}")
         if self.frames_from not in ("source", "keyframes"):
             raise ValueError(f"frames_from must be 'source' or 'keyframes', got {self.frames_from!r}")
         if self.pool_grid < 1:
@@ -107,7 +113,7 @@ class FrameFeaturesStage(Stage):
 
     def __init__(self, settings, source, source_options):
         super().__init__(settings, source, source_options)
-        self.encoder = HFVisionEncoder(settings.encoder)
+        self.encoder = PrismaticEncoder(settings.prismatic) if settings.tower == "prismatic" else HFVisionEncoder(settings.encoder)
         self.batches = BatchSizer(settings.batch_size, settings.max_batch_size)
         self.memo = FrameMemo(settings.frame_memo_mb << 20)
         #: frames passed to the encoder and sample rows served, this run (the redundancy removed)
@@ -141,7 +147,8 @@ class FrameFeaturesStage(Stage):
         return {"encoder": self.encoder.provenance()}
 
     def check(self, seen: dict | None = None) -> None:
-        self.encoder.check(f"stages.{self.name}.encoder.model", seen)
+        field_ = "prismatic" if self.settings.tower == "prismatic" else "encoder.model"
+        self.encoder.check(f"stages.{self.name}.{field_}", seen)
 
     @property
     def batch_cost(self) -> int:
