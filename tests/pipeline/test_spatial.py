@@ -236,9 +236,11 @@ def test_nan_outputs_quarantine_naming_frame_and_view(tmp_path, lerobot):
 
 
 @pytest.mark.slow
-def test_llava3d_stage_xyz_are_mapanythings_points(tmp_path, lerobot, standin, tiny_clip):
-    """xyz from MapAnything's depth + pose by LLaVA-3D's rule = MapAnything's own world points at the
-    sampled pixel (an independent route: the model's pts3d, not our unprojection)."""
+def test_llava3d_stage_xyz_follow_mapanythings_depth_and_cameras(tmp_path, lerobot, standin, tiny_clip):
+    """xyz from MapAnything's depth + pose by LLaVA-3D's rule, checked by the way back: in each
+    view's camera (MapAnything's pose inverted) a patch's point has the depth MapAnything gave at
+    the pixel PIL's nearest resize samples, and projects (MapAnything's intrinsics scaled to the
+    crop) onto the patch's crop pixel (14 j, 14 i), as LLaVA-3D's integer pixel grid has it."""
     from navcache.cache_specs import open_cache
     from navcache.pipeline.sources import make_source
 
@@ -247,6 +249,7 @@ def test_llava3d_stage_xyz_are_mapanythings_points(tmp_path, lerobot, standin, t
     summary = _extract(_project(tmp_path, lerobot, spatial))
     assert not summary.errors, summary.errors
     c = open_cache(tmp_path / "cache/lr/train/spatial")
+    assert '"random_init": true' in json.dumps(c.manifest)
     eid = c.index["episode_id"][0]
     row = c[eid]
     assert row["patch_features"].shape == (2, 2, 4, 4, 32) and row["patch_xyz"].shape == (2, 2, 4, 4, 3)
@@ -254,9 +257,16 @@ def test_llava3d_stage_xyz_are_mapanythings_points(tmp_path, lerobot, standin, t
     ep = next(e for e in src.episodes("train") if e.episode_id == eid)
     views = [src.read_camera(ep, cam, row["frame_index"].tolist()) for cam in src.cameras]
     ma = MapAnythingAdapter(MapAnythingSettings(model=str(standin), **MA)).infer(views)
-    # 518 -> 56 nearest (PIL: floor((x + 0.5) * 518 / 56)); patch (i, j) samples crop pixel (14 i, 14 j)
-    src_px = np.floor((np.arange(4) * 14 + 0.5) * 518 / 56).astype(int)
-    want = ma["pts3d"][:, :, src_px][:, :, :, src_px]
-    ok = row["patch_valid"]
-    assert ok.mean() > 0.5
-    np.testing.assert_allclose(row["patch_xyz"][ok], want[ok], rtol=1e-3, atol=1e-3)
+    px = np.floor((np.arange(4) * 14 + 0.5) * 518 / 56).astype(int)  # PIL NEAREST 518 -> 56
+    grid = np.arange(4) * 14.0
+    for t in range(2):
+        for v in range(2):
+            ok = row["patch_valid"][t, v]
+            assert ok.mean() > 0.5
+            w2c = np.linalg.inv(ma["camera_poses"][t, v].astype(np.float64))
+            cam = row["patch_xyz"][t, v].astype(np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
+            np.testing.assert_allclose(cam[..., 2][ok], ma["depth_z"][t, v][np.ix_(px, px)][ok], rtol=1e-4)
+            k = ma["intrinsics"][t, v].astype(np.float64) * np.array([[56 / 518], [56 / 518], [1.0]])
+            uv = cam @ k.T
+            np.testing.assert_allclose((uv[..., 0] / uv[..., 2])[ok], np.broadcast_to(grid, (4, 4))[ok], atol=1e-3)
+            np.testing.assert_allclose((uv[..., 1] / uv[..., 2])[ok], np.broadcast_to(grid[:, None], (4, 4))[ok], atol=1e-3)
