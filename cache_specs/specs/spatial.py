@@ -7,9 +7,10 @@ one view). The view set is part of the stage's fingerprint and is listed in the 
 provenance (``spatial.views``), so view ``v`` of every row is the same camera.
 
 Provider ``mapanything`` (facebookresearch/map-anything ``model.infer``; all V views of one
-timestep in one multi-view reconstruction). World frame: MapAnything's, i.e. the camera of
-view 0 *of that timestep* (each timestep is its own reconstruction), OpenCV axes (x right,
-y down, z forward), metric (``metric_scaling_factor`` already applied by MapAnything).
+timestep in one multi-view reconstruction). World frame: MapAnything's output frame, nominally
+the camera of view 0 *of that timestep* (each timestep is its own reconstruction; view 0's pose
+is predicted, so it is only approximately the identity), OpenCV axes (x right, y down,
+z forward), metric (``metric_scaling_factor`` already applied by MapAnything).
 
     pts3d [V,h,w,3]       world points, fp16
     depth_z [V,h,w]       z-depth in each view's camera, fp16

@@ -127,7 +127,7 @@ class SpatialStage(Stage):
     def provenance(self) -> dict:
         prov: dict = {"provider": self.settings.provider, "views": list(self.view_names)}
         if self.mapanything is not None:
-            prov["mapanything"] = {**self.mapanything.provenance(), "world_frame": "view 0's camera of each timestep"}
+            prov["mapanything"] = {**self.mapanything.provenance(), "world_frame": "MapAnything's, nominally view 0's camera of each timestep"}
         if self.clip is not None:
             prov["llava3d"] = {**self.clip.provenance(), "xyz_from": self.settings.llava3d.xyz_from,
                                "rule": "LLaVA-3D unproject + nearest to the patch grid (spec doc)"}
