@@ -14,6 +14,7 @@ STAGES: dict[str, str] = {
     "covisibility": "navcache.pipeline.stages.covisibility:CovisibilityStage",
     "robot-meta": "navcache.pipeline.stages.robot_meta:RobotMetaStage",
     "velocity": "navcache.pipeline.stages.velocity:VelocityStage",
+    "spatial": "navcache.pipeline.stages.spatial:SpatialStage",
 }
 
 
