@@ -8,6 +8,7 @@ BOUNDS_Q99: [q01, q99] -> [-1, 1], clipped). Loss = L1 (or MSE) on the normalise
 Metrics on every split evaluation, in raw units (unnormalised, against the unclipped action):
     l2                    mean L2 error of the predicted action
     mean_l2               baseline: the train split's mean action for every sample
+    median_l2             baseline: the train split's per-dimension median action (an L1 loss's constant)
     goal_l2               baseline, straight to the goal: the goal pixel back-projected to the ground
                           plane, as a direction, at the train split's mean speed (mean |action|)
     goal_even_l2          baseline, straight to the goal evenly: the back-projected goal divided by the
@@ -69,7 +70,7 @@ def goal_baselines(ref: dict, goal: np.ndarray, steps: np.ndarray) -> dict[str, 
 class VelocityTask:
     """The ``heads.train_loop.Task`` of the velocity head (splits in memory)."""
 
-    key_metrics = {"l2": "l2", "mean_l2": "mean", "goal_l2": "goal", "goal_even_l2": "goal_even", "token_accuracy": "tokens"}
+    key_metrics = {"l2": "l2", "mean_l2": "mean", "median_l2": "median", "goal_l2": "goal", "goal_even_l2": "goal_even", "token_accuracy": "tokens"}
     best_rule = "lowest val l2"
 
     def __init__(self, cfg: VelocityHeadConfig, model: VelocityHead, ref: dict, train_arrays: dict, val_arrays: dict):
@@ -127,13 +128,17 @@ def unnormalise(ref: dict, a) -> np.ndarray:
     return unnormalize_q99(np.clip(np.asarray(a, np.float64), -1, 1), ref["action_stats"])
 
 
+BASELINES = ("mean", "median", "goal", "goal_even")
+
+
 def score(ref: dict, out: dict[str, torch.Tensor], arrays: dict[str, torch.Tensor]) -> dict[str, float]:
     """l2, the baselines' l2 and the token accuracies of a split (see the module docstring)."""
     action = arrays["action"].double().numpy()
     pred = unnormalise(ref, out["action"].numpy())
     l2 = lambda p: float(np.linalg.norm(p - action, axis=1).mean())  # noqa: E731
     steps = arrays["v_valid"].numpy().sum(1)
-    base = {"mean": np.broadcast_to(np.asarray(ref["mean_action"]), action.shape), **goal_baselines(ref, arrays["goal"].double().numpy(), steps)}
+    base = {"mean": np.broadcast_to(np.asarray(ref["mean_action"]), action.shape),
+            "median": np.broadcast_to(np.asarray(ref["median_action"]), action.shape), **goal_baselines(ref, arrays["goal"].double().numpy(), steps)}
     bins = arrays["bins"].numpy()
     pred_bins = out["token_logits"].argmax(-1).numpy() if "token_logits" in out else action_to_bins(np.clip(out["action"].numpy(), -1, 1))
     mean_bins = action_to_bins(normalize_q99(base["mean"], ref["action_stats"]))
@@ -151,7 +156,7 @@ def reference(train: dict[str, torch.Tensor], stats: dict) -> dict:
     goal, action = train["goal"].double().numpy(), train["action"].double().numpy()
     Hm, resid = fit_goal_homography(goal, train["v"].double().numpy(), train["v_valid"].numpy())
     return {"action_stats": stats, "goal_mean": goal.mean(0).tolist(), "goal_std": np.maximum(goal.std(0), 1e-6).tolist(),
-            "mean_action": action.mean(0).tolist(), "mean_speed": float(np.linalg.norm(action, axis=1).mean()),
+            "mean_action": action.mean(0).tolist(), "median_action": np.median(action, 0).tolist(), "mean_speed": float(np.linalg.norm(action, axis=1).mean()),
             "homography": Hm.tolist(), "goal_fit_residual": resid}
 
 

@@ -56,7 +56,7 @@ ROW_GROUP = 16
 #: the route-driving robot (``drive_route``): top speed (m per path step), turn limit (rad per
 #: step), look-ahead along the route (m), and the free-space scan straight ahead (m)
 V_MAX, TURN_MAX, LOOK_AHEAD = 0.3, math.radians(30), 0.6
-SCAN_STEP, SCAN_MAX, SCAN_CLEAR = 0.1, 2.5, 0.15
+SCAN_STEP, SCAN_MAX, SCAN_CLEAR = 0.1, 6.0, 0.15
 
 
 def _route(poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +78,7 @@ def drive_route(layout, poses: np.ndarray, max_steps: int = 240) -> np.ndarray:
     """The VAMOS robot's poses [T', 3] (x, y, yaw) driving the route of NaVILA poses [T, 3] from its first pose.
 
     Each path step: find the route point LOOK_AHEAD beyond the closest one, with heading error a;
-    speed = V_MAX * clip((free ahead - 0.3) / 1.5, 0.25, 1) * (0.6 + 0.4 max(cos a, 0)); move in the
+    speed = V_MAX * (0.25 + 0.75 free ahead / SCAN_MAX) * (0.6 + 0.4 max(cos a, 0)); move in the
     direction yaw + clip(a / 2, +-0.6) (a legged base sidesteps), then turn by clip(0.6 a, +-TURN_MAX).
     Stops at the route's end. Pure pursuit, hand-written: a dozen lines, no library models this robot.
     """
@@ -98,7 +98,7 @@ def drive_route(layout, poses: np.ndarray, max_steps: int = 240) -> np.ndarray:
         j = min(int(np.searchsorted(arc, s, "right")) - 1, len(seg) - 1)
         tx, ty = route[j] + seg[j] * ((s - arc[j]) / seg_len[j])
         a = wrap(math.atan2(ty - y, tx - x) - yaw)
-        v = V_MAX * min(1.0, max(0.25, (_free_ahead(layout, x, y, yaw) - 0.3) / 1.5)) * (0.6 + 0.4 * max(0.0, math.cos(a)))
+        v = V_MAX * (0.25 + 0.75 * _free_ahead(layout, x, y, yaw) / SCAN_MAX) * (0.6 + 0.4 * max(0.0, math.cos(a)))
         v = min(v, arc[-1] - done + 0.05)
         heading = yaw + max(-0.6, min(0.6, 0.5 * a))
         x, y = x + v * math.cos(heading), y + v * math.sin(heading)
