@@ -61,20 +61,29 @@ def export_head(model: VelocityHead, out_dir: str | Path, metadata: dict, train_
     return out
 
 
-def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[VelocityHead, dict]:
-    """(model in eval mode, metadata shaped like a checkpoint's: "reference", "kind", "config", ...)."""
-    from safetensors.torch import load_file
-
+def export_metadata(path: str | Path) -> tuple[dict, dict]:
+    """(config.json, metadata shaped like a checkpoint's: "reference", "kind", "config", "D", "P", "H", "checkpoint")."""
     path = Path(path)
     for name in (CONFIG_FILE, MODEL_FILE):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path} is not a complete velocity-head export: {name} is missing")
-    cfg = json.loads((path / CONFIG_FILE).read_text())
-    if cfg.get("model_type") != MODEL_TYPE:
-        raise ValueError(f"{path / CONFIG_FILE} is not a velocity-head export (model_type = {cfg.get('model_type')!r})")
-    with torch.random.fork_rng(devices=[]):
-        model = VelocityHead(**cfg["model"])
-    model.load_state_dict(load_file(str(path / MODEL_FILE), device="cpu"))
+    try:
+        cfg = json.loads((path / CONFIG_FILE).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path / CONFIG_FILE} is not valid JSON ({e}): export the run again") from None
+    if not isinstance(cfg, dict) or cfg.get("model_type") != MODEL_TYPE:
+        raise ValueError(f"{path / CONFIG_FILE} is not a velocity-head export (model_type = {cfg.get('model_type') if isinstance(cfg, dict) else cfg!r})")
     md = {"head": "velocity-head", "reference": cfg["reference"], "kind": cfg["features"], "config": cfg["config"],
           **{k: cfg["model"][k] for k in ("D", "P", "H")}, "checkpoint": {"path": str(path), "epoch": cfg["source"]["best_epoch"], "val": None}}
+    return cfg, md
+
+
+def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[VelocityHead, dict]:
+    """(model in eval mode, metadata shaped like a checkpoint's: "reference", "kind", "config", ...)."""
+    from safetensors.torch import load_file
+
+    cfg, md = export_metadata(path)
+    with torch.random.fork_rng(devices=[]):
+        model = VelocityHead(**cfg["model"])
+    model.load_state_dict(load_file(str(Path(path) / MODEL_FILE), device="cpu"))
     return model.to(device).eval(), md

@@ -23,7 +23,12 @@ from .train import build_model, model_inputs, score, unnormalise, EVAL_BATCH
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The whole checkpoint dict (``weights_only=True``); ValueError unless it is a velocity-head one."""
+    """The whole checkpoint dict (``weights_only=True``); ValueError unless it is a velocity-head one.
+    An export folder gives {"metadata": its metadata} (what ``navcache predict`` reads its defaults from)."""
+    if Path(path).is_dir():
+        from .export import export_metadata
+
+        return {"metadata": export_metadata(path)[1]}
     return read_head_checkpoint(path, "velocity-head")
 
 
