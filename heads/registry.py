@@ -20,6 +20,7 @@ from types import ModuleType
 HEADS: dict[str, str] = {
     "gru-motion": "navcache.heads.gru_motion",
     "sim-heads": "navcache.heads.sim_heads",
+    "velocity-head": "navcache.heads.velocity_head",
 }
 
 

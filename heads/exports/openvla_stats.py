@@ -42,7 +42,7 @@ from navcache.cache_specs.parts import open_part_data, read_part_meta
 from navcache.cache_specs.reader import open_cache
 
 __all__ = ["StreamingStats", "openvla_statistics", "export_openvla_stats", "normalize_q99", "unnormalize_q99",
-           "action_to_tokens", "tokens_to_action", "N_BINS", "DEFAULT_KEY"]
+           "action_to_tokens", "tokens_to_action", "action_to_bins", "cache_tokens", "N_BINS", "DEFAULT_KEY"]
 
 DEFAULT_KEY = "vamos_dataset"
 N_BINS = 256
@@ -227,3 +227,22 @@ def tokens_to_action(ids: np.ndarray, vocab_size: int, n_bins: int = N_BINS) -> 
     centres = (edges[:-1] + edges[1:]) / 2.0
     b = np.clip(vocab_size - np.asarray(ids, np.int64) - 1, 0, len(centres) - 1)
     return centres[b]
+
+
+def action_to_bins(a: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+    """Normalised actions [..., D] -> int64 bin classes [..., D] in [0, n_bins - 1]: digitize(clip(a)) - 1,
+    so that ``action_to_tokens(a, V) == V - 1 - action_to_bins(a)`` (the class a token head predicts)."""
+    a = np.clip(np.asarray(a, np.float64), -1.0, 1.0)
+    return (np.digitize(a, _edges(n_bins)) - 1).astype(np.int64)
+
+
+def cache_tokens(cache_dir: Path, action_stats: dict, vocab_size: int, array: str = "action") -> tuple[list[str], np.ndarray]:
+    """(sample ids, int64 token ids [N, ..., D]) of a velocity cache's ``array``, normalised with ``action_stats``.
+
+    OpenVLA's action tokens as a read-time column. They are not stored in the cache because they
+    depend on the TRAIN split's q01/q99 (``openvla_statistics(train cache)[key]["action"]``): a
+    stored column would go stale whenever the train split changes, and the val split's own
+    statistics are the wrong ones to tokenise it with. Computing them costs one pass over [N, 2].
+    """
+    with open_cache(cache_dir) as cache:
+        return list(cache.episodes), action_to_tokens(normalize_q99(cache.load(array), action_stats), vocab_size)
