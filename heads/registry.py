@@ -18,6 +18,7 @@ import importlib
 from types import ModuleType
 
 HEADS: dict[str, str] = {
+    "flow-expert": "navcache.heads.flow_expert",
     "gru-motion": "navcache.heads.gru_motion",
     "sim-heads": "navcache.heads.sim_heads",
     "velocity-head": "navcache.heads.velocity_head",

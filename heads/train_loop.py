@@ -174,11 +174,13 @@ def _build(task: Any, cfg: LoopConfig, env: _Env, metadata: dict) -> _Run:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the task's model has no trainable parameters")
-    # no weight decay on biases and norms (1-d tensors), as usual for AdamW
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+    # a task may give its own parameter groups ({"params", "lr"}: per-group rates, all following the
+    # schedule); each is split again: no weight decay on biases and norms (1-d tensors), as usual for AdamW
+    given = task.param_groups(model) if hasattr(task, "param_groups") else [{"params": params}]
+    if sorted(id(p) for g in given for p in g["params"]) != sorted(id(p) for p in params):
+        raise ValueError("the task's param_groups must hold every trainable parameter exactly once, and nothing else")
+    groups = [{**g, "params": [p for p in g["params"] if (p.ndim >= 2) == decay], "weight_decay": cfg.weight_decay if decay else 0.0}
+              for g in given for decay in (True, False)]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     train_model = model
     if env.world > 1:

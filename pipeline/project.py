@@ -74,6 +74,24 @@ def demo_config_dict(demo_dir: Path, cache_root: Path, pixels: bool = True) -> d
                 "stages": ["frame-features", "velocity"],
                 "part_size": 64,
             },
+            # LeRobot v3.0 walks: per-frame state/action (robot-meta) and DINOv3 on every frame
+            # (num_frames above the longest walk) of each camera, the flow expert's context tokens
+            "demo_lerobot": {
+                "source": "lerobot",
+                "root": str(demo_dir / "lerobot"),
+                "splits": ["train", "val"],
+                "stages": ["frame-features", "robot-meta"],
+                "options": {"num_frames": 64, "camera": "observation.images.image"},
+                "part_size": 16,
+            },
+            "demo_lerobot_left": {
+                "source": "lerobot",
+                "root": str(demo_dir / "lerobot"),
+                "splits": ["train", "val"],
+                "stages": ["frame-features"],
+                "options": {"num_frames": 64, "camera": "observation.images.image2"},
+                "part_size": 16,
+            },
         },
         "stages": {
             "geometry": {"provider": "gt", "image_size": [128, 128], "stride": 2},
@@ -88,7 +106,7 @@ def demo_config_dict(demo_dir: Path, cache_root: Path, pixels: bool = True) -> d
 
 
 #: what a pixel-free demo world lacks, and so what its project leaves out
-PIXEL_FREE_LACKS = "demo_navila's frames (frame-features), demo_motion, demo_rover and demo_tours"
+PIXEL_FREE_LACKS = "demo_navila's frames (frame-features), demo_motion, demo_rover, demo_tours, demo_vamos and demo_lerobot"
 
 
 def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float = 1.0) -> bool:

@@ -2,8 +2,9 @@
 
 ``generate_demo(out)`` writes NaVILA / VLN-CE episodes under ``out/navila``, rover safety clips
 under ``out/rover``, room tours (videos + ground-truth geometry) under ``out/videos`` and VAMOS-format
-parquet shards under ``out/vamos`` for the ``train`` and ``val`` splits, so the same readers run on demo and real
-data. See docs/demo_world.md for the formats and the rover label rule.
+parquet shards under ``out/vamos`` and a LeRobot v3.0 dataset (two cameras, state, actions) under
+``out/lerobot`` for the ``train`` and ``val`` splits, so the same readers run on demo and real data.
+See docs/demo_world.md for the formats and the rover label rule.
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from typing import Any, Callable
 from navcache.cache_specs.labels import LABELS
 from navcache.cache_specs.layout import fsync_dir, fsync_tree, private_name, sweep_stale_temporaries
 
-from . import navila_writer, rover_writer, vamos_writer, video_writer
+from . import lerobot_writer, navila_writer, rover_writer, vamos_writer, video_writer
 
-FORMAT = "navcache-demo/4"  # 4: vamos/
+FORMAT = "navcache-demo/5"  # 4: vamos/, 5: lerobot/
 SPLITS = ("train", "val")
 NAVILA_EPISODES = {"train": 8, "val": 3}  # at scale 1
 ROVER_CLIPS = {"train": 240, "val": 80}
@@ -33,6 +34,9 @@ CLIPS_PER_JOB = 8
 #: the motion set (``motion/``): the NaVILA world's records without pixels at this many times the
 #: scale; the GRU motion head needs ~1,600 train records to beat its baselines (BENCHMARKS.md)
 MOTION_SCALE = 20
+#: the LeRobot walks (``lerobot/``) at this many times the scale: 24 train / 8 val episodes, about
+#: 1,100 frames, enough for the flow-matching action expert to beat its baselines on val
+LEROBOT_SCALE = 4
 
 __all__ = ["DemoInfo", "generate_demo", "demo_lock", "FORMAT"]
 
@@ -61,6 +65,11 @@ class DemoInfo:
     def vamos_root(self) -> Path:
         """VAMOS-format parquet shards (``data/train-*.parquet``, ``data/validation-*.parquet``)."""
         return self.root / "vamos"
+
+    @property
+    def lerobot_root(self) -> Path:
+        """A LeRobot v3.0 dataset of demo walks (``lerobot_writer``; full demos only)."""
+        return self.root / "lerobot"
 
     @property
     def motion_root(self) -> Path:
@@ -140,6 +149,9 @@ def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None,
     # one flat job list (long NaVILA episodes first) keeps every worker busy until the end
     jobs: list[tuple[Callable, tuple]] = []
     where: dict[tuple[str, str], slice] = {}
+    if pixels:  # the longest job, first: one writer for both splits (LeRobot splits by info.json ranges)
+        where["lerobot", "all"] = slice(0, 1)
+        jobs.append((lerobot_writer.write_lerobot_dataset, (tmp / "lerobot", "v3.0", seed, scale * LEROBOT_SCALE)))
     for split in SPLITS:
         start = len(jobs)
         jobs += [(navila_writer.write_episode, (nav_root, seed, split, i)) if pixels else
@@ -167,6 +179,9 @@ def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None,
     results = _run_all(jobs, pool)
 
     counts: dict[str, int] = {}
+    if pixels:
+        lr = results[where["lerobot", "all"]][0]
+        counts["lerobot/episodes"], counts["lerobot/frames"] = lr["episodes"], lr["frames"]
     balance: dict[str, dict[str, dict[str, int]]] = {}
     for split in SPLITS:
         parts = results[where["navila", split]]

@@ -31,10 +31,28 @@ def test_demo_builds_every_cache_clean(demo_run):
     assert {(x.dataset, x.stage) for x in s.stages} == {("demo_navila", "poses"), ("demo_navila", "frame-features"), ("demo_motion", "poses"),
         ("demo_rover", "frame-features"), ("demo_rover", "rover-meta"),
         ("demo_tours", "geometry"), ("demo_tours", "keyframes"), ("demo_tours", "frame-features"),
-        ("demo_vamos", "frame-features"), ("demo_vamos", "velocity")}
+        ("demo_vamos", "frame-features"), ("demo_vamos", "velocity"),
+        ("demo_lerobot", "frame-features"), ("demo_lerobot", "robot-meta"), ("demo_lerobot_left", "frame-features")}
     for x in s.stages:
         assert x.finalized and x.episodes_ok > 0 and x.episodes_quarantined == 0
         assert verify_cache(x.cache_dir) == []
+
+
+def test_demo_lerobot_features_cover_every_robot_meta_frame(demo_run):
+    """The flow expert joins frame features to robot_meta rows by (episode, frame_index): every
+    frame of every walk has a feature row in both cameras' caches."""
+    from navcache.cache_specs import open_cache
+
+    cwd, project, s = demo_run
+    root = cwd / "navcache_cache"
+    with open_cache(root, "demo_lerobot", "train", "robot_meta") as m:
+        want = set(zip(m.load("episode_index").tolist(), m.load("frame_index").tolist()))
+        ids = dict(zip(m.episodes, m.load("episode_index")[m.offsets()[0]].tolist()))
+    for ds in ("demo_lerobot", "demo_lerobot_left"):
+        with open_cache(root, ds, "train", "frame_features") as f:
+            start, length = f.offsets()
+            rows = {(ids[e], int(k)) for e, a, n in zip(f.episodes, start, length) for k in f.array("frame_index")[a:a + n]}
+        assert rows == want
 
 
 def test_motion_set_is_the_navila_world_at_twenty_times_without_pixels(demo_run):
