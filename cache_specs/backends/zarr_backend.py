@@ -2,7 +2,9 @@
 
 ``"zarr"`` compresses chunks with zstd; ``"zarr-raw"`` stores them uncompressed (crc32c only): on
 float16 encoder features zstd saves under 10% of the bytes and costs about 3x in read speed
-(``bench/streaming_loader.py``), so a cache streamed from disk every epoch may prefer raw chunks.
+(``bench/streaming_loader.py``; decoding alone caps random reads near 0.1x a memmap,
+``bench/reader_random_access.py``), so a cache streamed from disk every epoch may prefer raw chunks.
+Both are read through ``zarr_direct`` (no zarr event loop per read).
 Readers need not know which: zarr records the codecs in the array metadata.
 
 A part is written by one process into its own temporary folder, so no two writers ever share a
@@ -66,19 +68,23 @@ class _ZarrPart:
 
     def read_into(self, name: str, lo: int, hi: int, out: np.ndarray) -> None:
         """Rows ``lo:hi`` of ``name`` decoded straight into ``out`` (C-contiguous, e.g. shared memory)."""
-        from zarr.core.buffer.cpu import NDBuffer
-
         if hi <= lo:
             return
         if name not in self._direct:
             self._direct[name] = ShardLayout.of(self._root, name, self.metadata(name))
-        if self._direct[name] is not None and out.flags.c_contiguous:
-            self._direct[name].read_into(lo, hi, out)  # raw chunks: no zarr decode pipeline (see zarr_direct)
+        direct = self._direct[name]
+        if direct is not None and out.flags.c_contiguous:
+            direct.read_into(lo, hi, out)  # our writer's layouts: no zarr event loop (see zarr_direct)
         else:
+            from zarr.core.buffer.cpu import NDBuffer
+
             self[name].get_basic_selection((slice(lo, hi),), out=NDBuffer.from_numpy_array(out))
 
     def close(self) -> None:
-        pass
+        for layout in self._direct.values():
+            if layout is not None:
+                layout.close()
+        self._direct.clear()
 
 
 class ZarrBackend:
@@ -89,7 +95,8 @@ class ZarrBackend:
         self.zstd_level = zstd_level
         self.name = "zarr" if zstd_level is not None else "zarr-raw"
 
-    def write(self, part_dir: Path, arrays: Mapping[str, np.ndarray], chunk_rows: int) -> None:
+    def write(self, part_dir: Path, arrays: Mapping[str, np.ndarray], chunk_rows: int | Mapping[str, int]) -> None:
+        """``chunk_rows``: rows per chunk, one for every array or {array name: rows}."""
         import zarr
         from zarr.codecs import Crc32cCodec, ZstdCodec
         from zarr.storage import LocalStore
@@ -98,7 +105,8 @@ class ZarrBackend:
         for name, arr in arrays.items():
             arr = np.ascontiguousarray(arr)
             rows = arr.shape[0]
-            chunk = (max(1, min(chunk_rows, rows)),) + tuple(max(1, d) for d in arr.shape[1:])
+            want = chunk_rows if isinstance(chunk_rows, int) else chunk_rows[name]
+            chunk = (max(1, min(want, rows)),) + tuple(max(1, d) for d in arr.shape[1:])
             # One shard holds the whole array: the part is the unit of writing, so a shard never
             # outlives or spans writers.
             shard_rows = max(chunk[0], -(-rows // chunk[0]) * chunk[0])
