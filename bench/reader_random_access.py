@@ -225,7 +225,21 @@ def measure(backend: str, a, root: Path) -> dict:
                      "ratio_median": round(statistics.median(ratios), 3), "ratio_per_round": [round(r, 3) for r in ratios]}
     reader.close()
     res["decoder_alone_eps_per_s"] = decoder_bound(open_cache(cache))
+    res["checksum_alone_eps_per_s"] = checksum_bound(mm)
     return res
+
+
+def checksum_bound(mm: dict[str, np.ndarray]) -> float:
+    """Episodes/s of crc32c alone over an episode's bytes held in memory (every array): what
+    verifying each read's stored checksum costs, with no I/O and no reader around it."""
+    import google_crc32c
+
+    ep = [np.ascontiguousarray(v[: F]) for v in mm.values()]
+    t, n = time.perf_counter(), 2000
+    for _ in range(n):
+        for a in ep:
+            google_crc32c.value(a)
+    return round(n / (time.perf_counter() - t), 1)
 
 
 def build_open_cache(root: Path, backend: str, parts: int) -> Path:
@@ -270,6 +284,8 @@ def main() -> None:
                 missed.append(f"{be} {w} {r[w]['ratio_median']} < {t}")
             print(f"{be:10} {w:11} {r[w]['cache_eps_per_s']:12.0f} {r[w]['memmap_eps_per_s']:13.0f} {r[w]['ratio_median']:7.3f} "
                   f"{'>= ' + str(t) if t else '-':>7}{'' if ok else '  MISSED'}")
+        print(f"{be:10} (crc32c alone over each episode's bytes in memory: {r['checksum_alone_eps_per_s']:.0f} episodes/s, "
+              f"{r['checksum_alone_eps_per_s'] / r['episode']['memmap_eps_per_s']:.2f}x the memmap's random episode reads)")
         if r.get("decoder_alone_eps_per_s"):
             print(f"{be:10} (its chunk decoder alone, one core: {r['decoder_alone_eps_per_s']:.0f} episodes/s of patch_pooled)")
         if "open" in r:

@@ -6,7 +6,13 @@
     >>> c["clip_00012"]["cls"]       # numpy arrays of one episode
     >>> c.array("cls")[100:200]      # lazy view over all parts
     >>> c.load("cls")                # whole array in memory (what trainers use)
+    >>> c.read(["clip_00012", "clip_00400"])  # a batch of episodes, rows back to back
     >>> ds = c.torch_dataset()       # torch Dataset of per-episode dicts
+
+Reads go straight to the backend's ``read_into`` (for zarr, ``backends.zarr_direct``: no zarr event
+loop), one per run of adjacent stored rows, into the returned arrays; parts stay open between
+reads (``max_open`` of them, least recently used closed first), so a random episode read costs a
+``preadv`` per array (``bench/reader_random_access.py``).
 
 A part is read only after ``integrity``'s checks (its files as recorded, its part.json the one the
 manifest vouches for, the index rows into it matching it); damage raises ``DamagedCache`` naming
@@ -89,21 +95,23 @@ class ArrayView:
 class CacheReader:
     """A complete cache opened for reading. Thread-safe for reads; open once per process."""
 
-    def __init__(self, path: Path, check_index: bool = True, max_open: int = 64):
+    def __init__(self, path: Path, check_index: bool = True, max_open: int | None = None):
         """``check_index=False``: a part's index rows are not compared with its part.json (the
         other checks stay). For a DataLoader worker whose parent loader checked every part: the
         check reads the index with polars, whose thread pool deadlocks in a forked child.
 
         ``max_open``: parts kept open between reads (least recently used closed first). An open
         part holds its array handles (a file descriptor per array for zarr, one per part for
-        HDF5), so a read does not look its array up again."""
+        HDF5), so a read does not look its array up again. Default: what a quarter of the
+        process's file-descriptor limit allows (one per array a part), between 8 and 1024: a
+        random read that must reopen its part costs several times the read itself."""
         self.path = Path(path)
         self._check_index = check_index
         self.manifest: dict = read_manifest(self.path)
         if MANIFEST_SHA_KEY in self.manifest and self.manifest[MANIFEST_SHA_KEY] != manifest_checksum(self.manifest):
             raise DamagedCache(f"{self.path}: {MANIFEST} differs from its own checksum (edited or corrupt); {REPAIR}")
         self._open: OrderedDict[str, list] = OrderedDict()  # part -> [PartData, readers using it, evicted]
-        self._max_open = max_open
+        self._max_open = max_open if max_open is not None else _default_max_open(len(self.manifest["spec"]["arrays"]))
         self._lock = threading.Lock()
         self._checked: dict[str, dict] = {}  # part -> its part.json, once it passed ``integrity``'s checks
 
@@ -434,6 +442,14 @@ class CacheReader:
             f"{extra}"
             f"<table><tr><th>array</th><th>dtype, row shape</th><th>on disk</th></tr>{rows}</table>"
         )
+
+
+def _default_max_open(n_arrays: int) -> int:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    soft = 1024 if soft == resource.RLIM_INFINITY else soft
+    return int(min(1024, max(8, soft // (4 * max(1, n_arrays)))))
 
 
 def _merge_adjacent(runs: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:

@@ -17,7 +17,9 @@ class _H5Part:
     def __init__(self, path: Path):
         import h5py
 
-        self._f = h5py.File(path, "r")
+        # a small chunk cache: a reader keeps many parts open, and HDF5's default (1 MiB per
+        # dataset) would hold up to that per array of each; reads are chunk-aligned anyway
+        self._f = h5py.File(path, "r", rdcc_nbytes=1 << 18)
         self._ds: dict = {}  # name -> h5py Dataset: looking one up by name costs more than a small read
 
     def names(self) -> list[str]:
