@@ -226,7 +226,29 @@ def measure(backend: str, a, root: Path) -> dict:
     reader.close()
     res["decoder_alone_eps_per_s"] = decoder_bound(open_cache(cache))
     res["checksum_alone_eps_per_s"] = checksum_bound(mm)
+    res["hdf5_call_floor_eps_per_s"] = hdf5_call_floor(cache, list(mm))
     return res
+
+
+def hdf5_call_floor(cache: Path, names: list[str]) -> float | None:
+    """Episodes/s if an episode cost nothing but one minimal HDF5 read (one row) per array: the
+    library's own per-call cost (selection, chunk lookup, filter pipeline), None for zarr."""
+    import h5py
+
+    path = cache / "parts" / "part-00000" / "data.h5"
+    if not path.exists():
+        return None
+    with h5py.File(path, "r") as f:
+        ds = [f[n] for n in names]
+        outs = [np.empty((1,) + d.shape[1:], d.dtype) for d in ds]
+        spaces = [h5py.h5s.create_simple(o.shape) for o in outs]
+        t, n = time.perf_counter(), 2000
+        for i in range(n):
+            for d, o, m in zip(ds, outs, spaces):
+                fs = d.id.get_space()
+                fs.select_hyperslab((i % d.shape[0],) + (0,) * (d.ndim - 1), o.shape)
+                d.id.read(m, fs, o)
+        return round(n / (time.perf_counter() - t), 1)
 
 
 def checksum_bound(mm: dict[str, np.ndarray]) -> float:
@@ -286,6 +308,9 @@ def main() -> None:
                   f"{'>= ' + str(t) if t else '-':>7}{'' if ok else '  MISSED'}")
         print(f"{be:10} (crc32c alone over each episode's bytes in memory: {r['checksum_alone_eps_per_s']:.0f} episodes/s, "
               f"{r['checksum_alone_eps_per_s'] / r['episode']['memmap_eps_per_s']:.2f}x the memmap's random episode reads)")
+        if r.get("hdf5_call_floor_eps_per_s"):
+            print(f"{be:10} (one one-row HDF5 read per array alone: {r['hdf5_call_floor_eps_per_s']:.0f} episodes/s, "
+                  f"{r['hdf5_call_floor_eps_per_s'] / r['episode']['memmap_eps_per_s']:.2f}x the memmap's random episode reads)")
         if r.get("decoder_alone_eps_per_s"):
             print(f"{be:10} (its chunk decoder alone, one core: {r['decoder_alone_eps_per_s']:.0f} episodes/s of patch_pooled)")
         if "open" in r:
