@@ -366,9 +366,10 @@ class CacheReader:
 
     def close(self) -> None:
         with self._lock:
-            for data, users, _ in self._open.values():
-                if users == 0:
-                    data.close()
+            for entry in self._open.values():
+                entry[2] = True  # a part still being read closes when its last read ends
+                if entry[1] == 0:
+                    entry[0].close()
             self._open.clear()
 
     def __enter__(self):
