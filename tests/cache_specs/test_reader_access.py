@@ -107,3 +107,24 @@ def test_written_chunks_follow_episodes(tmp_path, backend):
         np.testing.assert_array_equal(data["x"][8:16], res[1].arrays["x"])
     finally:
         data.close()
+
+
+def test_threads_reading_through_a_small_lru_get_the_written_rows(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from navcache.cache_specs.reader import CacheReader
+
+    plan = _plan([[2, 2, 2]] * 6)
+    build_cache(tmp_path / "c", "zarr-raw", FRAME_SPEC, DIMS, plan)
+    want = expected_arrays(FRAME_SPEC, DIMS, plan)["feat"]
+    c = CacheReader(tmp_path / "c", max_open=2)  # parts evicted while other threads read them
+
+    def work(seed):
+        rng = np.random.default_rng(seed)
+        for i in rng.integers(0, len(c), 200).tolist():
+            np.testing.assert_array_equal(c[i]["feat"], want[2 * i : 2 * i + 2])
+        return True
+
+    with ThreadPoolExecutor(4) as ex:
+        assert all(ex.map(work, range(4)))
+    c.close()
