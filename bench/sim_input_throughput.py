@@ -1,163 +1,189 @@
-"""SIM heads input throughput: the trainer's data path from the caches vs tensors already in memory.
+"""SIM heads input throughput: the trainer's data path, cache reads included, vs the same samples from memmaps.
 
-"cache" is what ``heads.sim_heads.train.build_task`` does to get the train arrays -- ``load_split``
-(open the ``frame_features`` cache, load ``cls`` + ``patch_pooled``, pool the grid, concat; open the
-``rover_meta`` cache, load telemetry / risk / reason / action / weight, join by episode id) plus the
-telemetry normalisation with the train stats -- followed by the epochs of ``heads.train_loop.run_loop``'s
-batching (per-epoch ``torch.randperm`` with the loop's seed, ``tensor[idx].to(device)`` per array per
-batch). "memory" is the same epochs over the same arrays held as torch tensors before the clock starts.
-Same batch size, seed and permutations on both sides; the batches are checked to be equal.
+The baseline holds the very arrays the caches hold (``cls`` and ``patch_pooled`` float16 rows,
+``rover_meta``'s arrays) as ``.npy`` files opened with ``np.load(mmap_mode="r")``, page cache warm
+on both sides, and does the same work on them in plain numpy: the same pooling (concat(cls, mean of
+the G x G grid) in float32), the same telemetry normalisation, the same batches. The two sides are
+checked to give identical samples. Both of the trainer's data modes are measured:
 
-Rounds alternate A (cache) / B (memory) / A / B ...; each round gives one ratio cache / memory in
-samples/s, and the median over rounds is reported, both
+* memory (``data_mode`` "memory", the demo's "auto" choice): A = ``load_split`` (open the two caches,
+  join, read, pool, normalise) then ``--epochs`` epochs of ``run_loop``'s batching (per-epoch
+  ``randperm`` with the loop's seed, ``v[idx]``); B = the same from the memmaps. Reported: the load
+  alone, and the load plus the epochs (the batching is the same code on both sides, so the ratio
+  over many epochs tends to 1 by construction; the load is where the caches cost).
+* stream (``data_mode`` "stream", for splits larger than RAM): A = one epoch of ``stream_split``'s
+  batches (the loader made once, as the trainer does) (``make_loader`` reading blocks from the caches, ``SimSample`` per clip, collation);
+  B = the same clips in the same batches (the ids A yielded) gathered from the memmaps, put through
+  the same ``SimSample`` and stacked.
 
-  steady state: the batches/s once the arrays are loaded (the per-epoch input path), and
-  amortised:    the one-time cache load spread over ``--epochs`` epochs (default: the SIM heads
-                config's default ``loop.epochs``).
+Rounds alternate A / B; medians of the per-round ratios (samples/s of A over B). Target >= 0.8 for
+both. Exit 1 when missed, 3 when the machine was loaded (``--allow-load`` reports anyway).
 
-Page cache is warm after the first round (the caches are a few MB), so "load" is decode + assemble,
-not disk. The val split is loaded by ``build_task`` too but never batched; its load time is reported
-separately (and folded into a second amortised figure).
-
-    python -m bench.sim_input_throughput [--scale 1] [--epochs 40] [--batch-size 32] [--rounds 21]
+    python -m bench.sim_input_throughput [--scale 1] [--epochs 40] [--rounds 11] [--allow-load]
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import statistics
+import sys
 import time
 
+import numpy as np
 import torch
 
-from bench.common import demo_project, record
-from navcache.heads.sim_heads.data import load_split, normalise_telemetry
+from bench.common import OUT, check_load, demo_project, record
+from navcache.heads.sim_heads.data import META, SimSample, load_split, normalise_telemetry, stream_split
+
+TARGET = 0.8
 
 
-def epochs_loop(arrays: dict[str, torch.Tensor], epochs: int, batch_size: int, seed: int, device: torch.device, check=None) -> int:
-    """``run_loop``'s batching, world_size 1: the per-epoch shuffle and ``v[idx].to(device)`` gather."""
+def epochs_loop(arrays: dict[str, torch.Tensor], epochs: int, batch_size: int, seed: int) -> list:
+    """``run_loop``'s batching over in-memory tensors, world size 1; returns the last batch (for checks)."""
     n = len(next(iter(arrays.values())))
-    seen = 0
+    last = None
     for epoch in range(1, epochs + 1):
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         for i in range(0, n, batch_size):
             idx = perm[i : i + batch_size]
-            batch = {k: v[idx].to(device, non_blocking=True) for k, v in arrays.items()}
-            if check is not None:
-                check(epoch, i, batch)
-            seen += len(idx)
-    return seen
+            last = {k: v[idx] for k, v in arrays.items()}
+    return last
 
 
-def load_train_arrays(cache_root, dataset: str, split: str) -> dict[str, torch.Tensor]:
-    """The train arrays exactly as ``build_task`` hands them to the loop."""
-    arrays, info = load_split(cache_root, dataset, split)
-    arrays["telemetry"] = normalise_telemetry(arrays["telemetry"], info["telemetry_stats"])
-    return arrays
+class Memmaps:
+    """The caches' arrays as memory-mapped ``.npy`` files, and the trainer's work done on them."""
+
+    def __init__(self, root, dataset: str, split: str, folder):
+        from navcache.cache_specs import open_cache
+        from navcache.cache_specs.join import join_caches
+
+        folder.mkdir(parents=True, exist_ok=True)
+        with open_cache(root, dataset, split, "frame_features") as f, open_cache(root, dataset, split, "rover_meta") as m:
+            join = join_caches({"feats": f, "meta": m})
+            self.mm = {}
+            for key, reader, names in (("feats", f, ("cls", "patch_pooled")), ("meta", m, META)):
+                for n in names:
+                    path = folder / f"{split}-{key}-{n}.npy"
+                    np.save(path, reader.load(n))
+                    self.mm[n] = np.load(path, mmap_mode="r")
+                    np.asarray(self.mm[n]).sum()  # warm
+            start, _ = f.offsets()
+            fpos = {e: i for i, e in enumerate(f.episodes)}
+            mpos = {e: i for i, e in enumerate(m.episodes)}
+            self.F = int(join.slices["feats"].length[0])
+            self.first = np.array([start[fpos[e]] for e in join.episodes], np.int64)  # [N] first frame row
+            self.meta_row = np.array([mpos[e] for e in join.episodes], np.int64)
+            self.pos = {e: i for i, e in enumerate(join.episodes)}
+            self.stats = m.stats.get("telemetry")
+
+    def load(self, stats: dict) -> dict[str, torch.Tensor]:
+        """What ``load_split`` + ``normalise_telemetry`` return, from the memmaps."""
+        rows = (self.first[:, None] + np.arange(self.F)[None, :]).reshape(-1)
+        cls = self.mm["cls"][rows].astype(np.float32)
+        pooled = self.mm["patch_pooled"][rows].mean(axis=(1, 2), dtype=np.float32)
+        vis = np.concatenate([cls, pooled], axis=-1).reshape(len(self.first), self.F, -1)
+        out = {"vis_feats": torch.from_numpy(vis), **{n: torch.from_numpy(self.mm[n][self.meta_row]) for n in META}}
+        out["telemetry"] = normalise_telemetry(out["telemetry"], stats)
+        return out
+
+    def batches(self, id_batches: list[list[str]], transform: SimSample) -> list[dict]:
+        """The stream loader's batches (same clips, same order) from the memmaps, through ``transform``."""
+        out = []
+        for ids in id_batches:
+            samples = []
+            for e in ids:
+                i = self.pos[e]
+                s = self.first[i]
+                mr = self.meta_row[i]
+                raw = {"feats.cls": np.asarray(self.mm["cls"][s : s + self.F]), "feats.patch_pooled": np.asarray(self.mm["patch_pooled"][s : s + self.F]),
+                       **{f"meta.{n}": np.asarray(self.mm[n][mr]) for n in META}}
+                samples.append(transform(raw))
+            out.append({k: torch.from_numpy(np.stack([x[k] for x in samples])) for k in samples[0]})
+        return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", type=float, default=1.0, help="demo world scale (1.0: 240 train / 80 val clips)")
-    ap.add_argument("--epochs", type=int, default=None, help="epochs the load is amortised over (default: SIM heads default loop.epochs)")
-    ap.add_argument("--batch-size", type=int, default=None, help="default: SIM heads default loop.batch_size")
-    ap.add_argument("--rounds", type=int, default=21, help="A/B rounds (median reported)")
+    ap.add_argument("--scale", type=float, default=1.0, help="demo world scale (1.0: 240 train clips)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs after the load, memory mode (default: SIM heads loop.epochs)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: SIM heads loop.batch_size")
+    ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--allow-load", action="store_true", help="report even when the machine is loaded (the load is printed)")
     a = ap.parse_args()
+    load_before = check_load(a.allow_load)
 
     from navcache.heads.sim_heads import SimHeadsConfig
     from navcache.pipeline.config import load_config as load_project
     from navcache.pipeline.runner import ExtractOptions, extract
 
     defaults = SimHeadsConfig()
-    epochs = a.epochs or defaults.loop.epochs
-    bs = a.batch_size or defaults.loop.batch_size
-    seed = defaults.loop.seed
-    dataset, (train_split, val_split) = defaults.dataset, defaults.splits
+    epochs, bs, seed = a.epochs or defaults.loop.epochs, a.batch_size or defaults.loop.batch_size, defaults.loop.seed
+    dataset, split = defaults.dataset, defaults.splits[0]
     torch.set_num_threads(a.threads)
-    device = torch.device("cpu")
-
     project = load_project(demo_project(f"sim_input_s{a.scale:g}", a.scale, "tiny", datasets=("demo_rover",), stages=("frame-features", "rover-meta")))
-    for split in (train_split, val_split):
-        assert not extract(project, ExtractOptions(split)).errors
+    assert not extract(project, ExtractOptions(split)).errors
     root = project.cache_root
+    mm = Memmaps(root, dataset, split, OUT / "sim_input_memmaps")
+    stats = mm.stats
 
-    # B's arrays: built once, before any clock, then copied so they share no storage with a cache load
-    ref = load_train_arrays(root, dataset, train_split)
-    memory = {k: v.clone() for k, v in ref.items()}
-    n = len(memory["risk"])
+    def cache_load():
+        arrays, _ = load_split(root, dataset, split)
+        arrays["telemetry"] = normalise_telemetry(arrays["telemetry"], stats)
+        return arrays
 
-    # correctness: same arrays, same batches (first and last epoch of a short run)
-    loaded = load_train_arrays(root, dataset, train_split)
-    assert loaded.keys() == memory.keys() and all(torch.equal(loaded[k], memory[k]) for k in memory)
-    seen_batches: dict = {}
+    # same samples on both sides
+    A, B = cache_load(), mm.load(stats)
+    assert A.keys() == B.keys() and all(torch.equal(A[k], B[k]) for k in A), "memory mode: the memmap side differs"
+    n = len(A["risk"])
+    transform = SimSample(stats)
 
-    def same_batch(e, i, b) -> None:
-        assert all(torch.equal(b[k], seen_batches[(e, i)][k]) for k in b), f"batch {(e, i)} differs"
+    loader = stream_split(root, dataset, split, stats, batch_size=bs, seed=seed, mode="stream")  # once, as the trainer does
 
-    epochs_loop(memory, 2, bs, seed, device, check=lambda e, i, b: seen_batches.__setitem__((e, i), b))
-    epochs_loop(loaded, 2, bs, seed, device, check=same_batch)
-    assert len(seen_batches) == 2 * -(-n // bs)
-    epochs_loop(memory, 3, bs, seed, device)  # warm-up
-    load_train_arrays(root, dataset, train_split)
+    def stream_epoch():
+        loader.set_epoch(1)  # the same clips in the same order every round; blocks are read from disk each time
+        return list(loader)
 
-    t_load, t_cache_batches, t_mem, t_val = [], [], [], []
+    first = stream_epoch()
+    ids = [list(b["episode_id"]) for b in first]
+    for got, want in zip(first, mm.batches(ids, transform)):
+        assert all(torch.equal(got[k], want[k]) for k in want), "stream mode: the memmap side differs"
+
+    t = {k: [] for k in ("load_c", "load_m", "ep_c", "ep_m", "st_c", "st_m")}
     for _ in range(a.rounds):
-        gc.collect()  # start every round from the same heap state; gc stays enabled, as in training
-        # A: cache -> tensors -> epochs
-        t0 = time.perf_counter()
-        arrays = load_train_arrays(root, dataset, train_split)
-        t1 = time.perf_counter()
-        n_c = epochs_loop(arrays, epochs, bs, seed, device)
-        t2 = time.perf_counter()
-        # B: tensors already in memory -> epochs
-        n_m = epochs_loop(memory, epochs, bs, seed, device)
-        t3 = time.perf_counter()
-        assert n_c == n_m == epochs * n
-        t_load.append(t1 - t0)
-        t_cache_batches.append(t2 - t1)
-        t_mem.append(t3 - t2)
-        # val split load (build_task does it once; not batched): timed outside the A/B pair
-        t4 = time.perf_counter()
-        load_split(root, dataset, val_split)
-        t_val.append(time.perf_counter() - t4)
-        del arrays
-
-    steady = [m / c for c, m in zip(t_cache_batches, t_mem)]  # samples/s ratio = time ratio inverted
-    amort = [m / (l + c) for l, c, m in zip(t_load, t_cache_batches, t_mem)]
-    amort_val = [m / (l + v + c) for l, v, c, m in zip(t_load, t_val, t_cache_batches, t_mem)]
+        gc.collect()
+        t0 = time.perf_counter(); arrays = cache_load(); t1 = time.perf_counter()  # noqa: E702
+        epochs_loop(arrays, epochs, bs, seed); t2 = time.perf_counter()  # noqa: E702
+        marrays = mm.load(stats); t3 = time.perf_counter()  # noqa: E702
+        epochs_loop(marrays, epochs, bs, seed); t4 = time.perf_counter()  # noqa: E702
+        stream_epoch(); t5 = time.perf_counter()  # noqa: E702
+        mm.batches(ids, transform); t6 = time.perf_counter()  # noqa: E702
+        for k, v in zip(t, (t1 - t0, t3 - t2, t2 - t1, t4 - t3, t5 - t4, t6 - t5)):
+            t[k].append(v)
+        del arrays, marrays
+    load_after = check_load(a.allow_load)
     med = statistics.median
-    per_epoch_mem = med(t_mem) / epochs
-    epochs_for_08 = 4 * med(t_load) / per_epoch_mem  # load <= 0.25 x batching time <=> amortised ratio >= 0.8
-    samples = epochs * n
+    ratio_load = [m / c for c, m in zip(t["load_c"], t["load_m"])]
+    ratio_run = [(lm + em) / (lc + ec) for lc, lm, ec, em in zip(t["load_c"], t["load_m"], t["ep_c"], t["ep_m"])]
+    ratio_stream = [m / c for c, m in zip(t["st_c"], t["st_m"])]
     res = {
-        "dataset": dataset, "split": train_split, "scale": a.scale, "n_train": n, "batch_size": bs, "epochs_amortised": epochs,
-        "rounds": a.rounds, "threads": a.threads,
-        "arrays": {k: [list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in memory.items()},
-        "cache_load_ms_median": round(med(t_load) * 1e3, 2),
-        "val_load_ms_median": round(med(t_val) * 1e3, 2),
-        "memory_samples_per_s": round(samples / med(t_mem), 1),
-        "cache_steady_samples_per_s": round(samples / med(t_cache_batches), 1),
-        "cache_amortised_samples_per_s": round(samples / med([l + c for l, c in zip(t_load, t_cache_batches)]), 1),
-        "memory_batches_per_s": round(epochs * -(-n // bs) / med(t_mem), 1),
-        "ratio_steady_median": round(med(steady), 3),
-        "ratio_amortised_median": round(med(amort), 3),
-        "ratio_amortised_with_val_load_median": round(med(amort_val), 3),
-        "ratio_steady_per_round": [round(x, 3) for x in steady],
-        "ratio_amortised_per_round": [round(x, 3) for x in amort],
-        "epochs_needed_for_0.8_amortised": round(epochs_for_08, 1),
-        "target": 0.8,
+        "dataset": dataset, "split": split, "scale": a.scale, "n": n, "batch_size": bs, "epochs": epochs, "rounds": a.rounds, "threads": a.threads,
+        "memory_load_ms": {"cache": round(med(t["load_c"]) * 1e3, 2), "memmap": round(med(t["load_m"]) * 1e3, 2)},
+        "memory_epochs_ms": {"cache": round(med(t["ep_c"]) * 1e3, 2), "memmap": round(med(t["ep_m"]) * 1e3, 2)},
+        "stream_epoch_ms": {"cache": round(med(t["st_c"]) * 1e3, 2), "memmap": round(med(t["st_m"]) * 1e3, 2)},
+        "ratio_memory_load": round(med(ratio_load), 3), "ratio_memory_load_plus_epochs": round(med(ratio_run), 3),
+        "ratio_stream_epoch": round(med(ratio_stream), 3), "target": TARGET, "load_before": load_before, "load_after": load_after,
     }
-    print(f"SIM heads input path {dataset}/{train_split}: {n} clips, batch {bs}, {epochs} epochs per round, {a.rounds} A/B rounds (median)")
-    print(f"  memory: tensors already in memory          {res['memory_samples_per_s']:12.0f} samples/s")
-    print(f"  cache, steady state (batches once loaded)  {res['cache_steady_samples_per_s']:12.0f} samples/s")
-    print(f"  cache, load {res['cache_load_ms_median']:6.1f} ms + {epochs} epochs         {res['cache_amortised_samples_per_s']:12.0f} samples/s"
-          f"   (val split load {res['val_load_ms_median']:.1f} ms, never batched)")
-    print(f"  ratio cache/memory, steady state           {res['ratio_steady_median']:.3f}  (target >= 0.8)")
-    print(f"  ratio cache/memory, load amortised over {epochs} epochs: {res['ratio_amortised_median']:.3f}"
-          f"  (>= 0.8 after ~{epochs_for_08:.0f} epochs; counting the val load too: {res['ratio_amortised_with_val_load_median']:.3f})")
+    print(f"\nSIM heads input path, {dataset}/{split}: {n} clips, batch {bs}, {a.rounds} alternating rounds (medians); ratio = samples/s cache / memmap")
+    print(f"  memory mode, load_split:        cache {res['memory_load_ms']['cache']:8.1f} ms   memmap {res['memory_load_ms']['memmap']:8.1f} ms   ratio {res['ratio_memory_load']:.3f}")
+    print(f"  memory mode, load + {epochs} epochs: cache {res['memory_load_ms']['cache'] + res['memory_epochs_ms']['cache']:8.1f} ms   "
+          f"memmap {res['memory_load_ms']['memmap'] + res['memory_epochs_ms']['memmap']:8.1f} ms   ratio {res['ratio_memory_load_plus_epochs']:.3f}  (target >= {TARGET})")
+    print(f"  stream mode, one epoch:         cache {res['stream_epoch_ms']['cache']:8.1f} ms   memmap {res['stream_epoch_ms']['memmap']:8.1f} ms   ratio {res['ratio_stream_epoch']:.3f}  (target >= {TARGET})")
     record("sim_input_throughput", res)
+    missed = [k for k in ("ratio_memory_load_plus_epochs", "ratio_stream_epoch") if res[k] < TARGET]
+    if missed:
+        print("targets missed: " + ", ".join(missed), file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -139,8 +139,8 @@ def check_part_meta(part_dir: Path, raw: bytes, meta: Mapping[str, Any], record:
 class CheckedArray:
     """One array of a ``CheckedPart``: slicing as the backend's, decode failures as DamagedCache."""
 
-    def __init__(self, arr, part_dir: Path, name: str):
-        self._a, self._dir, self.name = arr, part_dir, name
+    def __init__(self, arr, part_dir: Path, name: str, data=None):
+        self._a, self._dir, self.name, self._data = arr, part_dir, name, data
         self.shape, self.dtype = tuple(arr.shape), np.dtype(arr.dtype)
 
     @property
@@ -151,6 +151,11 @@ class CheckedArray:
         return self.shape[0]
 
     def __getitem__(self, key) -> np.ndarray:
+        if self._data is not None and isinstance(key, slice) and key.step in (None, 1):
+            lo, hi, _ = key.indices(self.shape[0])  # a row range: the backend's read_into, no zarr event loop
+            out = np.empty((max(0, hi - lo),) + self.shape[1:], self.dtype)
+            self._data.read_into(self.name, lo, hi, out)
+            return out
         try:
             return np.asarray(self._a[key])
         except DECODE_ERRORS as e:
@@ -167,12 +172,15 @@ class CheckedPart:
 
     def __init__(self, data, part_dir: Path):
         self._data, self.dir = data, Path(part_dir)
+        self._arrays: dict[str, CheckedArray] = {}
 
     def names(self) -> list[str]:
         return self._data.names()
 
     def __getitem__(self, name: str) -> CheckedArray:
-        return CheckedArray(self._data[name], self.dir, name)
+        if name not in self._arrays:
+            self._arrays[name] = CheckedArray(self._data[name], self.dir, name, self)
+        return self._arrays[name]
 
     def chunk_rows(self, name: str) -> int:
         return self._data.chunk_rows(name)

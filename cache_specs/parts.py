@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import shutil
 import time
@@ -131,6 +132,42 @@ def write_part(
     return commit_part(parts_dir, pid, fingerprint, spec.to_json(dims), arrays, episodes, backend, chunk_rows, provenance)
 
 
+#: a chunk of whole episodes grows (in powers of two) until it holds this many bytes or ``chunk_rows``
+MIN_CHUNK_BYTES = 16 << 10
+#: below this a chunk that tiles unequal episodes is not worth its count: ``chunk_rows`` instead
+MIN_ALIGNED_BYTES = 4 << 10
+
+
+def episode_chunk_rows(lengths: Sequence[int], row_bytes: int, chunk_rows: int) -> int:
+    """Rows per chunk of an array whose part holds episodes of ``lengths`` rows back to back.
+
+    A read of one episode should decode that episode's bytes, not its neighbours' (64-row chunks
+    made an 8-row episode read decode 8 episodes). So chunk boundaries follow episode boundaries:
+
+    * every episode has the same length L <= ``chunk_rows``: a chunk is 2^j whole episodes, the
+      fewest that reach ``MIN_CHUNK_BYTES`` (so tiny rows, e.g. a [T] int array or a row="episode"
+      cache, still get ``chunk_rows``-sized chunks), never more than ``chunk_rows`` rows. Powers of
+      two keep the arrays of a part nested: a block of the largest chunk is whole chunks of all;
+    * otherwise: the largest divisor of every episode length that is <= ``chunk_rows`` (each
+      episode is whole chunks), unless such chunks hold under ``MIN_ALIGNED_BYTES``; then
+      ``chunk_rows`` as before (a few bytes a row: alignment saves nothing).
+
+    Layout only: the stored values, their checksums and the part fingerprint do not depend on it,
+    and readers take the chunking from each part's metadata (older parts keep theirs).
+    """
+    ls = sorted({int(n) for n in lengths if n > 0})
+    if not ls:
+        return chunk_rows
+    if len(ls) == 1 and ls[0] <= chunk_rows:
+        size, k = ls[0], 1
+        while 2 * k * size <= chunk_rows and k * size * row_bytes < MIN_CHUNK_BYTES:
+            k *= 2
+        return k * size
+    g = math.gcd(*ls)
+    d = max(x for x in range(1, min(g, chunk_rows) + 1) if g % x == 0)
+    return d if d * row_bytes >= MIN_ALIGNED_BYTES else chunk_rows
+
+
 def commit_part(
     parts_dir: Path,
     pid: str,
@@ -145,11 +182,13 @@ def commit_part(
     """Write assembled ``arrays`` (rows of ``episodes`` back to back) under a private folder,
     checksum, fsync, and publish it as ``parts_dir/pid``; return the ``part.json`` content."""
     be = get_backend(backend)
+    lengths = [e["length"] for e in episodes if e["status"] == "ok"]
+    chunks = {n: episode_chunk_rows(lengths, a.dtype.itemsize * math.prod(a.shape[1:]), chunk_rows) for n, a in arrays.items()}
     _mkdirs_durable(parts_dir)
     tmp = parts_dir / private_name(TMP_PREFIX, pid)
     tmp.mkdir()
     try:
-        be.write(tmp, arrays, chunk_rows)
+        be.write(tmp, arrays, chunks)
         files = {rel: {"size": (tmp / rel).stat().st_size, "sha256": sha256_file(tmp / rel)} for rel in list_files(tmp)}
         meta = {
             "format": PART_FORMAT,

@@ -6,7 +6,13 @@
     >>> c["clip_00012"]["cls"]       # numpy arrays of one episode
     >>> c.array("cls")[100:200]      # lazy view over all parts
     >>> c.load("cls")                # whole array in memory (what trainers use)
+    >>> c.read(["clip_00012", "clip_00400"])  # a batch of episodes, rows back to back
     >>> ds = c.torch_dataset()       # torch Dataset of per-episode dicts
+
+Reads go straight to the backend's ``read_into`` (for zarr, ``backends.zarr_direct``: no zarr event
+loop), one per run of adjacent stored rows, into the returned arrays; parts stay open between
+reads (``max_open`` of them, least recently used closed first), so a random episode read costs a
+``preadv`` per array (``bench/reader_random_access.py``).
 
 A part is read only after ``integrity``'s checks (its files as recorded, its part.json the one the
 manifest vouches for, the index rows into it matching it); damage raises ``DamagedCache`` naming
@@ -17,6 +23,9 @@ from __future__ import annotations
 import hashlib
 import html
 import io
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -69,20 +78,11 @@ class ArrayView:
         return self._rows(rows)
 
     def _rows(self, rows: np.ndarray) -> np.ndarray:
-        """Global rows -> (part, row inside the part) through the episode holding each row: parts
-        may hold dead rows and episodes of one part need not be adjacent in index order."""
+        """Global rows [n] -> their values [n, *row_shape], one ``read_into`` per run of adjacent rows
+        of a part (``CacheReader._runs``)."""
         out = np.empty((len(rows),) + self._row_shape, self.dtype)
-        if not len(rows):
-            return out
-        ok = self._ok
-        ep = np.searchsorted(ok["ep_start"], rows, side="right") - 1  # zero-length episodes never win
-        local = ok["ep_local"][ep] + (rows - ok["ep_start"][ep])
-        which = ok["ep_part"][ep]
-        for pi in np.unique(which):
-            sel = which == pi
-            arr = self._r._part_array(ok["parts"][pi], self.name)
-            lo, hi = int(local[sel].min()), int(local[sel].max()) + 1
-            out[sel] = np.asarray(arr[lo:hi])[local[sel] - lo]  # one contiguous read per part
+        if len(rows):
+            self._r._fill(self._r._runs(rows), {self.name: out})
         return out
 
     def to_numpy(self) -> np.ndarray:
@@ -95,16 +95,24 @@ class ArrayView:
 class CacheReader:
     """A complete cache opened for reading. Thread-safe for reads; open once per process."""
 
-    def __init__(self, path: Path, check_index: bool = True):
+    def __init__(self, path: Path, check_index: bool = True, max_open: int | None = None):
         """``check_index=False``: a part's index rows are not compared with its part.json (the
         other checks stay). For a DataLoader worker whose parent loader checked every part: the
-        check reads the index with polars, whose thread pool deadlocks in a forked child."""
+        check reads the index with polars, whose thread pool deadlocks in a forked child.
+
+        ``max_open``: parts kept open between reads (least recently used closed first). An open
+        part holds its array handles (a file descriptor per array for zarr, one per part for
+        HDF5), so a read does not look its array up again. Default: what a quarter of the
+        process's file-descriptor limit allows (one per array a part), between 8 and 1024: a
+        random read that must reopen its part costs several times the read itself."""
         self.path = Path(path)
         self._check_index = check_index
         self.manifest: dict = read_manifest(self.path)
         if MANIFEST_SHA_KEY in self.manifest and self.manifest[MANIFEST_SHA_KEY] != manifest_checksum(self.manifest):
             raise DamagedCache(f"{self.path}: {MANIFEST} differs from its own checksum (edited or corrupt); {REPAIR}")
-        self._open: dict[str, Any] = {}
+        self._open: OrderedDict[str, list] = OrderedDict()  # part -> [PartData, readers using it, evicted]
+        self._max_open = max_open if max_open is not None else _default_max_open(len(self.manifest["spec"]["arrays"]))
+        self._lock = threading.Lock()
         self._checked: dict[str, dict] = {}  # part -> its part.json, once it passed ``integrity``'s checks
 
     # -- metadata ---------------------------------------------------------------------------
@@ -207,10 +215,68 @@ class CacheReader:
         for part in sorted(self.manifest.get("parts", {})):
             self.part_meta(part)
 
-    def _part_array(self, part: str, name: str):
-        if part not in self._open:
-            self._open[part] = self.open_part(part)
-        return self._open[part][name]
+    @contextmanager
+    def _using(self, part: str):
+        """``part``'s open ``PartData`` for the duration of a read, from the LRU of open parts.
+        A part evicted while another thread reads it is closed when that read ends."""
+        with self._lock:
+            entry = self._open.get(part)
+            if entry is None:
+                entry = self._open[part] = [self.open_part(part), 0, False]
+                while len(self._open) > self._max_open:
+                    old = self._open.popitem(last=False)[1]
+                    old[2] = True
+                    if old[1] == 0:
+                        old[0].close()
+            else:
+                self._open.move_to_end(part)
+            entry[1] += 1
+        try:
+            yield entry[0]
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[2] and entry[1] == 0:
+                    entry[0].close()
+
+    def _runs(self, rows: np.ndarray) -> list[tuple[int, int, int, Any]]:
+        """Global rows [n] -> (part number, lo, hi, destination) per run of adjacent rows of one
+        part; destination: the first of n output positions the run fills in order (an int), or
+        the positions themselves (an int array) when they are not consecutive. Rows map through
+        the episode holding each: parts may hold dead rows, and the episodes of a part need not
+        be adjacent in index order."""
+        ok = self._ok_rows
+        ep = np.searchsorted(ok["ep_start"], rows, side="right") - 1  # zero-length episodes never win
+        local = ok["ep_local"][ep] + (rows - ok["ep_start"][ep])
+        which = ok["ep_part"][ep]
+        order = np.lexsort((local, which))
+        w, loc = which[order], local[order]
+        brk = np.flatnonzero((w[1:] != w[:-1]) | (loc[1:] != loc[:-1] + 1)) + 1
+        runs = []
+        for a, b in zip(np.concatenate([[0], brk]).tolist(), np.concatenate([brk, [len(order)]]).tolist()):
+            dst = order[a:b]
+            in_order = dst[-1] - dst[0] == b - a - 1 and (b - a < 3 or bool((np.diff(dst) == 1).all()))
+            runs.append((int(w[a]), int(loc[a]), int(loc[b - 1]) + 1, int(dst[0]) if in_order else dst))
+        return runs
+
+    def _fill(self, runs: Sequence[tuple[int, int, int, Any]], outs: dict[str, np.ndarray]) -> None:
+        """Read ``runs`` (``_runs``) of every array in ``outs`` ({name: [n, *row_shape]}) into it,
+        part by part: a run in output order is decoded straight into its rows, others are
+        read into a scratch array and scattered."""
+        parts = self._ok_rows["parts"]
+        by_part: dict[int, list] = {}
+        for r in runs:
+            by_part.setdefault(r[0], []).append(r)
+        for pi, group in by_part.items():  # each part opened (or found open) once per call
+            with self._using(parts[pi]) as data:
+                for name, out in outs.items():
+                    for _, lo, hi, dst in group:
+                        if isinstance(dst, int):
+                            data.read_into(name, lo, hi, out[dst : dst + hi - lo])
+                        else:
+                            tmp = np.empty((hi - lo,) + out.shape[1:], out.dtype)
+                            data.read_into(name, lo, hi, tmp)
+                            out[dst] = tmp
 
     def open_part(self, part: str):
         """One part's arrays (``PartData``), opened afresh and NOT cached: the caller closes it.
@@ -247,11 +313,47 @@ class CacheReader:
         return episode_id in self._pos
 
     def __getitem__(self, key: str | int) -> dict[str, np.ndarray]:
-        """All arrays of one episode. For row="episode" caches the row axis is dropped."""
-        i = self._pos[key] if isinstance(key, str) else int(key)
-        s, n = int(self._ok_rows["ep_start"][i]), int(self._ok_rows["ep_len"][i])
-        out = {name: self.array(name)[s : s + n] for name in self.array_names}
+        """All arrays of one episode (id or position): {name: [length, *row_shape]}. For
+        row="episode" caches the row axis is dropped."""
+        out = self.read([key])
         return {k: v[0] for k, v in out.items()} if self.spec["row"] == "episode" else out
+
+    def read(self, keys: Sequence[str | int], arrays: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The rows of episodes ``keys`` (ids or positions among the ok episodes), back to back
+        in the order given: {name: [sum of their lengths, *row_shape]} (``arrays``: all by
+        default). Frame caches with F rows an episode reshape to [len(keys), F, ...].
+
+        One read per run of adjacent stored rows: a batch of episodes that sit next to each other
+        on disk is one read per part and array; a random batch is one read per episode and array."""
+        names = list(arrays) if arrays is not None else self.array_names
+        rows = self._row_specs
+        for n in names:
+            if n not in rows:
+                raise KeyError(f"no array {n!r}; arrays: {self.array_names}")
+        part, local, length = self._episode_lists
+        n_eps, pos = len(length), self._pos
+        runs, total = [], 0
+        for k in keys:  # plain Python: a one-episode read must not pay numpy's per-call overhead
+            i = pos[k] if isinstance(k, str) else int(k)
+            if not -n_eps <= i < n_eps:
+                raise IndexError(f"episode position {k} out of range for {n_eps} episodes")
+            i += n_eps if i < 0 else 0
+            if length[i]:
+                runs.append((part[i], local[i], local[i] + length[i], total))
+                total += length[i]
+        outs = {n: np.empty((total, *rows[n][0]), rows[n][1]) for n in names}
+        self._fill(_merge_adjacent(runs), outs)
+        return outs
+
+    @cached_property
+    def _row_specs(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        return {n: (tuple(a["shape"]), np.dtype(a["dtype"])) for n, a in self.spec["arrays"].items()}
+
+    @cached_property
+    def _episode_lists(self) -> tuple[list[int], list[int], list[int]]:
+        """Per ok episode: part number, start in its part, length (lists, for ``read``)."""
+        ok = self._ok_rows
+        return ok["ep_part"].tolist(), ok["ep_local"].tolist(), ok["ep_len"].tolist()
 
     def __iter__(self):
         for i in range(len(self)):
@@ -263,9 +365,12 @@ class CacheReader:
         return CacheDataset(self, arrays, in_memory=in_memory)
 
     def close(self) -> None:
-        for p in self._open.values():
-            p.close()
-        self._open.clear()
+        with self._lock:
+            for entry in self._open.values():
+                entry[2] = True  # a part still being read closes when its last read ends
+                if entry[1] == 0:
+                    entry[0].close()
+            self._open.clear()
 
     def __enter__(self):
         return self
@@ -338,6 +443,27 @@ class CacheReader:
             f"{extra}"
             f"<table><tr><th>array</th><th>dtype, row shape</th><th>on disk</th></tr>{rows}</table>"
         )
+
+
+def _default_max_open(n_arrays: int) -> int:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    soft = 1024 if soft == resource.RLIM_INFINITY else soft
+    return int(min(1024, max(8, soft // (4 * max(1, n_arrays)))))
+
+
+def _merge_adjacent(runs: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Runs (part, lo, hi, first output row) with the next one's rows following on disk and in
+    the output joined into one: a batch of consecutive episodes is one read."""
+    out: list = []
+    for r in runs:
+        if out and out[-1][0] == r[0] and out[-1][2] == r[1] and out[-1][3] + out[-1][2] - out[-1][1] == r[3]:
+            p, lo, _, d = out[-1]
+            out[-1] = (p, lo, r[2], d)
+        else:
+            out.append(r)
+    return out
 
 
 def open_cache(path: str | Path, dataset: str | None = None, split: str | None = None, spec: str | None = None) -> CacheReader:

@@ -78,7 +78,7 @@ class ProjectConfig:
     cache_root: Path
     datasets: dict[str, DatasetConfig]
     stages: dict[str, Any] = field(default_factory=dict)
-    backend: Literal["zarr", "zarr-raw", "hdf5"] = "zarr"  # zarr-raw: uncompressed chunks, for caches streamed every epoch
+    backend: Literal["zarr", "zarr-raw", "hdf5", "hdf5-raw"] = "zarr"  # *-raw: uncompressed chunks, for caches streamed every epoch
     chunk_rows: int = 64
     run: RunConfig = field(default_factory=RunConfig)
     #: worker jobs of ``--executor slurm`` (dask-jobqueue)

@@ -33,8 +33,9 @@ class Backend(Protocol):
     #: file or folder name of the data inside a part folder
     data_name: str
 
-    def write(self, part_dir: Path, arrays: Mapping[str, np.ndarray], chunk_rows: int) -> None:
-        """Write ``arrays`` (all with the same leading row count) under ``part_dir/data_name``.
+    def write(self, part_dir: Path, arrays: Mapping[str, np.ndarray], chunk_rows: int | Mapping[str, int]) -> None:
+        """Write ``arrays`` (all with the same leading row count) under ``part_dir/data_name``,
+        ``chunk_rows`` rows per chunk (one number, or {array name: rows}: ``parts.episode_chunk_rows``).
 
         ``part_dir`` is a private temporary folder: exactly one writer ever touches it.
         """

@@ -2,7 +2,9 @@
 
 ``"zarr"`` compresses chunks with zstd; ``"zarr-raw"`` stores them uncompressed (crc32c only): on
 float16 encoder features zstd saves under 10% of the bytes and costs about 3x in read speed
-(``bench/streaming_loader.py``), so a cache streamed from disk every epoch may prefer raw chunks.
+(``bench/streaming_loader.py``; decoding alone caps random reads near 0.1x a memmap,
+``bench/reader_random_access.py``), so a cache streamed from disk every epoch may prefer raw chunks.
+Both are read through ``zarr_direct`` (no zarr event loop per read).
 Readers need not know which: zarr records the codecs in the array metadata.
 
 A part is written by one process into its own temporary folder, so no two writers ever share a
@@ -10,6 +12,7 @@ shard (zarr silently drops chunks when two processes write one shard).
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Mapping
@@ -17,6 +20,16 @@ from typing import Mapping
 import numpy as np
 
 from .zarr_direct import ShardLayout
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_metadata(text: str):
+    """zarr's ``ArrayV3Metadata`` of a ``zarr.json`` text. Memoised on the text: parsing costs
+    ~0.35 ms, once per array of every part a reader opens, and the parts of a cache repeat a few
+    texts (same row count, same chunking). The result is a frozen dataclass, safe to share."""
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+    return ArrayV3Metadata.from_dict(json.loads(text))
 
 
 class _ZarrPart:
@@ -49,13 +62,11 @@ class _ZarrPart:
 
     def metadata(self, name: str):
         if name not in self._meta:
-            from zarr.core.metadata.v3 import ArrayV3Metadata
-
             try:
-                doc = json.loads((self._root / name / "zarr.json").read_text())
+                text = (self._root / name / "zarr.json").read_text()
             except FileNotFoundError:
                 raise KeyError(f"no array {name!r} in {self._root}") from None
-            self._meta[name] = ArrayV3Metadata.from_dict(doc)
+            self._meta[name] = _parse_metadata(text)
         return self._meta[name]
 
     def chunk_rows(self, name: str) -> int:
@@ -66,19 +77,23 @@ class _ZarrPart:
 
     def read_into(self, name: str, lo: int, hi: int, out: np.ndarray) -> None:
         """Rows ``lo:hi`` of ``name`` decoded straight into ``out`` (C-contiguous, e.g. shared memory)."""
-        from zarr.core.buffer.cpu import NDBuffer
-
         if hi <= lo:
             return
         if name not in self._direct:
             self._direct[name] = ShardLayout.of(self._root, name, self.metadata(name))
-        if self._direct[name] is not None and out.flags.c_contiguous:
-            self._direct[name].read_into(lo, hi, out)  # raw chunks: no zarr decode pipeline (see zarr_direct)
+        direct = self._direct[name]
+        if direct is not None and out.flags.c_contiguous:
+            direct.read_into(lo, hi, out)  # our writer's layouts: no zarr event loop (see zarr_direct)
         else:
+            from zarr.core.buffer.cpu import NDBuffer
+
             self[name].get_basic_selection((slice(lo, hi),), out=NDBuffer.from_numpy_array(out))
 
     def close(self) -> None:
-        pass
+        for layout in self._direct.values():
+            if layout is not None:
+                layout.close()
+        self._direct.clear()
 
 
 class ZarrBackend:
@@ -89,7 +104,8 @@ class ZarrBackend:
         self.zstd_level = zstd_level
         self.name = "zarr" if zstd_level is not None else "zarr-raw"
 
-    def write(self, part_dir: Path, arrays: Mapping[str, np.ndarray], chunk_rows: int) -> None:
+    def write(self, part_dir: Path, arrays: Mapping[str, np.ndarray], chunk_rows: int | Mapping[str, int]) -> None:
+        """``chunk_rows``: rows per chunk, one for every array or {array name: rows}."""
         import zarr
         from zarr.codecs import Crc32cCodec, ZstdCodec
         from zarr.storage import LocalStore
@@ -98,7 +114,8 @@ class ZarrBackend:
         for name, arr in arrays.items():
             arr = np.ascontiguousarray(arr)
             rows = arr.shape[0]
-            chunk = (max(1, min(chunk_rows, rows)),) + tuple(max(1, d) for d in arr.shape[1:])
+            want = chunk_rows if isinstance(chunk_rows, int) else chunk_rows[name]
+            chunk = (max(1, min(want, rows)),) + tuple(max(1, d) for d in arr.shape[1:])
             # One shard holds the whole array: the part is the unit of writing, so a shard never
             # outlives or spans writers.
             shard_rows = max(chunk[0], -(-rows // chunk[0]) * chunk[0])

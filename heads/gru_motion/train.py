@@ -89,11 +89,32 @@ class GruMotionTask:
         losses = self._losses(self._forward(model, batch), batch)
         return self._total(losses), {f"loss_{k}": float(v.detach()) for k, v in losses.items()}
 
+    def eval_batches(self, split: str, batch_size: int):
+        """The split's arrays in stored order, ``batch_size`` episodes a batch (slices, no copy)."""
+        arrays = self.train_arrays if split == "train" else self.val_arrays
+        n = len(arrays["step_valid"])
+        return ({k: v[i : i + batch_size] for k, v in arrays.items()} for i in range(0, n, batch_size))
+
     @torch.no_grad()
     def evaluate(self, model, arrays) -> dict[str, float]:
+        """Metrics on ``arrays``, forwarded ``loop.batch_size`` episodes at a time."""
+        n, bs = len(arrays["step_valid"]), self.cfg.loop.batch_size
+        return self.evaluate_batches(model, ({k: v[i : i + bs] for k, v in arrays.items()} for i in range(0, n, bs)))
+
+    @torch.no_grad()
+    def evaluate_batches(self, model, batches) -> dict[str, float]:
+        """Outputs accumulated batch by batch (logits per step are small next to a split's inputs),
+        then scored once over every (t, target) pair."""
         dev = next(model.parameters()).device
-        b = {k: v.to(dev) for k, v in arrays.items()}
-        out = self._forward(model, b)
+        outs, inputs = [], []
+        for b in batches:
+            b = {k: v.to(dev) for k, v in b.items()}
+            outs.append(self._forward(model, b))
+            inputs.append(b)
+        cat = lambda rows: {k: torch.cat([r[k] for r in rows]) for k in rows[0]}  # noqa: E731
+        return self._metrics(cat(outs), cat(inputs))
+
+    def _metrics(self, out: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:
         losses = self._losses(out, b)
         metrics = {"loss": float(self._total(losses)), **{f"loss_{k}": float(v) for k, v in losses.items()}}
         for name, off in self.offsets.items():

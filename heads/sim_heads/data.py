@@ -34,7 +34,10 @@ def _readers(cache_root: str | Path, dataset: str, split: str) -> dict:
 
 def load_split(cache_root, dataset: str, split: str) -> tuple[dict[str, torch.Tensor], dict]:
     """({"vis_feats" [N, F, 2D] f32, "telemetry" [N, 8] f32 raw, "risk"/"reason"/"action" [N] i64,
-    "weight" [N] f32}, info) for the clips ok in both caches, in frame_features storage order."""
+    "weight" [N] f32}, info) for the clips ok in both caches, in frame_features storage order.
+
+    Reduced part by part as it is read (``_pooled_features``): peak memory is the result plus one
+    part's float16 rows, not the whole split's G x G grids in float32."""
     readers = _readers(cache_root, dataset, split)
     try:
         join = join_caches(readers)
@@ -45,14 +48,9 @@ def load_split(cache_root, dataset: str, split: str) -> tuple[dict[str, torch.Te
         F = int(lengths[0])
         if not (lengths == F).all():
             raise ValueError(f"{feats.path}: clips have different frame counts {sorted(set(lengths.tolist()))}; SIM heads need a fixed F")
-        rows = _global_rows(feats, join.episodes, F)  # [N, F]
-        cls = feats.array("cls")[rows.reshape(-1)].astype(np.float32)
-        pooled = feats.array("patch_pooled")[rows.reshape(-1)].astype(np.float32)
-        vis = np.concatenate([cls, pooled.mean(axis=(1, 2))], axis=-1).reshape(len(join), F, -1)
-        mpos = {e: i for i, e in enumerate(meta.episodes)}
-        mrows = np.array([mpos[e] for e in join.episodes], np.int64)
-        arrays = {"vis_feats": torch.from_numpy(np.ascontiguousarray(vis)),
-                  **{n: torch.from_numpy(np.ascontiguousarray(meta.array(n)[mrows])) for n in META}}
+        vis = _pooled_features(feats, join.episodes, join.slices["feats"].part, F)
+        mrows = meta.read(list(join.episodes), arrays=list(META))
+        arrays = {"vis_feats": torch.from_numpy(vis), **{n: torch.from_numpy(mrows[n]) for n in META}}
         info = {"path": str(feats.path), "F": F, "dv": int(vis.shape[-1]), "episodes": list(join.episodes), "n": len(join),
                 "dropped": join.report.n_dropped.get("feats", 0), "join_report": str(join.report),
                 "telemetry_stats": meta.stats.get("telemetry")}
@@ -62,12 +60,19 @@ def load_split(cache_root, dataset: str, split: str) -> tuple[dict[str, torch.Te
     return arrays, info
 
 
-def _global_rows(reader, episodes, F: int) -> np.ndarray:
-    """[N, F] rows of ``episodes`` in the reader's global row numbering (row="frame" cache)."""
-    start, _ = reader.offsets()
-    pos = {e: i for i, e in enumerate(reader.episodes)}
-    first = start[[pos[e] for e in episodes]]
-    return first[:, None] + np.arange(F)[None, :]
+def _pooled_features(reader, episodes, part: np.ndarray, F: int) -> np.ndarray:
+    """[N, F, 2D] float32: concat(cls, mean of patch_pooled over the G x G grid) of ``episodes``
+    (``part`` [N]: the part number of each, from the join), filled one part at a time. The mean
+    accumulates in float32 straight from the float16 rows (no float32 copy of the grid)."""
+    d = int(reader.spec["arrays"]["cls"]["shape"][-1])
+    out = np.empty((len(episodes), F, 2 * d), np.float32)
+    for p in np.unique(part):
+        sel = np.flatnonzero(part == p)
+        rows = reader.read([episodes[i] for i in sel.tolist()], arrays=list(FEATS))  # this part's rows only
+        out[sel, :, :d] = rows["cls"].reshape(len(sel), F, d)
+        out[sel, :, d:] = rows["patch_pooled"].mean(axis=(1, 2), dtype=np.float32).reshape(len(sel), F, d)
+        del rows
+    return out
 
 
 class SimSample:

@@ -62,11 +62,31 @@ class SimHeadsTask:
         losses = self._losses(model(batch["vis_feats"], batch["telemetry"]), batch)
         return self._total(losses), {f"loss_{h}": float(v.detach()) for h, v in losses.items()}
 
+    def eval_batches(self, split: str, batch_size: int):
+        """The split's arrays in stored order, ``batch_size`` clips a batch (slices, no copy)."""
+        arrays = self.train_arrays if split == "train" else self.val_arrays
+        n = len(arrays["risk"])
+        return ({k: v[i : i + batch_size] for k, v in arrays.items()} for i in range(0, n, batch_size))
+
     @torch.no_grad()
     def evaluate(self, model, arrays) -> dict[str, float]:
+        """Metrics on ``arrays``, forwarded ``loop.batch_size`` clips at a time (never a whole split at once)."""
+        n, bs = len(arrays["risk"]), self.cfg.loop.batch_size
+        return self.evaluate_batches(model, ({k: v[i : i + bs] for k, v in arrays.items()} for i in range(0, n, bs)))
+
+    @torch.no_grad()
+    def evaluate_batches(self, model, batches) -> dict[str, float]:
+        """Logits accumulated batch by batch (a split's logits are small even when its features are
+        not), scored with ``metrics``."""
         dev = next(p for p in model.parameters() if p.requires_grad).device
-        b = {k: v.to(dev) for k, v in arrays.items()}
-        return self.metrics(model(b["vis_feats"], b["telemetry"]), b)
+        outs, labels = [], []
+        for b in batches:
+            b = {k: v.to(dev) for k, v in b.items() if torch.is_tensor(v)}
+            out = model(b["vis_feats"], b["telemetry"])
+            outs.append({h: out[h].float() for h in HEAD_NAMES})
+            labels.append({k: b[k] for k in (*HEAD_NAMES, "weight")})
+        cat = lambda rows: {k: torch.cat([r[k] for r in rows]) for k in rows[0]}  # noqa: E731
+        return self.metrics(cat(outs), cat(labels))
 
     def metrics(self, out: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:
         """Every split metric from the logits ``out[h]`` [N, C_h] of a whole split and its labels ``b``."""
@@ -94,8 +114,8 @@ class SimHeadsTask:
 
 class StreamingSimHeadsTask(SimHeadsTask):
     """The same task over splits read from disk block by block (``heads.train_loop.StreamingTask``):
-    training batches from ``stream_split``; evaluation accumulates logits batch by batch (a split's
-    logits are small even when its features are not) and scores them with the same ``metrics``."""
+    training batches from ``stream_split``; evaluation batches from the same loader, unshuffled,
+    through the same ``evaluate_batches``."""
 
     def __init__(self, cfg: SimHeadsConfig, model: SimV0Model, stats: dict, majority: dict[str, int], eval_loaders: dict | None = None):
         self.cfg, self.model, self.stats, self.majority = cfg, model, stats, majority
@@ -116,18 +136,6 @@ class StreamingSimHeadsTask(SimHeadsTask):
         if (name, batch_size) not in self._eval:
             self._eval[name, batch_size] = self._loader(name, batch_size=batch_size, shuffle=False)
         return iter(self._eval[name, batch_size])
-
-    @torch.no_grad()
-    def evaluate_batches(self, model, batches) -> dict[str, float]:
-        dev = next(p for p in model.parameters() if p.requires_grad).device
-        outs, labels = [], []
-        for b in batches:
-            b = {k: v.to(dev) for k, v in b.items() if torch.is_tensor(v)}
-            out = model(b["vis_feats"], b["telemetry"])
-            outs.append({h: out[h].float() for h in HEAD_NAMES})
-            labels.append({k: b[k] for k in (*HEAD_NAMES, "weight")})
-        cat = lambda rows: {k: torch.cat([r[k] for r in rows]) for k in rows[0]}  # noqa: E731
-        return self.metrics(cat(outs), cat(labels))
 
 
 def resolve_llm(cfg: SimHeadsConfig) -> tuple[Path, dict]:
@@ -201,10 +209,7 @@ def _train_stats(stats: dict | None, train_split: str) -> dict:
 
 def val_batches(task: SimHeadsTask, batch_size: int):
     """The val split in batches, whichever path the task reads it from."""
-    if isinstance(task, StreamingSimHeadsTask):
-        return task.eval_batches("val", batch_size)
-    n = len(task.val_arrays["risk"])
-    return ({k: v[i : i + batch_size] for k, v in task.val_arrays.items()} for i in range(0, n, batch_size))
+    return task.eval_batches("val", batch_size)
 
 
 def train_sim_heads(config: SimHeadsConfig | None = None) -> dict:

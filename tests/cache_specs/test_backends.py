@@ -1,6 +1,8 @@
 """Run the backend conformance suite shipped in ``cache_specs.testing`` against every built-in backend."""
 from __future__ import annotations
 
+import pytest
+
 from navcache.cache_specs.backends import BACKENDS
 from navcache.cache_specs.testing import BackendConformance
 
@@ -15,6 +17,11 @@ class TestZarrRaw(BackendConformance):
 
 class TestHDF5(BackendConformance):
     backend_name = "hdf5"
+
+
+@pytest.mark.slow  # the hdf5 suite again with gzip off: the same code path but for the filter list
+class TestHDF5Raw(BackendConformance):
+    backend_name = "hdf5-raw"
 
 
 def test_every_backend_has_a_conformance_class():

@@ -306,14 +306,17 @@ def test_direct_shard_reads_equal_zarr_decoding_for_any_row_range(tmp_path):
             np.testing.assert_array_equal(np.asarray(data[name][lo:hi]), want[lo:hi])  # zarr's own decode agrees
 
 
-def test_compressed_chunks_are_left_to_zarr(tmp_path):
+def test_direct_reads_of_zstd_chunks_equal_zarr_decoding(tmp_path):
     from navcache.cache_specs.backends.zarr_direct import ShardLayout
 
     data, arrays, root = _raw_part(tmp_path, backend="zarr")
-    assert ShardLayout.of(root, "f16", data.metadata("f16")) is None
-    out = np.empty((20, 3, 5), np.float16)
-    data.read_into("f16", 4, 24, out)
-    np.testing.assert_array_equal(out, arrays["f16"][4:24])
+    assert ShardLayout.of(root, "f16", data.metadata("f16")).zstd
+    for name, want in arrays.items():
+        for lo, hi in [(4, 24), (0, 37), (36, 37), (8, 16)]:
+            out = np.empty((hi - lo, *want.shape[1:]), want.dtype)
+            data.read_into(name, lo, hi, out)
+            np.testing.assert_array_equal(out, want[lo:hi])
+            np.testing.assert_array_equal(np.asarray(data[name][lo:hi]), want[lo:hi])  # zarr's own decode agrees
 
 
 def test_direct_read_of_a_corrupt_chunk_fails_its_checksum(tmp_path):
