@@ -127,6 +127,15 @@ PRESETS: dict[str, FlowExpertConfig] = {
 }
 
 
+def reads(dataset: str, splits, config: FlowExpertConfig | None = None) -> list[tuple[str, str, str]]:
+    """[(dataset, split, spec)] this head reads: ``robot_meta`` of ``dataset`` and the context cache of
+    each context dataset of ``config`` (a second camera's dataset, say), for each split; without a
+    config, the demo preset's (``dataset``'s own frame_features)."""
+    cfg = config if config is not None else PRESETS["demo"]
+    contexts = tuple(dataset if d == cfg.dataset else d for d in cfg.contexts)  # the config's dataset renamed
+    return [(dataset, s, "robot_meta") for s in splits] + [(d, s, cfg.context_cache) for s in splits for d in contexts]
+
+
 def load_config(path: str | Path | None = None, preset: str = "demo", **overrides) -> FlowExpertConfig:
     """``preset``, then the YAML file at ``path`` (if any), then keyword overrides (None = not given)."""
     return load_head_config(FlowExpertConfig, PRESETS, preset, path, overrides, HEAD)
