@@ -341,7 +341,7 @@ def _train(name: str, preset: str, config: Path | None, overrides: dict[str, Any
         with redirect_stdout(sys.stderr) if as_json else nullcontext():  # cache-building messages too
             project = demo_project(cfg.cache_root, say=_say)
             if project is not None:
-                ensure_caches(project, registry.reads(registry.get(name), cfg.dataset, cfg.splits))
+                ensure_caches(project, registry.reads(registry.get(name), cfg.dataset, cfg.splits, cfg))
         if project is not None:
             cfg = dataclasses.replace(cfg, cache_root=str(project.cache_root))  # absolute: predict finds it from anywhere
     except ConfigError as e:

@@ -39,6 +39,10 @@ def get(name: str) -> ModuleType:
     return importlib.import_module(HEADS[check(name)])
 
 
-def reads(head: ModuleType, dataset: str, splits) -> list[tuple[str, str, str]]:
-    """[(dataset, split, spec name)] of every cache ``head`` reads for those splits."""
+def reads(head: ModuleType, dataset: str, splits, config=None) -> list[tuple[str, str, str]]:
+    """[(dataset, split, spec name)] of every cache ``head`` reads for those splits: the head's own
+    ``reads(dataset, splits, config)`` where it has one (a head reading other datasets' caches too,
+    named in its ``config``), else its ``READS`` for ``dataset``."""
+    if callable(getattr(head, "reads", None)):
+        return list(head.reads(dataset, splits, config))
     return [(dataset, split, spec) for split in splits for spec in head.READS]

@@ -1,12 +1,23 @@
-"""A LeRobot-format demo dataset from the demo world: an agent walks from one room to another.
+"""A LeRobot-format demo dataset from the demo world: a robot drives up to a box it can see.
 
-Each episode is a walk planned through a demo layout (``agent.plan``, followed by
-``video_writer.follow``) at 10 fps, seen by two cameras riding on the agent:
-``observation.images.image`` looks ahead, ``observation.images.image2`` to the left. The action
-is the agent's velocity to the next frame in its own frame, ``[forward m/s, left m/s, yaw rad/s]``
-(zero on the last frame), so it is what the next pair of images shows as ego-motion; the state is
-``[x, y, cos yaw, sin yaw, forward, left, yaw rate]`` with the velocities of the step just taken.
-The task string names the goal room by its contents ("Walk to the room with the boxes.").
+Each episode puts the robot in a room of a demo layout with one of the room's boxes as its target
+(the task names it: "Drive to the red box."), facing so that the box is in view of one of its two
+cameras: ``observation.images.image`` looks ahead, ``observation.images.image2`` to the left
+(together -45..135 degrees of bearing; episodes start with the box at -40..130 degrees). A
+holonomic controller drives it at 10 fps: with (r, b) the distance left to a stop ring around the
+box and the box's bearing in the robot frame,
+
+    speed = V_MAX * tanh(K_V * r / V_MAX);  forward, left = speed * (cos b, sin b)
+    yaw_rate = W_MAX * tanh(K_W * b / W_MAX)
+
+plus small Gaussian noise (``ACTION_NOISE``). So an action chunk is a fixed function of where the
+box is relative to the robot, which is what the cameras show (up to that noise): what a policy
+reading the cameras (and its state) can learn, where a chunk drawn from an unseen plan could not
+be predicted from any observation. The action is ``[forward m/s, left m/s, yaw rad/s]`` in the
+robot frame, applied until the next frame (pose_{t+1} = pose_t + R(yaw_t) [forward, left] / fps,
+yaw_{t+1} = yaw_t + yaw_rate / fps); the state is ``[x, y, cos yaw, sin yaw, forward, left,
+yaw rate]`` with the action of the step just taken (zeros on the first frame). The straight line
+the robot moves along (its velocity always points at the box) is checked free of walls and objects.
 
 Layouts, as LeRobot (huggingface/lerobot ``datasets/utils.py``) writes and reads them:
 
@@ -37,9 +48,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .agent import _free_point, plan
+from .agent import _free_point, _line_free, wrap
 from .render import Camera, render
-from .video_writer import follow
 from .world import PURPOSES, SPLITS, make_layout
 
 __all__ = ["write_lerobot_dataset", "pick_codec", "make_walk", "CAMERAS", "FPS", "EPISODES"]
@@ -53,6 +63,12 @@ MIN_FRAMES, MAX_FRAMES = 20, 48
 STATE_NAMES = ("x", "y", "cos_yaw", "sin_yaw", "forward", "left", "yaw_rate")
 ACTION_NAMES = ("forward", "left", "yaw_rate")
 PURPOSE = "lerobot"
+V_MAX, K_V = 0.6, 0.8  # m/s, 1/s: the approach saturates far away, then slows down exponentially
+W_MAX, K_W = 1.2, 2.0  # rad/s, 1/s
+ACTION_NOISE = np.array([0.02, 0.02, 0.03])  # std of forward, left (m/s) and yaw rate (rad/s) noise
+STOP_M = 0.45  # stop this far from the box's footprint (its half-diagonal)
+START_M = (1.2, 4.0)  # start this far from the box centre
+START_BEARING = (math.radians(-40), math.radians(130))  # the box's bearing at the start
 
 
 def pick_codec() -> str:
@@ -66,31 +82,62 @@ def pick_codec() -> str:
     raise RuntimeError("PyAV can encode neither AV1 (libsvtav1) nor H.264 (libx264)")
 
 
+def _bearing(pose: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """(distance m, bearing rad in the robot frame) from pose (x, y, yaw) to target [2]."""
+    d = target - pose[:2]
+    return float(np.hypot(*d)), wrap(math.atan2(d[1], d[0]) - pose[2])
+
+
+def controller(pose: np.ndarray, target: np.ndarray, stop: float) -> np.ndarray:
+    """The noise-free command float64 [3] (forward, left, yaw rate) at ``pose`` towards ``target``,
+    stopping ``stop`` metres short of it (see the module docstring)."""
+    dist, b = _bearing(pose, target)
+    speed = V_MAX * math.tanh(K_V * max(dist - stop, 0.0) / V_MAX)
+    return np.array([speed * math.cos(b), speed * math.sin(b), W_MAX * math.tanh(K_W * b / W_MAX)])
+
+
+def drive_to(start: np.ndarray, target: np.ndarray, stop: float, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(poses float64 [n, 3], actions float64 [n, 3]): ``n`` controller steps from pose ``start``."""
+    poses, actions = [np.asarray(start, np.float64)], []
+    for k in range(n):
+        p = poses[-1]
+        a = controller(p, target, stop) + rng.normal(0.0, ACTION_NOISE)
+        actions.append(a)
+        if k + 1 < n:
+            c, s = math.cos(p[2]), math.sin(p[2])
+            poses.append(np.array([p[0] + (c * a[0] - s * a[1]) / FPS, p[1] + (s * a[0] + c * a[1]) / FPS, wrap(p[2] + a[2] / FPS)]))
+    return np.stack(poses), np.stack(actions)
+
+
 def make_walk(seed: int, split: str, index: int):
-    """(layout, poses float64 [n, 3] (x, y, yaw), task) of walk ``index``: room A to room B."""
+    """(layout, poses float64 [n, 3] (x, y, yaw), actions float64 [n, 3], task) of episode ``index``."""
     rng = np.random.default_rng([seed, PURPOSES[PURPOSE], SPLITS[split], index])
     for variant in range(40):
         layout = make_layout(seed, PURPOSE, split, index, variant)
-        a, b = (int(r) for r in rng.choice([r.rid for r in layout.rooms], size=2, replace=False))
-        start, goal = _free_point(layout, rng, a), _free_point(layout, rng, b)
-        path = None if start is None or goal is None else plan(layout, start, goal)
-        if path is None:
+        if not len(layout.boxes):
             continue
-        poses = follow(path, rng.uniform(-math.pi, math.pi), 0.3, MAX_FRAMES)
-        if poses is not None and len(poses) >= MIN_FRAMES:
-            return layout, poses, f"Walk to {layout.room_desc(b)}."
-    raise RuntimeError(f"no walk of {MIN_FRAMES}-{MAX_FRAMES} frames fits the layouts of {split}/{index}")
+        j = int(rng.integers(len(layout.boxes)))
+        box = layout.boxes[j]
+        target = (box[0:2] + box[2:4]) / 2
+        stop = float(np.hypot(*(box[2:4] - box[0:2])) / 2) + STOP_M
+        start = _free_point(layout, rng, int(layout.box_room[j]))
+        if start is None or not START_M[0] <= np.hypot(*(target - start)) <= START_M[1]:
+            continue
+        end = target + (start - target) * stop / np.hypot(*(target - start))
+        if not _line_free(layout, start, end):
+            continue
+        heading = math.atan2(target[1] - start[1], target[0] - start[0])
+        yaw0 = wrap(heading - rng.uniform(*START_BEARING))  # the box at this bearing: in one camera's view
+        poses, action = drive_to(np.array([*start, yaw0]), target, stop, int(rng.integers(MIN_FRAMES, MAX_FRAMES + 1)), rng)
+        return layout, poses, action, f"Drive to the {layout.box_names[j]} box."
+    raise RuntimeError(f"no drive of the demo's LeRobot episode {split}/{index} fits its layouts")
 
 
-def state_action(poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """poses [n, 3] -> state float32 [n, 7], action float32 [n, 3] (see the module docstring)."""
-    x, y, yaw = poses[:, 0], poses[:, 1], poses[:, 2]
-    d = np.diff(poses[:, :2], axis=0)
-    c, s = np.cos(yaw[:-1]), np.sin(yaw[:-1])
-    dyaw = (np.diff(yaw) + math.pi) % (2 * math.pi) - math.pi
-    vel = np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1], dyaw], 1) * FPS  # [n-1, 3]
-    action = np.concatenate([vel, np.zeros((1, 3))])
-    state = np.concatenate([np.stack([x, y, np.cos(yaw), np.sin(yaw)], 1), np.concatenate([np.zeros((1, 3)), vel])], 1)
+def state_action(poses: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """poses [n, 3], actions [n, 3] -> state float32 [n, 7], action float32 [n, 3] (see the module docstring)."""
+    yaw = poses[:, 2]
+    prev = np.concatenate([np.zeros((1, 3)), action[:-1]])
+    state = np.concatenate([poses[:, :2], np.stack([np.cos(yaw), np.sin(yaw)], 1), prev], 1)
     return state.astype(np.float32), action.astype(np.float32)
 
 
@@ -162,8 +209,8 @@ def _episodes(seed: int, scale: float) -> tuple[list[dict], list[str], dict[str,
     for split in ("train", "val"):
         first = len(eps)
         for i in range(max(1, int(round(EPISODES[split] * scale)))):
-            layout, poses, task = make_walk(seed, split, i)
-            state, action = state_action(poses)
+            layout, poses, action, task = make_walk(seed, split, i)
+            state, action = state_action(poses, action)
             pixels = {key: np.stack([render(layout, (x, y, yaw + off), LR_CAM).rgb for x, y, yaw in poses]) for key, off in CAMERAS.items()}
             if task not in tasks:
                 tasks.append(task)

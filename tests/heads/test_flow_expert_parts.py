@@ -160,3 +160,21 @@ def test_normaliser_matches_openpi_formulas_and_inverts(kind):
     assert pad_dims(n, 4, "x").shape == (2, 4) and (pad_dims(n, 4, "x")[:, 2:] == 0).all()
     with pytest.raises(ValueError, match="max_action_dim"):
         pad_dims(n, 1, "state")
+
+
+def test_reads_cover_every_context_dataset():
+    """What ``navcache train flow-expert`` brings up to date (``registry.reads``): robot_meta of the
+    dataset and the context cache of each context dataset, so a second camera needs no ``extract`` first."""
+    from navcache.heads import registry
+    from navcache.heads.flow_expert import load_config
+
+    head = registry.get("flow-expert")
+    cfg = load_config(None, "demo", context_datasets=["demo_lerobot", "demo_lerobot_left"])
+    got = registry.reads(head, cfg.dataset, cfg.splits, cfg)
+    assert sorted(got) == sorted([(d, s, spec) for s in ("train", "val") for d, spec in
+                                  (("demo_lerobot", "robot_meta"), ("demo_lerobot", "frame_features"), ("demo_lerobot_left", "frame_features"))])
+    # no config (predict): the dataset's own caches
+    assert sorted(registry.reads(head, "other", ["val"])) == [("other", "val", "frame_features"), ("other", "val", "robot_meta")]
+    # a head without its own reads keeps READS for the dataset
+    assert registry.reads(registry.get("velocity-head"), "demo_vamos", ["val"]) == [
+        ("demo_vamos", "val", spec) for spec in registry.get("velocity-head").READS]

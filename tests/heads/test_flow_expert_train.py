@@ -65,11 +65,15 @@ def test_train_export_predict_round_trip(demo_cache_root, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="not met yet: on the demo walks sampled chunks reach about the mean-action baseline "
-                          "(val MSE 1.31-1.35 vs mean 1.27-1.38, repeat-last 1.27-1.70); see the closing note", strict=False)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sampled_chunks_beat_mean_and_repeat_last_baselines(demo_cache_root, tmp_path, seed):
+    """The demo preset's lrs and schedule, 20 epochs: sampled chunks (one noise draw each, not a
+    mean over draws) beat both baselines by 20 % on val, at the best epoch and at the last one
+    (which val did not pick)."""
     torch.set_num_threads(1)
-    cfg = _cfg(demo_cache_root, tmp_path, expert_lr=1e-3, loop={"epochs": 30, "batch_size": 32, "seed": seed, "eval_max_batches": 8})
-    val = train_flow_expert(cfg)["best"]["val"]
-    assert val["mse"] < 0.9 * min(val["baseline_mean_mse"], val["baseline_repeat_mse"])
+    cfg = _cfg(demo_cache_root, tmp_path, loop={"epochs": 20, "batch_size": 32, "seed": seed, "eval_max_batches": 8,
+                                                "schedule": "cosine", "warmup_steps": 20, "min_lr": 1e-5})
+    assert cfg.expert_lr == 1e-3 and cfg.connector_lr == 1e-3
+    result = train_flow_expert(cfg)
+    for val in (result["best"]["val"], result["last"]["val"]):
+        assert val["mse"] < 0.8 * min(val["baseline_mean_mse"], val["baseline_repeat_mse"]), val

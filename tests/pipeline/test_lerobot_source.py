@@ -53,7 +53,7 @@ def test_demo_pixels_and_tables(demo, version):
     eps = src.episodes("train") + src.episodes("val")
     assert [e.episode_id for e in eps] == [f"episode_{i:06d}" for i in range(4)] and all(e.quarantine is None for e in eps)
     ep = eps[-1]  # the val walk: in v3.0 it sits alone in the second shared file
-    layout, poses, task = make_walk(0, "val", 0)
+    layout, poses, _, task = make_walk(0, "val", 0)
     assert ep.record["task"] == task and ep.record["length"] == len(poses)
     for key, off in CAMERAS.items():
         truth = np.stack([render(layout, (x, y, yaw + off), LR_CAM).rgb for x, y, yaw in poses])

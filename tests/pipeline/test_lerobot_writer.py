@@ -58,7 +58,29 @@ def test_actions_reproduce_the_motion(written):
     step = action[:-1] / FPS  # ego [forward, left] to world
     nxt = state[:-1, :2] + np.stack([c * step[:, 0] - s * step[:, 1], s * step[:, 0] + c * step[:, 1]], 1)
     np.testing.assert_allclose(nxt[same], state[1:, :2][same], atol=1e-4)
-    assert np.abs(action).sum() > 0 and (action[np.r_[~same, True]] == 0).all()  # episodes end at rest
+    dyaw = (state[1:, 2] + 1j * state[1:, 3]) / (state[:-1, 2] + 1j * state[:-1, 3])  # yaw turns by yaw rate / fps
+    np.testing.assert_allclose(np.angle(dyaw)[same], action[:-1, 2][same] / FPS, atol=1e-4)
+    np.testing.assert_allclose(state[1:, 4:][same], action[:-1][same], atol=1e-6)  # the state carries the last action
+    assert (state[np.r_[True, ~same], 4:] == 0).all() and np.abs(action).sum() > 0
+
+
+def test_actions_follow_the_box_in_view():
+    """The action is the controller's command towards the task's box (up to the small noise), and the
+    box starts within the two cameras' joint view."""
+    from navcache.pipeline.demo.lerobot_writer import ACTION_NOISE, controller, make_walk
+
+    for split, i in (("train", 0), ("train", 1), ("val", 0)):
+        layout, poses, action, task = make_walk(0, split, i)
+        j = [k for k, name in enumerate(layout.box_names) if f"the {name} box" in task]
+        assert j, task
+        stops = [((layout.boxes[k, 0:2] + layout.boxes[k, 2:4]) / 2, float(np.hypot(*(layout.boxes[k, 2:4] - layout.boxes[k, 0:2])) / 2))
+                 for k in j]
+        # one of the named boxes (colours may repeat) explains every action within 4 noise stds
+        fits = [np.abs(action - np.stack([controller(p, c, r + 0.45) for p in poses])).max(0) for c, r in stops]
+        assert min(float((f / ACTION_NOISE).max()) for f in fits) < 4.5
+        c = stops[int(np.argmin([float((f / ACTION_NOISE).max()) for f in fits]))][0]
+        bearing = np.degrees(np.angle(complex(*(c - poses[0, :2])) / np.exp(1j * poses[0, 2])))
+        assert -45 <= bearing <= 135
 
 
 def test_v21_layout(written):
