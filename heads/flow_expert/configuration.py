@@ -126,6 +126,9 @@ PRESETS: dict[str, FlowExpertConfig] = {
                                                     schedule="cosine", min_lr=2.5e-6)),
 }
 
+#: default: what a real project trains (every head has one): the pi0 expert on a dataset named ``libero``
+PRESETS["default"] = PRESETS["pi0-expert"]
+
 
 def reads(dataset: str, splits, config: FlowExpertConfig | None = None) -> list[tuple[str, str, str]]:
     """[(dataset, split, spec)] this head reads: ``robot_meta`` of ``dataset`` and the context cache of
