@@ -25,7 +25,7 @@ import numpy as np
 class EpisodeSlices:
     """Where the kept episodes' rows are in one cache. Arrays are [N], parallel to ``Join.episodes``."""
 
-    row: str  # the cache's row kind: "frame" (length rows per episode) or "episode" (one row)
+    row: str  # the cache's row kind: "frame"/"pair" (length rows per episode) or "episode" (one row)
     parts: tuple[str, ...]  # part ids referenced, in order of first use
     part: np.ndarray  # [N] int64, index into ``parts``
     start: np.ndarray  # [N] int64, first row of the episode within its part

@@ -11,7 +11,14 @@ from typing import Literal, Mapping
 
 import numpy as np
 
-RowKind = Literal["episode", "frame"]
+RowKind = Literal["episode", "frame", "pair"]
+ROW_KINDS: tuple[str, ...] = ("episode", "frame", "pair")
+
+
+def many_rows(row: str) -> bool:
+    """True for the row kinds where an episode contributes a variable number of rows ("frame",
+    "pair"); they are stored alike (the index holds each episode's start and length)."""
+    return row != "episode"
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,8 @@ class CacheSpec:
     row="episode": every ok episode contributes exactly one row to every array.
     row="frame": every ok episode contributes ``length`` rows (its frames), the same for all arrays;
     the index stores each episode's (part, start, length).
+    row="pair": stored exactly like "frame", but a row is an ordered pair of the episode's frames
+    (e.g. covisibility's keyframe pairs), so readers never mistake its rows for frames.
     Bump ``version`` whenever the meaning or layout of an array changes: it enters every fingerprint.
     """
 
@@ -52,8 +61,8 @@ class CacheSpec:
     doc: str = ""
 
     def __post_init__(self):
-        if self.row not in ("episode", "frame"):
-            raise ValueError(f"CacheSpec.row must be 'episode' or 'frame', got {self.row!r}")
+        if self.row not in ROW_KINDS:
+            raise ValueError(f"CacheSpec.row must be one of {', '.join(ROW_KINDS)}, got {self.row!r}")
         names = [a.name for a in self.arrays]
         if len(set(names)) != len(names):
             raise ValueError(f"CacheSpec {self.name!r}: duplicate array names {names}")
@@ -80,7 +89,7 @@ class CacheSpec:
         n = None
         for name, (dtype, shape) in want.items():
             a = np.asarray(arrays[name])
-            if self.row == "frame" and a.ndim == 0:
+            if many_rows(self.row) and a.ndim == 0:
                 raise ValueError(f"spec {self.name!r}: array {name!r} is 0-d, want [n, *{shape}] (one row per frame)")
             if a.dtype != dtype:
                 raise ValueError(f"spec {self.name!r}: array {name!r} has dtype {a.dtype}, want {dtype}")

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .join import EpisodeSlices
+from .spec import many_rows
 from .stream_buffers import BlockPool
 from .stream_plan import BlockPlan, Task
 
@@ -145,15 +146,15 @@ def sample_index(spec: ReadSpec, cache: str, eps: np.ndarray, local: np.ndarray)
     sl = spec.slices[cache]
     if spec.per_episode:
         return len(eps), local
-    if sl.row == "frame":
+    if many_rows(sl.row):
         return int(sl.length[eps].sum()), local
-    frame = [c for c, s in spec.slices.items() if s.row == "frame"]
+    frame = [c for c, s in spec.slices.items() if many_rows(s.row)]
     frames = spec.slices[frame[0]].length[eps] if frame else np.ones(len(eps), np.int64)
     return len(eps), np.repeat(np.arange(len(eps)), frames)[local]
 
 
 def sample_shape(spec: ReadSpec, cache: str, row_shape: tuple) -> tuple:
-    return (spec.frames[cache], *row_shape) if spec.per_episode and spec.slices[cache].row == "frame" else tuple(row_shape)
+    return (spec.frames[cache], *row_shape) if spec.per_episode and many_rows(spec.slices[cache].row) else tuple(row_shape)
 
 
 class BlockReader:

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 
 from .join import Join, join_caches
 from .reader import CacheReader, open_cache
+from .spec import many_rows
 from .stream_plan import Task, epoch_order, make_blocks, schedule
 from .stream_buffers import BatchBuffers, BlockPool
 from .stream_read import HeldRows, ReadSpec, TaskStream, sample_index, sample_shape
@@ -339,7 +340,7 @@ def _check_arrays(readers: Mapping[str, CacheReader], arrays: Mapping[str, Seque
 def _frame_counts(join: Join, arrays: Mapping[str, Sequence[str]], unit: str) -> dict[str, int]:
     """F of each selected row="frame" cache (unit="episode"); for unit="row", check the frame
     caches agree on every episode's row count."""
-    frame = [n for n in arrays if join.slices[n].row == "frame"]
+    frame = [n for n in arrays if many_rows(join.slices[n].row)]
     if unit == "row":
         for n in frame[1:]:
             bad = np.flatnonzero(join.slices[n].length != join.slices[frame[0]].length)

@@ -23,8 +23,8 @@ RING = ("left", "right", "above", "below", "behind")
 
 SPEC = CacheSpec(
     name="covisibility",
-    version=1,
-    row="frame",  # a row is an ordered keyframe pair; "frame" is the spec's per-episode variable-length row kind
+    version=2,  # v2: row kind "pair" (v1 declared its pair rows as "frame")
+    row="pair",
     arrays=(
         ArraySpec("target", "float32", ("C",), "fraction of B's kept points per grid cell, then left/right/above/below/behind"),
         ArraySpec("visible_fraction", "float32", (), "fraction of B's points visible in A's view"),

@@ -39,7 +39,7 @@ from ..layout import MANIFEST, PART_JSON, PARTS, TMP_PREFIX, TRASH_PREFIX, cache
 from ..manifest import IncompleteCache, finalize_cache, invalidate, read_manifest
 from ..parts import EpisodeResult, read_part_meta, write_part
 from ..reader import open_cache
-from ..spec import ArraySpec, CacheSpec
+from ..spec import ArraySpec, CacheSpec, many_rows
 from ..specs import get_spec
 
 # --------------------------------------------------------------------------------------------
@@ -432,7 +432,7 @@ class BackendConformance(DamageConformance):
         for s, n, r in zip(starts, lengths, ok):  # offsets index the global arrays
             for name in c.array_names:
                 block = c.array(name)[int(s) : int(s + n)]
-                np.testing.assert_array_equal(block, r.arrays[name] if spec.row == "frame" else r.arrays[name][None])
+                np.testing.assert_array_equal(block, r.arrays[name] if many_rows(spec.row) else r.arrays[name][None])
 
     def _check_torch(self, c, spec, ok):
         import torch
