@@ -19,6 +19,7 @@ from types import ModuleType
 
 HEADS: dict[str, str] = {
     "gru-motion": "navcache.heads.gru_motion",
+    "heatmaps": "navcache.heads.heatmaps",
     "sim-heads": "navcache.heads.sim_heads",
 }
 
@@ -38,5 +39,8 @@ def get(name: str) -> ModuleType:
 
 
 def reads(head: ModuleType, dataset: str, splits) -> list[tuple[str, str, str]]:
-    """[(dataset, split, spec name)] of every cache ``head`` reads for those splits."""
+    """[(dataset, split, spec name)] of every cache ``head`` reads for those splits: its own
+    ``reads(dataset, splits)`` when it reads caches of another dataset too, else ``READS`` of ``dataset``."""
+    if hasattr(head, "reads"):
+        return head.reads(dataset, splits)
     return [(dataset, split, spec) for split in splits for spec in head.READS]

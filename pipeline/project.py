@@ -16,6 +16,10 @@ DEFAULT_FILE = "navcache.yaml"
 DEMO_DIR = "navcache_demo"
 DEMO_CACHE = "navcache_cache"
 DEMO_ENCODER = "models/dinov3-tiny-random"
+#: the demo's tiny VGGT: navcache's seeded random-init stand-in with VGGT's interface (the real
+#: ``vggt`` package is not on PyPI), so the heatmaps head has aggregator tokens to read
+DEMO_VGGT = "models/vggt-tiny-random"
+VGGT_STANDIN_CLASS = "navcache.tests.standins.vggt_standin:StandInVGGT"
 
 
 def demo_config_dict(demo_dir: Path, cache_root: Path, pixels: bool = True) -> dict:
@@ -66,6 +70,31 @@ def demo_config_dict(demo_dir: Path, cache_root: Path, pixels: bool = True) -> d
                 "part_size": 4,
                 "stage_settings": {"frame-features": {"frames_from": "keyframes"}},
             },
+            # the heatmaps head's chain on the same tours, kept small (16 frames, 8 keyframes, an
+            # 8 x 8 grid): simulator geometry -> keyframes -> covisibility targets, DINOv3 patch
+            # tokens of the keyframes; VGGT aggregator tokens of the same 16 frames come from
+            # demo_heatmaps_vggt (tiny VGGT), so the targets stay the simulator's truth
+            "demo_heatmaps": {
+                "source": "videos",
+                "root": str(demo_dir / "videos"),
+                "splits": ["train", "val"],
+                "stages": ["geometry", "keyframes", "covisibility", "frame-features"],
+                "options": {"num_frames": 16},
+                "part_size": 8,
+                "stage_settings": {"keyframes": {"num_keyframes": 8}, "covisibility": {"grid": 8},
+                                   "frame-features": {"frames_from": "keyframes", "store_patch_tokens": True}},
+            },
+            "demo_heatmaps_vggt": {
+                "source": "videos",
+                "root": str(demo_dir / "videos"),
+                "splits": ["train", "val"],
+                "stages": ["geometry"],
+                "options": {"num_frames": 16},
+                "part_size": 8,
+                "stage_settings": {"geometry": {"provider": "vggt", "image_size": [518, 518], "stride": 37,
+                                                "vggt": {"model": str(demo_dir / DEMO_VGGT), "model_class": VGGT_STANDIN_CLASS,
+                                                         "keep_tokens": True, "token_pool": 2}}},
+            },
         },
         "stages": {
             "geometry": {"provider": "gt", "image_size": [128, 128], "stride": 2},
@@ -80,7 +109,7 @@ def demo_config_dict(demo_dir: Path, cache_root: Path, pixels: bool = True) -> d
 
 
 #: what a pixel-free demo world lacks, and so what its project leaves out
-PIXEL_FREE_LACKS = "demo_navila's frames (frame-features), demo_motion, demo_rover and demo_tours"
+PIXEL_FREE_LACKS = "demo_navila's frames (frame-features), demo_motion, demo_rover, demo_tours and demo_heatmaps(_vggt)"
 
 
 def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float = 1.0) -> bool:
@@ -94,6 +123,7 @@ def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float
     """
     from .demo import demo_lock
     from .encoders.tiny import make_random_dinov3
+    from .encoders.weights import PROVENANCE_FILE
 
     if _demo_format(demo_dir) is not None:
         pixels = _ensure_world(demo_dir, say, scale)
@@ -101,6 +131,11 @@ def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float
         with demo_lock(demo_dir):
             pixels = _ensure_world(demo_dir, say, scale)
     make_random_dinov3(demo_dir / DEMO_ENCODER, size="tiny", seed=0)
+    if pixels:
+        from navcache.tests.standins.vggt_standin import make_standin
+
+        if not (demo_dir / DEMO_VGGT / PROVENANCE_FILE).exists():  # written last
+            make_standin(demo_dir / DEMO_VGGT, seed=0)
     return pixels
 
 
