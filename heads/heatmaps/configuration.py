@@ -10,7 +10,7 @@
     fusion: cross_attention           # or concat_mlp
     llm: null                         # null: no LLM; random-qwen2: tiny seeded random-init Qwen2; else an id or folder
     d_model: 64
-    loop: {epochs: 30, batch_size: 64, lr: 2.0e-3}
+    loop: {epochs: 12, batch_size: 32, lr: 1.0e-3}
     out_dir: runs/heatmaps
 """
 from __future__ import annotations
@@ -44,11 +44,11 @@ class HeatmapsConfig(HeadConfig):
     heads: int = 4  # attention heads (cross_attention)
     llm: str | None = None  # None: no LLM; "random-qwen2": tiny random-init Qwen2; else hub id or local folder
     llm_seed: int = 0  # seed of the random-init Qwen2
-    dropout: float = 0.0
+    dropout: float = 0.1
     #: weight of the loss on the convex-upsampled map (its pixels' mass summed back per cell, against
     #: the same target): the only signal that trains the upsampling mask; 0 leaves the mask untrained
     upsample_loss_weight: float = 0.5
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=30, batch_size=64, lr=2e-3, weight_decay=0.01))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=12, batch_size=32, lr=1e-3, weight_decay=0.05))
     out_dir: str = "runs/heatmaps"  # overrides loop.out_dir
 
     def __post_init__(self):

@@ -143,7 +143,14 @@ class HeatmapModel(nn.Module):
         if llm is not None:
             hidden = int(llm.config.hidden_size)
             self.llm_in, self.llm_out = nn.Linear(d, hidden), nn.Linear(hidden, d)
+        # parameter-free matching cues, which carry over to unseen tours better than learned
+        # features of a few dozen keyframes: each A cell's best and mean cosine similarity to B's cells
+        self.sim_cells, self.sim_ring = nn.Linear(4, d), nn.Linear(4, d)
         self.readout = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1))
+        #: per-cell prior logits; the trainer starts them at log(mean train target), i.e. at that baseline
+        self.prior = nn.Parameter(torch.zeros(grid * grid + N_RING))
+        nn.init.zeros_(self.readout[1].weight)  # so the untrained model predicts exactly the prior
+        nn.init.zeros_(self.readout[1].bias)
         self.mask_head = nn.Sequential(nn.Conv2d(d, 2 * d, 3, padding=1), nn.ReLU(), nn.Conv2d(2 * d, 9 * self.r * self.r, 1))
 
     def train(self, mode: bool = True):
@@ -152,15 +159,23 @@ class HeatmapModel(nn.Module):
             self.llm.eval()  # frozen: eval mode whatever the loop asks
         return self
 
+    def similarity(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        """[B, G*G, 2]: per A cell, max and mean cosine similarity of raw tokens [B, h, w, D] pooled to the grid."""
+        pa = F.normalize(self.encode._grid(xa.float()), dim=-1)
+        pb = F.normalize(self.encode._grid(xb.float()), dim=-1)
+        s = pa @ pb.transpose(1, 2)  # [B, G*G, G*G]
+        return torch.stack([s.amax(-1), s.mean(-1)], -1)
+
     def forward(self, vggt_a, dino_a, vggt_b, dino_b) -> dict[str, torch.Tensor]:
         a, b = self.encode(vggt_a, dino_a), self.encode(vggt_b, dino_b)  # [B, G*G, d]
-        cells = self.fuse(a, b)
-        ring = self.ring_query + self.ring_in(cells.mean(1, keepdim=True))  # [B, 5, d]
+        sim = torch.cat([self.similarity(vggt_a, vggt_b), self.similarity(dino_a, dino_b)], -1)  # [B, G*G, 4]
+        cells = self.fuse(a, b) + self.sim_cells(sim)
+        ring = self.ring_query + self.ring_in(cells.mean(1, keepdim=True)) + self.sim_ring(sim.mean(1, keepdim=True))  # [B, 5, d]
         seq = torch.cat([cells, ring], 1)  # ring queries last: a causal LLM lets them see every cell
         if self.llm is not None:
             emb = self.llm_in(seq).to(next(self.llm.parameters()).dtype)
             seq = seq + self.llm_out(self.llm(inputs_embeds=emb).last_hidden_state.float())
-        logits = self.readout(seq).squeeze(-1).float()  # [B, G*G + 5]
+        logits = self.readout(seq).squeeze(-1).float() + self.prior  # [B, G*G + 5]
         g = self.grid
         fmap = seq[:, : g * g].transpose(1, 2).reshape(len(seq), -1, g, g)
         return {"logits": logits, "mask": 0.25 * self.mask_head(fmap).float()}  # RAFT's 0.25 keeps the initial weights near uniform

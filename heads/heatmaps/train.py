@@ -134,7 +134,10 @@ def build_task(cfg: HeatmapsConfig) -> tuple[HeatmapsTask, dict]:
              "dropped": {"train": tinfo["dropped"], "val": vinfo["dropped"]}, "llm": llm_info}
     seed_everything(cfg.loop.seed)  # trainable init depends only on the seed
     model = build_model({**info, "config": cfg.to_dict()}, llm)
-    return HeatmapsTask(cfg, model, train, val), info
+    task = HeatmapsTask(cfg, model, train, val)
+    with torch.no_grad():  # start at the "where things usually are" baseline; learn what a pair adds
+        model.prior.copy_(task.mean_target.clamp_min(1e-6).log())
+    return task, info
 
 
 def train_heatmaps(config: HeatmapsConfig | None = None) -> dict:
