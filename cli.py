@@ -130,7 +130,7 @@ def inspect(
     path: Optional[Path] = typer.Argument(None, help="A cache folder, or a cache root (default: the project's)."),
     episode: Optional[str] = typer.Option(None, "--episode", "-e", help="Show one episode's arrays."),
     plot: Optional[Path] = typer.Option(
-        None, "--plot", help="With a geometry/keyframes cache and --episode: write a contact sheet and a top-down PNG into this folder."
+        None, "--plot", help="With a geometry/keyframes/covisibility cache and --episode: write a contact sheet and a top-down PNG (and, with a covisibility cache, the heatmap pictures and files) into this folder."
     ),
     config: Optional[Path] = ConfigOpt,
     as_json: bool = JsonOpt,
@@ -214,6 +214,50 @@ def export_navila_poses(
 ):
     """NaVILA pose sidecar: {video_id, poses, deltas, dist_bins, yaw_bins, step_valid} per line (padded steps: bins -100, the ignore index), streamed and atomic."""
     raise typer.Exit(_export_navila_poses(config, dataset, split, out))
+
+
+@export_app.command("norm-stats")
+def export_norm_stats(
+    out: Path = typer.Argument(..., help="Output norm_stats.json."),
+    dataset: str = typer.Option(..., "--dataset", "-d", callback=_safe_names("dataset")),
+    split: str = typer.Option("train", "--split", "-s", callback=_safe_names("split")),
+    horizon: int = typer.Option(50, "--horizon", help="Action chunk length H (openpi: 50 for pi0, 10 for pi05 LIBERO)."),
+    config: Optional[Path] = ConfigOpt,
+):
+    """openpi norm_stats.json {"norm_stats": {"state", "actions"}} from the robot_meta cache, one streamed pass, no video decoding."""
+    raise typer.Exit(_export_norm_stats(config, dataset, split, horizon, out))
+
+
+def _export_norm_stats(config: Path | None, dataset: str, split: str, horizon: int, out: Path) -> int:
+    import json
+
+    from navcache.cache_specs.layout import cache_dir
+    from navcache.heads.exports.norm_stats import export_norm_stats as write
+    from navcache.pipeline.commands import load_project
+    from navcache.pipeline.ensure import ensure_caches
+
+    try:
+        project = load_project(config)
+        ensure_caches(project, [(dataset, split, "robot_meta")])
+        report = write(cache_dir(project.cache_root, dataset, split, "robot_meta"), out, horizon)
+    except (ConfigError, ValueError) as e:
+        return _error(e, EXIT_CONFIG)
+    except (NavcacheError, RuntimeError) as e:
+        return _error(e, EXIT_FAILED)
+    print(json.dumps(report.to_dict(), indent=1))
+    return EXIT_OK
+
+
+@export_app.command("openvla-stats")
+def export_openvla_stats(
+    out: Path = typer.Argument(..., help="Output dataset_statistics.json."),
+    dataset: str = typer.Option(..., "--dataset", "-d", callback=_safe_names("dataset")),
+    split: str = typer.Option("train", "--split", "-s", callback=_safe_names("split")),
+    key: str = typer.Option("vamos_dataset", "--key", help="The dataset key: predict_action(..., unnorm_key=KEY)."),
+    config: Optional[Path] = ConfigOpt,
+):
+    """OpenVLA's dataset_statistics.json of the velocity cache's actions (mean, std, min, max, q01, q99, mask), one streamed pass, atomic."""
+    raise typer.Exit(_export_openvla_stats(config, dataset, split, key, out))
 
 
 HeadArg = typer.Argument(..., metavar="HEAD", help=f"Which head: {' | '.join(HEADS)}.")
@@ -382,6 +426,28 @@ def _export_navila_poses(config: Path | None, dataset: str, split: str, out: Pat
     print(json.dumps(report.to_dict(), indent=1))
     return EXIT_OK
 
+
+
+def _export_openvla_stats(config: Path | None, dataset: str, split: str, key: str, out: Path) -> int:
+    """``navcache export openvla-stats``: the velocity cache brought up to date, then the file."""
+    import json
+
+    from navcache.cache_specs.layout import cache_dir
+    from navcache.heads.exports.openvla_stats import export_openvla_stats as write_stats
+    from navcache.pipeline.commands import load_project
+    from navcache.pipeline.ensure import ensure_caches
+
+    try:
+        project = load_project(config)
+        ensure_caches(project, [(dataset, split, "velocity")])
+        stats = write_stats(cache_dir(project.cache_root, dataset, split, "velocity"), out, key)
+    except ConfigError as e:
+        return _error(e, EXIT_CONFIG)
+    except (NavcacheError, RuntimeError, ValueError) as e:
+        return _error(e, EXIT_FAILED)
+    print(json.dumps({"out": str(out), "key": key, "num_transitions": stats[key]["num_transitions"],
+                      "q01": stats[key]["action"]["q01"], "q99": stats[key]["action"]["q99"]}, indent=1))
+    return EXIT_OK
 
 if __name__ == "__main__":
     app()

@@ -28,11 +28,14 @@ def extract_cmd(config: Path | None, opts, as_json: bool = False, strict: bool =
     try:
         project = with_cluster(load_project(config), cluster)
         if opts.dry_run:
-            from .fingerprint import FileHasher
+            from contextlib import closing
+
+            from .fingerprint import memo_hasher
             from .summary import RunSummary
 
             s = RunSummary(dry_run=True)
-            plans = plan_all(project, opts, s, FileHasher())
+            with closing(memo_hasher(project.cache_root)) as hasher:  # the memo extract filled: nothing re-read
+                plans = plan_all(project, opts, s, hasher)
             if as_json:
                 print(json.dumps({"plan": [_plan_json(p) for p in plans], "errors": s.errors, "skipped": s.skipped}, indent=1))
             else:

@@ -100,17 +100,20 @@ def read_video_sampled(
     path: Path,
     sample: Callable[[int], Sequence[int]],
     expected_frames: int | None = None,
+    size: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Decode the frames ``sample(n_frames)`` chooses, opening the file once.
 
     Returns ``(pixels, n_frames)``: pixels uint8 [K, H, W, 3] RGB with K = len(sample(n)) rows in
-    the requested order. ``sample`` may itself raise Quarantine (e.g. "clip too short").
+    the requested order; with ``size`` = (width, height) the decoder's own scaler delivers the
+    frames at that size ([K, height, width, 3], ``StrictVideoReader.frames``), never at full size.
+    ``sample`` may itself raise Quarantine (e.g. "clip too short").
     Raises Quarantine for every kind of damage listed in the module docstring, for a frame count
     other than ``expected_frames``, and for out-of-range indices.
     """
     path = Path(path)
-    size = check_file(path, "video")
-    tables = check_mp4(path, size)
+    nbytes = check_file(path, "video")
+    tables = check_mp4(path, nbytes)
     with StrictVideoReader(path) as reader:
         n = reader.info.n_frames
         if n <= 0:
@@ -126,7 +129,7 @@ def read_video_sampled(
             said = f", annotation says {expected_frames}" if expected_frames is not None else ""
             raise Quarantine(f"video {path}: container states {stated} frames, decoder finds {n}{said} (truncated?)")
         idx = validate_indices(sample(n), n, path)
-        pixels = reader.frames(idx)
+        pixels = reader.frames(idx, size=size)
     return pixels, n
 
 
@@ -134,8 +137,10 @@ def read_video(
     path: Path,
     indices: Sequence[int] | None,
     expected_frames: int | None = None,
+    size: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Decode frames ``indices`` (all frames when None) of the video at ``path``.
+    """Decode frames ``indices`` (all frames when None) of the video at ``path`` (scaled to ``size``
+    = (width, height) by the decoder's scaler when given).
 
     Returns ``(pixels, n_frames)``: pixels uint8 [K, H, W, 3] RGB, K = len(indices) (or n_frames),
     rows in the order of ``indices``; n_frames is the video's frame count.
@@ -143,9 +148,9 @@ def read_video(
     other than ``expected_frames``, or when an index is out of range or the batch comes back short.
     """
     if indices is None:
-        return read_video_sampled(path, lambda n: range(n), expected_frames)
+        return read_video_sampled(path, lambda n: range(n), expected_frames, size)
     fixed = list(indices)
-    return read_video_sampled(path, lambda n: fixed, expected_frames)
+    return read_video_sampled(path, lambda n: fixed, expected_frames, size)
 
 
 # -------------------------------------------------------------------------------------- images
@@ -219,9 +224,9 @@ def image_header_size(raw: bytes) -> tuple[int, int] | None:
     return None
 
 
-def reduction(size: tuple[int, int], resize_to: tuple[int, int] | None) -> int:
+def reduction(size: tuple[int, int], resize_to: tuple[int, int] | None, fit: bool = False) -> int:
     """The largest reduction 1/s (s in 1, 2, 4, 8) whose output still covers ``resize_to``,
-    for an image above ``REDUCE_ABOVE_PIXELS``; 1 (full size) for every other.
+    for an image above ``REDUCE_ABOVE_PIXELS`` (any image with ``fit``); 1 (full size) for every other.
 
     ``size`` is the image's (width, height), ``resize_to`` the (width, height) the consumer resizes
     to (None: full size). So an image is reduced only when it is huge *and* at least twice as large
@@ -229,9 +234,12 @@ def reduction(size: tuple[int, int], resize_to: tuple[int, int] | None) -> int:
     from such frames stay valid (their fingerprints do not change) and rebuilding them gives the
     same bytes. A reduced image reaches the consumer's (antialiased) resize already downscaled,
     so its result differs slightly from resizing the full image; memory is what it buys.
+    ``fit`` (the fast feed, ``bench/feed_rate.py``) reduces frames of every size, buying decode time
+    and a smaller resize at the same price in pixels: a 512x512 JPEG for a 224x224 encoder decodes
+    at 256x256.
     """
     w, h = size
-    if resize_to is None or w * h <= REDUCE_ABOVE_PIXELS:
+    if resize_to is None or (w * h <= REDUCE_ABOVE_PIXELS and not fit):
         return 1
     nw, nh = resize_to
     for s in (8, 4, 2):
@@ -240,7 +248,8 @@ def reduction(size: tuple[int, int], resize_to: tuple[int, int] | None) -> int:
     return 1
 
 
-def read_image(path: Path, resize_to: tuple[int, int] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: Path, resize_to: tuple[int, int] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               fit: bool = False) -> np.ndarray:
     """One image file (JPEG, or anything OpenCV decodes) as uint8 [H', W', 3] RGB.
 
     ``resize_to``: the (width, height) the caller will resize to; an image above 16 Mpx and at
@@ -248,11 +257,14 @@ def read_image(path: Path, resize_to: tuple[int, int] | None = None, max_pixels:
     the full size and ``resize_to``: a JPEG by libjpeg's DCT scaling (never whole in memory), a PNG
     decoded whole and shrunk by OpenCV; every other image comes at full size. ``max_pixels``: an
     image whose header states more pixels is quarantined with its size before any decoding (None: no limit).
+    ``fit``: reduce images of any size, not only huge ones (``reduction``); pixels then differ
+    from a full-size decode resized to ``resize_to``.
     """
-    return _read_image(Path(path), resize_to, max_pixels)[0]
+    return _read_image(Path(path), resize_to, max_pixels, fit)[0]
 
 
-def _read_image(path: Path, resize_to: tuple[int, int] | None, max_pixels: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+def _read_image(path: Path, resize_to: tuple[int, int] | None, max_pixels: int | None,
+                fit: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
     """``read_image``'s pixels and the image's full (width, height), reduced or not."""
     check_file(path, "image")
     try:
@@ -266,7 +278,7 @@ def _read_image(path: Path, resize_to: tuple[int, int] | None, max_pixels: int |
     if size is not None:
         _check_pixels(path, size, max_pixels)
     # a PNG has no scaled decoding: OpenCV decodes it whole (at most max_pixels) and shrinks it at once
-    s = reduction(size, resize_to) if size is not None else 1
+    s = reduction(size, resize_to, fit) if size is not None else 1
     flags = _IMREAD_FLAGS if s == 1 else _REDUCED[s] | cv2.IMREAD_IGNORE_ORIENTATION
     try:
         bgr = cv2.imdecode(data, flags)
@@ -292,10 +304,11 @@ def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int | None) -> 
         )
 
 
-def read_jpegs(paths: Sequence[Path], resize_to: tuple[int, int] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_jpegs(paths: Sequence[Path], resize_to: tuple[int, int] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               fit: bool = False) -> np.ndarray:
     """Decode image files into one uint8 [K, H, W, 3] RGB array, rows in the order of ``paths``.
 
-    ``resize_to`` and ``max_pixels`` as in ``read_image``: with ``resize_to``, large JPEGs arrive
+    ``resize_to``, ``max_pixels`` and ``fit`` as in ``read_image``: with ``resize_to``, large JPEGs arrive
     reduced, all by the same factor (files of one size share it). Raises Quarantine naming the file when
     one is missing, empty, truncated, undecodable, above ``max_pixels``, or has a size different
     from the first frame's.
@@ -303,11 +316,11 @@ def read_jpegs(paths: Sequence[Path], resize_to: tuple[int, int] | None = None, 
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("read_jpegs needs at least one path")
-    first, size0 = _read_image(paths[0], resize_to, max_pixels)
+    first, size0 = _read_image(paths[0], resize_to, max_pixels, fit)
     out = np.empty((len(paths), *first.shape), dtype=np.uint8)  # one allocation, no list of frames
     out[0] = first
     for j, p in enumerate(paths[1:], start=1):
-        img, size = _read_image(p, resize_to, max_pixels)
+        img, size = _read_image(p, resize_to, max_pixels, fit)
         if size != size0 or img.shape != first.shape:
             raise Quarantine(f"frame size mismatch: {p} is {size[0]}x{size[1]}, {paths[0]} is {size0[0]}x{size0[1]}")
         out[j] = img

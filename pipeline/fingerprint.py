@@ -9,6 +9,7 @@ recomputes nothing.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sqlite3
@@ -37,13 +38,25 @@ class FileHasher:
     entry recorded too close to the file's last change is re-read at every lookup until the file
     has aged. ``racy_s`` covers the timestamp granularity plus the clock skew between this host
     and the file server. ``reads`` counts files actually read (what the memo saved is visible).
+
+    Persisting is batched: new entries wait in memory and are written in one transaction per
+    ``batch`` entries, at ``flush()`` (planning calls it once per stage) and at ``close()``. A
+    process killed in between loses only the entries not yet flushed (they cost a rehash next
+    time); SQLite's journal makes each flush all-or-nothing, so the memo is never half-written.
+    No write transaction stays open between flushes: concurrent jobs (SLURM array tasks planning
+    together) only wait for one short flush. The persisted memo is read in one query, on first use.
     """
 
-    def __init__(self, db: Path | None = None, racy_s: float = 3.0):
+    def __init__(self, db: Path | None = None, racy_s: float = 3.0, batch: int = 50_000):
         self._mem: dict[tuple, tuple[str, int]] = {}
         self._lock = threading.Lock()
         self._racy_ns = int(racy_s * 1e9)
+        self._batch = batch
+        self._pending: list[tuple] = []
+        self._loaded = False
         self.reads = 0
+        #: transactions written (one per flush that had entries)
+        self.commits = 0
         self._db = None
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -71,22 +84,28 @@ class FileHasher:
         self._db.commit()
 
     @staticmethod
-    def _key(path: Path, st: os.stat_result) -> tuple:
-        return (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    def _key(path: str, st: os.stat_result) -> tuple:
+        return (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
     def _trusted(self, key: tuple, hashed_ns: int) -> bool:
         return hashed_ns - max(key[2], key[3]) > self._racy_ns
 
-    def _lookup(self, key: tuple) -> str | None:
+    def _load(self) -> None:
+        """The persisted memo, read once: one query beats one per file by ~20x at 100K files."""
+        rows = self._db.execute("SELECT path, size, mtime, ctime, ino, sha, hashed FROM h").fetchall()
         with self._lock:
-            hit = self._mem.get(key)
-            if hit is None and self._db is not None:
-                row = self._db.execute("SELECT sha, hashed FROM h WHERE path=? AND size=? AND mtime=? AND ctime=? AND ino=?", key).fetchone()
-                if row:
-                    hit = self._mem[key] = (row[0], row[1])
+            for r in rows:
+                self._mem.setdefault(r[:5], (r[5], r[6]))
+            self._loaded = True
+
+    def _lookup(self, key: tuple) -> str | None:
+        if self._db is not None and not self._loaded:
+            self._load()
+        hit = self._mem.get(key)
         return hit[0] if hit is not None and self._trusted(key, hit[1]) else None
 
-    def __call__(self, path: Path) -> str:
+    def __call__(self, path: Path | str) -> str:
+        path = os.fspath(path)
         try:
             st = os.stat(path)
         except OSError:
@@ -97,7 +116,7 @@ class FileHasher:
             return sha
         hashed_ns = time.time_ns()  # before reading: a write after this moment stamps a later time
         try:
-            sha = sha256_file(path)
+            sha = sha256_file(Path(path))
             after = self._key(path, os.stat(path))
         except OSError:
             return "unreadable"
@@ -107,20 +126,43 @@ class FileHasher:
                 return sha  # changed while read: this hash belongs to no stable key
             self._mem[key] = (sha, hashed_ns)
             if self._db is not None:
-                self._db.execute("INSERT OR REPLACE INTO h VALUES (?,?,?,?,?,?,?)", (*key, sha, hashed_ns))
-                # commit now: an open write transaction would lock out every concurrent shard job
-                # (SLURM array tasks plan at the same time) until this whole planning ends
-                self._db.commit()
+                self._pending.append((*key, sha, hashed_ns))
+                full = len(self._pending) >= self._batch
+        if self._db is not None and full:
+            self.flush()
         return sha
 
     def many(self, paths: Iterable[Path]) -> list[str]:
         return [self(p) for p in paths]
 
+    def flush(self) -> None:
+        """Write the entries hashed since the last flush, in one transaction."""
+        with self._lock:
+            rows, self._pending = self._pending, []
+            if self._db is None or not rows:
+                return
+            with self._db:  # BEGIN ... COMMIT, or ROLLBACK on error
+                self._db.executemany("INSERT OR REPLACE INTO h VALUES (?,?,?,?,?,?,?)", rows)
+            self.commits += 1
+
     def close(self) -> None:
         if self._db is not None:
-            self._db.commit()
+            self.flush()
             self._db.close()
             self._db = None
+
+
+def memo_hasher(cache_root: Path) -> FileHasher:
+    """The cache root's persistent file-hash memo (``<root>/.navcache/filehash.sqlite``), or an
+    in-memory one when the cache root does not exist yet (a dry run creates nothing) or its memo
+    cannot be opened (a read-only cache root: planning still works, it only re-hashes)."""
+    db = Path(cache_root) / ".navcache" / "filehash.sqlite"
+    if not Path(cache_root).is_dir():
+        return FileHasher()
+    try:
+        return FileHasher(db)
+    except (OSError, sqlite3.Error):
+        return FileHasher()
 
 
 def episode_fingerprint(episode, root: Path, hasher: FileHasher, files: Iterable[Path] | None = None, record_keys: tuple[str, ...] | None = None) -> str:
@@ -134,11 +176,32 @@ def episode_fingerprint(episode, root: Path, hasher: FileHasher, files: Iterable
     (``pipeline/sources/fields.py``), never a hand-written list.
     """
     record = episode.record if record_keys is None else {k: episode.record[k] for k in record_keys if k in episode.record}
+    prefix = _dir_prefix(root)
     hashed = []
     for p in episode.files if files is None else files:
-        try:
-            rel = str(Path(p).relative_to(root))
-        except ValueError:
-            rel = str(p)
-        hashed.append((rel, hasher(Path(p))))
+        s = os.fspath(p)
+        # = str(Path(p).relative_to(root)) for the normalised absolute paths sources give,
+        # without building two Path objects per file (a third of planning's time at 100K files)
+        rel = s[len(prefix):] if s.startswith(prefix) and _normal(s, len(prefix)) else _relative(s, root)
+        hashed.append((rel, hasher(s)))
     return hash_obj({"id": episode.episode_id, "record": record, "files": hashed, "quarantine": episode.quarantine})
+
+
+@functools.lru_cache(maxsize=256)  # a pure function of its argument, called once per episode
+def _dir_prefix(root: Path) -> str:
+    r = str(Path(root))
+    return r if r.endswith(os.sep) else r + os.sep
+
+
+def _normal(s: str, start: int) -> bool:
+    """``s[start:]`` is a non-empty path pathlib would leave as written (no "//", ".", trailing "/")."""
+    tail = s[start - 1:]
+    return len(s) > start and "//" not in tail and "/./" not in tail and not tail.endswith(("/", "/.")) and not tail.startswith("/./")
+
+
+def _relative(path: str, root: Path) -> str:
+    """``path`` relative to ``root`` when under it (the pathlib rule), else unchanged."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path

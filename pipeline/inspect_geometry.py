@@ -2,11 +2,16 @@
 
 Writes ``DIR/<episode>.sheet.png`` (every sampled frame, the chosen keyframes highlighted, the
 coverage curve against uniform sampling) and ``DIR/<episode>.topdown.png`` (camera path, headings,
-kept world points, keyframes). Frames are decoded from the dataset through the project's source,
-because the caches hold geometry, not pixels.
+kept world points, keyframes). With a ``covisibility`` cache beside them that holds the episode,
+also the seed's ground-truth outputs (``cache_specs.covisibility_pictures``: ``<episode>_heatmaps.png``,
+one ``<episode>_heatmap_<k>.png`` per keyframe, the selected indices, geometry info and a summary).
+Frames are decoded from the dataset through the project's source, because the caches hold
+geometry, not pixels; for the heatmaps they are brought to the geometry's model input (VGGT's
+crop), whose image the covisibility grid divides.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +23,7 @@ from .errors import NavcacheError
 
 
 def plot_episode(project: ProjectConfig, cache_path: Path, episode: str, out_dir: Path) -> list[Path]:
-    """Render the two PNGs for ``episode``; ``cache_path`` is its geometry or keyframes cache folder."""
+    """Render the PNGs (and the covisibility files) for ``episode``; ``cache_path`` is any cache folder of its split."""
     from . import keyframes as kf
     from .camera import camera_centres, optical_axes
     from .plots import contact_sheet, topdown
@@ -63,4 +68,43 @@ def plot_episode(project: ProjectConfig, cache_path: Path, episode: str, out_dir
                           out_dir / f"{stem}.sheet.png", title=title)
     top = topdown(camera_centres(g["extrinsic"]), optical_axes(g["extrinsic"]), points[keep].astype(np.float32),
                   positions, out_dir / f"{stem}.topdown.png", title=title)
-    return [sheet, top]
+    written = [sheet, top]
+    cov_dir = split_dir / "covisibility"
+    if keys is not None and cov_dir.exists():
+        with open_cache(cov_dir) as cc:
+            cov = cc[episode] if episode in cc else None
+        if cov is not None:
+            pixels = _model_input(frames.pixels[keys["position"]], project.stage_settings("geometry", dataset))
+            written += _covisibility_outputs(out_dir, stem, {"dataset": dataset, "split": split, "episode": episode}, pixels, g, keys, cov)
+    return written
+
+
+def _model_input(pixels: np.ndarray, settings) -> np.ndarray:
+    """uint8 [K, H, W, 3] frames as the geometry provider saw them (the grid is over that image)."""
+    if settings.provider != "vggt" or tuple(pixels.shape[1:3]) == tuple(settings.image_size):
+        return pixels  # gt: the image is the source frame (other sizes were quarantined)
+    from .encoders.vggt import preprocess_crop
+
+    images = preprocess_crop(pixels, rotate_portrait=settings.vggt.spatial_mllm)
+    return (images.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def _covisibility_outputs(out_dir: Path, stem: str, where: dict, pixels: np.ndarray, g: dict, keys: dict, cov: dict) -> list[Path]:
+    """The ground truth drawn as ``navcache predict heatmaps`` draws predictions (no prediction here)."""
+    from navcache.cache_specs.covisibility_pictures import write_episode_outputs
+
+    grid = math.isqrt(cov["target"].shape[1] - 5)
+    pos = keys["position"]
+    summary = {
+        **where, "grid": grid, "keyframes": keys["frame_index"].tolist(), "pairs": len(cov["target"]),
+        "mean_visible_fraction": float(cov["visible_fraction"].mean()),
+        "mean_occluded_fraction": float(cov["occluded_fraction"].mean()),
+        "prediction": None,
+    }
+    paths = write_episode_outputs(
+        out_dir, stem, frames=pixels, selected_indices=keys["frame_index"], grid=grid,
+        pairs=np.stack([cov["keyframe_a"], cov["keyframe_b"]], 1), target=cov["target"], pred=None, pred_upsampled=None,
+        geometry_info={"extrinsic": g["extrinsic"][pos], "intrinsic": g["intrinsic"][pos], "frame_index": keys["frame_index"],
+                       "position": pos, "pick_order": keys["pick_order"], "gain": keys["gain"], "coverage": keys["coverage"]},
+        summary=summary)
+    return list(paths.values())

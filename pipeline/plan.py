@@ -200,6 +200,7 @@ def plan_split(
         key = (stage.reads_files, stage.skip_file_suffixes, stage.record_keys)
         if key not in content:
             content[key] = {e.episode_id: episode_fingerprint(e, Path(ds.root), hasher, stage.files_read(e), stage.record_keys) for e in episodes}
+            hasher.flush()  # one memo transaction per stage: a kill later loses none of these hashes
         base = _stage_base(project, dataset, name, stage)
         efps[name] = {
             e.episode_id: hash_obj({"stage": base, "episode": content[key][e.episode_id], "upstream": {u: efps[u][e.episode_id] for u in stage.consumes}})

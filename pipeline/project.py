@@ -95,6 +95,14 @@ def demo_config_dict(demo_dir: Path, cache_root: Path, pixels: bool = True) -> d
                                                 "vggt": {"model": str(demo_dir / DEMO_VGGT), "model_class": VGGT_STANDIN_CLASS,
                                                          "keep_tokens": True, "token_pool": 2}}},
             },
+            # VAMOS-format parquet shards: first-person images, robot-frame paths -> 2-D velocities
+            "demo_vamos": {
+                "source": "vamos",
+                "root": str(demo_dir / "vamos"),
+                "splits": ["train", "val"],
+                "stages": ["frame-features", "velocity"],
+                "part_size": 64,
+            },
         },
         "stages": {
             "geometry": {"provider": "gt", "image_size": [128, 128], "stride": 2},

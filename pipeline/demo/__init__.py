@@ -1,8 +1,8 @@
 """The embedded demo world: a seeded procedural navigation world written in real on-disk formats.
 
 ``generate_demo(out)`` writes NaVILA / VLN-CE episodes under ``out/navila``, rover safety clips
-under ``out/rover`` and room tours (videos + ground-truth geometry) under ``out/videos`` for the
-``train`` and ``val`` splits, so the same readers run on demo and real
+under ``out/rover``, room tours (videos + ground-truth geometry) under ``out/videos`` and VAMOS-format
+parquet shards under ``out/vamos`` for the ``train`` and ``val`` splits, so the same readers run on demo and real
 data. See docs/demo_world.md for the formats and the rover label rule.
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any, Callable
 from navcache.cache_specs.labels import LABELS
 from navcache.cache_specs.layout import fsync_dir, fsync_tree, private_name, sweep_stale_temporaries
 
-from . import navila_writer, rover_writer, video_writer
+from . import navila_writer, rover_writer, vamos_writer, video_writer
 
-FORMAT = "navcache-demo/3"
+FORMAT = "navcache-demo/4"  # 4: vamos/
 SPLITS = ("train", "val")
 NAVILA_EPISODES = {"train": 8, "val": 3}  # at scale 1
 ROVER_CLIPS = {"train": 240, "val": 80}
@@ -56,6 +56,11 @@ class DemoInfo:
     @property
     def videos_root(self) -> Path:
         return self.root / "videos"
+
+    @property
+    def vamos_root(self) -> Path:
+        """VAMOS-format parquet shards (``data/train-*.parquet``, ``data/validation-*.parquet``)."""
+        return self.root / "vamos"
 
     @property
     def motion_root(self) -> Path:
@@ -152,6 +157,10 @@ def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None,
     if pixels:
         for split in SPLITS:
             start = len(jobs)
+            jobs += [(vamos_writer.episode_rows, (seed, sp, i, n)) for sp, i, n in vamos_writer.sample_jobs(seed, split, scale)]
+            where["vamos", split] = slice(start, len(jobs))
+        for split in SPLITS:
+            start = len(jobs)
             n_motion = max(1, int(round(NAVILA_EPISODES[split] * scale * MOTION_SCALE)))
             jobs += [(navila_writer.trajectory_records, (seed, split, i)) for i in range(n_motion)]
             where["motion", split] = slice(start, len(jobs))
@@ -177,10 +186,13 @@ def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None,
         rows = [row for batch in results[where["rover", split]] for row in batch]
         rover_writer.write_parquet(rov_root, split, rows)
         counts[f"rover/{split}/clips"] = len(rows)
+        vamos_rows = [row for batch in results[where["vamos", split]] for row in batch]
+        vamos_writer.write_shards(tmp / "vamos", split, vamos_rows, scale)
+        counts[f"vamos/{split}/samples"] = len(vamos_rows)
         balance[split] = {head: {c: Counter(r[head] for r in rows)[c] for c in classes} for head, classes in LABELS.items()}
     return {"format": FORMAT, "seed": seed, "scale": scale, "pixels": pixels, "navila": "navila", "rover": "rover", "videos": "videos",
             "cameras": {"navila": navila_writer.NAVILA_CAM.intrinsics(), "rover": rover_writer.ROVER_CAM.intrinsics(),
-                        "videos": video_writer.TOUR_CAM.intrinsics()},
+                        "videos": video_writer.TOUR_CAM.intrinsics(), "vamos": vamos_writer.VAMOS_CAM.intrinsics()},
             "counts": counts, "class_balance": balance}
 
 

@@ -14,7 +14,9 @@ processor produces for the same frames:
   torchvision backend needs torchvision, which navcache does not require. Its steps are few and
   are reproduced here with the tensor ops torchvision itself calls: rescale to float, resize to
   (height, width) with ``torch.nn.functional.interpolate(mode="bilinear", antialias=True)``,
-  normalise. Options beyond those are refused.
+  normalise. Options beyond those are refused. On a CUDA device the uint8 frames travel to the
+  device and these steps run there; ``fast=True`` resizes in uint8 on the CPU instead (within
+  one grey level of the processor, see ``_Dinov3Preprocess``).
 
 Options a processor would not apply (keys it does not know) or that navcache cannot honour are
 refused with ``UnsupportedPreprocessing`` naming them, never ignored. The variable-resolution
@@ -58,14 +60,18 @@ def processor_class_name(config: dict) -> str:
     return name
 
 
-def build_preprocessor(config: dict, model: str = "model") -> Callable[[np.ndarray], Any]:
-    """``preprocess(uint8 [N, H, W, 3]) -> float32 torch [N, 3, h, w]`` for a preprocessor config.
+def build_preprocessor(config: dict, model: str = "model", fast: bool = False) -> Callable[..., Any]:
+    """``preprocess(uint8 [N, H, W, 3], device=None) -> float32 torch [N, 3, h, w]`` for a preprocessor config.
 
-    Raises ``UnsupportedPreprocessing`` naming the processor or the options it cannot honour.
+    ``fast``: resize in uint8 on the CPU (``_Dinov3Preprocess``; DINOv3 only). Raises
+    ``UnsupportedPreprocessing`` naming the processor or the options it cannot honour.
     """
     name = processor_class_name(config)
     if name == DINOV3:
-        return _Dinov3Preprocess(config, model)
+        return _Dinov3Preprocess(config, model, fast)
+    if fast:
+        raise UnsupportedPreprocessing(f"encoder {model!r}: preprocess 'fast' is implemented for {DINOV3} only, not {name or '(none named)'!r}; "
+                                       "use preprocess: exact")
     if name in PIL_PROCESSORS:
         return _PilProcessor(name, config, model)
     hint = " (SigLIP2 NaFlex: variable-resolution patch sequences; use a fixed-resolution SigLIP2 checkpoint)" if name == "Siglip2ImageProcessor" else ""
@@ -97,13 +103,15 @@ class _PilProcessor:
         _refuse(model, name, bad)
         self.processor = cls.from_dict({k: v for k, v in config.items() if k not in METADATA_KEYS})
 
-    def __call__(self, pixels: np.ndarray):
-        """uint8 [N, H, W, 3] -> float32 torch [N, 3, h, w]."""
+    def __call__(self, pixels: np.ndarray, device: str | None = None):
+        """uint8 [N, H, W, 3] -> float32 torch [N, 3, h, w] on ``device`` (None: the CPU); the
+        processor itself always runs on the CPU."""
         import torch
 
         # an explicit layout: a 1x300 or 3xW frame would otherwise be read as channels-first
         out = self.processor([np.asarray(p) for p in pixels], input_data_format="channels_last", data_format="channels_first", return_tensors="np")
-        return torch.from_numpy(np.ascontiguousarray(out["pixel_values"], dtype=np.float32))
+        x = torch.from_numpy(np.ascontiguousarray(out["pixel_values"], dtype=np.float32))
+        return x if device in (None, "cpu") else x.to(device)
 
 
 class _Dinov3Preprocess:
@@ -112,6 +120,17 @@ class _Dinov3Preprocess:
     torchvision's ``resize`` of a float tensor is ``interpolate(..., antialias=True)`` and its
     ``normalize`` is ``(x - mean) / std``; we call the same ops in the same order, so no
     torchvision is needed for the same pixels.
+
+    Where the work runs (``__call__``'s ``device`` and this object's ``fast``):
+
+    - ``device`` cuda: the uint8 frames go to the device (through pinned memory, asynchronously)
+      and every float step runs there; the CPU only copies bytes. Exact (same ops).
+    - CPU, ``fast=False`` (default): exact, with one float32 copy at the frames' size (the
+      processor resizes floats; that copy is the price of equal pixels), scaled in place.
+    - CPU, ``fast=True``: resized in uint8 (torch's antialiased bilinear on channels-last uint8,
+      the same kernel rounded to integers), then rescaled and normalised at the output size only.
+      Differs from the processor by the rounding: at most 1 grey level before normalising,
+      <= 1/255/min(std) after (0.0175 with the ImageNet std); tests pin that bound.
     """
 
     #: option -> values this path implements (None = the processor's default)
@@ -126,7 +145,7 @@ class _Dinov3Preprocess:
     #: options whose value is read below
     VALUES = frozenset({"size", "crop_size", "pad_size", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std"})
 
-    def __init__(self, config: dict, model: str):
+    def __init__(self, config: dict, model: str, fast: bool = False):
         import torch
 
         bad = {k: v for k, v in config.items() if k not in METADATA_KEYS | INERT | self.VALUES | set(self.ALLOWED)}
@@ -137,20 +156,51 @@ class _Dinov3Preprocess:
             bad["size"] = size
         _refuse(model, DINOV3, bad)
         self.size = (int(size["height"]), int(size["width"]))
+        self.fast = bool(fast)
         self.scale = float(config.get("rescale_factor") or 1 / 255) if config.get("do_rescale") is not False else None
         self.normalize = config.get("do_normalize", True) is not False
         mean, std = config.get("image_mean") or (0.485, 0.456, 0.406), config.get("image_std") or (0.229, 0.224, 0.225)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
-    def __call__(self, pixels: np.ndarray):
-        """uint8 [N, H, W, 3] -> float32 torch [N, 3, h, w]."""
+    def __call__(self, pixels, device: str | None = None):
+        """uint8 [N, H, W, 3] (numpy or torch, on the CPU) -> float32 torch [N, 3, h, w] on ``device``
+        (None: the CPU)."""
         import torch
+
+        u8 = torch.from_numpy(np.ascontiguousarray(pixels)) if isinstance(pixels, np.ndarray) else pixels
+        if u8.dtype != torch.uint8 or u8.ndim != 4 or u8.shape[-1] != 3:
+            raise ValueError(f"frames must be uint8 [N, H, W, 3] RGB, got {u8.dtype} {tuple(u8.shape)}")
+        dev = torch.device(device or "cpu")
+        if dev.type == "cuda":
+            # pinned: the copy is a DMA that overlaps the encoder; the caching host allocator keeps
+            # the buffer alive until the copy has run
+            u8 = u8.pin_memory().to(dev, non_blocking=True)
+        elif dev.type != "cpu":
+            u8 = u8.to(dev)
+        x = u8.permute(0, 3, 1, 2)  # a channels-last view [N, 3, H, W]: no copy
+        if self.fast and dev.type == "cpu":
+            # uint8 resizing is fast in channels-last (the layout it comes in)
+            return self._finish(self._resize(x), resized=True)
+        # planar before float: the transpose moves bytes, not floats, and torch's float resize
+        # runs about twice as fast on planar tensors (measured: 3.9 vs 5.4 ms a 640x480 frame)
+        return self._finish(self._resize(self._rescale(x.contiguous().float())), resized=False)
+
+    def _rescale(self, x):
+        return x.mul_(self.scale) if self.scale is not None else x
+
+    def _resize(self, x):
+        """Antialiased bilinear to ``size`` (float or uint8 in, same dtype out); unchanged when already there."""
         import torch.nn.functional as F
 
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float()
-        if self.scale is not None:
-            x = x * self.scale
-        if tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
-        return (x - self.mean) / self.std if self.normalize else x
+        if tuple(x.shape[-2:]) == self.size:
+            return x
+        return F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+
+    def _finish(self, x, resized: bool):
+        """Contiguous float32 [N, 3, h, w]: rescaled first when ``resized`` (uint8 input), then normalised."""
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        if resized:
+            x = self._rescale(x.float())
+        x = x.contiguous()
+        return x.sub_(mean).div_(std) if self.normalize else x

@@ -17,6 +17,10 @@ import numpy as np
 from ..errors import NavcacheError
 from .base import FrozenEncoder, check_device, check_precision
 from .hf_preprocessing import DINOV3, UnsupportedPreprocessing, build_preprocessor, processor_class_name
+from .weights import model_metadata
+
+
+PREPROCESS_MODES = ("exact", "fast")
 
 
 @dataclass(frozen=True)
@@ -29,10 +33,16 @@ class EncoderSettings:
     device: str = "auto"
     #: "auto" = bf16 autocast on CUDA (Ampere+; fp16 before), fp32 on CPU
     precision: str = "auto"
+    #: "exact": pixels equal to the model's transformers processor (on a CUDA device the resize runs
+    #: there, from uint8); "fast" (DINOv3 only): on the CPU, resize in uint8 (within one grey level
+    #: of "exact", ``hf_preprocessing._Dinov3Preprocess``); on CUDA the same as "exact"
+    preprocess: str = "exact"
 
     def __post_init__(self):
         check_precision(self.precision)
         check_device(self.device)
+        if self.preprocess not in PREPROCESS_MODES:
+            raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, got {self.preprocess!r}")
 
 
 def _processor_config(model: str, revision: str | None) -> dict:
@@ -54,14 +64,28 @@ class HFVisionEncoder(FrozenEncoder):
 
         return AutoConfig.from_pretrained(self.s.model, revision=self.s.revision, trust_remote_code=self.s.trust_remote_code)
 
+    def facts(self) -> dict:
+        """Config class name, hidden and patch size, processor options: read through transformers
+        once per weights version (``weights.model_metadata``), so planning imports no transformers."""
+        return model_metadata(self.s.model, self.s.revision, self._read_facts, {"trust_remote_code": self.s.trust_remote_code})
+
+    def _read_facts(self) -> dict:
+        cfg = self.model_config()
+        patch = getattr(cfg, "patch_size", None)
+        return {"class": type(cfg).__name__, "hidden_size": int(cfg.hidden_size), "patch_size": None if patch is None else int(patch),
+                "processor": _processor_config(self.s.model, self.s.revision)}
+
     def hidden_size(self) -> int:
-        return int(self.model_config().hidden_size)
+        return int(self.facts()["hidden_size"])
+
+    def patch_size(self) -> int:
+        return int(self.facts()["patch_size"])
 
     def processor_config(self) -> dict:
-        return _processor_config(self.s.model, self.s.revision)
+        return self.facts()["processor"]
 
     def architecture(self) -> str:
-        return type(self.model_config()).__name__
+        return self.facts()["class"]
 
     def output_identity(self) -> dict:
         pc = self.processor_config()
@@ -74,14 +98,21 @@ class HFVisionEncoder(FrozenEncoder):
             # with the old re-implementation (squashed, bilinear) must not be reused; DINOv3's are
             # unchanged (same ops), so its identity keeps the keys it was fingerprinted with
             ident["preprocessing"] = "transformers-processor"
+        if self._fast:  # absent for "exact": existing caches keep their fingerprints
+            ident["preprocess"] = "fast: uint8 resize on the CPU"
         return ident
+
+    @property
+    def _fast(self) -> bool:
+        """uint8 resizing applies only where preprocessing runs on the CPU; on CUDA "fast" is exact."""
+        return self.s.preprocess == "fast" and not self.resolved_device().startswith("cuda")
 
     def check(self, field: str, seen: dict | None = None) -> str:
         """The base check (weights reachable), then the preprocessing: ``UnsupportedPreprocessing``
         (a NavcacheError naming ``field`` and the options) before any frame is decoded."""
         where = super().check(field, seen)
         try:
-            build_preprocessor(self.processor_config(), self.s.model)
+            build_preprocessor(self.processor_config(), self.s.model, self._fast)
         except UnsupportedPreprocessing as e:
             raise UnsupportedPreprocessing(f"{field}: {e}") from None
         return where
@@ -101,12 +132,18 @@ class HFVisionEncoder(FrozenEncoder):
     def _on_loaded(self, model) -> None:
         self._n_reg = int(getattr(model.config, "num_register_tokens", 0) or 0)
         self._patch = int(model.config.patch_size)
-        self._preprocess = build_preprocessor(self.processor_config(), self.s.model)
+        self._preprocess = build_preprocessor(self.processor_config(), self.s.model, self._fast)
 
     def preprocess(self, pixels: np.ndarray):
-        """uint8 [N, H, W, 3] RGB -> float32 [N, 3, S_h, S_w] as the model's image processor makes them. Thread-safe, CPU."""
+        """uint8 [N, H, W, 3] RGB -> float32 [N, 3, S_h, S_w] as the model's image processor makes them.
+
+        Thread-safe. On a CUDA device the result is already there (the uint8 frames were copied
+        through pinned memory and resized on the device; the CPU never holds a float copy);
+        elsewhere it is on the CPU.
+        """
         self.load()
-        return self._preprocess(pixels)
+        dev = self.resolved_device()
+        return self._preprocess(pixels, device=dev if dev.startswith("cuda") else None)
 
     def encode(self, x) -> tuple[Any, Any]:
         """[N, 3, S_h, S_w] -> (cls [N, D] float32, patches [N, Hp, Wp, D] float32), on CPU."""

@@ -217,9 +217,10 @@ def preprocess_crop(frames, rotate_portrait: bool = False):
     out = torch.empty((s, 3, out_h, out_w), dtype=torch.float32)
     for i in range(s):
         img = Image.fromarray(np.ascontiguousarray(a[i]), mode="RGB").resize((out_w, rh), Image.Resampling.BICUBIC)
-        t = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div(255)
-        out[i] = t[:, top : top + out_h]
-    return out
+        # cropped in uint8 and converted once, straight into the output: no float copy of the
+        # uncropped frame (ToTensor's x / 255 in float32 is the same division, done in place below)
+        out[i].copy_(torch.from_numpy(np.asarray(img)[top : top + out_h]).permute(2, 0, 1))
+    return out.div_(255)
 
 
 # -- the adapter -----------------------------------------------------------------------------

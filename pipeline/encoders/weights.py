@@ -1,15 +1,25 @@
 """Identify model weights by content, mark random-initialised models honestly, and check before a
-run that every model it needs can be had (``check_model``), so a missing one fails in one line."""
+run that every model it needs can be had (``check_model``), so a missing one fails in one line.
+
+Weights are hashed once per file version: ``weights_fingerprint`` goes through a ``FileHasher``
+whose memo (same key and racy-clean rule as the input files') lives in the user's navcache folder
+(``memo_dir()``), since one model serves every project and cache root of the user. What planning
+needs to know about a model besides its weights (hidden size, processor options, config class) is
+memoised there too, keyed by the weights fingerprint (which covers ``config.json`` and
+``preprocessor_config.json``) and the transformers version (``model_metadata``), so that ``status``
+reads it without importing transformers.
+"""
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
+from contextlib import closing
 from pathlib import Path
-
-from navcache.cache_specs.layout import sha256_file
+from typing import Callable
 
 from ..errors import NavcacheError
-from ..fingerprint import hash_obj
+from ..fingerprint import FileHasher, hash_obj
 
 #: written next to the weights of every model navcache initialises randomly (demo, tests)
 PROVENANCE_FILE = "navcache_provenance.json"
@@ -29,6 +39,22 @@ def local_model_dir(model: str, revision: str | None = None) -> Path | None:
         return None
 
 
+def memo_dir() -> Path:
+    """The user's navcache folder for memos: ``$NAVCACHE_HOME``, else ``$XDG_CACHE_HOME/navcache``,
+    else ``~/.cache/navcache``."""
+    if os.environ.get("NAVCACHE_HOME"):
+        return Path(os.environ["NAVCACHE_HOME"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "navcache"
+
+
+def _memo_hasher() -> FileHasher:
+    """The weights' file-hash memo, or an in-memory one when the folder is not writable."""
+    try:
+        return FileHasher(memo_dir() / "weights.sqlite")
+    except (OSError, sqlite3.Error):
+        return FileHasher()
+
+
 def weights_fingerprint(model: str, revision: str | None = None) -> str:
     d = local_model_dir(model, revision)
     if d is None:
@@ -36,7 +62,45 @@ def weights_fingerprint(model: str, revision: str | None = None) -> str:
         # fingerprint will then change once, recomputing parts built against the unknown weights.
         return hash_obj({"hub": model, "revision": revision or "main"})
     files = sorted({f for pat in _WEIGHT_FILES for f in d.glob(pat)})
-    return hash_obj([(f.name, sha256_file(f)) for f in files])
+    with closing(_memo_hasher()) as hasher:
+        return hash_obj([(f.name, hasher(f)) for f in files])
+
+
+def model_metadata(model: str, revision: str | None, compute: Callable[[], dict], extra: dict | None = None) -> dict:
+    """``compute()`` (JSON-ready facts about a model read through transformers), memoised by the
+    weights fingerprint, the transformers version and ``extra``. A model not on disk yet is not
+    memoised (its files, and so its facts, are unknown until it is downloaded)."""
+    if local_model_dir(model, revision) is None:
+        return compute()
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tf = version("transformers")
+    except PackageNotFoundError:
+        tf = None
+    key = hash_obj({"model": model, "revision": revision, "weights": weights_fingerprint(model, revision), "transformers": tf, **(extra or {})})
+    db = _open_metadata()
+    if db is None:
+        return compute()
+    with closing(db):
+        row = db.execute("SELECT value FROM m WHERE key=?", (key,)).fetchone()
+        if row is not None:
+            return json.loads(row[0])
+        value = compute()
+        with db:
+            db.execute("INSERT OR REPLACE INTO m VALUES (?, ?)", (key, json.dumps(value, sort_keys=True)))
+    return value
+
+
+def _open_metadata() -> sqlite3.Connection | None:
+    try:
+        memo_dir().mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(memo_dir() / "metadata.sqlite"), timeout=30)
+        db.execute("CREATE TABLE IF NOT EXISTS m (key TEXT PRIMARY KEY, value TEXT)")
+        db.commit()
+        return db
+    except (OSError, sqlite3.Error):
+        return None
 
 
 def read_provenance(model: str, revision: str | None = None) -> dict:
@@ -84,11 +148,11 @@ def check_model(model: str, revision: str | None, field: str, seen: dict | None 
 
 
 def _locate(model: str, revision: str | None, field: str) -> str:
+    if Path(model).expanduser().is_dir():
+        return "folder"  # before importing huggingface_hub: planning over local models never needs it
     from huggingface_hub import constants
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    if Path(model).expanduser().is_dir():
-        return "folder"
     try:
         validate_repo_id(model)
     except HFValidationError:

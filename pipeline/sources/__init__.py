@@ -16,6 +16,8 @@ SOURCES: dict[str, str] = {
     "navila": "navcache.pipeline.sources.navila:NavilaSource",
     "rover": "navcache.pipeline.sources.rover:RoverSource",
     "videos": "navcache.pipeline.sources.videos:VideosSource",
+    "lerobot": "navcache.pipeline.sources.lerobot:LeRobotSource",
+    "vamos": "navcache.pipeline.sources.vamos:VamosSource",
 }
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from navcache.pipeline.decode import black_frames, read_jpegs
 from navcache.pipeline.errors import DatasetError, Quarantine
-from navcache.pipeline.safepaths import UnsafePath, folder_under, resolve_under
+from navcache.pipeline.safepaths import Resolver, UnsafePath, folder_under, resolve_under
 from navcache.pipeline.sampling import navila_indices
 from navcache.pipeline.sources.base import Episode, Frames, claim_id, json_safe
 from navcache.pipeline.sources.fields import declared_record
@@ -68,6 +68,16 @@ class _HugeInt:
 def _parse_int(text: str) -> int | _HugeInt:
     digits = len(text) - text.startswith("-")
     return _HugeInt(digits) if digits > MAX_INT_DIGITS else int(text)
+
+
+def _storable_fast(value: object) -> bool:
+    """True when ``value`` holds no ``_HugeInt`` and no lone surrogate, checked at C speed (the
+    JSON encoder refuses the marker, UTF-8 the surrogate); False means "ask ``_unstorable``"."""
+    try:
+        json.dumps(value, ensure_ascii=False, check_circular=False).encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError):
+        return False
+    return True
 
 
 def _unstorable(value: object, where: str = "") -> str | None:
@@ -143,6 +153,9 @@ def _is_real(x: object) -> bool:
 
 def _check_poses(poses: object, n_frames: int) -> tuple[list[list[float]] | None, str | None]:
     """``(poses as [[x, y, yaw]] floats, None)`` or ``(None, reason)``."""
+    fast = _poses_fast(poses, n_frames)
+    if fast is not None:
+        return fast, None
     if not isinstance(poses, list):
         return None, f"poses must be a list of [x, y, yaw], got {type(poses).__name__}"
     out = []
@@ -155,6 +168,24 @@ def _check_poses(poses: object, n_frames: int) -> tuple[list[list[float]] | None
     if len(out) != n_frames:
         return None, f"{len(out)} poses for {n_frames} frames"
     return out, None
+
+
+def _poses_fast(poses: object, n_frames: int) -> list[list[float]] | None:
+    """The common case of ``_check_poses`` (well-formed, finite) in one pass; None: take the slow
+    path, which names what is wrong. A finite sum of floats means every term was finite."""
+    if type(poses) is not list or len(poses) != n_frames:
+        return None
+    if not all(type(p) is list and len(p) == 3 and type(p[0]) in _REAL and type(p[1]) in _REAL and type(p[2]) in _REAL for p in poses):
+        return None
+    try:
+        out = [[float(p[0]), float(p[1]), float(p[2])] for p in poses]
+    except OverflowError:
+        return None
+    # a sum overflowing to inf only sends large finite poses to the slow path
+    return out if math.isfinite(sum(v for p in out for v in p)) else None
+
+
+_REAL = (int, float)  # exact types: bool (a subclass of int) is refused, as by ``_is_real``
 
 
 class NavilaSource:
@@ -219,8 +250,9 @@ class NavilaSource:
 
         image_dir = self._image_dir(split)
         seen: dict[str, int] = {}  # video_id -> index of the record that claimed it first
+        resolve = Resolver(image_dir, self.options.allow_outside_root)  # histories repeat frames: each resolved once
         episodes = [
-            self._episode(i, rec, split, image_dir, ann_path.name, pose_map, pose_path.name, seen, ambiguous)
+            self._episode(i, rec, split, resolve, ann_path.name, pose_map, pose_path.name, seen, ambiguous)
             for i, rec in enumerate(records)
         ]
 
@@ -242,7 +274,7 @@ class NavilaSource:
         i: int,
         rec: object,
         split: str,
-        image_dir: Path,
+        resolve: Resolver,
         ann_name: str,
         pose_map: dict[str, Any] | None,
         pose_name: str,
@@ -261,7 +293,7 @@ class NavilaSource:
             return bad(placeholder, f"keys given more than once: {list(rec.duplicates)}")
         vid = rec.get("video_id")
         try:
-            unstorable = _unstorable(rec)
+            unstorable = None if _storable_fast(rec) else _unstorable(rec)
         except RecursionError:  # parsed a few frames shallower than this walk starts
             return bad(placeholder, "record nested too deeply")
         if unstorable:
@@ -282,7 +314,8 @@ class NavilaSource:
                 return bad(vid, f"{key!r} must be a string, got {_brief(rec.get(key))}")
 
         try:
-            resolved = [resolve_under(image_dir, f, self.options.allow_outside_root) for f in frames]
+            for f in frames:
+                resolve.check(f)  # every path of the history is checked, only the sampled ones become Paths
         except UnsafePath as e:
             return bad(vid, f"unsafe path in 'frames': {e}")
 
@@ -311,7 +344,7 @@ class NavilaSource:
             "poses": poses,
             "pose_error": pose_error,
         }
-        files = tuple(resolved[k] for k in idx.tolist() if k >= 0)
+        files = tuple(resolve(frames[k]) for k in idx.tolist() if k >= 0)
         return Episode(vid, record, files, None)
 
     # ------------------------------------------------------------------------------ decoding

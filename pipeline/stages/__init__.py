@@ -12,6 +12,8 @@ STAGES: dict[str, str] = {
     "keyframes": "navcache.pipeline.stages.keyframes:KeyframesStage",
     "rover-meta": "navcache.pipeline.stages.rover_meta:RoverMetaStage",
     "covisibility": "navcache.pipeline.stages.covisibility:CovisibilityStage",
+    "robot-meta": "navcache.pipeline.stages.robot_meta:RobotMetaStage",
+    "velocity": "navcache.pipeline.stages.velocity:VelocityStage",
 }
 
 

@@ -1,6 +1,22 @@
-"""``frame-features``: a frozen image encoder (DINOv3 by default) over each episode's sampled frames."""
+"""``frame-features``: a frozen image encoder (DINOv3 by default) over each episode's sampled frames.
+
+Each distinct frame is encoded once per run (``dedup_frames``). NaVILA samples are histories: the
+samples of one episode share most of their 8 frames, and every front-padding frame is the same
+black image, so encoding per sample row repeats the encoder 2.5x on the demo and far more on R2R.
+``prepare`` keys every row by the content hash of its decoded pixels (what ``preprocess`` turns
+into the encoder input, so equal keys mean equal inputs, whatever the source, file or frame
+index); ``compute`` encodes the rows whose key it has not seen, then gives every sample its rows
+from those results or from ``FrameMemo`` (features of frames encoded in earlier batches, bounded
+in bytes; samples come in id order, so a frame's reuses are close together). The cache layout and
+``open_cache`` are unchanged: each sample still gets its own rows, equal to a non-deduplicated
+run's. Chosen over a frame table plus per-sample references because readers, specs and every
+head stay as they are; the cost left is disk (rows stored per sample) and decoding, which still
+runs per sample in the decode threads.
+"""
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal, Mapping
@@ -30,6 +46,10 @@ class FrameFeaturesSettings:
     #: "source": the source's own sampling (NaVILA's 8 frames, a clip's frames);
     #: "keyframes": only the frames the ``keyframes`` stage chose (its cache is an upstream)
     frames_from: Literal["source", "keyframes"] = "source"
+    #: encode each distinct frame once per run (equal outputs; speed only, not in fingerprints)
+    dedup_frames: bool = True
+    #: bytes of encoded frames kept for reuse by later batches (MiB)
+    frame_memo_mb: int = 512
 
     def __post_init__(self):
         if self.frames_from not in ("source", "keyframes"):
@@ -40,6 +60,40 @@ class FrameFeaturesSettings:
             raise ValueError(f"batch_size must be 'auto' or >= 1, got {self.batch_size}")
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.frame_memo_mb < 0:
+            raise ValueError(f"frame_memo_mb must be >= 0, got {self.frame_memo_mb}")
+
+
+def frame_keys(pixels: np.ndarray) -> list[bytes]:
+    """uint8 [T, H, W, 3] -> one content key per frame (shape + sha1 of the pixels; ~0.1 ms for 224 px)."""
+    return [hashlib.sha1(np.ascontiguousarray(f).data, usedforsecurity=False).digest() + repr(f.shape).encode() for f in pixels]
+
+
+class FrameMemo:
+    """Encoded frames by key, least recently used dropped first beyond ``max_bytes``.
+
+    A run's memory must not grow with the dataset: 1M DINOv3-B frames would be ~8 GB of
+    features. Hand-rolled on OrderedDict (a dozen lines): ``functools.lru_cache`` bounds entries,
+    not bytes, and cannot be filled from a batch."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._d: OrderedDict[bytes, tuple[np.ndarray, ...]] = OrderedDict()
+
+    def get(self, key: bytes) -> tuple[np.ndarray, ...] | None:
+        hit = self._d.get(key)
+        if hit is not None:
+            self._d.move_to_end(key)
+        return hit
+
+    def put(self, key: bytes, rows: tuple[np.ndarray, ...]) -> None:
+        if key in self._d:
+            return
+        self._d[key] = rows
+        self.bytes += sum(r.nbytes for r in rows)
+        while self.bytes > self.max_bytes and self._d:
+            _, old = self._d.popitem(last=False)
+            self.bytes -= sum(r.nbytes for r in old)
 
 
 class FrameFeaturesStage(Stage):
@@ -55,6 +109,10 @@ class FrameFeaturesStage(Stage):
         super().__init__(settings, source, source_options)
         self.encoder = HFVisionEncoder(settings.encoder)
         self.batches = BatchSizer(settings.batch_size, settings.max_batch_size)
+        self.memo = FrameMemo(settings.frame_memo_mb << 20)
+        #: frames passed to the encoder and sample rows served, this run (the redundancy removed)
+        self.frames_encoded = 0
+        self.rows_served = 0
 
     @property
     def consumes(self) -> tuple[str, ...]:
@@ -67,7 +125,7 @@ class FrameFeaturesStage(Stage):
         d = {"D": self.encoder.hidden_size(), "G": self.settings.pool_grid}
         if self.settings.store_patch_tokens:
             size = self.encoder.processor_config().get("size", {})
-            patch = int(self.encoder.model_config().patch_size)
+            patch = self.encoder.patch_size()
             d.update(Hp=int(size.get("height", 224)) // patch, Wp=int(size.get("width", 224)) // patch)
         return d
 
@@ -107,26 +165,63 @@ class FrameFeaturesStage(Stage):
         else:
             frames = self.source.read_frames(episode, resize_to=self.resize_to)
         x = self.encoder.preprocess(frames.pixels)
-        return Prepared(episode.episode_id, (x, frames.indices.astype(np.int64), frames.padded.astype(bool)), cost=len(x))
+        keys = frame_keys(frames.pixels) if self.settings.dedup_frames else None
+        return Prepared(episode.episode_id, (x, frames.indices.astype(np.int64), frames.padded.astype(bool), keys), cost=len(x))
 
     def compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray]]:
+        """Encode the batch's distinct frames not encoded before, then each item's rows:
+        cls f16 [T, D], patch_pooled f16 [T, G, G, D] (+ patch_tokens f16 [T, Hp, Wp, D])."""
         import torch
 
-        x = torch.cat([it.payload[0] for it in items])  # [F, 3, S_h, S_w] over every item's frames
+        if not self.settings.dedup_frames:
+            x = torch.cat([it.payload[0] for it in items])  # [F, 3, S_h, S_w] over every item's frames
+            rows = self._encode_all(x)
+            out, s = [], 0
+            for it in items:
+                out.append(self._arrays(it, [r[s : s + it.cost] for r in rows]))
+                s += it.cost
+            return out
+        have: dict[bytes, tuple[np.ndarray, ...]] = {}  # key -> its encoded rows (from the memo, or encoded below)
+        new: dict[bytes, tuple[int, int]] = {}  # key -> (item, row) of its first occurrence, in order
+        for i, it in enumerate(items):
+            for j, k in enumerate(it.payload[3]):
+                if k in have or k in new:
+                    continue
+                hit = self.memo.get(k)
+                if hit is None:
+                    new[k] = (i, j)
+                else:
+                    have[k] = hit
+        if new:
+            x = torch.stack([items[i].payload[0][j] for i, j in new.values()])  # [U, 3, S_h, S_w], distinct frames
+            rows = self._encode_all(x)
+            for u, k in enumerate(new):
+                have[k] = tuple(r[u].copy() for r in rows)  # copies: a memo entry must not pin the whole batch
+                self.memo.put(k, have[k])
+        out = []
+        for it in items:
+            got = [have[k] for k in it.payload[3]]
+            out.append(self._arrays(it, [np.stack([g[a] for g in got]) for a in range(len(got[0]))]))
+        return out
+
+    def _encode_all(self, x) -> list[np.ndarray]:
+        """[N, 3, S_h, S_w] -> [cls [N, D], pooled [N, G, G, D](, patches [N, Hp, Wp, D])], fp16 numpy."""
+        import torch
+
+        self.frames_encoded += len(x)
         key = (self.encoder.s.model, tuple(x.shape[1:]), self.encoder.resolved_device())
         chunks = self.batches.run(key, x, self._encode)
-        cls = torch.cat([c[0] for c in chunks]).numpy()
-        pooled = torch.cat([c[1] for c in chunks]).numpy()
-        patches = torch.cat([c[2] for c in chunks]).numpy() if self.settings.store_patch_tokens else None
-        out, s = [], 0
-        for it in items:
-            n = it.cost
-            arrays = {"cls": cls[s : s + n], "patch_pooled": pooled[s : s + n], "frame_index": it.payload[1], "padded": it.payload[2]}
-            if patches is not None:
-                arrays["patch_tokens"] = patches[s : s + n]
-            out.append(arrays)
-            s += n
-        return out
+        rows = [torch.cat([c[0] for c in chunks]).numpy(), torch.cat([c[1] for c in chunks]).numpy()]
+        if self.settings.store_patch_tokens:
+            rows.append(torch.cat([c[2] for c in chunks]).numpy())
+        return rows
+
+    def _arrays(self, it: Prepared, rows: list[np.ndarray]) -> dict[str, np.ndarray]:
+        self.rows_served += it.cost
+        arrays = {"cls": rows[0], "patch_pooled": rows[1], "frame_index": it.payload[1], "padded": it.payload[2]}
+        if self.settings.store_patch_tokens:
+            arrays["patch_tokens"] = rows[2]
+        return arrays
 
     def _encode(self, x):
         """One forward: [n, 3, S_h, S_w] -> fp16 (cls [n, D], pooled [n, G, G, D], patches [n, Hp, Wp, D] or None)."""

@@ -32,7 +32,8 @@ def test_demo_builds_every_cache_clean(demo_run):
         ("demo_rover", "frame-features"), ("demo_rover", "rover-meta"),
         ("demo_tours", "geometry"), ("demo_tours", "keyframes"), ("demo_tours", "frame-features"),
         ("demo_heatmaps", "geometry"), ("demo_heatmaps", "keyframes"), ("demo_heatmaps", "covisibility"),
-        ("demo_heatmaps", "frame-features"), ("demo_heatmaps_vggt", "geometry")}
+        ("demo_heatmaps", "frame-features"), ("demo_heatmaps_vggt", "geometry"),
+        ("demo_vamos", "frame-features"), ("demo_vamos", "velocity")}
     for x in s.stages:
         assert x.finalized and x.episodes_ok > 0 and x.episodes_quarantined == 0
         assert verify_cache(x.cache_dir) == []

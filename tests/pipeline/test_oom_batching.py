@@ -109,7 +109,8 @@ def navila(tmp_path_factory):
 
 
 def _oom_build(tmp_path: Path, navila: Path, tiny_model: Path, limit: int):
-    cfg = load_config(write_project(tmp_path, navila, tiny_model, part_size=4, batch_size="auto", max_batch_size=32))
+    # every row goes to the encoder (no frame dedup): the batch sizes asserted below are the rows'
+    cfg = load_config(write_project(tmp_path, navila, tiny_model, part_size=4, batch_size="auto", max_batch_size=32, dedup_frames=False))
     (sp,) = plan_split(cfg, "nav", "train", only="frame-features")
     OOMEncoder.limit = limit
     sp.stage.encoder = OOMEncoder(sp.stage.encoder.s)
@@ -120,7 +121,7 @@ def _oom_build(tmp_path: Path, navila: Path, tiny_model: Path, limit: int):
 def test_auto_batch_gives_the_features_of_a_fixed_small_batch(tmp_path, navila, tiny_model):
     ref = tmp_path / "fixed"
     ref.mkdir()
-    s = extract(load_config(write_project(ref, navila, tiny_model, part_size=4, batch_size=4)), ExtractOptions("train"))
+    s = extract(load_config(write_project(ref, navila, tiny_model, part_size=4, batch_size=4, dedup_frames=False)), ExtractOptions("train"))
     assert not s.errors
     auto = tmp_path / "auto"
     auto.mkdir()

@@ -492,7 +492,7 @@ def test_rover_rejects_bad_options(tmp_path):
 
 
 def test_make_source_builds_each_kind(tmp_path):
-    assert set(SOURCES) == {"navila", "rover", "videos"}
+    assert set(SOURCES) == {"navila", "rover", "videos", "lerobot", "vamos"}
     nav = make_source("navila", tmp_path, num_frames=4)
     assert isinstance(nav, NavilaSource) and nav.kind == "navila" and nav.num_frames == 4
     rov = make_source("rover", str(tmp_path), table="{split}.pq")
