@@ -16,10 +16,11 @@ DEFAULT_FILE = "navcache.yaml"
 DEMO_DIR = "navcache_demo"
 DEMO_CACHE = "navcache_cache"
 DEMO_ENCODER = "models/dinov3-tiny-random"
-#: the demo's tiny VGGT: navcache's seeded random-init stand-in with VGGT's interface (the real
-#: ``vggt`` package is not on PyPI), so the heatmaps head has aggregator tokens to read
+#: the demo's tiny VGGT: navcache's seeded random-init stand-in with VGGT's interface
+#: (``pipeline/demo/vggt_standin.py``; the real ``vggt`` package is not on PyPI), so the heatmaps
+#: head has aggregator tokens to read; labelled random_init in its provenance file
 DEMO_VGGT = "models/vggt-tiny-random"
-VGGT_STANDIN_CLASS = "navcache.tests.standins.vggt_standin:StandInVGGT"
+VGGT_STANDIN_CLASS = "navcache.pipeline.demo.vggt_standin:StandInVGGT"
 
 
 def demo_config_dict(demo_dir: Path, cache_root: Path, pixels: bool = True) -> dict:
@@ -140,7 +141,7 @@ def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float
             pixels = _ensure_world(demo_dir, say, scale)
     make_random_dinov3(demo_dir / DEMO_ENCODER, size="tiny", seed=0)
     if pixels:
-        from navcache.tests.standins.vggt_standin import make_standin
+        from .demo.vggt_standin import make_standin
 
         if not (demo_dir / DEMO_VGGT / PROVENANCE_FILE).exists():  # written last
             make_standin(demo_dir / DEMO_VGGT, seed=0)
