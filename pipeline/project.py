@@ -71,27 +71,28 @@ def demo_config_dict(demo_dir: Path, cache_root: Path, pixels: bool = True) -> d
                 "part_size": 4,
                 "stage_settings": {"frame-features": {"frames_from": "keyframes"}},
             },
-            # the heatmaps head's chain on the same tours, kept small (16 frames, 8 keyframes, an
-            # 8 x 8 grid): simulator geometry -> keyframes -> covisibility targets, DINOv3 patch
-            # tokens of the keyframes; VGGT aggregator tokens of the same 16 frames come from
-            # demo_heatmaps_vggt (tiny VGGT), so the targets stay the simulator's truth
+            # the heatmaps head's chain on the demo's glances (16-frame clips turning, looking
+            # left then right, walking; 8 keyframes each, an 8 x 8 grid): simulator geometry ->
+            # keyframes -> covisibility targets, DINOv3 patch tokens of the keyframes; VGGT
+            # aggregator tokens of the same frames come from demo_heatmaps_vggt (the tiny
+            # random-init VGGT), so the targets stay the simulator's truth
             "demo_heatmaps": {
                 "source": "videos",
-                "root": str(demo_dir / "videos"),
+                "root": str(demo_dir / "glances"),
                 "splits": ["train", "val"],
                 "stages": ["geometry", "keyframes", "covisibility", "frame-features"],
                 "options": {"num_frames": 16},
-                "part_size": 8,
+                "part_size": 16,
                 "stage_settings": {"keyframes": {"num_keyframes": 8}, "covisibility": {"grid": 8},
                                    "frame-features": {"frames_from": "keyframes", "store_patch_tokens": True}},
             },
             "demo_heatmaps_vggt": {
                 "source": "videos",
-                "root": str(demo_dir / "videos"),
+                "root": str(demo_dir / "glances"),
                 "splits": ["train", "val"],
                 "stages": ["geometry"],
                 "options": {"num_frames": 16},
-                "part_size": 8,
+                "part_size": 16,
                 "stage_settings": {"geometry": {"provider": "vggt", "image_size": [518, 518], "stride": 37,
                                                 "vggt": {"model": str(demo_dir / DEMO_VGGT), "model_class": VGGT_STANDIN_CLASS,
                                                          "keep_tokens": True, "token_pool": 2}}},

@@ -45,6 +45,8 @@ class HeatmapsConfig(HeadConfig):
     llm: str | None = None  # None: no LLM; "random-qwen2": tiny random-init Qwen2; else hub id or local folder
     llm_seed: int = 0  # seed of the random-init Qwen2
     dropout: float = 0.1
+    #: feed each pair's camera cues (B's pose in A's camera, from ``dataset``'s geometry cache) to the model
+    camera_cues: bool = True
     #: weight of the loss on the convex-upsampled map (its pixels' mass summed back per cell, against
     #: the same target): the only signal that trains the upsampling mask; 0 leaves the mask untrained
     upsample_loss_weight: float = 0.5
@@ -63,6 +65,7 @@ class HeatmapsConfig(HeadConfig):
         need(self.d_model % self.heads == 0, "d_model", f"must be a multiple of heads={self.heads}")
         need(isinstance(self.llm_seed, int), "llm_seed", "must be an int")
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        need(isinstance(self.camera_cues, bool), "camera_cues", "must be true or false")
         need(isinstance(self.upsample_loss_weight, (int, float)) and self.upsample_loss_weight >= 0, "upsample_loss_weight", "must be >= 0")
         need(isinstance(self.loop, LoopConfig), "loop", "must be a LoopConfig")
         if self.llm is not None:

@@ -1,6 +1,7 @@
 """The heatmaps model: where does keyframe B's content appear in keyframe A's first-person view?
 
-    tokens of A, B --TokenEncoder--> [G*G, d] each --fusion (A's cells see B)--> [G*G, d]
+    tokens of A, B --TokenEncoder--> [G*G, d] each (+ the pair's camera cues, embedded)
+        --fusion (A's cells see B)--> [G*G, d]
         --(optional frozen decoder-only LLM over [cells, 5 ring queries])--> readout:
         logits [C = G*G + 5] (grid row-major from the top left, then left/right/above/below/behind)
         and a convex-upsampling mask [9 r^2, G, G] that lifts the grid logits to image resolution.
@@ -11,6 +12,11 @@ which is how a cell can find "this part of B looks like me". The optional LLM is
 (``requires_grad`` off, eval mode, never in the optimizer: the loop trains only parameters with
 ``requires_grad``); trainable projections go in and out of its hidden size, with a residual
 around it, as Spatial-MLLM's stage 1 (heatmaps generated with a frozen LLM).
+
+Camera cues (``n_pose`` > 0, ``data.pair_pose``): B's pose in A's camera, embedded by an MLP and
+added to A's cells and the ring queries before the fusion, and mapped by a second MLP straight to
+a logit offset per cell: where B's content lands is mostly a function of that pose, which a
+small MLP learns from a few thousand pairs, while the tokens refine it by appearance.
 
 Convex upsampling (RAFT's ``upsample_flow``, BridgeVLA's ConvexUpSample) is written here because
 neither ships as a library module: a few lines of ``F.unfold``. Edges are replicate-padded, so a
@@ -124,14 +130,14 @@ class CrossAttention(nn.Module):
 
 
 class HeatmapModel(nn.Module):
-    """forward(vggt_a, dino_a, vggt_b, dino_b) -> {"logits" [B, G*G+5], "mask" [B, 9 r^2, G, G]}.
+    """forward(vggt_a, dino_a, vggt_b, dino_b, pose=None) -> {"logits" [B, G*G+5], "mask" [B, 9 r^2, G, G]}.
 
-    vggt_* [B, Th, Tw, Dv], dino_* [B, Hp, Wp, Dd]; ``image_size`` (H, W) of A's image, r = ceil(max(H, W) / G).
+    vggt_* [B, Th, Tw, Dv], dino_* [B, Hp, Wp, Dd], pose [B, n_pose] (required when n_pose > 0); ``image_size`` (H, W) of A's image, r = ceil(max(H, W) / G).
     ``heatmap(out)`` -> [B, H, W]: the in-view probability per pixel (sums to the in-view mass).
     """
 
     def __init__(self, dv: int, dd: int, grid: int, image_size: tuple[int, int], d: int = 64, fusion: str = "cross_attention",
-                 heads: int = 4, dropout: float = 0.0, llm: nn.Module | None = None):
+                 heads: int = 4, dropout: float = 0.0, llm: nn.Module | None = None, n_pose: int = 0):
         super().__init__()
         self.grid, self.image_size = grid, (int(image_size[0]), int(image_size[1]))
         self.r = max(1, math.ceil(max(self.image_size) / grid))
@@ -146,6 +152,13 @@ class HeatmapModel(nn.Module):
         # parameter-free matching cues, which carry over to unseen tours better than learned
         # features of a few dozen keyframes: each A cell's best and mean cosine similarity to B's cells
         self.sim_cells, self.sim_ring = nn.Linear(4, d), nn.Linear(4, d)
+        self.n_pose = n_pose
+        if n_pose:
+            self.pose_embed = nn.Sequential(nn.Linear(n_pose, d), nn.GELU(), nn.Linear(d, d))
+            self.pose_logits = nn.Sequential(nn.Linear(n_pose, 2 * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * d, 2 * d),
+                                             nn.GELU(), nn.Linear(2 * d, grid * grid + N_RING))
+            nn.init.zeros_(self.pose_logits[-1].weight)  # starts at the prior, as the readout
+            nn.init.zeros_(self.pose_logits[-1].bias)
         self.readout = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1))
         #: per-cell prior logits; the trainer starts them at log(mean train target), i.e. at that baseline
         self.prior = nn.Parameter(torch.zeros(grid * grid + N_RING))
@@ -166,16 +179,22 @@ class HeatmapModel(nn.Module):
         s = pa @ pb.transpose(1, 2)  # [B, G*G, G*G]
         return torch.stack([s.amax(-1), s.mean(-1)], -1)
 
-    def forward(self, vggt_a, dino_a, vggt_b, dino_b) -> dict[str, torch.Tensor]:
+    def forward(self, vggt_a, dino_a, vggt_b, dino_b, pose: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self.n_pose and (pose is None or pose.shape[-1] != self.n_pose):
+            raise ValueError(f"this model takes camera cues pose [B, {self.n_pose}], got {None if pose is None else tuple(pose.shape)}")
         a, b = self.encode(vggt_a, dino_a), self.encode(vggt_b, dino_b)  # [B, G*G, d]
+        cue = self.pose_embed(pose.float())[:, None] if self.n_pose else 0.0  # [B, 1, d]
         sim = torch.cat([self.similarity(vggt_a, vggt_b), self.similarity(dino_a, dino_b)], -1)  # [B, G*G, 4]
-        cells = self.fuse(a, b) + self.sim_cells(sim)
-        ring = self.ring_query + self.ring_in(cells.mean(1, keepdim=True)) + self.sim_ring(sim.mean(1, keepdim=True))  # [B, 5, d]
+        cells = self.fuse(a + cue, b) + self.sim_cells(sim)
+        ring = (self.ring_query + self.ring_in(cells.mean(1, keepdim=True)) + self.sim_ring(sim.mean(1, keepdim=True))
+                + cue)  # [B, 5, d]
         seq = torch.cat([cells, ring], 1)  # ring queries last: a causal LLM lets them see every cell
         if self.llm is not None:
             emb = self.llm_in(seq).to(next(self.llm.parameters()).dtype)
             seq = seq + self.llm_out(self.llm(inputs_embeds=emb).last_hidden_state.float())
         logits = self.readout(seq).squeeze(-1).float() + self.prior  # [B, G*G + 5]
+        if self.n_pose:
+            logits = logits + self.pose_logits(pose.float()).float()
         g = self.grid
         fmap = seq[:, : g * g].transpose(1, 2).reshape(len(seq), -1, g, g)
         return {"logits": logits, "mask": 0.25 * self.mask_head(fmap).float()}  # RAFT's 0.25 keeps the initial weights near uniform

@@ -12,22 +12,22 @@ Per episode (video) ``predict_episode`` gives::
     targets           f32 [P, C]       the covisibility targets (only when the split has that cache)
     metrics           {ce, kl, top1_hit, ring_dir, base_*} over the pairs with a non-empty target
 
-``predict_split`` writes ``<video>_selected_indices.npy`` and ``<video>_summary.json`` per episode
-into ``out`` (atomically), then hands the arrays to the pictures writer at one call site
-(``_write_pictures``). The frozen LLM is rebuilt from ``metadata.llm``: the random-init Qwen2 from
+``predict_split`` writes the seed's files per episode into ``out`` (atomically, through
+``cache_specs.covisibility_pictures``): ``<video>_heatmaps.png`` (every pair, prediction | ground
+truth side by side), ``<video>_heatmap_<k>.png``, ``<video>_selected_indices.npy``,
+``<video>_geometry_info.npz`` (keyframe cameras, intrinsics, gains, coverage) and
+``<video>_summary.json`` (keyframes, pairs, metrics against the ground truth). The frozen LLM is rebuilt from ``metadata.llm``: the random-init Qwen2 from
 its recorded seed and sizes, a real one from its id or folder.
 """
 from __future__ import annotations
 
-import io
-import json
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from navcache.cache_specs.layout import atomic_write_bytes
 from navcache.heads.checkpoint import read_head_checkpoint
 from navcache.heads.train_loop import load_trainable
 
@@ -75,7 +75,8 @@ def predict_pairs(model: HeatmapModel, md: dict, data: dict, batch_size: int = 6
     with autocast:
         for i in range(0, len(data["a"]), batch_size):
             a, b = data["a"][i : i + batch_size], data["b"][i : i + batch_size]
-            out = model(*(data[k][j].to(dev) for j in (a, b) for k in ("vggt", "dino")))
+            pose = data["pose"][i : i + batch_size].to(dev) if model.n_pose else None
+            out = model(*(data[k][j].to(dev) for j in (a, b) for k in ("vggt", "dino")), pose)
             probs.append(out["logits"].float().softmax(-1).cpu())
             maps.append(model.heatmap(out).float().cpu())
     return torch.cat(probs), torch.cat(maps)
@@ -99,20 +100,45 @@ def _nan_to_none(d: dict) -> dict:
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}
 
 
-def _write_pictures(out: Path, video: str, episode: dict) -> None:
-    """THE call site for the pictures and ``<video>_geometry_info.npz`` (cache_specs.covisibility_pictures,
-    being written in parallel): the lead plugs ``write_episode_outputs(out, video, **episode)`` in here.
-    ``episode`` holds selected_indices, pairs, probs, heatmaps, targets (or None), metrics."""
-    return None
+def depth_images(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [K, H, W, 3] grey pictures of keyframes from their cached depth maps [K, h, w] (near =
+    bright), at the geometry's image size: what the pictures are drawn on when no source frames
+    are given, since the caches hold geometry, not pixels."""
+    d = torch.from_numpy(np.nan_to_num(depth.astype(np.float32), nan=0.0, posinf=0.0))
+    inv = torch.where(d > 0, 1.0 / d.clamp_min(1e-6), torch.zeros_like(d))
+    top = torch.quantile(inv.flatten(1), 0.98, dim=1).clamp_min(1e-6)[:, None, None]
+    grey = (inv / top).clamp(0, 1) * 200 + 30 * (d > 0)  # no depth: black
+    grey = torch.nn.functional.interpolate(grey[:, None], size=tuple(size), mode="nearest")[:, 0]
+    return grey.round().clamp(0, 255).to(torch.uint8)[..., None].expand(-1, -1, -1, 3).numpy().copy()
+
+
+def _write_pictures(out: Path, video: str, episode: dict, md: dict, frames: np.ndarray, geometry: dict) -> dict[str, Path]:
+    """``<video>_heatmaps.png``, ``<video>_heatmap_<k>.png``, ``<video>_selected_indices.npy``,
+    ``<video>_geometry_info.npz`` and ``<video>_summary.json`` (last) through
+    ``cache_specs.covisibility_pictures.write_episode_outputs``."""
+    from navcache.cache_specs.covisibility_pictures import write_episode_outputs
+
+    summary = {"video": video, "keyframes": episode["selected_indices"].tolist(), "pairs": episode["pairs"].tolist(),
+               "grid": md["grid"], "image_size": list(md["image_size"]), "ring": ["left", "right", "above", "below", "behind"],
+               "metrics": episode["metrics"], "llm": md.get("llm"), "checkpoint": md["checkpoint"]["path"],
+               "pictures_on": episode["pictures_on"]}
+    info = {k: v for k, v in geometry.items() if k != "depth"} | {"frame_index": episode["selected_indices"]}
+    return write_episode_outputs(out, video, frames=frames, selected_indices=episode["selected_indices"], grid=int(md["grid"]),
+                                 pairs=episode["pairs"], target=episode["targets"], pred=episode["probs"],
+                                 pred_upsampled=episode["heatmaps"], geometry_info=info, summary=summary)
 
 
 def predict_split(checkpoint: str | Path, cache_root: str | Path, dataset: str, split: str, out: str | Path,
                   batch_size: int = 64, device: str | torch.device = "cpu", episodes: list[str] | None = None,
-                  tokens_dataset: str | None = None) -> dict:
-    """Predict every episode (or ``episodes``) of a split into the folder ``out``.
+                  tokens_dataset: str | None = None, frames: Callable[[str, list[int]], np.ndarray] | None = None) -> dict:
+    """Predict every episode (or ``episodes``; an unknown id is a ValueError naming the known ones)
+    of a split into the folder ``out``: the seed's files per episode (``_write_pictures``).
 
     tokens_dataset: where the VGGT tokens are; default the checkpoint's when ``dataset`` is the one it
     trained on, else ``dataset`` itself. Targets and metrics when the split has a covisibility cache.
+    frames: ``frames(episode_id, keyframe frame indices)`` -> uint8 [K, H, W, 3], the keyframes as the
+    geometry model saw them (the CLI decodes them through the project's source); None: the
+    pictures are drawn on the cached depth maps (``depth_images``).
     Returns {"checkpoint", "epoch", "dataset", "split", "n", "out", "episodes": {id: metrics}, "metrics": over all pairs}.
     """
     model, md = load_for_inference(checkpoint, device)
@@ -128,6 +154,10 @@ def predict_split(checkpoint: str | Path, cache_root: str | Path, dataset: str, 
         raise ValueError(f"{dataset}/{split}: covisibility grid {info['grid']} differs from the checkpoint's {md['grid']}")
     probs, maps = predict_pairs(model, md, data, batch_size)
     mean_target = torch.tensor(md["mean_target"])
+    if episodes is not None:
+        unknown = sorted(set(episodes) - set(info["episodes"]))
+        if unknown:
+            raise ValueError(f"{dataset}/{split} has no episode {unknown} (quarantined or unknown); it has {info['episodes']}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_episode = {}
@@ -140,19 +170,11 @@ def predict_split(checkpoint: str | Path, cache_root: str | Path, dataset: str, 
                    "probs": probs[sel].numpy(), "heatmaps": maps[sel].numpy(),
                    "targets": data["target"][sel].numpy() if has_targets else None}
         episode["metrics"] = _nan_to_none(episode_metrics(probs[sel], data["target"][sel], mean_target)) if has_targets else None
-        _write_numeric(out, ep["id"], episode, md)
-        _write_pictures(out, ep["id"], episode)
+        geometry = info["keyframe_geometry"][j]
+        images = frames(ep["id"], ep["frames"]) if frames is not None else depth_images(geometry["depth"], md["image_size"])
+        episode["pictures_on"] = "frames" if frames is not None else "depth"
+        _write_pictures(out, ep["id"], episode, md, images, geometry)
         per_episode[ep["id"]] = episode["metrics"]
     overall = _nan_to_none(episode_metrics(probs, data["target"], mean_target)) if has_targets else None
     return {"checkpoint": str(checkpoint), "epoch": md["checkpoint"]["epoch"], "dataset": dataset, "split": split,
             "n": len(per_episode), "out": str(out), "episodes": per_episode, "metrics": overall}
-
-
-def _write_numeric(out: Path, video: str, episode: dict, md: dict) -> None:
-    buf = io.BytesIO()
-    np.save(buf, episode["selected_indices"])
-    atomic_write_bytes(out / f"{video}_selected_indices.npy", buf.getvalue())
-    summary = {"video": video, "keyframes": episode["selected_indices"].tolist(), "pairs": episode["pairs"].tolist(),
-               "grid": md["grid"], "image_size": list(md["image_size"]), "ring": ["left", "right", "above", "below", "behind"],
-               "metrics": episode["metrics"], "llm": md.get("llm"), "checkpoint": md["checkpoint"]["path"]}
-    atomic_write_bytes(out / f"{video}_summary.json", (json.dumps(summary, indent=1) + "\n").encode())

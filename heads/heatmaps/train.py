@@ -23,7 +23,7 @@ import torch
 from navcache.heads.train_loop import global_mean, run_loop, seed_everything
 
 from .configuration import RANDOM_QWEN2, HeatmapsConfig
-from .data import load_split
+from .data import N_POSE, PAIR_KEYS, load_split
 from .model import N_RING, RANDOM_QWEN2_ARCH, HeatmapModel, load_frozen_llm, make_random_qwen2
 
 
@@ -52,8 +52,8 @@ class HeatmapsTask:
         self.cfg, self.model = cfg, model
         self.tables = {"train": {k: train[k] for k in ("vggt", "dino")}, "val": {k: val[k] for k in ("vggt", "dino")}}
         # the split is part of each array set, so ``evaluate`` knows which table a pair indexes
-        self.train_arrays = {k: train[k] for k in ("a", "b", "target")} | {"split": torch.zeros(len(train["a"]), dtype=torch.int64)}
-        self.val_arrays = {k: val[k] for k in ("a", "b", "target")} | {"split": torch.ones(len(val["a"]), dtype=torch.int64)}
+        self.train_arrays = {k: train[k] for k in PAIR_KEYS} | {"split": torch.zeros(len(train["a"]), dtype=torch.int64)}
+        self.val_arrays = {k: val[k] for k in PAIR_KEYS} | {"split": torch.ones(len(val["a"]), dtype=torch.int64)}
         self.mean_target = train["target"].mean(0)  # [C]: the "where things usually are" baseline
 
     def _table(self, batch) -> dict[str, torch.Tensor]:
@@ -63,7 +63,8 @@ class HeatmapsTask:
         tab = self._table(batch)
         dev = batch["a"].device
         a, b = batch["a"].cpu(), batch["b"].cpu()
-        return model(tab["vggt"][a].to(dev), tab["dino"][a].to(dev), tab["vggt"][b].to(dev), tab["dino"][b].to(dev))
+        return model(tab["vggt"][a].to(dev), tab["dino"][a].to(dev), tab["vggt"][b].to(dev), tab["dino"][b].to(dev),
+                     batch["pose"] if self.cfg.camera_cues else None)
 
     def _losses(self, out, t) -> dict[str, torch.Tensor]:
         net = self.model
@@ -117,7 +118,8 @@ def build_model(md: dict, llm: torch.nn.Module | None) -> HeatmapModel:
     """The model a checkpoint's metadata (or a fresh run's info) describes."""
     c = md["config"]
     return HeatmapModel(int(md["vggt_shape"][-1]), int(md["dino_shape"][-1]), int(md["grid"]), tuple(md["image_size"]), d=int(c["d_model"]),
-                        fusion=c["fusion"], heads=int(c["heads"]), dropout=float(c["dropout"]), llm=llm)
+                        fusion=c["fusion"], heads=int(c["heads"]), dropout=float(c["dropout"]), llm=llm,
+                        n_pose=N_POSE if c.get("camera_cues", False) else 0)
 
 
 def build_task(cfg: HeatmapsConfig) -> tuple[HeatmapsTask, dict]:
