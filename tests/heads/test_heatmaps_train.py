@@ -1,5 +1,5 @@
-"""The heatmaps head end to end on the session's demo caches (demo_heatmaps + demo_heatmaps_vggt):
-train with the shared loop, then predict a split into per-video files."""
+"""The heatmaps head end to end on the session's demo caches (demo_heatmaps + demo_heatmaps_vggt, the
+demo's glances): it beats both baselines on val across seeds, and predict writes the seed's files."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,13 @@ import math
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from navcache.heads import registry
 from navcache.heads.heatmaps import load_config, predict_split, train_head
+
+#: cheap settings for the tests: no LLM, no upsampling loss, 3 epochs of the ~1,900 train pairs
+FAST = {"llm": None, "d_model": 32, "upsample_loss_weight": 0.0}
 
 
 def test_reads_name_the_tokens_dataset_too():
@@ -20,21 +24,48 @@ def test_reads_name_the_tokens_dataset_too():
     assert registry.reads(head, "scans", ["val"]) == [("scans", "val", s) for s in ("geometry", "keyframes", "covisibility", "frame_features")]
 
 
+def _train(cache_root, out, seed: int, **over):
+    cfg = load_config(None, "demo", cache_root=str(cache_root), out_dir=str(out), **{**FAST, **over},
+                      loop={"epochs": 3, "batch_size": 64, "lr": 2e-3, "seed": seed})
+    return train_head(cfg)
+
+
 @pytest.mark.slow
-def test_train_then_predict_on_the_demo(demo_cache_root, tmp_path):
-    cfg = load_config(None, "demo", cache_root=str(demo_cache_root), out_dir=str(tmp_path / "run"), llm=None,
-                      loop={"epochs": 2, "batch_size": 64})
-    r = train_head(cfg)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_beats_both_baselines_on_val(demo_cache_root, tmp_path, seed):
+    """KL, top-1 hit and ring-direction mass on the val glances, each by a margin, against the uniform
+    distribution and the mean train target ("where things usually are"), for two seeds."""
+    val = _train(demo_cache_root, tmp_path / "run", seed)["best"]["val"]
+    assert val["n"] > 300
+    for base in ("base_uniform_", "base_mean_"):
+        assert val["kl"] < 0.6 * val[f"{base}kl"], (base, val["kl"], val[f"{base}kl"])
+        assert val["top1_hit"] > val[f"{base}top1_hit"] + 0.2, (base, val["top1_hit"], val[f"{base}top1_hit"])
+        assert val["ring_dir"] > val[f"{base}ring_dir"] + 0.15, (base, val["ring_dir"], val[f"{base}ring_dir"])
+
+
+@pytest.mark.slow
+def test_train_then_predict_writes_the_seeds_files(demo_cache_root, tmp_path):
+    r = _train(demo_cache_root, tmp_path / "run", 0)
     val = r["best"]["val"]
-    assert val["n"] > 50
-    assert val["kl"] < val["base_uniform_kl"] and val["top1_hit"] > val["base_uniform_top1_hit"]
-    for k in ("base_mean_kl", "base_mean_top1_hit", "ring_dir", "base_mean_ring_dir", "ce_up"):
+    for k in ("base_mean_kl", "base_mean_top1_hit", "ring_dir", "base_mean_ring_dir"):
         assert math.isfinite(val[k]), k
     out = tmp_path / "pred"
     s = predict_split(tmp_path / "run" / "checkpoints" / "best.pt", demo_cache_root, "demo_heatmaps", "val", out)
-    assert s["n"] == 2 and s["metrics"]["kl"] == pytest.approx(val["kl"], rel=1e-3, abs=0.05)
+    assert s["n"] == 12 and s["metrics"]["kl"] == pytest.approx(val["kl"], rel=1e-3, abs=0.02)
     for video, m in s["episodes"].items():
         sel = np.load(out / f"{video}_selected_indices.npy")
         summary = json.loads((out / f"{video}_summary.json").read_text())
-        assert summary["keyframes"] == sel.tolist() and len(sel) == 8
+        assert summary["keyframes"] == sel.tolist() and len(sel) == 8 and summary["pictures_on"] == "depth"
         assert len(summary["pairs"]) == 8 * 7 and summary["metrics"] == m and m["n"] > 0
+        info = np.load(out / f"{video}_geometry_info.npz")
+        assert info["extrinsic"].shape == (8, 3, 4) and info["frame_index"].tolist() == sel.tolist()
+        grid = Image.open(out / f"{video}_heatmaps.png")
+        assert grid.width > 800 and grid.height > 600
+        assert all((out / f"{video}_heatmap_{k}.png").exists() for k in range(8))
+    one = sorted(s["episodes"])[0]
+    again = predict_split(tmp_path / "run" / "checkpoints" / "best.pt", demo_cache_root, "demo_heatmaps", "val", tmp_path / "one",
+                          episodes=[one])
+    assert list(again["episodes"]) == [one] and again["episodes"][one] == s["episodes"][one]
+    with pytest.raises(ValueError, match="no episode"):
+        predict_split(tmp_path / "run" / "checkpoints" / "best.pt", demo_cache_root, "demo_heatmaps", "val", tmp_path / "x",
+                      episodes=["glance_9999"])
