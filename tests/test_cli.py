@@ -219,8 +219,8 @@ def test_unknown_source_suggests_the_closest(tmp_path, tiny_model):
 
 
 @pytest.mark.parametrize("args, want", [
-    (("train", "sim-head"), "unknown head 'sim-head' (valid: gru-motion, sim-heads); did you mean 'sim-heads'?"),
-    (("predict", "gru-motoin", "o.jsonl", "--checkpoint", "x.pt"), "unknown head 'gru-motoin' (valid: gru-motion, sim-heads); did you mean 'gru-motion'?"),
+    (("train", "sim-head"), "unknown head 'sim-head' (valid: gru-motion, heatmaps, sim-heads); did you mean 'sim-heads'?"),
+    (("predict", "gru-motoin", "o.jsonl", "--checkpoint", "x.pt"), "unknown head 'gru-motoin' (valid: gru-motion, heatmaps, sim-heads); did you mean 'gru-motion'?"),
     (("train", "sim-heads", "--preset", "dem"), "unknown sim-heads preset 'dem' (valid: default, demo); did you mean 'demo'?"),
     (("train", "gru-motion", "--set", "loop.lr=x"), "loop.lr: expected a number, got 'x'"),
     (("train", "gru-motion", "--set", "hiden=3"), "unknown field 'hiden' (valid: cache_root, "),

@@ -69,3 +69,29 @@ def test_train_then_predict_writes_the_seeds_files(demo_cache_root, tmp_path):
     with pytest.raises(ValueError, match="no episode"):
         predict_split(tmp_path / "run" / "checkpoints" / "best.pt", demo_cache_root, "demo_heatmaps", "val", tmp_path / "x",
                       episodes=["glance_9999"])
+
+
+@pytest.mark.slow
+def test_cli_train_then_predict_one_episode_on_source_frames(demo_caches, tmp_path, monkeypatch):
+    """``navcache train heatmaps`` (demo preset, cheap settings) then ``navcache predict heatmaps --episode``
+    in the demo's folder: the pictures are drawn on the keyframes decoded through the project's source."""
+    from typer.testing import CliRunner
+
+    from navcache import cli
+
+    monkeypatch.chdir(demo_caches)
+    run = CliRunner().invoke(cli.app, ["train", "heatmaps", "--out-dir", str(tmp_path / "run"), "--epochs", "1", "--json",
+                                       "--set", "llm=null", "--set", "d_model=32", "--set", "upsample_loss_weight=0"])
+    assert run.exit_code == 0, run.output
+    val = json.loads(run.stdout)["best"]["val"]
+    assert val["kl"] < val["base_mean_kl"]
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    out = tmp_path / "pred"
+    r = CliRunner().invoke(cli.app, ["predict", "heatmaps", str(out), "--checkpoint", str(ckpt), "--episode", "glance_0003"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "glance_0003_summary.json").read_text())
+    assert summary["pictures_on"] == "frames" and summary["metrics"]["n"] > 0
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".png")[:2] == ["glance_0003_heatmap_0.png", "glance_0003_heatmap_1.png"]
+    assert not any("glance_0000" in p.name for p in out.iterdir())
+    bad = CliRunner().invoke(cli.app, ["predict", "heatmaps", str(tmp_path / "x"), "--checkpoint", str(ckpt), "--episode", "nope"])
+    assert bad.exit_code == 2 and "no episode" in bad.stderr
