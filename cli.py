@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -383,12 +382,15 @@ def _predict(name: str, checkpoint: Path, out: Path, split: str, dataset: str | 
     missing = _missing_split(Path(cache_root), dataset, split)
     if missing:
         return _error(ConfigError(missing), EXIT_CONFIG)
+    from inspect import signature  # the module name is taken by the ``inspect`` command
+
+    takes = signature(head.predict_split).parameters
     extra = {}
     if episodes:
-        if "episodes" not in inspect.signature(head.predict_split).parameters:
+        if "episodes" not in takes:
             return _error(ConfigError(f"--episode: head {name!r} predicts whole splits only"), EXIT_CONFIG)
         extra["episodes"] = list(episodes)
-    if "frames" in inspect.signature(head.predict_split).parameters:
+    if "frames" in takes:
         extra["frames"] = _keyframe_images(Path(cache_root), dataset, split)
     return commands.predict_cmd(name, checkpoint, out, split, dataset, Path(cache_root), batch_size, device, **extra)
 

@@ -139,7 +139,7 @@ def predict_split(checkpoint: str | Path, cache_root: str | Path, dataset: str, 
     frames: ``frames(episode_id, keyframe frame indices)`` -> uint8 [K, H, W, 3], the keyframes as the
     geometry model saw them (the CLI decodes them through the project's source); None: the
     pictures are drawn on the cached depth maps (``depth_images``).
-    Returns {"checkpoint", "epoch", "dataset", "split", "n", "out", "episodes": {id: metrics}, "metrics": over all pairs}.
+    Returns {"checkpoint", "epoch", "dataset", "split", "n", "out", "episodes": {id: metrics}, "metrics": over their pairs}.
     """
     model, md = load_for_inference(checkpoint, device)
     cfg = md["config"]
@@ -175,6 +175,7 @@ def predict_split(checkpoint: str | Path, cache_root: str | Path, dataset: str, 
         episode["pictures_on"] = "frames" if frames is not None else "depth"
         _write_pictures(out, ep["id"], episode, md, images, geometry)
         per_episode[ep["id"]] = episode["metrics"]
-    overall = _nan_to_none(episode_metrics(probs, data["target"], mean_target)) if has_targets else None
+    chosen = torch.from_numpy(np.isin(info["pair_episode"], [j for j, ep in enumerate(info["per_episode"]) if ep["id"] in per_episode]))
+    overall = _nan_to_none(episode_metrics(probs[chosen], data["target"][chosen], mean_target)) if has_targets else None
     return {"checkpoint": str(checkpoint), "epoch": md["checkpoint"]["epoch"], "dataset": dataset, "split": split,
             "n": len(per_episode), "out": str(out), "episodes": per_episode, "metrics": overall}

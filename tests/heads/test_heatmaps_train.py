@@ -55,13 +55,14 @@ def test_train_then_predict_writes_the_seeds_files(demo_cache_root, tmp_path):
     for video, m in s["episodes"].items():
         sel = np.load(out / f"{video}_selected_indices.npy")
         summary = json.loads((out / f"{video}_summary.json").read_text())
-        assert summary["keyframes"] == sel.tolist() and len(sel) == 8 and summary["pictures_on"] == "depth"
-        assert len(summary["pairs"]) == 8 * 7 and summary["metrics"] == m and m["n"] > 0
+        k = len(sel)  # up to 8: space-aware selection stops when no frame adds voxels
+        assert summary["keyframes"] == sel.tolist() and 2 <= k <= 8 and summary["pictures_on"] == "depth"
+        assert len(summary["pairs"]) == k * (k - 1) and summary["metrics"] == m and m["n"] > 0
         info = np.load(out / f"{video}_geometry_info.npz")
-        assert info["extrinsic"].shape == (8, 3, 4) and info["frame_index"].tolist() == sel.tolist()
+        assert info["extrinsic"].shape == (k, 3, 4) and info["frame_index"].tolist() == sel.tolist()
         grid = Image.open(out / f"{video}_heatmaps.png")
-        assert grid.width > 800 and grid.height > 600
-        assert all((out / f"{video}_heatmap_{k}.png").exists() for k in range(8))
+        assert grid.width > 800 and grid.height > 400
+        assert all((out / f"{video}_heatmap_{i}.png").exists() for i in range(k))
     one = sorted(s["episodes"])[0]
     again = predict_split(tmp_path / "run" / "checkpoints" / "best.pt", demo_cache_root, "demo_heatmaps", "val", tmp_path / "one",
                           episodes=[one])
