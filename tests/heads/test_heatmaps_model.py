@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,3 +124,34 @@ def test_config_errors_name_the_field():
         HeatmapsConfig(fusion="sum")
     with pytest.raises(ValueError, match="d_model"):
         HeatmapsConfig(d_model=30, heads=4)
+
+
+def test_camera_cues_of_hand_made_cameras():
+    """A at the origin looking along +z; B 2 m to A's right (+x), turned 90 degrees to look along A's +x."""
+    from navcache.heads.heatmaps.data import N_POSE, median_depth, pair_pose
+
+    r_b = torch.tensor([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]).numpy()  # rows: B's axes in world
+    centre_b = np.array([2.0, 0.0, 0.0])
+    ext = np.stack([np.hstack([np.eye(3), np.zeros((3, 1))]), np.hstack([r_b, -(r_b @ centre_b)[:, None]])]).astype(np.float32)
+    depth = np.stack([np.full((4, 4), 4.0), np.full((4, 4), 2.0)]).astype(np.float16)
+    conf = np.ones((2, 4, 4), np.float16)
+    conf[0, 0, 0] = 0  # an unconfident pixel is ignored
+    depth[0, 0, 0] = 100
+    scale = median_depth(depth, conf)
+    np.testing.assert_allclose(scale, [4.0, 2.0])
+    cues = pair_pose(ext, scale, np.array([0, 1]), np.array([1, 0]))
+    assert cues.shape == (2, N_POSE)
+    np.testing.assert_allclose(cues[0, :9].reshape(3, 3) @ np.array([0, 0, 1.0]), [1, 0, 0], atol=1e-6)  # B's forward in A: +x
+    np.testing.assert_allclose(cues[0, 9:12], [0.5, 0, 0], atol=1e-6)  # 2 m right, in units of A's 4 m median depth
+    np.testing.assert_allclose(cues[0, 12:], [0.5, 0.5], atol=1e-6)
+    np.testing.assert_allclose(cues[1, 9:12], [0, 0, -1.0], atol=1e-6)  # from B, A lies 2 m straight behind: along B's -z
+    np.testing.assert_allclose(cues[1, 13], 2.0, atol=1e-6)
+
+
+def test_a_model_with_camera_cues_needs_them():
+    torch.manual_seed(0)
+    m = HeatmapModel(dv=8, dd=6, grid=4, image_size=(32, 32), d=16, heads=2, n_pose=14)
+    with pytest.raises(ValueError, match="camera cues"):
+        m(*_inputs())
+    out = m(*_inputs(), torch.randn(3, 14))
+    assert out["logits"].shape == (3, 21)
