@@ -51,6 +51,10 @@ class HeatmapsConfig(HeadConfig):
     #: weight of the loss on the convex-upsampled map (its pixels' mass summed back per cell, against
     #: the same target): the only signal that trains the upsampling mask; 0 leaves the mask untrained
     upsample_loss_weight: float = 0.5
+    #: the convex upsampling's factor r is ceil(image side / grid), at most this (RAFT's 8): its mask
+    #: has 9 r^2 channels and the upsampling loss r^2 pixels a cell, so r = 16 (the demo's 128 px over
+    #: 8 cells) made a training step ~4x dearer; the G*r map is resized bilinearly to the image
+    max_upsample: int = 8
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=12, batch_size=32, lr=1e-3, weight_decay=0.05))
     out_dir: str = "runs/heatmaps"  # overrides loop.out_dir
 
@@ -67,6 +71,7 @@ class HeatmapsConfig(HeadConfig):
         need(isinstance(self.llm_seed, int), "llm_seed", "must be an int")
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         need(isinstance(self.camera_cues, bool), "camera_cues", "must be true or false")
+        need(isinstance(self.max_upsample, int) and self.max_upsample >= 1, "max_upsample", "must be an int >= 1")
         need(isinstance(self.upsample_loss_weight, (int, float)) and self.upsample_loss_weight >= 0, "upsample_loss_weight", "must be >= 0")
         need(isinstance(self.loop, LoopConfig), "loop", "must be a LoopConfig")
         if self.llm is not None:

@@ -132,15 +132,18 @@ class CrossAttention(nn.Module):
 class HeatmapModel(nn.Module):
     """forward(vggt_a, dino_a, vggt_b, dino_b, pose=None) -> {"logits" [B, G*G+5], "mask" [B, 9 r^2, G, G]}.
 
-    vggt_* [B, Th, Tw, Dv], dino_* [B, Hp, Wp, Dd], pose [B, n_pose] (required when n_pose > 0); ``image_size`` (H, W) of A's image, r = ceil(max(H, W) / G).
+    vggt_* [B, Th, Tw, Dv], dino_* [B, Hp, Wp, Dd], pose [B, n_pose] (required when n_pose > 0); ``image_size`` (H, W) of A's image,
+    r = ceil(max(H, W) / G), at most ``max_upsample`` (``heatmap`` resizes the G*r map to H x W bilinearly).
     ``heatmap(out)`` -> [B, H, W]: the in-view probability per pixel (sums to the in-view mass).
     """
 
     def __init__(self, dv: int, dd: int, grid: int, image_size: tuple[int, int], d: int = 64, fusion: str = "cross_attention",
-                 heads: int = 4, dropout: float = 0.0, llm: nn.Module | None = None, n_pose: int = 0):
+                 heads: int = 4, dropout: float = 0.0, llm: nn.Module | None = None, n_pose: int = 0, max_upsample: int | None = None):
         super().__init__()
         self.grid, self.image_size = grid, (int(image_size[0]), int(image_size[1]))
         self.r = max(1, math.ceil(max(self.image_size) / grid))
+        if max_upsample is not None:  # the mask and the upsampling loss grow with r^2: cap r, bilinear the rest
+            self.r = min(self.r, int(max_upsample))
         self.encode = TokenEncoder(dv, dd, d, grid)
         self.fuse = ConcatMLP(d, dropout) if fusion == "concat_mlp" else CrossAttention(d, heads, dropout)
         self.ring_query = nn.Parameter(torch.randn(N_RING, d) * 0.02)

@@ -119,7 +119,7 @@ def build_model(md: dict, llm: torch.nn.Module | None) -> HeatmapModel:
     c = md["config"]
     return HeatmapModel(int(md["vggt_shape"][-1]), int(md["dino_shape"][-1]), int(md["grid"]), tuple(md["image_size"]), d=int(c["d_model"]),
                         fusion=c["fusion"], heads=int(c["heads"]), dropout=float(c["dropout"]), llm=llm,
-                        n_pose=N_POSE if c.get("camera_cues", False) else 0)
+                        n_pose=N_POSE if c.get("camera_cues", False) else 0, max_upsample=c.get("max_upsample"))
 
 
 def build_task(cfg: HeatmapsConfig) -> tuple[HeatmapsTask, dict]:
