@@ -302,13 +302,15 @@ def predict(
     cache_root: Optional[Path] = typer.Option(None, "--cache-root", help="Default: the checkpoint's (if still there), else the project's."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default: the head's."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    episode: Optional[list[str]] = typer.Option(None, "--episode", help="heatmaps: only this episode (repeatable)."),
 ):
     """Predict every example of a split's caches with a trained head; prints the summary (accuracy per target).
 
     sim-heads: risk / reason / action label + class probabilities per clip.
     gru-motion: next-step and k-step dist / yaw bins per step of each episode.
+    heatmaps: OUT is a folder; per video the seed's pictures and files (prediction | ground truth).
     """
-    raise typer.Exit(_predict(name, checkpoint, out, split, dataset, cache_root, batch_size, device))
+    raise typer.Exit(_predict(name, checkpoint, out, split, dataset, cache_root, batch_size, device, episode))
 
 
 # -- the two layers composed: caches up to date (pipeline), then the head (heads) ----------------
@@ -352,7 +354,7 @@ def _train(name: str, preset: str, config: Path | None, overrides: dict[str, Any
 
 
 def _predict(name: str, checkpoint: Path, out: Path, split: str, dataset: str | None, cache_root: Path | None,
-            batch_size: int | None, device: str) -> int:
+            batch_size: int | None, device: str, episodes: list[str] | None = None) -> int:
     """``navcache predict NAME``. Without --dataset / --cache-root: the checkpoint's recorded ones (the cache
     root while it still exists here), else the project's cache root (the demo's brought up to date first)."""
     from navcache.heads import commands, registry
@@ -380,7 +382,41 @@ def _predict(name: str, checkpoint: Path, out: Path, split: str, dataset: str | 
     missing = _missing_split(Path(cache_root), dataset, split)
     if missing:
         return _error(ConfigError(missing), EXIT_CONFIG)
-    return commands.predict_cmd(name, checkpoint, out, split, dataset, Path(cache_root), batch_size, device)
+    from inspect import signature  # the module name is taken by the ``inspect`` command
+
+    takes = signature(head.predict_split).parameters
+    extra = {}
+    if episodes:
+        if "episodes" not in takes:
+            return _error(ConfigError(f"--episode: head {name!r} predicts whole splits only"), EXIT_CONFIG)
+        extra["episodes"] = list(episodes)
+    if "frames" in takes:
+        extra["frames"] = _keyframe_images(Path(cache_root), dataset, split)
+    return commands.predict_cmd(name, checkpoint, out, split, dataset, Path(cache_root), batch_size, device, **extra)
+
+
+def _keyframe_images(cache_root: Path, dataset: str, split: str):
+    """``frames(episode, frame_indices)`` -> uint8 [K, H, W, 3] decoded through the project's source and
+    brought to the geometry's model input, for a head that draws on them; None (the head draws on
+    cached depth) when no project here configures ``dataset`` over ``cache_root``."""
+    from navcache.pipeline.config import load_config
+    from navcache.pipeline.inspect_geometry import _model_input
+    from navcache.pipeline.project import DEFAULT_FILE, demo_project
+    from navcache.pipeline.sources import make_source
+
+    project = demo_project(cache_root, say=_say) or (load_config(Path(DEFAULT_FILE)) if Path(DEFAULT_FILE).exists() else None)
+    if project is None or dataset not in project.datasets or Path(project.cache_root).resolve() != cache_root.resolve():
+        return None
+    ds = project.dataset(dataset)
+    source = make_source(ds.source, ds.root, **ds.options)
+
+    def frames(episode: str, frame_indices: list[int]):
+        ep = next((e for e in source.episodes(split) if e.episode_id == episode), None)
+        if ep is None:
+            raise ValueError(f"episode {episode!r} is no longer listed by dataset {dataset!r} split {split!r}")
+        return _model_input(source.read_frames(ep, list(frame_indices)).pixels, project.stage_settings("geometry", dataset))
+
+    return frames
 
 
 def _missing_split(cache_root: Path, dataset: str, split: str) -> str | None:

@@ -61,14 +61,15 @@ def recorded_inputs(name: str, checkpoint: Path) -> dict:
 
 
 def predict_cmd(name: str, checkpoint: Path, out: Path, split: str, dataset: str, cache_root: Path, batch_size: int | None = None,
-                device: str = "cpu") -> int:
-    """Predict every example of ``dataset``/``split`` under ``cache_root`` to ``out`` (JSONL); prints the summary.
-    ``batch_size`` None: the head's default."""
+                device: str = "cpu", **extra) -> int:
+    """Predict every example of ``dataset``/``split`` under ``cache_root`` to ``out`` (JSONL; heatmaps: a folder);
+    prints the summary. ``batch_size`` None: the head's default; ``extra``: keyword arguments of the head's
+    ``predict_split`` beyond the common ones (heatmaps: episodes, frames)."""
     from navcache.cache_specs.manifest import IncompleteCache
 
     sizes = {} if batch_size is None else {"batch_size": batch_size}
     try:
-        summary = registry.get(name).predict_split(checkpoint, cache_root, dataset, split, out, device=device, **sizes)
+        summary = registry.get(name).predict_split(checkpoint, cache_root, dataset, split, out, device=device, **sizes, **extra)
     except (ValueError, IncompleteCache, FileNotFoundError) as e:
         print(f"navcache: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -20,6 +20,7 @@ from types import ModuleType
 HEADS: dict[str, str] = {
     "flow-expert": "navcache.heads.flow_expert",
     "gru-motion": "navcache.heads.gru_motion",
+    "heatmaps": "navcache.heads.heatmaps",
     "sim-heads": "navcache.heads.sim_heads",
     "velocity-head": "navcache.heads.velocity_head",
 }

@@ -16,6 +16,11 @@ DEFAULT_FILE = "navcache.yaml"
 DEMO_DIR = "navcache_demo"
 DEMO_CACHE = "navcache_cache"
 DEMO_ENCODER = "models/dinov3-tiny-random"
+#: the demo's tiny VGGT: navcache's seeded random-init stand-in with VGGT's interface
+#: (``pipeline/demo/vggt_standin.py``; the real ``vggt`` package is not on PyPI), so the heatmaps
+#: head has aggregator tokens to read; labelled random_init in its provenance file
+DEMO_VGGT = "models/vggt-tiny-random"
+VGGT_STANDIN_CLASS = "navcache.pipeline.demo.vggt_standin:StandInVGGT"
 
 
 def demo_config_dict(demo_dir: Path, cache_root: Path, pixels: bool = True) -> dict:
@@ -66,6 +71,32 @@ def demo_config_dict(demo_dir: Path, cache_root: Path, pixels: bool = True) -> d
                 "part_size": 4,
                 "stage_settings": {"frame-features": {"frames_from": "keyframes"}},
             },
+            # the heatmaps head's chain on the demo's glances (16-frame clips turning, looking
+            # left then right, walking; 8 keyframes each, an 8 x 8 grid): simulator geometry ->
+            # keyframes -> covisibility targets, DINOv3 patch tokens of the keyframes; VGGT
+            # aggregator tokens of the same frames come from demo_heatmaps_vggt (the tiny
+            # random-init VGGT), so the targets stay the simulator's truth
+            "demo_heatmaps": {
+                "source": "videos",
+                "root": str(demo_dir / "glances"),
+                "splits": ["train", "val"],
+                "stages": ["geometry", "keyframes", "covisibility", "frame-features"],
+                "options": {"num_frames": 16},
+                "part_size": 16,
+                "stage_settings": {"keyframes": {"num_keyframes": 8}, "covisibility": {"grid": 8},
+                                   "frame-features": {"frames_from": "keyframes", "store_patch_tokens": True}},
+            },
+            "demo_heatmaps_vggt": {
+                "source": "videos",
+                "root": str(demo_dir / "glances"),
+                "splits": ["train", "val"],
+                "stages": ["geometry"],
+                "options": {"num_frames": 16},
+                "part_size": 16,
+                "stage_settings": {"geometry": {"provider": "vggt", "image_size": [518, 518], "stride": 37,
+                                                "vggt": {"model": str(demo_dir / DEMO_VGGT), "model_class": VGGT_STANDIN_CLASS,
+                                                         "keep_tokens": True, "token_pool": 2}}},
+            },
             # VAMOS-format parquet shards: first-person images, robot-frame paths -> 2-D velocities
             "demo_vamos": {
                 "source": "vamos",
@@ -106,7 +137,7 @@ def demo_config_dict(demo_dir: Path, cache_root: Path, pixels: bool = True) -> d
 
 
 #: what a pixel-free demo world lacks, and so what its project leaves out
-PIXEL_FREE_LACKS = "demo_navila's frames (frame-features), demo_motion, demo_rover, demo_tours, demo_vamos and demo_lerobot"
+PIXEL_FREE_LACKS = "demo_navila's frames (frame-features), demo_motion, demo_rover, demo_tours, demo_heatmaps(_vggt), demo_vamos and demo_lerobot"
 
 
 def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float = 1.0) -> bool:
@@ -120,6 +151,7 @@ def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float
     """
     from .demo import demo_lock
     from .encoders.tiny import make_random_dinov3
+    from .encoders.weights import PROVENANCE_FILE
 
     if _demo_format(demo_dir) is not None:
         pixels = _ensure_world(demo_dir, say, scale)
@@ -127,6 +159,11 @@ def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float
         with demo_lock(demo_dir):
             pixels = _ensure_world(demo_dir, say, scale)
     make_random_dinov3(demo_dir / DEMO_ENCODER, size="tiny", seed=0)
+    if pixels:
+        from .demo.vggt_standin import make_standin
+
+        if not (demo_dir / DEMO_VGGT / PROVENANCE_FILE).exists():  # written last
+            make_standin(demo_dir / DEMO_VGGT, seed=0)
     return pixels
 
 

@@ -1,8 +1,9 @@
 """The embedded demo world: a seeded procedural navigation world written in real on-disk formats.
 
 ``generate_demo(out)`` writes NaVILA / VLN-CE episodes under ``out/navila``, rover safety clips
-under ``out/rover``, room tours (videos + ground-truth geometry) under ``out/videos`` and VAMOS-format
-parquet shards under ``out/vamos`` and a LeRobot v3.0 dataset (two cameras, state, actions) under
+under ``out/rover``, room tours (videos + ground-truth geometry) under ``out/videos``, short
+first-person clips for the heatmaps head under ``out/glances`` (same format), VAMOS-format parquet
+shards under ``out/vamos`` and a LeRobot v3.0 dataset (two cameras, state, actions) under
 ``out/lerobot`` for the ``train`` and ``val`` splits, so the same readers run on demo and real data.
 See docs/demo_world.md for the formats and the rover label rule.
 """
@@ -23,13 +24,14 @@ from typing import Any, Callable
 from navcache.cache_specs.labels import LABELS
 from navcache.cache_specs.layout import fsync_dir, fsync_tree, private_name, sweep_stale_temporaries
 
-from . import lerobot_writer, navila_writer, rover_writer, vamos_writer, video_writer
+from . import glance_writer, lerobot_writer, navila_writer, rover_writer, vamos_writer, video_writer
 
-FORMAT = "navcache-demo/5"  # 4: vamos/, 5: lerobot/
+FORMAT = "navcache-demo/6"  # 4: vamos/; 5: lerobot/; 6: glances/
 SPLITS = ("train", "val")
 NAVILA_EPISODES = {"train": 8, "val": 3}  # at scale 1
 ROVER_CLIPS = {"train": 240, "val": 80}
 TOURS = {"train": 6, "val": 2}
+GLANCES = {"train": 36, "val": 12}  # 16-frame clips for the heatmaps head (glance_writer)
 CLIPS_PER_JOB = 8
 #: the motion set (``motion/``): the NaVILA world's records without pixels at this many times the
 #: scale; the GRU motion head needs ~1,600 train records to beat its baselines (BENCHMARKS.md)
@@ -60,6 +62,11 @@ class DemoInfo:
     @property
     def videos_root(self) -> Path:
         return self.root / "videos"
+
+    @property
+    def glances_root(self) -> Path:
+        """Short 16-frame first-person clips (``glance_writer``), the heatmaps head's demo videos."""
+        return self.root / "glances"
 
     @property
     def vamos_root(self) -> Path:
@@ -173,6 +180,10 @@ def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None,
             where["vamos", split] = slice(start, len(jobs))
         for split in SPLITS:
             start = len(jobs)
+            jobs += [(glance_writer.write_glance, (tmp, seed, split, i)) for i in range(max(1, int(round(GLANCES[split] * scale))))]
+            where["glances", split] = slice(start, len(jobs))
+        for split in SPLITS:
+            start = len(jobs)
             n_motion = max(1, int(round(NAVILA_EPISODES[split] * scale * MOTION_SCALE)))
             jobs += [(navila_writer.trajectory_records, (seed, split, i)) for i in range(n_motion)]
             where["motion", split] = slice(start, len(jobs))
@@ -198,6 +209,7 @@ def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None,
         tours = results[where["videos", split]]
         counts[f"videos/{split}/tours"] = len(tours)
         counts[f"videos/{split}/frames"] = sum(r["n_frames"] for r in tours)
+        counts[f"glances/{split}/clips"] = len(results[where["glances", split]])
         rows = [row for batch in results[where["rover", split]] for row in batch]
         rover_writer.write_parquet(rov_root, split, rows)
         counts[f"rover/{split}/clips"] = len(rows)
@@ -205,7 +217,7 @@ def _build(tmp: Path, seed: int, scale: float, pool: ProcessPoolExecutor | None,
         vamos_writer.write_shards(tmp / "vamos", split, vamos_rows, scale)
         counts[f"vamos/{split}/samples"] = len(vamos_rows)
         balance[split] = {head: {c: Counter(r[head] for r in rows)[c] for c in classes} for head, classes in LABELS.items()}
-    return {"format": FORMAT, "seed": seed, "scale": scale, "pixels": pixels, "navila": "navila", "rover": "rover", "videos": "videos",
+    return {"format": FORMAT, "seed": seed, "scale": scale, "pixels": pixels, "navila": "navila", "rover": "rover", "videos": "videos", "glances": "glances",
             "cameras": {"navila": navila_writer.NAVILA_CAM.intrinsics(), "rover": rover_writer.ROVER_CAM.intrinsics(),
                         "videos": video_writer.TOUR_CAM.intrinsics(), "vamos": vamos_writer.VAMOS_CAM.intrinsics()},
             "counts": counts, "class_balance": balance}

@@ -37,7 +37,7 @@ LOOKAHEAD_M = 0.6  # heading aims this far ahead on the path, so turns start bef
 PAN_TURN = math.radians(9)  # per frame, while looking around room A again at the end
 PURPOSE = "videos"
 
-__all__ = ["TOUR_CAM", "FPS", "Tour", "make_tour", "tour_id", "extrinsics", "intrinsics", "write_tour"]
+__all__ = ["TOUR_CAM", "FPS", "Tour", "make_tour", "tour_id", "extrinsics", "intrinsics", "write_clip", "write_tour"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,28 +172,33 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
 
 
-def write_tour(root: Path, seed: int, split: str, index: int) -> dict:
-    """Render tour ``index`` of ``split`` into ``root/videos/{split}/`` and return its summary row."""
-    tour = make_tour(seed, split, index)
-    name = tour_id(index)
-    folder = Path(root) / "videos" / split
+def write_clip(root: Path, folder_name: str, split: str, name: str, layout: Layout, poses: np.ndarray, meta: dict) -> None:
+    """Render ``poses`` [n, 3] in ``layout`` to ``root/folder_name/split/name.{mp4,gt.npz,json}``."""
+    folder = Path(root) / folder_name / split
     folder.mkdir(parents=True, exist_ok=True)
-    n = len(tour.poses)
+    n = len(poses)
     depth = np.empty((n, TOUR_CAM.height, TOUR_CAM.width), np.float16)
     out = cv2.VideoWriter(str(folder / f"{name}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (TOUR_CAM.width, TOUR_CAM.height))
     if not out.isOpened():
         raise RuntimeError("OpenCV cannot write mp4v video (no FFmpeg backend?)")
-    for k, pose in enumerate(tour.poses):
-        frame = render(tour.layout, pose, TOUR_CAM)
+    for k, pose in enumerate(poses):
+        frame = render(layout, pose, TOUR_CAM)
         out.write(cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
         # the plan is closed, so every pixel hits a surface; 0 would mark a pixel without depth
         depth[k] = np.where(np.isfinite(frame.depth), frame.depth, 0.0)
     out.release()
-    save_npz(folder / f"{name}.gt.npz", {"depth": depth, "extrinsics": extrinsics(tour.poses).astype(np.float32),
+    save_npz(folder / f"{name}.gt.npz", {"depth": depth, "extrinsics": extrinsics(poses).astype(np.float32),
                                           "intrinsics": intrinsics().astype(np.float32)})
+    (folder / f"{name}.json").write_text(json.dumps(meta, indent=1))
+
+
+def write_tour(root: Path, seed: int, split: str, index: int) -> dict:
+    """Render tour ``index`` of ``split`` into ``root/videos/{split}/`` and return its summary row."""
+    tour = make_tour(seed, split, index)
+    name = tour_id(index)
     a, b = tour.rooms
     meta = {"instruction": tour.instruction, "rooms": [a, b, a], "revisit_frame": tour.revisit_frame,
             "layout": tour.layout.name}
-    (folder / f"{name}.json").write_text(json.dumps(meta, indent=1))
-    return {"episode_id": name, "media": f"{split}/{name}.mp4", "n_frames": n, "fps": FPS,
-            "rooms": [a, b, a], "revisit_frame": tour.revisit_frame}
+    write_clip(root, "videos", split, name, tour.layout, tour.poses, meta)
+    return {"episode_id": name, "media": f"{split}/{name}.mp4", "n_frames": len(tour.poses),
+            "fps": FPS, "rooms": [a, b, a], "revisit_frame": tour.revisit_frame}

@@ -19,7 +19,7 @@ CEILING_H = 2.5
 CORRIDOR = 255  # grid value of corridor cells; rooms are 1..n, walls 0
 
 # Streams keep (seed, purpose, split, index) layouts independent: val never reuses a train layout.
-PURPOSES = {"navila": 0, "rover": 1, "test": 2, "videos": 3, "lerobot": 4}
+PURPOSES = {"navila": 0, "rover": 1, "test": 2, "videos": 3, "lerobot": 4, "glances": 5}
 SPLITS = {"train": 0, "val": 1}
 
 ROOM_COLORS = np.array([[0.85, 0.80, 0.70], [0.70, 0.78, 0.86], [0.78, 0.86, 0.72],

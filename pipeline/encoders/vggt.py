@@ -46,10 +46,11 @@ PATCH_SIZE = 14
 _CLASS_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_]\w*$")
 
 #: ``model_class`` values imported without ``allow_custom_code`` ("module:*" = any class of it):
-#: VGGT itself and navcache's test stand-in. Importing a module runs its code, so a project file
+#: VGGT itself and navcache's tiny random-init stand-in (the demo's, re-exported for the tests). Importing a module runs its code, so a project file
 #: naming any other class must say so, as ``trust_remote_code`` does for the hub.
 ALLOWED_CLASSES: tuple[str, ...] = (
     "vggt.models.vggt:VGGT",
+    "navcache.pipeline.demo.vggt_standin:*",
     "navcache.tests.standins.vggt_standin:*",
     "tests.standins.vggt_standin:*",
 )

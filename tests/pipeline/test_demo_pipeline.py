@@ -31,6 +31,8 @@ def test_demo_builds_every_cache_clean(demo_run):
     assert {(x.dataset, x.stage) for x in s.stages} == {("demo_navila", "poses"), ("demo_navila", "frame-features"), ("demo_motion", "poses"),
         ("demo_rover", "frame-features"), ("demo_rover", "rover-meta"),
         ("demo_tours", "geometry"), ("demo_tours", "keyframes"), ("demo_tours", "frame-features"),
+        ("demo_heatmaps", "geometry"), ("demo_heatmaps", "keyframes"), ("demo_heatmaps", "covisibility"),
+        ("demo_heatmaps", "frame-features"), ("demo_heatmaps_vggt", "geometry"),
         ("demo_vamos", "frame-features"), ("demo_vamos", "velocity"),
         ("demo_lerobot", "frame-features"), ("demo_lerobot", "robot-meta"), ("demo_lerobot_left", "frame-features")}
     for x in s.stages:
