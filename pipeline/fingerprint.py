@@ -16,13 +16,33 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from navcache.cache_specs.layout import canonical_json, sha256_file
 
 
 def hash_obj(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj)).hexdigest()
+
+
+def stage_fingerprints(base: Any, content: Mapping[str, str], upstream: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """``{id: hash_obj({"stage": base, "episode": content[id], "upstream": {u: upstream[u][id]}})}``
+    for every id of ``content``, byte for byte, with ``base`` (the stage's spec, settings, encoder
+    identity: kilobytes) serialised once instead of once per episode.
+
+    Canonical JSON sorts keys ("episode" < "stage" < "upstream") and has no spaces, so the
+    document is the concatenation below; ``tests/pipeline/test_planning_fast.py`` checks it
+    against ``hash_obj``.
+    """
+    head = b'{"episode":'
+    mid = b',"stage":' + canonical_json(base) + b',"upstream":'
+    ups = sorted(upstream)
+    keys = [canonical_json(u) + b":" for u in ups]
+    out = {}
+    for eid, c in content.items():
+        up = b"{" + b",".join(k + canonical_json(upstream[u][eid]) for k, u in zip(keys, ups)) + b"}"
+        out[eid] = hashlib.sha256(head + canonical_json(c) + mid + up + b"}").hexdigest()
+    return out
 
 
 class FileHasher:
@@ -54,6 +74,8 @@ class FileHasher:
         self._batch = batch
         self._pending: list[tuple] = []
         self._loaded = False
+        #: path -> its key when last looked up (None: missing): what ``prune`` knows without a stat
+        self._current: dict[str, tuple | None] = {}
         self.reads = 0
         #: transactions written (one per flush that had entries)
         self.commits = 0
@@ -109,11 +131,15 @@ class FileHasher:
         try:
             st = os.stat(path)
         except OSError:
+            self._current[path] = None
             return "missing"  # the stage will quarantine the episode; its fingerprint still differs from a present file
-        key = self._key(path, st)
-        sha = self._lookup(key)
-        if sha is not None:
-            return sha
+        key = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)  # = _key, inlined: one call per input file
+        self._current[path] = key
+        if not self._loaded and self._db is not None:
+            self._load()
+        hit = self._mem.get(key)
+        if hit is not None and self._trusted(key, hit[1]):
+            return hit[0]
         hashed_ns = time.time_ns()  # before reading: a write after this moment stamps a later time
         try:
             sha = sha256_file(Path(path))
@@ -144,6 +170,46 @@ class FileHasher:
             with self._db:  # BEGIN ... COMMIT, or ROLLBACK on error
                 self._db.executemany("INSERT OR REPLACE INTO h VALUES (?,?,?,?,?,?,?)", rows)
             self.commits += 1
+
+    def prune(self, full: bool = True) -> int:
+        """Delete the persisted rows that can never hit again, returning how many: the file is
+        gone, or its (size, mtime, ctime, inode) is no longer the row's. A ctime never goes back,
+        so such a row is dead for good, whatever other runs do meanwhile: deleting it is safe
+        while concurrent jobs read and write the memo.
+
+        Paths looked up by this hasher are judged by what the lookups saw (no system call);
+        ``full`` also stats every other path the memo holds (files of other splits, or no
+        longer named by any annotation): one ``stat`` per such path. Deletes go in transactions
+        of ``batch`` rows: a kill in between leaves only rows a later prune deletes.
+        """
+        if self._db is None:
+            return 0
+        self.flush()
+        if not self._loaded:
+            self._load()
+        with self._lock:
+            keys = list(self._mem)
+        now: dict[str, tuple | None] = dict(self._current)
+        dead = []
+        for key in keys:
+            path = key[0]
+            if path not in now:
+                if not full:
+                    continue
+                try:
+                    now[path] = self._key(path, os.stat(path))
+                except OSError:
+                    now[path] = None
+            if now[path] != key:
+                dead.append(key)
+        for i in range(0, len(dead), self._batch):
+            with self._db:
+                self._db.executemany("DELETE FROM h WHERE path=? AND size=? AND mtime=? AND ctime=? AND ino=?", dead[i : i + self._batch])
+            self.commits += 1
+        with self._lock:
+            for key in dead:
+                self._mem.pop(key, None)
+        return len(dead)
 
     def close(self) -> None:
         if self._db is not None:

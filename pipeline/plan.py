@@ -34,7 +34,7 @@ from navcache.cache_specs.parts import PART_FORMAT, free_numbers, part_fingerpri
 
 from .config import ProjectConfig
 from .errors import ConfigError
-from .fingerprint import FileHasher, episode_fingerprint, hash_obj
+from .fingerprint import FileHasher, episode_fingerprint, stage_fingerprints
 from .sources import make_source
 from .sources.base import Episode, Source
 from .stages import cache_name, stage_class
@@ -199,13 +199,12 @@ def plan_split(
         stage = stages[name]
         key = (stage.reads_files, stage.skip_file_suffixes, stage.record_keys)
         if key not in content:
-            content[key] = {e.episode_id: episode_fingerprint(e, Path(ds.root), hasher, stage.files_read(e), stage.record_keys) for e in episodes}
+            root, keys = Path(ds.root), stage.record_keys  # once per stage, not per episode
+            content[key] = {e.episode_id: episode_fingerprint(e, root, hasher, stage.files_read(e), keys) for e in episodes}
             hasher.flush()  # one memo transaction per stage: a kill later loses none of these hashes
         base = _stage_base(project, dataset, name, stage)
-        efps[name] = {
-            e.episode_id: hash_obj({"stage": base, "episode": content[key][e.episode_id], "upstream": {u: efps[u][e.episode_id] for u in stage.consumes}})
-            for e in episodes
-        }
+        # = hash_obj({"stage": base, "episode": content, "upstream": {u: efps[u][id]}}) per episode
+        efps[name] = stage_fingerprints(base, content[key], {u: efps[u] for u in stage.consumes})
         bases[name] = _read_base(cache_dir(project.cache_root, dataset, split, cache_name(name)), project.backend)
         kept[name] = {}
         todo[name] = []

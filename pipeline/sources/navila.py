@@ -15,8 +15,10 @@ An episode is one record. Only the ``num_frames`` frames NaVILA's sampling keeps
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
+from itertools import chain
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -171,21 +173,33 @@ def _check_poses(poses: object, n_frames: int) -> tuple[list[list[float]] | None
 
 
 def _poses_fast(poses: object, n_frames: int) -> list[list[float]] | None:
-    """The common case of ``_check_poses`` (well-formed, finite) in one pass; None: take the slow
-    path, which names what is wrong. A finite sum of floats means every term was finite."""
-    if type(poses) is not list or len(poses) != n_frames:
+    """The common case of ``_check_poses`` (well-formed, finite) at C speed: type and length sets
+    instead of a Python test per pose; None: take the slow path, which names what is wrong.
+    A finite sum of floats means every term was finite."""
+    if type(poses) is not list or len(poses) != n_frames or set(map(type, poses)) != {list} or set(map(len, poses)) != {3}:
         return None
-    if not all(type(p) is list and len(p) == 3 and type(p[0]) in _REAL and type(p[1]) in _REAL and type(p[2]) in _REAL for p in poses):
+    flat = list(chain.from_iterable(poses))
+    kinds = set(map(type, flat))
+    if not kinds <= _REAL_SET:  # exact types: bool (a subclass of int) is refused, as by ``_is_real``
         return None
     try:
-        out = [[float(p[0]), float(p[1]), float(p[2])] for p in poses]
+        # all floats (JSON's usual): copies of the parsed lists; else each value as a float
+        out = list(map(list, poses)) if kinds == {float} else [[float(p[0]), float(p[1]), float(p[2])] for p in poses]
+        # a sum overflowing to inf only sends large finite poses to the slow path
+        finite = math.isfinite(sum(flat))
     except OverflowError:
         return None
-    # a sum overflowing to inf only sends large finite poses to the slow path
-    return out if math.isfinite(sum(v for p in out for v in p)) else None
+    return out if finite else None
 
 
-_REAL = (int, float)  # exact types: bool (a subclass of int) is refused, as by ``_is_real``
+_REAL_SET = frozenset({int, float})
+
+
+@functools.lru_cache(maxsize=4096)  # a pure function of history length: one numpy linspace per length, not per record
+def _sampled(n: int, t: int) -> tuple[tuple[int, ...], int]:
+    """``navila_indices(n, t)`` as a tuple of ints and the padding count."""
+    idx, n_pad = navila_indices(n, t)
+    return tuple(idx.tolist()), n_pad
 
 
 class NavilaSource:
@@ -314,8 +328,7 @@ class NavilaSource:
                 return bad(vid, f"{key!r} must be a string, got {_brief(rec.get(key))}")
 
         try:
-            for f in frames:
-                resolve.check(f)  # every path of the history is checked, only the sampled ones become Paths
+            resolve.check_all(frames)  # every path of the history is checked, not only the sampled ones
         except UnsafePath as e:
             return bad(vid, f"unsafe path in 'frames': {e}")
 
@@ -332,19 +345,19 @@ class NavilaSource:
                 if reason:
                     pose_error = f"{pose_name}[{vid!r}]: {reason}"
 
-        idx, n_pad = navila_indices(len(frames), self.num_frames)
+        idx, n_pad = _sampled(len(frames), self.num_frames)
         record = {
             "split": split,  # read_frames needs it to find the image folder again
             "q": rec["q"],
             "a": rec["a"],
             "frames": list(frames),
             "n_frames": len(frames),
-            "sample_indices": idx.tolist(),  # [num_frames], -1 for front padding
+            "sample_indices": list(idx),  # [num_frames], -1 for front padding
             "n_pad": n_pad,
             "poses": poses,
             "pose_error": pose_error,
         }
-        files = tuple(resolve(frames[k]) for k in idx.tolist() if k >= 0)
+        files = tuple(resolve.check(frames[k]) for k in idx if k >= 0)  # str paths: no Path per file
         return Episode(vid, record, files, None)
 
     # ------------------------------------------------------------------------------ decoding
