@@ -257,3 +257,30 @@ def test_fast_pose_check_agrees_with_the_detailed_one():
             assert fast == slow(poses, n) and all(type(v) is float for p in fast for v in p), poses
             assert all(a is not b for a, b in zip(fast, poses)), "the record must not share the parsed lists"
         assert navila._check_poses(poses, n)[0] == slow(poses, n), poses
+
+
+@pytest.mark.slow
+def test_status_on_the_demo_imports_neither_transformers_nor_torch(demo_caches):
+    from navcache.pipeline.encoders.base import no_gpu_device_nodes
+
+    p = subprocess.run([sys.executable, "-X", "importtime", str(REPO / "cli.py"), "status", "--split", "train", "--json"],
+                       cwd=demo_caches, capture_output=True, text=True, env=os.environ.copy())
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(p.stdout[p.stdout.index("{"):])
+    assert doc["plan"] and all(s["complete"] and s["missing"] == 0 and s["stale"] == 0 for s in doc["plan"])
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in p.stderr.splitlines() if line.startswith("import time:")}
+    assert "navcache" in imported and "transformers" not in imported
+    # "device: auto" is answered without torch where no GPU can be (here: no device node);
+    # on a GPU machine planning asks torch, which then is the truthful answer's price
+    assert "torch" not in imported or not no_gpu_device_nodes()
+
+
+def test_auto_device_without_torch_agrees_with_torch():
+    import torch
+
+    from navcache.pipeline.encoders.base import no_gpu_device_nodes, resolve_device, resolve_precision
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if no_gpu_device_nodes():
+        assert not torch.cuda.is_available()
+    assert resolve_device("cpu") == "cpu" and resolve_precision("auto", "cpu") == "fp32"
