@@ -101,12 +101,16 @@ def read_video_sampled(
     sample: Callable[[int], Sequence[int]],
     expected_frames: int | None = None,
     size: tuple[int, int] | None = None,
+    reduce_to: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Decode the frames ``sample(n_frames)`` chooses, opening the file once.
 
     Returns ``(pixels, n_frames)``: pixels uint8 [K, H, W, 3] RGB with K = len(sample(n)) rows in
     the requested order; with ``size`` = (width, height) the decoder's own scaler delivers the
     frames at that size ([K, height, width, 3], ``StrictVideoReader.frames``), never at full size.
+    ``reduce_to`` (when ``size`` is None): the (width, height) the consumer resizes to; the scaler
+    then delivers 1/2, 1/4 or 1/8 of the stored size, the smallest still covering it
+    (``reduction(..., fit=True)``, the rule JPEGs follow), else full size.
     ``sample`` may itself raise Quarantine (e.g. "clip too short").
     Raises Quarantine for every kind of damage listed in the module docstring, for a frame count
     other than ``expected_frames``, and for out-of-range indices.
@@ -129,6 +133,10 @@ def read_video_sampled(
             said = f", annotation says {expected_frames}" if expected_frames is not None else ""
             raise Quarantine(f"video {path}: container states {stated} frames, decoder finds {n}{said} (truncated?)")
         idx = validate_indices(sample(n), n, path)
+        if size is None and reduce_to is not None:
+            w, h = reader.info.width, reader.info.height
+            s = reduction((w, h), reduce_to, fit=True)
+            size = None if s == 1 else (w // s, h // s)
         pixels = reader.frames(idx, size=size)
     return pixels, n
 

@@ -362,11 +362,13 @@ class NavilaSource:
 
     # ------------------------------------------------------------------------------ decoding
 
-    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None) -> Frames:
+    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None,
+                    fit: bool = False) -> Frames:
         """The sampled frames, front-padded with black frames: pixels uint8 [T, H, W, 3] RGB.
 
         ``resize_to`` (width, height): JPEGs at least twice that size come DCT-reduced
-        (``decode.read_image``); an image above the ``max_image_pixels`` option is quarantined.
+        (``decode.read_image``), with ``fit`` JPEGs of any size; an image above the
+        ``max_image_pixels`` option is quarantined.
 
         ``indices`` (default: the record's ``sample_indices``) are frame numbers into the record's
         ``frames``; -1 marks a black padding row. Raises Quarantine for a quarantined episode,
@@ -392,7 +394,7 @@ class NavilaSource:
         if not paths:
             raise ValueError(f"{episode.episode_id}: no real frame among indices {idx}; cannot size the padding")
 
-        real = read_jpegs(paths, resize_to, self.options.max_image_pixels)  # [R, H, W, 3]
+        real = read_jpegs(paths, resize_to, self.options.max_image_pixels, fit=fit)  # [R, H, W, 3]
         pixels = black_frames(len(idx), real.shape[1], real.shape[2])
         is_real = np.asarray(idx) >= 0
         pixels[is_real] = real

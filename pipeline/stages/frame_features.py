@@ -160,10 +160,11 @@ class FrameFeaturesStage(Stage):
         return int(size.get("width", edge)), int(size.get("height", edge))
 
     def prepare(self, episode, upstream: Mapping) -> Prepared:
+        fit = {"fit": True} if self.encoder.decode_fit else {}  # reduced decode (preprocess: fast; in the encoder identity)
         if self.settings.frames_from == "keyframes":
-            frames = self.source.read_frames(episode, upstream["keyframes"]["frame_index"].tolist(), resize_to=self.resize_to)
+            frames = self.source.read_frames(episode, upstream["keyframes"]["frame_index"].tolist(), resize_to=self.resize_to, **fit)
         else:
-            frames = self.source.read_frames(episode, resize_to=self.resize_to)
+            frames = self.source.read_frames(episode, resize_to=self.resize_to, **fit)
         x = self.encoder.preprocess(frames.pixels)
         keys = frame_keys(frames.pixels) if self.settings.dedup_frames else None
         return Prepared(episode.episode_id, (x, frames.indices.astype(np.int64), frames.padded.astype(bool), keys), cost=len(x))
