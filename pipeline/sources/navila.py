@@ -357,7 +357,7 @@ class NavilaSource:
             "poses": poses,
             "pose_error": pose_error,
         }
-        files = tuple(resolve.check(frames[k]) for k in idx if k >= 0)  # str paths: no Path per file
+        files = resolve.resolved([frames[k] for k in idx if k >= 0])  # str paths: no Path per file
         return Episode(vid, record, files, None)
 
     # ------------------------------------------------------------------------------ decoding
