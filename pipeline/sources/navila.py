@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from navcache.pipeline.decode import black_frames, read_jpegs
+from navcache.pipeline.decode import DecodedFrames, black_frames, read_jpegs
 from navcache.pipeline.errors import DatasetError, Quarantine
 from navcache.pipeline.safepaths import Resolver, UnsafePath, folder_under, resolve_under
 from navcache.pipeline.sampling import navila_indices
@@ -37,6 +37,8 @@ __all__ = ["MAX_INT_DIGITS", "NavilaSource"]
 #: longest integer literal read as a number: CPython's default int/str conversion limit, fixed here
 #: so that a file parses the same whatever ``sys.set_int_max_str_digits`` the process runs with
 MAX_INT_DIGITS = 4300
+#: bytes of decoded frames a source keeps for the samples after (~330 frames of 512x512; speed only)
+DECODE_MEMO_BYTES = 256 << 20
 
 
 class _Object(dict):
@@ -222,6 +224,8 @@ class NavilaSource:
         self.annotations, self.images, self.poses, self.num_frames = o.annotations, o.images, o.poses, o.num_frames
         # Filled by episodes(): cross-file consistency that is not any one episode's fault.
         self.report: dict[str, Any] = {}
+        #: frames decoded this run (histories share frames: each is decoded once while it stays in)
+        self.decoded = DecodedFrames(DECODE_MEMO_BYTES)
 
     def _image_dir(self, split: str) -> Path:
         """The split's image folder; DatasetError if it leaves the dataset root (e.g. a symlink)."""
@@ -394,7 +398,7 @@ class NavilaSource:
         if not paths:
             raise ValueError(f"{episode.episode_id}: no real frame among indices {idx}; cannot size the padding")
 
-        real = read_jpegs(paths, resize_to, self.options.max_image_pixels, fit=fit)  # [R, H, W, 3]
+        real = read_jpegs(paths, resize_to, self.options.max_image_pixels, fit=fit, memo=self.decoded)  # [R, H, W, 3]
         pixels = black_frames(len(idx), real.shape[1], real.shape[2])
         is_real = np.asarray(idx) >= 0
         pixels[is_real] = real

@@ -101,3 +101,46 @@ def test_fast_preprocess_decodes_reduced_and_stays_close_to_exact(tmp_path, tiny
     fps = {d: {e["fingerprint"] for p in (tmp_path / d / "cache/nav/train/frame_features/parts").glob("*/part.json")
                for e in json.loads(p.read_text())["episodes"]} for d in ("exact", "fast")}
     assert len(fps["exact"]) == 3 and not fps["exact"] & fps["fast"], "fast frames must never be taken for exact ones"
+
+
+@pytest.fixture
+def imdecodes(monkeypatch):
+    """Images OpenCV's decoder was asked for (the real decoder, counted)."""
+    seen = []
+    real = cv2.imdecode
+
+    def imdecode(buf, flags):
+        seen.append(flags)
+        return real(buf, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+    return seen
+
+
+@pytest.mark.parametrize("memo_bytes", [256 << 20, 0])
+def test_each_distinct_frame_is_decoded_once_per_run(tmp_path, imdecodes, memo_bytes):
+    from navcache.pipeline.decode import DecodedFrames
+    from tests.helpers import make_navila
+
+    data = make_navila(tmp_path / "data", n_episodes=3)
+    src = NavilaSource(data)
+    src.decoded = DecodedFrames(memo_bytes)
+    eps = src.episodes("train")
+    distinct = len({f for e in eps for f in e.files})
+    rows = sum(len(e.files) for e in eps)
+    assert distinct < rows  # histories share frames
+    got = {e.episode_id: src.read_frames(e) for e in eps}
+    if memo_bytes:
+        assert len(imdecodes) == src.decoded.decodes == distinct
+    else:
+        assert len(imdecodes) == rows
+    plain = NavilaSource(data)
+    plain.decoded = DecodedFrames(0)
+    for e in eps:
+        want = plain.read_frames(e)
+        assert np.array_equal(got[e.episode_id].pixels, want.pixels) and got[e.episode_id].pixels.flags.writeable
+    (tmp_path / "data" / eps[0].record["split"] / eps[0].record["frames"][-1]).write_bytes(b"\xff\xd8 not a jpeg any more \xff\xd9")
+    from navcache.pipeline.errors import Quarantine
+
+    with pytest.raises(Quarantine, match="cannot decode"):
+        src.read_frames(eps[0])  # a rewritten file is a new version: decoded again, never served from the memo
