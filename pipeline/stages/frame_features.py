@@ -10,8 +10,8 @@ from those results or from ``FrameMemo`` (features of frames encoded in earlier 
 in bytes; samples come in id order, so a frame's reuses are close together). The cache layout and
 ``open_cache`` are unchanged: each sample still gets its own rows, equal to a non-deduplicated
 run's. Chosen over a frame table plus per-sample references because readers, specs and every
-head stay as they are; the cost left is disk (rows stored per sample) and decoding, which still
-runs per sample in the decode threads.
+head stay as they are; the cost left is disk (rows stored per sample). Decoding is deduplicated by
+the source (NaVILA: ``decode.DecodedFrames``); preprocessing still runs per sample.
 """
 from __future__ import annotations
 
