@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import operator
 import os
 import sqlite3
 import threading
@@ -115,9 +116,10 @@ class FileHasher:
     def _load(self) -> None:
         """The persisted memo, read once: one query beats one per file by ~20x at 100K files."""
         rows = self._db.execute("SELECT path, size, mtime, ctime, ino, sha, hashed FROM h").fetchall()
+        loaded = dict(zip(map(operator.itemgetter(0, 1, 2, 3, 4), rows), map(operator.itemgetter(5, 6), rows)))  # C speed
         with self._lock:
-            for r in rows:
-                self._mem.setdefault(r[:5], (r[5], r[6]))
+            loaded.update(self._mem)  # entries hashed before the load are as new
+            self._mem = loaded
             self._loaded = True
 
     def _lookup(self, key: tuple) -> str | None:

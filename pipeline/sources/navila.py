@@ -185,8 +185,9 @@ def _poses_fast(poses: object, n_frames: int) -> list[list[float]] | None:
     if not kinds <= _REAL_SET:  # exact types: bool (a subclass of int) is refused, as by ``_is_real``
         return None
     try:
-        # all floats (JSON's usual): copies of the parsed lists; else each value as a float
-        out = list(map(list, poses)) if kinds == {float} else [[float(p[0]), float(p[1]), float(p[2])] for p in poses]
+        # all floats (JSON's usual): the parsed lists themselves (only this record reads them:
+        # a video_id named twice is refused), else each value as a float
+        out = poses if kinds == {float} else [[float(p[0]), float(p[1]), float(p[2])] for p in poses]
         # a sum overflowing to inf only sends large finite poses to the slow path
         finite = math.isfinite(sum(flat))
     except OverflowError:
