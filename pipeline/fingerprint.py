@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import operator
 import os
 import sqlite3
@@ -19,11 +20,20 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from navcache.cache_specs.layout import canonical_json, sha256_file
+from navcache.cache_specs.layout import sha256_file
+
+
+#: ``canonical_json``'s encoder, built once (``json.dumps`` with options builds one per call);
+#: same bytes, checked by tests/pipeline/test_planning_fast.py
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _canonical(obj: Any) -> bytes:
+    return _CANONICAL.encode(obj).encode()
 
 
 def hash_obj(obj: Any) -> str:
-    return hashlib.sha256(canonical_json(obj)).hexdigest()
+    return hashlib.sha256(_canonical(obj)).hexdigest()
 
 
 def stage_fingerprints(base: Any, content: Mapping[str, str], upstream: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
@@ -36,13 +46,13 @@ def stage_fingerprints(base: Any, content: Mapping[str, str], upstream: Mapping[
     against ``hash_obj``.
     """
     head = b'{"episode":'
-    mid = b',"stage":' + canonical_json(base) + b',"upstream":'
+    mid = b',"stage":' + _canonical(base) + b',"upstream":'
     ups = sorted(upstream)
-    keys = [canonical_json(u) + b":" for u in ups]
+    keys = [_canonical(u) + b":" for u in ups]
     out = {}
     for eid, c in content.items():
-        up = b"{" + b",".join(k + canonical_json(upstream[u][eid]) for k, u in zip(keys, ups)) + b"}"
-        out[eid] = hashlib.sha256(head + canonical_json(c) + mid + up + b"}").hexdigest()
+        up = b"{" + b",".join(k + _canonical(upstream[u][eid]) for k, u in zip(keys, ups)) + b"}"
+        out[eid] = hashlib.sha256(head + _canonical(c) + mid + up + b"}").hexdigest()
     return out
 
 

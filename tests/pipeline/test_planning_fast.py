@@ -207,6 +207,12 @@ def test_stage_fingerprints_are_hash_obj_of_the_whole_document():
                 {"b": {e: "1" for e in content}, "a": {e: c[:7] for e, c in content.items()}}):
         want = {e: hash_obj({"stage": base, "episode": c, "upstream": {u: ups[u][e] for u in ups}}) for e, c in content.items()}
         assert stage_fingerprints(base, content, ups) == want
+    from navcache.cache_specs.layout import canonical_json
+
+    for obj in (base, [1, 2.5, -0.0, 1e300, "é\u2028", None, True, {"b": 1, "a": [2]}], "x"):
+        assert hash_obj(obj) == hashlib.sha256(canonical_json(obj)).hexdigest()  # the prebuilt encoder is canonical_json
+    with pytest.raises(ValueError):
+        hash_obj(float("nan"))
 
 
 def test_prune_deletes_the_rows_of_changed_and_gone_files_only(tmp_path):
