@@ -155,7 +155,7 @@ class Resolver:
         """``check`` every one of ``rels`` (raising the first refusal in their order); the ones
         already answered cost a C-speed set difference, not a call each (histories repeat paths).
 
-        New ones in a folder already seen take a short cut: a plain name (``_plain``) that the
+        New ones in a folder already seen take a short cut: a plain relative name (``_plain``) that the
         folder's listing shows is no symlink resolves to the folder's real path + the name, as
         ``_resolve`` would find (the folder is known normal, under the root and listable);
         anything else takes ``check``."""
@@ -163,7 +163,7 @@ class Resolver:
         for rel in set(rels).difference(done):
             folder, _, name = rel.rpartition("/")
             hit = safe.get(folder)
-            if hit is not None and hit[1].get(name) is False and _plain(rel):
+            if hit is not None and hit[1].get(name) is False and _plain(rel) and not rel.startswith("/"):
                 done[rel] = hit[0] + name
                 continue
             try:
@@ -182,7 +182,7 @@ class Resolver:
         if not _plain(rel):
             _check_text(rel)
         folder, _, name = rel.rpartition("/")
-        if name in ("", ".", "..") or (folder not in self._dirs and not _normal_folder(folder)):
+        if os.path.isabs(rel) or name in ("", ".", "..") or (folder not in self._dirs and not _normal_folder(folder)):
             return str(resolve_under(self.root, rel, self.allow_outside))
         full = self._real(folder, name)
         real_dir = self._dirs[folder]

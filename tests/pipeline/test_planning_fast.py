@@ -153,6 +153,7 @@ def test_the_resolver_answers_as_resolve_under(tmp_path):
     (root / "a" / "b").mkdir(parents=True)
     (root / "a" / "b" / "x.jpg").write_bytes(b"x")
     (root / "a" / "b" / "y.jpg").write_bytes(b"y")
+    (root / "top.jpg").write_bytes(b"t")
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "y.jpg").write_bytes(b"y")
@@ -170,7 +171,8 @@ def test_the_resolver_answers_as_resolve_under(tmp_path):
             "./a/b/x.jpg", str(root / "a/b/x.jpg"), str(outside / "y.jpg"), ".", "a/..", "", " ", "http://x/y.jpg", "s3:b/k",
             "C:\\x.jpg", "a/up/root", "a/up/outside/y.jpg", "a/b\x00.jpg", 7, "a/b/x.jpg", "a/b_link/x.jpg", "a/b_link/rel_up.jpg",
             "a/b/dangling.jpg", "a/b/loop.jpg", "a/b/rel_up.jpg", "a/b/", "a/b/.", "a/b/..", "a/./b/x.jpg", "a/b/x.jpg/z", "\u00e9/x.jpg",
-            "a/b/x.jpg\n", "frame:1.jpg", "a/b/y.jpg", "a/b/missing.jpg", "a/b/s3:y.jpg", "a/b/\u00e9.jpg"]
+            "a/b/x.jpg\n", "frame:1.jpg", "a/b/y.jpg", "a/b/missing.jpg", "a/b/s3:y.jpg", "a/b/\u00e9.jpg", "top.jpg",
+            "/top.jpg", "//top.jpg", "/a/b/x.jpg"]
     for allow in (False, True):
         resolve = Resolver(root, allow)
         for rel in rels:
@@ -184,7 +186,7 @@ def test_the_resolver_answers_as_resolve_under(tmp_path):
         assert _outcome(lambda: fresh.check_all(strs)) == (first_refused or ("ok", None))
         assert _outcome(lambda: fresh.check_all(strs)) == (first_refused or ("ok", None))  # from the memo
         fresh = Resolver(root, allow)
-        fresh.check_all(["a/b/x.jpg"])  # the folder is known: the others take check_all's short cut where they can
+        fresh.check_all(["a/b/x.jpg", "top.jpg"])  # the folders are known: the others take check_all's short cut where they can
         fresh.check_all([r for r in strs if _outcome(lambda: resolve_under(root, r, allow))[0] == "ok"])
         for rel in strs:
             assert _outcome(lambda: Path(fresh.check(rel))) == _outcome(lambda: resolve_under(root, rel, allow)), (rel, allow)
