@@ -160,7 +160,8 @@ class FrameFeaturesStage(Stage):
         return int(size.get("width", edge)), int(size.get("height", edge))
 
     def prepare(self, episode, upstream: Mapping) -> Prepared:
-        fit = {"fit": True} if self.encoder.decode_fit else {}  # reduced decode (preprocess: fast; in the encoder identity)
+        # reduced decode (preprocess: fast; in the encoder identity); an encoder without the option decodes in full
+        fit = {"fit": True} if getattr(self.encoder, "decode_fit", False) else {}
         if self.settings.frames_from == "keyframes":
             frames = self.source.read_frames(episode, upstream["keyframes"]["frame_index"].tolist(), resize_to=self.resize_to, **fit)
         else:
