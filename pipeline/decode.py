@@ -19,7 +19,10 @@ decord is no longer used for decoding (``bench/video_fuzz.py`` keeps it as the "
 """
 from __future__ import annotations
 
+import os
 import struct
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,7 +33,7 @@ from navcache.pipeline.errors import Quarantine
 from navcache.pipeline.video_check import check_iso_bmff_complete, check_mp4
 from navcache.pipeline.video_reader import StrictVideoReader
 
-__all__ = ["DEFAULT_MAX_PIXELS", "black_frames", "check_iso_bmff_complete", "image_header_size", "read_image", "read_jpegs", "read_video", "read_video_sampled", "reduction"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DecodedFrames", "black_frames", "check_iso_bmff_complete", "image_header_size", "read_image", "read_jpegs", "read_video", "read_video_sampled", "reduction"]
 
 
 def black_frames(k: int, h: int, w: int) -> np.ndarray:
@@ -101,12 +104,16 @@ def read_video_sampled(
     sample: Callable[[int], Sequence[int]],
     expected_frames: int | None = None,
     size: tuple[int, int] | None = None,
+    reduce_to: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Decode the frames ``sample(n_frames)`` chooses, opening the file once.
 
     Returns ``(pixels, n_frames)``: pixels uint8 [K, H, W, 3] RGB with K = len(sample(n)) rows in
     the requested order; with ``size`` = (width, height) the decoder's own scaler delivers the
     frames at that size ([K, height, width, 3], ``StrictVideoReader.frames``), never at full size.
+    ``reduce_to`` (when ``size`` is None): the (width, height) the consumer resizes to; the scaler
+    then delivers 1/2, 1/4 or 1/8 of the stored size, the smallest still covering it
+    (``reduction(..., fit=True)``, the rule JPEGs follow), else full size.
     ``sample`` may itself raise Quarantine (e.g. "clip too short").
     Raises Quarantine for every kind of damage listed in the module docstring, for a frame count
     other than ``expected_frames``, and for out-of-range indices.
@@ -129,6 +136,10 @@ def read_video_sampled(
             said = f", annotation says {expected_frames}" if expected_frames is not None else ""
             raise Quarantine(f"video {path}: container states {stated} frames, decoder finds {n}{said} (truncated?)")
         idx = validate_indices(sample(n), n, path)
+        if size is None and reduce_to is not None:
+            w, h = reader.info.width, reader.info.height
+            s = reduction((w, h), reduce_to, fit=True)
+            size = None if s == 1 else (w // s, h // s)
         pixels = reader.frames(idx, size=size)
     return pixels, n
 
@@ -304,23 +315,68 @@ def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int | None) -> 
         )
 
 
+class DecodedFrames:
+    """Decoded images of one run, by file version and decode settings, least recently used dropped
+    beyond ``max_bytes``; thread-safe (decode threads share it).
+
+    NaVILA samples are histories: consecutive samples of an episode name most of the same frames,
+    so decoding per sample repeats the decoder ~2.5x on the demo, far more on R2R. The key is
+    (path, size, mtime, ctime, inode, decode settings): a file rewritten during the run has a new
+    key, so a hit is always the bytes on disk decoded the same way. Bounded in bytes so memory
+    does not grow with the dataset; samples come in id order, so a frame's reuses are close
+    together. Hand-rolled on OrderedDict (a dozen lines): ``functools.lru_cache`` bounds entries,
+    not bytes. ``decodes`` counts images actually decoded through it.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes, self.decodes = max_bytes, 0, 0
+        self._d: OrderedDict[tuple, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def read(self, path: Path, resize_to: tuple[int, int] | None, max_pixels: int | None, fit: bool) -> tuple[np.ndarray, tuple[int, int]]:
+        """``_read_image(path, ...)`` (pixels read-only, shared), decoded once per file version."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return _read_image(path, resize_to, max_pixels, fit)  # raises Quarantine naming the problem
+        key = (os.fspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, resize_to, max_pixels, fit)
+        with self._lock:
+            hit = self._d.get(key)
+            if hit is not None:
+                self._d.move_to_end(key)
+                return hit
+        img, size = _read_image(path, resize_to, max_pixels, fit)
+        img.flags.writeable = False  # shared by every sample naming this frame
+        with self._lock:
+            self.decodes += 1
+            if key not in self._d and img.nbytes <= self.max_bytes:
+                self._d[key] = (img, size)
+                self.bytes += img.nbytes
+                while self.bytes > self.max_bytes:
+                    _, (old, _) = self._d.popitem(last=False)
+                    self.bytes -= old.nbytes
+        return img, size
+
+
 def read_jpegs(paths: Sequence[Path], resize_to: tuple[int, int] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-               fit: bool = False) -> np.ndarray:
+               fit: bool = False, memo: DecodedFrames | None = None) -> np.ndarray:
     """Decode image files into one uint8 [K, H, W, 3] RGB array, rows in the order of ``paths``.
 
     ``resize_to``, ``max_pixels`` and ``fit`` as in ``read_image``: with ``resize_to``, large JPEGs arrive
-    reduced, all by the same factor (files of one size share it). Raises Quarantine naming the file when
-    one is missing, empty, truncated, undecodable, above ``max_pixels``, or has a size different
-    from the first frame's.
+    reduced, all by the same factor (files of one size share it). ``memo``: images decoded earlier
+    in the run are copied from it, new ones decoded and kept there (equal pixels). Raises Quarantine
+    naming the file when one is missing, empty, truncated, undecodable, above ``max_pixels``, or
+    has a size different from the first frame's.
     """
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("read_jpegs needs at least one path")
-    first, size0 = _read_image(paths[0], resize_to, max_pixels, fit)
+    read = _read_image if memo is None else memo.read
+    first, size0 = read(paths[0], resize_to, max_pixels, fit)
     out = np.empty((len(paths), *first.shape), dtype=np.uint8)  # one allocation, no list of frames
     out[0] = first
     for j, p in enumerate(paths[1:], start=1):
-        img, size = _read_image(p, resize_to, max_pixels, fit)
+        img, size = read(p, resize_to, max_pixels, fit)
         if size != size0 or img.shape != first.shape:
             raise Quarantine(f"frame size mismatch: {p} is {size[0]}x{size[1]}, {paths[0]} is {size0[0]}x{size0[1]}")
         out[j] = img

@@ -11,18 +11,49 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import operator
 import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
-from navcache.cache_specs.layout import canonical_json, sha256_file
+from navcache.cache_specs.layout import sha256_file
+
+
+#: ``canonical_json``'s encoder, built once (``json.dumps`` with options builds one per call);
+#: same bytes, checked by tests/pipeline/test_planning_fast.py
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _canonical(obj: Any) -> bytes:
+    return _CANONICAL.encode(obj).encode()
 
 
 def hash_obj(obj: Any) -> str:
-    return hashlib.sha256(canonical_json(obj)).hexdigest()
+    return hashlib.sha256(_canonical(obj)).hexdigest()
+
+
+def stage_fingerprints(base: Any, content: Mapping[str, str], upstream: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """``{id: hash_obj({"stage": base, "episode": content[id], "upstream": {u: upstream[u][id]}})}``
+    for every id of ``content``, byte for byte, with ``base`` (the stage's spec, settings, encoder
+    identity: kilobytes) serialised once instead of once per episode.
+
+    Canonical JSON sorts keys ("episode" < "stage" < "upstream") and has no spaces, so the
+    document is the concatenation below; ``tests/pipeline/test_planning_fast.py`` checks it
+    against ``hash_obj``.
+    """
+    head = b'{"episode":'
+    mid = b',"stage":' + _canonical(base) + b',"upstream":'
+    ups = sorted(upstream)
+    keys = [_canonical(u) + b":" for u in ups]
+    out = {}
+    for eid, c in content.items():
+        up = b"{" + b",".join(k + _canonical(upstream[u][eid]) for k, u in zip(keys, ups)) + b"}"
+        out[eid] = hashlib.sha256(head + _canonical(c) + mid + up + b"}").hexdigest()
+    return out
 
 
 class FileHasher:
@@ -54,6 +85,8 @@ class FileHasher:
         self._batch = batch
         self._pending: list[tuple] = []
         self._loaded = False
+        #: path -> its key when last looked up (None: missing): what ``prune`` knows without a stat
+        self._current: dict[str, tuple | None] = {}
         self.reads = 0
         #: transactions written (one per flush that had entries)
         self.commits = 0
@@ -93,9 +126,10 @@ class FileHasher:
     def _load(self) -> None:
         """The persisted memo, read once: one query beats one per file by ~20x at 100K files."""
         rows = self._db.execute("SELECT path, size, mtime, ctime, ino, sha, hashed FROM h").fetchall()
+        loaded = dict(zip(map(operator.itemgetter(0, 1, 2, 3, 4), rows), map(operator.itemgetter(5, 6), rows)))  # C speed
         with self._lock:
-            for r in rows:
-                self._mem.setdefault(r[:5], (r[5], r[6]))
+            loaded.update(self._mem)  # entries hashed before the load are as new
+            self._mem = loaded
             self._loaded = True
 
     def _lookup(self, key: tuple) -> str | None:
@@ -109,11 +143,15 @@ class FileHasher:
         try:
             st = os.stat(path)
         except OSError:
+            self._current[path] = None
             return "missing"  # the stage will quarantine the episode; its fingerprint still differs from a present file
-        key = self._key(path, st)
-        sha = self._lookup(key)
-        if sha is not None:
-            return sha
+        key = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)  # = _key, inlined: one call per input file
+        self._current[path] = key
+        if not self._loaded and self._db is not None:
+            self._load()
+        hit = self._mem.get(key)
+        if hit is not None and self._trusted(key, hit[1]):
+            return hit[0]
         hashed_ns = time.time_ns()  # before reading: a write after this moment stamps a later time
         try:
             sha = sha256_file(Path(path))
@@ -132,8 +170,26 @@ class FileHasher:
             self.flush()
         return sha
 
-    def many(self, paths: Iterable[Path]) -> list[str]:
-        return [self(p) for p in paths]
+    def many(self, paths: Iterable[Path | str]) -> list[str]:
+        """``[self(p) for p in paths]``, with the memo hit (planning's every file) in one loop."""
+        if self._db is not None and not self._loaded:
+            self._load()
+        mem, current, racy, out = self._mem, self._current, self._racy_ns, []
+        for p in paths:
+            s = os.fspath(p)
+            try:
+                st = os.stat(s)
+            except OSError:
+                out.append(self(s))
+                continue
+            key = (s, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            hit = mem.get(key)
+            if hit is not None and hit[1] - max(key[2], key[3]) > racy:  # = _trusted
+                current[s] = key
+                out.append(hit[0])
+            else:
+                out.append(self(s))  # a miss reads the file: its second stat costs nothing next to that
+        return out
 
     def flush(self) -> None:
         """Write the entries hashed since the last flush, in one transaction."""
@@ -144,6 +200,46 @@ class FileHasher:
             with self._db:  # BEGIN ... COMMIT, or ROLLBACK on error
                 self._db.executemany("INSERT OR REPLACE INTO h VALUES (?,?,?,?,?,?,?)", rows)
             self.commits += 1
+
+    def prune(self, full: bool = True) -> int:
+        """Delete the persisted rows that can never hit again, returning how many: the file is
+        gone, or its (size, mtime, ctime, inode) is no longer the row's. A ctime never goes back,
+        so such a row is dead for good, whatever other runs do meanwhile: deleting it is safe
+        while concurrent jobs read and write the memo.
+
+        Paths looked up by this hasher are judged by what the lookups saw (no system call);
+        ``full`` also stats every other path the memo holds (files of other splits, or no
+        longer named by any annotation): one ``stat`` per such path. Deletes go in transactions
+        of ``batch`` rows: a kill in between leaves only rows a later prune deletes.
+        """
+        if self._db is None:
+            return 0
+        self.flush()
+        if not self._loaded:
+            self._load()
+        with self._lock:
+            keys = list(self._mem)
+        now: dict[str, tuple | None] = dict(self._current)
+        dead = []
+        for key in keys:
+            path = key[0]
+            if path not in now:
+                if not full:
+                    continue
+                try:
+                    now[path] = self._key(path, os.stat(path))
+                except OSError:
+                    now[path] = None
+            if now[path] != key:
+                dead.append(key)
+        for i in range(0, len(dead), self._batch):
+            with self._db:
+                self._db.executemany("DELETE FROM h WHERE path=? AND size=? AND mtime=? AND ctime=? AND ino=?", dead[i : i + self._batch])
+            self.commits += 1
+        with self._lock:
+            for key in dead:
+                self._mem.pop(key, None)
+        return len(dead)
 
     def close(self) -> None:
         if self._db is not None:
@@ -177,13 +273,12 @@ def episode_fingerprint(episode, root: Path, hasher: FileHasher, files: Iterable
     """
     record = episode.record if record_keys is None else {k: episode.record[k] for k in record_keys if k in episode.record}
     prefix = _dir_prefix(root)
-    hashed = []
-    for p in episode.files if files is None else files:
-        s = os.fspath(p)
-        # = str(Path(p).relative_to(root)) for the normalised absolute paths sources give,
-        # without building two Path objects per file (a third of planning's time at 100K files)
-        rel = s[len(prefix):] if s.startswith(prefix) and _normal(s, len(prefix)) else _relative(s, root)
-        hashed.append((rel, hasher(s)))
+    n = len(prefix)
+    paths = [os.fspath(p) for p in (episode.files if files is None else files)]
+    # = str(Path(p).relative_to(root)) for the normalised absolute paths sources give,
+    # without building two Path objects per file (a third of planning's time at 100K files)
+    rels = [s[n:] if s.startswith(prefix) and _normal(s, n) else _relative(s, root) for s in paths]
+    hashed = list(zip(rels, hasher.many(paths)))  # (rel, sha) pairs: JSON arrays, as before
     return hash_obj({"id": episode.episode_id, "record": record, "files": hashed, "quarantine": episode.quarantine})
 
 

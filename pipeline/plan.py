@@ -24,6 +24,8 @@ rerun after a kill and an uninterrupted run agree on it, part for part.
 """
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -34,7 +36,7 @@ from navcache.cache_specs.parts import PART_FORMAT, free_numbers, part_fingerpri
 
 from .config import ProjectConfig
 from .errors import ConfigError
-from .fingerprint import FileHasher, episode_fingerprint, hash_obj
+from .fingerprint import FileHasher, episode_fingerprint, stage_fingerprints
 from .sources import make_source
 from .sources.base import Episode, Source
 from .stages import cache_name, stage_class
@@ -184,6 +186,36 @@ def plan_split(
     project: ProjectConfig, dataset: str, split: str, only: str | None = None, hasher: FileHasher | None = None, source: Source | None = None
 ) -> list[StagePlan]:
     """Plan every stage of (dataset, split). Raises DatasetError if the split cannot be listed."""
+    with gc_paused():
+        return _plan_split(project, dataset, split, only, hasher, source)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the block, as it was after.
+
+    Planning allocates a dozen objects per input file (parsed JSON, paths, keys) and frees few
+    until the end: every ~700 allocations CPython walked all surviving containers again, half of
+    the listing's time at 100K files (measured: 0.85 s -> 0.40 s). Reference counting still frees
+    everything; the few reference cycles wait for the next full collection.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        # what the block allocated goes to the oldest generation unscanned (freeze + unfreeze
+        # merge the generation lists), so re-enabling does not start with one collection
+        # walking all of it (0.1-0.2 s at 100K files); a later full collection sees it as usual
+        gc.freeze()
+        gc.unfreeze()
+        if was:
+            gc.enable()
+
+
+def _plan_split(
+    project: ProjectConfig, dataset: str, split: str, only: str | None, hasher: FileHasher | None, source: Source | None
+) -> list[StagePlan]:
     ds = project.dataset(dataset)
     source = source or make_source(ds.source, ds.root, **ds.options)
     hasher = hasher or FileHasher()
@@ -199,13 +231,12 @@ def plan_split(
         stage = stages[name]
         key = (stage.reads_files, stage.skip_file_suffixes, stage.record_keys)
         if key not in content:
-            content[key] = {e.episode_id: episode_fingerprint(e, Path(ds.root), hasher, stage.files_read(e), stage.record_keys) for e in episodes}
+            root, keys = Path(ds.root), stage.record_keys  # once per stage, not per episode
+            content[key] = {e.episode_id: episode_fingerprint(e, root, hasher, stage.files_read(e), keys) for e in episodes}
             hasher.flush()  # one memo transaction per stage: a kill later loses none of these hashes
         base = _stage_base(project, dataset, name, stage)
-        efps[name] = {
-            e.episode_id: hash_obj({"stage": base, "episode": content[key][e.episode_id], "upstream": {u: efps[u][e.episode_id] for u in stage.consumes}})
-            for e in episodes
-        }
+        # = hash_obj({"stage": base, "episode": content, "upstream": {u: efps[u][id]}}) per episode
+        efps[name] = stage_fingerprints(base, content[key], {u: efps[u] for u in stage.consumes})
         bases[name] = _read_base(cache_dir(project.cache_root, dataset, split, cache_name(name)), project.backend)
         kept[name] = {}
         todo[name] = []

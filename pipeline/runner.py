@@ -130,6 +130,8 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
     hasher = FileHasher(Path(project.cache_root) / ".navcache" / "filehash.sqlite")
     try:
         plans = _plan_selected(project, opts, summary, hasher)
+        if not opts.dry_run:
+            hasher.prune()  # rows of files gone or changed since hashed: they could only grow the memo
     finally:
         hasher.close()
     failed: set[tuple[str, str]] = set()  # (dataset, stage) whose build failed: skip its downstream

@@ -96,14 +96,20 @@ def _checked(root: Path, rel: str, real_root: Path, real: Path, allow_outside: b
 
 class Resolver:
     """``resolve_under(root, rel, allow_outside)`` for many paths under one root, same results and
-    refusals, at about one ``lstat`` per distinct path instead of one per path component.
+    refusals, at about one directory listing per folder instead of one ``lstat`` per path component.
 
     ``os.path.realpath`` resolves a path component by component, so the real path of ``a/b/c``
     is the real path of ``a/b`` joined with ``c`` resolved there: folders are resolved once
     (memo), then only the last component is looked at, and only followed when it is a symlink.
-    Paths with ``.``, ``..`` or empty components, and absolute ones, take ``resolve_under``'s
-    own route. Results are memoised by ``rel`` (NaVILA histories name each frame many times).
-    The memos assume the tree does not change while one listing runs; make one per listing.
+    Whether it is one comes from the folder's ``os.scandir`` listing (the file type every
+    directory entry carries: no system call per file), read once per folder; a name the listing
+    lacks (a missing file, another spelling on a case-insensitive file system) and every name of
+    a folder that cannot be listed get their own ``lstat``, as ``realpath`` would. So a listing
+    that names each of a folder's files costs one ``scandir`` of it, no more than the plainest
+    walk. Paths with ``.``, ``..`` or empty components, and absolute ones, take
+    ``resolve_under``'s own route. Results are memoised by ``rel`` (NaVILA histories name each
+    frame many times). The memos assume the tree does not change while one listing runs; make one
+    per listing.
     """
 
     def __init__(self, root: Path, allow_outside: bool = False):
@@ -112,7 +118,12 @@ class Resolver:
         self._root_s = str(self.real_root)
         self._under = os.path.join(self._root_s, "")  # "<real root>/"
         self._dirs: dict[str, str] = {}
+        #: real folder -> {name: is a symlink} from its listing (None: it could not be listed)
+        self._listings: dict[str, dict[str, bool] | None] = {}
         self._done: dict[str, str | UnsafePath] = {}
+        self._refused: set[str] = set()
+        #: folder (as written) -> (its real path + "/", its listing): see ``check_all``
+        self._safe: dict[str, tuple[str, dict[str, bool]]] = {}
         self._paths: dict[str, Path] = {}
 
     def __call__(self, rel: str) -> Path:
@@ -125,7 +136,7 @@ class Resolver:
         return path
 
     def check(self, rel: str) -> str:
-        """The same, as a string: refusals without building a Path for every file named."""
+        """The same, as a string: refusals and resolved paths without building a Path per file."""
         hit = self._done.get(rel) if isinstance(rel, str) else None
         if hit is None:
             try:
@@ -134,31 +145,95 @@ class Resolver:
                 hit = e
             if isinstance(rel, str):
                 self._done[rel] = hit
+                if isinstance(hit, UnsafePath):
+                    self._refused.add(rel)
         if isinstance(hit, UnsafePath):
             raise hit
         return hit
 
+    def check_all(self, rels: list[str]) -> None:
+        """``check`` every one of ``rels`` (raising the first refusal in their order); the ones
+        already answered cost a C-speed set difference, not a call each (histories repeat paths).
+
+        New ones in a folder already seen take a short cut: a plain relative name (``_plain``) that the
+        folder's listing shows is no symlink resolves to the folder's real path + the name, as
+        ``_resolve`` would find (the folder is known normal, under the root and listable);
+        anything else takes ``check``."""
+        done, safe = self._done, self._safe
+        for rel in set(rels).difference(done):
+            folder, _, name = rel.rpartition("/")
+            hit = safe.get(folder)
+            if hit is not None and hit[1].get(name) is False and _plain(rel) and not rel.startswith("/"):
+                done[rel] = hit[0] + name
+                continue
+            try:
+                self.check(rel)
+            except UnsafePath:
+                pass
+        if self._refused and not self._refused.isdisjoint(rels):
+            for rel in rels:
+                self.check(rel)
+
+    def resolved(self, rels) -> tuple[str, ...]:
+        """The answers for ``rels``, all passed by ``check_all`` before (KeyError otherwise)."""
+        return tuple(map(self._done.__getitem__, rels))
+
     def _resolve(self, rel: str) -> str:
-        _check_text(rel)
-        parts = rel.split("/")
-        if os.path.isabs(rel) or any(c in ("", ".", "..") for c in parts):
+        if not _plain(rel):
+            _check_text(rel)
+        folder, _, name = rel.rpartition("/")
+        if os.path.isabs(rel) or name in ("", ".", "..") or (folder not in self._dirs and not _normal_folder(folder)):
             return str(resolve_under(self.root, rel, self.allow_outside))
-        folder = "/".join(parts[:-1])
-        real_dir = self._dirs.get(folder)
-        if real_dir is None:
-            real_dir = self._dirs[folder] = os.path.realpath(os.path.join(self.root, folder)) if folder else str(self.real_root)
-        full = os.path.join(real_dir, parts[-1])
-        try:
-            link = stat.S_ISLNK(os.lstat(full).st_mode)
-        except OSError:
-            link = False  # missing: realpath keeps the name as written
-        if link:
-            return str(_checked(self.root, rel, self.real_root, Path(os.path.realpath(full)), self.allow_outside))
+        full = self._real(folder, name)
+        real_dir = self._dirs[folder]
+        if folder not in self._safe and self._listings.get(real_dir) is not None and (
+                self.allow_outside or real_dir == self._root_s or real_dir.startswith(self._under)):
+            # every plain, non-link name in this folder now resolves to real_dir/name (``check_all``)
+            self._safe[folder] = (real_dir if real_dir.endswith("/") else real_dir + "/", self._listings[real_dir])
         if full.startswith(self._under) or (self.allow_outside and full != self._root_s):
             # ``_checked``'s tests on strings: both are normalised real paths, and a name below
-            # a folder is never the root itself (Path objects cost more than the lstat)
+            # a folder is never the root itself (Path objects cost more than the look-up)
             return full
         return str(_checked(self.root, rel, self.real_root, Path(full), self.allow_outside))
+
+    def _real(self, folder: str, name: str) -> str:
+        """``os.path.realpath(root/folder/name)`` for normal components: the folder's real path
+        (memo, itself resolved this way from its parent's), then ``name`` followed only if a link."""
+        real_dir = self._dirs.get(folder)
+        if real_dir is None:
+            parent, _, last = folder.rpartition("/")
+            real_dir = self._dirs[folder] = self._real(parent, last) if folder else self._root_s
+        full = real_dir + name if real_dir.endswith("/") else real_dir + "/" + name  # = os.path.join
+        return os.path.realpath(full) if self._is_link(real_dir, name, full) else full
+
+    def _is_link(self, real_dir: str, name: str, full: str) -> bool:
+        """``full`` (= real_dir/name) is a symlink: from the folder's listing, else by ``lstat``."""
+        if real_dir not in self._listings:
+            try:
+                with os.scandir(real_dir) as it:
+                    # is_symlink() reads the entry's file type: no system call on Linux/macOS file systems
+                    self._listings[real_dir] = {e.name: e.is_symlink() for e in it}
+            except OSError:
+                self._listings[real_dir] = None
+        listed = self._listings[real_dir]
+        if listed is not None and name in listed:
+            return listed[name]
+        try:
+            return stat.S_ISLNK(os.lstat(full).st_mode)
+        except OSError:
+            return False  # missing: realpath keeps the name as written
+
+
+def _normal_folder(folder: str) -> bool:
+    """A relative folder with no empty, "." or ".." component ("" is the root): realpath's
+    component-by-component rule applies as ``Resolver._real`` restates it."""
+    return not folder or (not folder.startswith("/") and not any(c in ("", ".", "..") for c in folder.split("/")))
+
+
+def _plain(rel: object) -> bool:
+    """``rel`` passes ``_check_text`` for sure: a non-blank ASCII string without ":" or NUL (every
+    URL, scheme and drive rule needs a ":"; ASCII always encodes). One C-speed test per path."""
+    return type(rel) is str and rel.isascii() and ":" not in rel and "\x00" not in rel and rel != "" and not rel.isspace()
 
 
 def folder_under(root: Path, rel: str, allow_outside: bool = False) -> Path:

@@ -9,6 +9,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def navcache_home(tmp_path_factory) -> Path:
+    """The user folder for memos (weights hashes, encoder facts): a session temp dir, so that the
+    suite never writes ``~/.cache/navcache``. Set in ``os.environ`` before any test runs, so
+    subprocesses (``navcache`` CLI runs, torchrun workers) inherit it too; tests that need their
+    own folder still monkeypatch it."""
+    home = tmp_path_factory.mktemp("navcache_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NAVCACHE_HOME", str(home))
+        yield home
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny seeded random-init DINOv3ViTModel saved with save_pretrained (loaded via from_pretrained)."""

@@ -30,7 +30,10 @@ Only ``torch`` is imported lazily, so importing an encoder module stays cheap.
 from __future__ import annotations
 
 import abc
+import glob
+import os
 import re
+import sys
 import threading
 import traceback
 from contextlib import AbstractContextManager
@@ -55,18 +58,41 @@ def check_precision(value: object, field: str = "precision") -> None:
 
 
 def resolve_device(device: str) -> str:
+    """``device`` with "auto" made concrete: "cuda" when torch sees a device, else "cpu".
+
+    Planning needs the answer (it decides the "auto" precision, which enters fingerprints) and
+    must not import torch for it (seconds per ``status``): a machine with no GPU device node is
+    answered "cpu" without asking torch (``no_gpu_device_nodes``). Planning and compute call this
+    same function, so the device an encoder runs on is always the one its fingerprint names.
+    """
+    if device != "auto":
+        return device
+    if no_gpu_device_nodes():
+        return "cpu"
     import torch
 
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def no_gpu_device_nodes() -> bool:
+    """True where no torch build can see a CUDA/ROCm device: macOS (no CUDA builds), or Linux
+    without the device nodes a GPU is reached through (NVIDIA's /dev/nvidiaN, ROCm's /dev/kfd,
+    WSL2's /dev/dxg). False means "ask torch" (it may still say cpu). A GPU reached some other
+    way would be missed: ``device: cuda`` in the settings says so explicitly."""
+    if sys.platform == "darwin":
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    return not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd") or os.path.exists("/dev/dxg"))
 
 
 def resolve_precision(precision: str, device: str) -> str:
     """``precision`` with "auto" made concrete for the resolved ``device``."""
     if precision != "auto":
         return precision
-    import torch
-
     if device.startswith("cuda"):
+        import torch  # only here: a CPU answer must not import torch (planning, ``status``)
+
         return "bf16" if torch.cuda.get_device_capability(torch.device(device))[0] >= 8 else "fp16"
     return "fp32"
 

@@ -146,8 +146,7 @@ class _Dinov3Preprocess:
     VALUES = frozenset({"size", "crop_size", "pad_size", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std"})
 
     def __init__(self, config: dict, model: str, fast: bool = False):
-        import torch
-
+        # no torch here: planning builds this to check the options, and must not import torch
         bad = {k: v for k, v in config.items() if k not in METADATA_KEYS | INERT | self.VALUES | set(self.ALLOWED)}
         bad.update({k: config[k] for k in self.ALLOWED if k in config and config[k] not in self.ALLOWED[k]})
         size = config.get("size") or {"height": 224, "width": 224}
@@ -160,8 +159,7 @@ class _Dinov3Preprocess:
         self.scale = float(config.get("rescale_factor") or 1 / 255) if config.get("do_rescale") is not False else None
         self.normalize = config.get("do_normalize", True) is not False
         mean, std = config.get("image_mean") or (0.485, 0.456, 0.406), config.get("image_std") or (0.229, 0.224, 0.225)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
     def __call__(self, pixels, device: str | None = None):
         """uint8 [N, H, W, 3] (numpy or torch, on the CPU) -> float32 torch [N, 3, h, w] on ``device``
@@ -199,7 +197,10 @@ class _Dinov3Preprocess:
 
     def _finish(self, x, resized: bool):
         """Contiguous float32 [N, 3, h, w]: rescaled first when ``resized`` (uint8 input), then normalised."""
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        import torch
+
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         if resized:
             x = self._rescale(x.float())
         x = x.contiguous()

@@ -37,8 +37,10 @@ class EncoderSettings:
     #: "auto" = bf16 autocast on CUDA (Ampere+; fp16 before), fp32 on CPU
     precision: str = "auto"
     #: "exact": pixels equal to the model's transformers processor (on a CUDA device the resize runs
-    #: there, from uint8); "fast" (DINOv3 only): on the CPU, resize in uint8 (within one grey level
-    #: of "exact", ``hf_preprocessing._Dinov3Preprocess``); on CUDA the same as "exact"
+    #: there, from uint8); "fast" (DINOv3 only): frames decoded reduced towards the model's input
+    #: size where the format allows (JPEG DCT scaling, the video decoder's scaler: ``decode.reduction``),
+    #: and on the CPU resized in uint8 (within one grey level of "exact",
+    #: ``hf_preprocessing._Dinov3Preprocess``); on CUDA the resize itself is exact
     preprocess: str = "exact"
     #: "last": last_hidden_state (after the final norm); an int k: hidden_states[k] (-2 = the
     #: second-to-last block, as Prismatic/OpenVLA read their towers)
@@ -106,11 +108,16 @@ class HFVisionEncoder(FrozenEncoder):
             # with the old re-implementation (squashed, bilinear) must not be reused; DINOv3's are
             # unchanged (same ops), so its identity keeps the keys it was fingerprinted with
             ident["preprocessing"] = "transformers-processor"
-        if self._fast:  # absent for "exact": existing caches keep their fingerprints
-            ident["preprocess"] = "fast: uint8 resize on the CPU"
+        if self.decode_fit:  # absent for "exact": existing caches keep their fingerprints
+            ident["preprocess"] = "fast: reduced-size decode" + (", uint8 resize on the CPU" if self._fast else "")
         if self.s.layer != "last":  # likewise absent for the default
             ident["layer"] = self.s.layer
         return ident
+
+    @property
+    def decode_fit(self) -> bool:
+        """Frames are to be decoded reduced towards the input size (``Source.read_frames(fit=True)``)."""
+        return self.s.preprocess == "fast"
 
     @property
     def _fast(self) -> bool:

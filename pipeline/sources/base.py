@@ -21,12 +21,14 @@ class Episode:
     ``record`` is JSON-serialisable metadata read from the annotations (instruction, labels,
     telemetry, ground-truth poses...). It enters the episode fingerprint together with the content
     hash of every path in ``files``, so a change to either recomputes exactly this episode's part.
-    ``files`` are absolute paths already resolved under the dataset root.
+    ``files`` are absolute paths already resolved under the dataset root, as ``str`` or ``Path``
+    (NaVILA lists str: 100K ``Path`` objects were a quarter of planning's time); consumers
+    ``os.fspath`` or ``Path`` them.
     """
 
     episode_id: str
     record: Mapping[str, Any]
-    files: tuple[Path, ...] = ()
+    files: tuple[str | Path, ...] = ()
     quarantine: str | None = None
 
     def __post_init__(self):
@@ -95,13 +97,18 @@ class Source(Protocol):
         Raises DatasetError when the split cannot be listed at all (e.g. malformed annotation file).
         """
 
-    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None) -> Frames:
+    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None,
+                    fit: bool = False) -> Frames:
         """Decode the episode's sampled frames (``indices`` overrides the sampling rule).
 
         ``resize_to``: the (width, height) the caller resizes every frame to; a source may then
         hand out frames decoded smaller than stored (never below it, e.g. JPEG DCT scaling of a
-        huge image). Raises Quarantine when a file is missing/corrupt, above the source's size
-        limit, or a decoder returns fewer frames than promised.
+        huge image). ``fit`` (encoder ``preprocess: fast``): with ``resize_to``, frames of every
+        size come reduced by 1/2, 1/4 or 1/8 where the format decodes so (JPEG DCT scaling, the
+        video decoder's scaler), the smallest still covering ``resize_to``; their pixels then differ
+        slightly from a full-size decode resized (``decode.reduction``). A source that cannot
+        reduce returns stored size. Raises Quarantine when a file is missing/corrupt, above the
+        source's size limit, or a decoder returns fewer frames than promised.
         """
 
 

@@ -240,9 +240,12 @@ class LeRobotSource:
             raise Quarantine(f"{rec['data']}: the table changed since listing ({len(out['timestamp'])} rows, {rec['length']} expected)")
         return out
 
-    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None) -> Frames:
+    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None,
+                    fit: bool = False) -> Frames:
         """``num_frames`` frames of ``camera`` at ``uniform_indices(length, num_frames)`` (or
-        ``indices``, frame indices within the episode) as uint8 [T, H, W, 3] RGB at stored size."""
+        ``indices``, frame indices within the episode) as uint8 [T, H, W, 3] RGB at stored size
+        (``resize_to`` and ``fit`` are hints this source does not use: its videos are decoded as
+        whole segments)."""
         n = declared_record(self, episode, ("frames",))["length"]
         idx = [int(k) for k in indices] if indices is not None else uniform_indices(n, min(self.options.num_frames, n)).tolist()
         pixels = self.read_camera(episode, self.camera, idx)

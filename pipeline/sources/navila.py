@@ -15,14 +15,16 @@ An episode is one record. Only the ``num_frames`` frames NaVILA's sampling keeps
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
+from itertools import chain
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from navcache.pipeline.decode import black_frames, read_jpegs
+from navcache.pipeline.decode import DecodedFrames, black_frames, read_jpegs
 from navcache.pipeline.errors import DatasetError, Quarantine
 from navcache.pipeline.safepaths import Resolver, UnsafePath, folder_under, resolve_under
 from navcache.pipeline.sampling import navila_indices
@@ -35,6 +37,8 @@ __all__ = ["MAX_INT_DIGITS", "NavilaSource"]
 #: longest integer literal read as a number: CPython's default int/str conversion limit, fixed here
 #: so that a file parses the same whatever ``sys.set_int_max_str_digits`` the process runs with
 MAX_INT_DIGITS = 4300
+#: bytes of decoded frames a source keeps for the samples after (~330 frames of 512x512; speed only)
+DECODE_MEMO_BYTES = 256 << 20
 
 
 class _Object(dict):
@@ -171,21 +175,34 @@ def _check_poses(poses: object, n_frames: int) -> tuple[list[list[float]] | None
 
 
 def _poses_fast(poses: object, n_frames: int) -> list[list[float]] | None:
-    """The common case of ``_check_poses`` (well-formed, finite) in one pass; None: take the slow
-    path, which names what is wrong. A finite sum of floats means every term was finite."""
-    if type(poses) is not list or len(poses) != n_frames:
+    """The common case of ``_check_poses`` (well-formed, finite) at C speed: type and length sets
+    instead of a Python test per pose; None: take the slow path, which names what is wrong.
+    A finite sum of floats means every term was finite."""
+    if type(poses) is not list or len(poses) != n_frames or set(map(type, poses)) != {list} or set(map(len, poses)) != {3}:
         return None
-    if not all(type(p) is list and len(p) == 3 and type(p[0]) in _REAL and type(p[1]) in _REAL and type(p[2]) in _REAL for p in poses):
+    flat = list(chain.from_iterable(poses))
+    kinds = set(map(type, flat))
+    if not kinds <= _REAL_SET:  # exact types: bool (a subclass of int) is refused, as by ``_is_real``
         return None
     try:
-        out = [[float(p[0]), float(p[1]), float(p[2])] for p in poses]
+        # all floats (JSON's usual): the parsed lists themselves (only this record reads them:
+        # a video_id named twice is refused), else each value as a float
+        out = poses if kinds == {float} else [[float(p[0]), float(p[1]), float(p[2])] for p in poses]
+        # a sum overflowing to inf only sends large finite poses to the slow path
+        finite = math.isfinite(sum(flat))
     except OverflowError:
         return None
-    # a sum overflowing to inf only sends large finite poses to the slow path
-    return out if math.isfinite(sum(v for p in out for v in p)) else None
+    return out if finite else None
 
 
-_REAL = (int, float)  # exact types: bool (a subclass of int) is refused, as by ``_is_real``
+_REAL_SET = frozenset({int, float})
+
+
+@functools.lru_cache(maxsize=4096)  # a pure function of history length: one numpy linspace per length, not per record
+def _sampled(n: int, t: int) -> tuple[tuple[int, ...], int]:
+    """``navila_indices(n, t)`` as a tuple of ints and the padding count."""
+    idx, n_pad = navila_indices(n, t)
+    return tuple(idx.tolist()), n_pad
 
 
 class NavilaSource:
@@ -208,6 +225,8 @@ class NavilaSource:
         self.annotations, self.images, self.poses, self.num_frames = o.annotations, o.images, o.poses, o.num_frames
         # Filled by episodes(): cross-file consistency that is not any one episode's fault.
         self.report: dict[str, Any] = {}
+        #: frames decoded this run (histories share frames: each is decoded once while it stays in)
+        self.decoded = DecodedFrames(DECODE_MEMO_BYTES)
 
     def _image_dir(self, split: str) -> Path:
         """The split's image folder; DatasetError if it leaves the dataset root (e.g. a symlink)."""
@@ -314,8 +333,7 @@ class NavilaSource:
                 return bad(vid, f"{key!r} must be a string, got {_brief(rec.get(key))}")
 
         try:
-            for f in frames:
-                resolve.check(f)  # every path of the history is checked, only the sampled ones become Paths
+            resolve.check_all(frames)  # every path of the history is checked, not only the sampled ones
         except UnsafePath as e:
             return bad(vid, f"unsafe path in 'frames': {e}")
 
@@ -332,28 +350,30 @@ class NavilaSource:
                 if reason:
                     pose_error = f"{pose_name}[{vid!r}]: {reason}"
 
-        idx, n_pad = navila_indices(len(frames), self.num_frames)
+        idx, n_pad = _sampled(len(frames), self.num_frames)
         record = {
             "split": split,  # read_frames needs it to find the image folder again
             "q": rec["q"],
             "a": rec["a"],
             "frames": list(frames),
             "n_frames": len(frames),
-            "sample_indices": idx.tolist(),  # [num_frames], -1 for front padding
+            "sample_indices": list(idx),  # [num_frames], -1 for front padding
             "n_pad": n_pad,
             "poses": poses,
             "pose_error": pose_error,
         }
-        files = tuple(resolve(frames[k]) for k in idx.tolist() if k >= 0)
+        files = resolve.resolved([frames[k] for k in idx if k >= 0])  # str paths: no Path per file
         return Episode(vid, record, files, None)
 
     # ------------------------------------------------------------------------------ decoding
 
-    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None) -> Frames:
+    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None,
+                    fit: bool = False) -> Frames:
         """The sampled frames, front-padded with black frames: pixels uint8 [T, H, W, 3] RGB.
 
         ``resize_to`` (width, height): JPEGs at least twice that size come DCT-reduced
-        (``decode.read_image``); an image above the ``max_image_pixels`` option is quarantined.
+        (``decode.read_image``), with ``fit`` JPEGs of any size; an image above the
+        ``max_image_pixels`` option is quarantined.
 
         ``indices`` (default: the record's ``sample_indices``) are frame numbers into the record's
         ``frames``; -1 marks a black padding row. Raises Quarantine for a quarantined episode,
@@ -379,7 +399,7 @@ class NavilaSource:
         if not paths:
             raise ValueError(f"{episode.episode_id}: no real frame among indices {idx}; cannot size the padding")
 
-        real = read_jpegs(paths, resize_to, self.options.max_image_pixels)  # [R, H, W, 3]
+        real = read_jpegs(paths, resize_to, self.options.max_image_pixels, fit=fit, memo=self.decoded)  # [R, H, W, 3]
         pixels = black_frames(len(idx), real.shape[1], real.shape[2])
         is_real = np.asarray(idx) >= 0
         pixels[is_real] = real

@@ -215,9 +215,11 @@ class RoverSource:
 
     # ------------------------------------------------------------------------------ decoding
 
-    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None) -> Frames:
+    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None,
+                    fit: bool = False) -> Frames:
         """``num_frames`` frames at ``uniform_indices(n, num_frames)`` (or ``indices``); video
-        frames always come at full size (``resize_to`` is the Source protocol's hint, unused here).
+        frames come at full size, or with ``fit`` from the decoder's scaler reduced towards
+        ``resize_to`` (``Source.read_frames``).
 
         pixels uint8 [T, H, W, 3] RGB, no padding. Raises Quarantine for a quarantined episode, a
         damaged video, a frame count other than the ``n_frames`` column, or a clip shorter than
@@ -238,7 +240,7 @@ class RoverSource:
                 chosen[:] = uniform_indices(n, self.num_frames).tolist()
             return chosen
 
-        pixels, _ = read_video_sampled(path, sample, expected_frames=expected)
+        pixels, _ = read_video_sampled(path, sample, expected_frames=expected, reduce_to=resize_to if fit else None)
         idx = np.asarray(chosen, dtype=np.int64)
         return Frames(pixels=pixels, indices=idx, padded=np.zeros(len(idx), dtype=bool))
 

@@ -349,16 +349,18 @@ class VamosSource:
 
     # ------------------------------------------------------------------------------ decoding
 
-    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None) -> Frames:
+    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None,
+                    fit: bool = False) -> Frames:
         """The sample's one image: pixels uint8 [1, H, W, 3], index 0. Quarantine when it does not
-        decode, is above ``max_image_pixels``, or its bytes changed since listing."""
+        decode, is above ``max_image_pixels``, or its bytes changed since listing. ``fit`` reduces
+        an image file (``Source.read_frames``); images embedded in the shard come at stored size."""
         if episode.quarantine is not None:
             raise Quarantine(episode.quarantine)
         if indices is not None and list(indices) != [0]:
             raise Quarantine(f"{episode.episode_id}: a VAMOS sample has one image (index 0), asked for {list(indices)}")
         r = declared_record(self, episode, ("frames",))
         if r["image_path"] is not None:
-            rgb = read_image(episode.files[0], resize_to, self.options.max_image_pixels)
+            rgb = read_image(episode.files[0], resize_to, self.options.max_image_pixels, fit=fit)
         else:
             raw = self._image_bytes(r["shard"], int(r["row"]))
             if hashlib.sha256(raw).hexdigest() != r["image_sha256"]:

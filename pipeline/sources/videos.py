@@ -256,12 +256,14 @@ class VideosSource:
             return [int(k) for k in rec["sample_indices"]]
         return validate_indices(indices, n, episode.episode_id)
 
-    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None) -> Frames:
+    def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None,
+                    fit: bool = False) -> Frames:
         """The sampled frames (or ``indices``): pixels uint8 [T, H, W, 3] RGB, no padding.
 
         ``resize_to`` (width, height): frames-folder JPEGs at least twice that size come
         DCT-reduced (``decode.read_image``); an image above ``max_image_pixels`` is quarantined.
-        Video frames always come at full size.
+        With ``fit``: JPEGs of any size, and video frames from the decoder's scaler, reduced
+        towards ``resize_to`` (``Source.read_frames``); else video frames come at full size.
 
         Raises Quarantine for a quarantined episode, an index outside [0, n_frames), a damaged or
         missing file, a frame count that changed since listing, or a short decode.
@@ -280,7 +282,7 @@ class VideosSource:
                     raise Quarantine(f"video {episode.files[0]}: decoder finds {found} frames, the container header said {n} when listed")
                 return idx
 
-            pixels, _ = read_video_sampled(episode.files[0], same_count)
+            pixels, _ = read_video_sampled(episode.files[0], same_count, reduce_to=resize_to if fit else None)
         else:
             if indices is None:
                 paths = list(episode.files[: len(idx)])  # exactly what was fingerprinted
@@ -293,7 +295,7 @@ class VideosSource:
                     paths = [resolve_under(self.root, f"{rec['media']}/{names[k]}", self.options.allow_outside_root) for k in idx]
                 except (Quarantine, UnsafePath) as e:
                     raise Quarantine(f"{rec['media']}: {_reason(e)}") from None
-            pixels = read_jpegs(paths, resize_to, self.options.max_image_pixels)
+            pixels = read_jpegs(paths, resize_to, self.options.max_image_pixels, fit=fit)
         if len(pixels) != len(idx):
             raise Quarantine(f"{rec['media']}: asked for {len(idx)} frames, got {len(pixels)}")
         return Frames(pixels=pixels, indices=np.asarray(idx, dtype=np.int64), padded=np.zeros(len(idx), dtype=bool))

@@ -10,8 +10,8 @@ from those results or from ``FrameMemo`` (features of frames encoded in earlier 
 in bytes; samples come in id order, so a frame's reuses are close together). The cache layout and
 ``open_cache`` are unchanged: each sample still gets its own rows, equal to a non-deduplicated
 run's. Chosen over a frame table plus per-sample references because readers, specs and every
-head stay as they are; the cost left is disk (rows stored per sample) and decoding, which still
-runs per sample in the decode threads.
+head stay as they are; the cost left is disk (rows stored per sample). Decoding is deduplicated by
+the source (NaVILA: ``decode.DecodedFrames``); preprocessing still runs per sample.
 """
 from __future__ import annotations
 
@@ -167,10 +167,12 @@ class FrameFeaturesStage(Stage):
         return int(size.get("width", edge)), int(size.get("height", edge))
 
     def prepare(self, episode, upstream: Mapping) -> Prepared:
+        # reduced decode (preprocess: fast; in the encoder identity); an encoder without the option decodes in full
+        fit = {"fit": True} if getattr(self.encoder, "decode_fit", False) else {}
         if self.settings.frames_from == "keyframes":
-            frames = self.source.read_frames(episode, upstream["keyframes"]["frame_index"].tolist(), resize_to=self.resize_to)
+            frames = self.source.read_frames(episode, upstream["keyframes"]["frame_index"].tolist(), resize_to=self.resize_to, **fit)
         else:
-            frames = self.source.read_frames(episode, resize_to=self.resize_to)
+            frames = self.source.read_frames(episode, resize_to=self.resize_to, **fit)
         x = self.encoder.preprocess(frames.pixels)
         keys = frame_keys(frames.pixels) if self.settings.dedup_frames else None
         return Prepared(episode.episode_id, (x, frames.indices.astype(np.int64), frames.padded.astype(bool), keys), cost=len(x))

@@ -152,6 +152,8 @@ def test_the_resolver_answers_as_resolve_under(tmp_path):
     root = tmp_path / "root"
     (root / "a" / "b").mkdir(parents=True)
     (root / "a" / "b" / "x.jpg").write_bytes(b"x")
+    (root / "a" / "b" / "y.jpg").write_bytes(b"y")
+    (root / "top.jpg").write_bytes(b"t")
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "y.jpg").write_bytes(b"y")
@@ -160,16 +162,34 @@ def test_the_resolver_answers_as_resolve_under(tmp_path):
     (root / "dir_link").symlink_to(root / "a")
     (root / "out_dir").symlink_to(outside)
     (root / "a" / "up").symlink_to(tmp_path)  # "a/up/root" names the root itself
+    (root / "a" / "b_link").symlink_to(root / "a" / "b")  # a linked folder below a real one
+    (root / "a" / "b" / "dangling.jpg").symlink_to(root / "nowhere.jpg")
+    (root / "a" / "b" / "loop.jpg").symlink_to(root / "a" / "b" / "loop.jpg")
+    (root / "a" / "b" / "rel_up.jpg").symlink_to("../../../outside/y.jpg")
     rels = ["a/b/x.jpg", "a/in_link.jpg", "a/out_link.jpg", "dir_link/b/x.jpg", "dir_link/out_link.jpg", "out_dir/y.jpg",
             "a/missing.jpg", "nope/missing.jpg", "a/../a/b/x.jpg", "../outside/y.jpg", "dir_link/../a/b/x.jpg", "a//b/x.jpg",
             "./a/b/x.jpg", str(root / "a/b/x.jpg"), str(outside / "y.jpg"), ".", "a/..", "", " ", "http://x/y.jpg", "s3:b/k",
-            "C:\\x.jpg", "a/up/root", "a/up/outside/y.jpg", "a/b\x00.jpg", 7, "a/b/x.jpg"]
+            "C:\\x.jpg", "a/up/root", "a/up/outside/y.jpg", "a/b\x00.jpg", 7, "a/b/x.jpg", "a/b_link/x.jpg", "a/b_link/rel_up.jpg",
+            "a/b/dangling.jpg", "a/b/loop.jpg", "a/b/rel_up.jpg", "a/b/", "a/b/.", "a/b/..", "a/./b/x.jpg", "a/b/x.jpg/z", "\u00e9/x.jpg",
+            "a/b/x.jpg\n", "frame:1.jpg", "a/b/y.jpg", "a/b/missing.jpg", "a/b/s3:y.jpg", "a/b/\u00e9.jpg", "top.jpg",
+            "/top.jpg", "//top.jpg", "/a/b/x.jpg"]
     for allow in (False, True):
         resolve = Resolver(root, allow)
         for rel in rels:
             want = _outcome(lambda: resolve_under(root, rel, allow))
             assert _outcome(lambda: resolve(rel)) == want, (rel, allow)
             assert _outcome(lambda: resolve(rel)) == want, (rel, allow)  # memoised answer, refusals too
+        fresh = Resolver(root, allow)
+        strs = [r for r in rels if isinstance(r, str)]
+        first_refused = next((_outcome(lambda: resolve_under(root, r, allow)) for r in strs
+                              if _outcome(lambda: resolve_under(root, r, allow))[0] == "refused"), None)
+        assert _outcome(lambda: fresh.check_all(strs)) == (first_refused or ("ok", None))
+        assert _outcome(lambda: fresh.check_all(strs)) == (first_refused or ("ok", None))  # from the memo
+        fresh = Resolver(root, allow)
+        fresh.check_all(["a/b/x.jpg", "top.jpg"])  # the folders are known: the others take check_all's short cut where they can
+        fresh.check_all([r for r in strs if _outcome(lambda: resolve_under(root, r, allow))[0] == "ok"])
+        for rel in strs:
+            assert _outcome(lambda: Path(fresh.check(rel))) == _outcome(lambda: resolve_under(root, rel, allow)), (rel, allow)
 
 
 def _outcome(fn):
@@ -177,3 +197,103 @@ def _outcome(fn):
         return ("ok", fn())
     except UnsafePath as e:
         return ("refused", str(e))
+
+
+def test_stage_fingerprints_are_hash_obj_of_the_whole_document():
+    from navcache.pipeline.fingerprint import hash_obj, stage_fingerprints
+
+    base = {"spec": {"arrays": {"cls": [1, 2.5, None]}, "ünïcode": "ß"}, "stage": "frame-features", "code_version": "1",
+            "identity": {"encoder": {"model": "m", "w": "ab" * 32}}, "source": {"kind": "navila", "options": {"num_frames": 8}}}
+    content = {f"ep{i}": hashlib.sha256(bytes([i])).hexdigest() for i in range(5)}
+    for ups in ({}, {"keyframes": {e: c[::-1] for e, c in content.items()}},
+                {"b": {e: "1" for e in content}, "a": {e: c[:7] for e, c in content.items()}}):
+        want = {e: hash_obj({"stage": base, "episode": c, "upstream": {u: ups[u][e] for u in ups}}) for e, c in content.items()}
+        assert stage_fingerprints(base, content, ups) == want
+    from navcache.cache_specs.layout import canonical_json
+
+    for obj in (base, [1, 2.5, -0.0, 1e300, "é\u2028", None, True, {"b": 1, "a": [2]}], "x"):
+        assert hash_obj(obj) == hashlib.sha256(canonical_json(obj)).hexdigest()  # the prebuilt encoder is canonical_json
+    with pytest.raises(ValueError):
+        hash_obj(float("nan"))
+
+
+def test_prune_deletes_the_rows_of_changed_and_gone_files_only(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    files = {n: data / n for n in ("same", "changed", "gone", "unnamed_gone", "unnamed_same")}
+    for f in files.values():
+        f.write_bytes(f.name.encode())
+    db = tmp_path / "memo.sqlite"
+    h = FileHasher(db, racy_s=0.0)
+    for f in files.values():
+        h(f)
+    h.close()
+    files["changed"].write_bytes(b"new content, new size")
+    files["gone"].unlink()
+    files["unnamed_gone"].unlink()
+    h = FileHasher(db, racy_s=0.0)
+    for n in ("same", "changed", "gone"):  # this run names three; the other two only the memo knows
+        h(files[n])
+    assert h.reads == 1  # "changed" only
+    assert h.prune(full=False) == 2  # the old "changed" row and "gone": judged from the lookups, no stat
+    assert h.prune(full=True) == 1  # "unnamed_gone", found by a stat
+    assert h.prune() == 0
+    h.close()
+    with sqlite3.connect(db) as c:
+        kept = sorted(Path(r[0]).name for r in c.execute("SELECT path FROM h"))
+    assert kept == ["changed", "same", "unnamed_same"]
+    h = FileHasher(db, racy_s=0.0)
+    assert [h(files[n]) for n in kept] == [hashlib.sha256(files[n].read_bytes()).hexdigest() for n in kept]
+    assert h.reads == 0  # every surviving row still serves its file
+    h.close()
+
+
+def test_fast_pose_check_agrees_with_the_detailed_one():
+    from navcache.pipeline.sources import navila
+
+    def slow(poses, n):
+        out = []
+        if not isinstance(poses, list):
+            return None
+        for p in poses:
+            if not isinstance(p, list) or len(p) != 3 or not all(navila._is_real(v) and navila._finite(v) for v in p):
+                return None
+            out.append([float(v) for v in p])
+        return out if len(out) == n else None
+
+    cases = [[[0.0, 1.5, -2.0]] * 3, [[0, 1, 2], [3.5, 4, 5]], [[1, 2, True]], [[1.0, 2.0, float("nan")]], [[1.0, 2.0, float("inf")]],
+             [[1.0, "2", 3.0]], [[1.0, 2.0]], [(1.0, 2.0, 3.0)], [[10**400, 0, 0]], [[1e308, 1e308, 1e308]], "poses", [], [[None, 0, 0]],
+             [[1.0, 2.0, 3.0], 4]]
+    for poses in cases:
+        n = len(poses) if isinstance(poses, list) else 1
+        fast = navila._poses_fast(poses, n)
+        if fast is not None:
+            assert fast == slow(poses, n) and all(type(v) is float for p in fast for v in p), poses
+        assert navila._check_poses(poses, n)[0] == slow(poses, n), poses
+
+
+@pytest.mark.slow
+def test_status_on_the_demo_imports_neither_transformers_nor_torch(demo_caches):
+    from navcache.pipeline.encoders.base import no_gpu_device_nodes
+
+    p = subprocess.run([sys.executable, "-X", "importtime", str(REPO / "cli.py"), "status", "--split", "train", "--json"],
+                       cwd=demo_caches, capture_output=True, text=True, env=os.environ.copy())
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(p.stdout[p.stdout.index("{"):])
+    assert doc["plan"] and all(s["complete"] and s["missing"] == 0 and s["stale"] == 0 for s in doc["plan"])
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in p.stderr.splitlines() if line.startswith("import time:")}
+    assert "navcache" in imported and "transformers" not in imported
+    # "device: auto" is answered without torch where no GPU can be (here: no device node);
+    # on a GPU machine planning asks torch, which then is the truthful answer's price
+    assert "torch" not in imported or not no_gpu_device_nodes()
+
+
+def test_auto_device_without_torch_agrees_with_torch():
+    import torch
+
+    from navcache.pipeline.encoders.base import no_gpu_device_nodes, resolve_device, resolve_precision
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if no_gpu_device_nodes():
+        assert not torch.cuda.is_available()
+    assert resolve_device("cpu") == "cpu" and resolve_precision("auto", "cpu") == "fp32"

@@ -107,7 +107,7 @@ def test_navila_good_data_round_trips(tmp_path):
     assert long.record["frames"] == recs[0]["frames"]
     assert long.record["poses"] == straight_poses(20)
     # Only the sampled frames are listed (and later fingerprinted / read).
-    assert long.files == tuple((tmp_path / "train" / recs[0]["frames"][k]).resolve() for k in expected_idx)
+    assert long.files == tuple(str((tmp_path / "train" / recs[0]["frames"][k]).resolve()) for k in expected_idx)
     json.dumps(long.record)
 
     frames = src.read_frames(long)
@@ -165,7 +165,7 @@ def test_navila_custom_layout_templates(tmp_path):
     src = make_source("navila", tmp_path, annotations="ann/{split}.json", images="imgs/{split}", poses="none_{split}.json")
     (ep,) = src.episodes("val")
     assert ep.quarantine is None
-    assert ep.files[0] == (tmp_path / "imgs" / "val" / "e" / "frame_000.jpg").resolve()
+    assert ep.files[0] == str((tmp_path / "imgs" / "val" / "e" / "frame_000.jpg").resolve())
     assert src.read_frames(ep).pixels.shape == (8, H, W, 3)
 
 
