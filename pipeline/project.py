@@ -159,11 +159,10 @@ def ensure_demo(demo_dir: Path, say: Callable[[str], None] = print, scale: float
         with demo_lock(demo_dir):
             pixels = _ensure_world(demo_dir, say, scale)
     make_random_dinov3(demo_dir / DEMO_ENCODER, size="tiny", seed=0)
-    if pixels:
-        from .demo.vggt_standin import make_standin
+    if pixels and not (demo_dir / DEMO_VGGT / PROVENANCE_FILE).exists():  # written last
+        from .demo.vggt_standin import make_standin  # imports torch: only when it is to be written
 
-        if not (demo_dir / DEMO_VGGT / PROVENANCE_FILE).exists():  # written last
-            make_standin(demo_dir / DEMO_VGGT, seed=0)
+        make_standin(demo_dir / DEMO_VGGT, seed=0)
     return pixels
 
 

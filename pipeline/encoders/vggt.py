@@ -24,11 +24,13 @@ camera-from-world [R | T] (x right, y down, z forward).
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import re
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -59,6 +61,21 @@ ALLOWED_CLASSES: tuple[str, ...] = (
 def class_allowed(model_class: str) -> bool:
     module = model_class.partition(":")[0]
     return model_class in ALLOWED_CLASSES or f"{module}:*" in ALLOWED_CLASSES
+
+
+def _defined_in_source(model_class: str) -> bool:
+    """Whether ``model_class``'s module file defines that class at its top level, read as text with
+    ``ast`` (running nothing: importing VGGT pulls in torch, which planning must not pay for).
+    False whenever that cannot be told (not installed, no source, a re-exported name): the caller
+    then imports it, which gives the precise error."""
+    module, _, cls = model_class.partition(":")
+    try:
+        spec = importlib.util.find_spec(module)
+        origin = spec.origin if spec is not None else None
+        tree = ast.parse(Path(origin).read_text(encoding="utf-8")) if origin and origin.endswith(".py") else None
+    except (ImportError, ValueError, OSError, SyntaxError, UnicodeDecodeError):
+        return False
+    return tree is not None and any(isinstance(n, ast.ClassDef) and n.name == cls for n in tree.body)
 
 
 def _installed(model_class: str) -> bool:
@@ -254,8 +271,10 @@ class VGGTAdapter(FrozenEncoder):
 
     def check(self, field: str, seen: dict | None = None) -> str:
         """``model_class`` importable (``field`` with ``model`` replaced by ``model_class`` in its
-        errors), then the weights as ``FrozenEncoder.check``. Imports VGGT; never loads weights."""
-        self._import_class(field.rsplit(".", 1)[0] + ".model_class")
+        errors), then the weights as ``FrozenEncoder.check``. Never loads weights, and imports VGGT
+        only when its module does not visibly define the class (planning stays free of torch)."""
+        if not _defined_in_source(self.s.model_class):
+            self._import_class(field.rsplit(".", 1)[0] + ".model_class")
         return super().check(field, seen)
 
     # -- heavy path ---------------------------------------------------------------------------
