@@ -25,28 +25,17 @@ z forward), metric (``metric_scaling_factor`` already applied by MapAnything).
 Maps hold every ``stride``-th pixel of the model input: map pixel (i, j) is input pixel
 (i*stride, j*stride), so ``intrinsics`` stay those of the full input.
 
-Provider ``llava3d`` (LLaVA-3D's "3D patches" before its trainable parts):
-
-    patch_features [V,P,P,D]  CLIP vision tower, hidden state of layer ``select_layer`` (-2),
-                              CLS dropped: 24x24x1024 for CLIP ViT-L/14-336, fp16
-    patch_xyz [V,P,P,3]       world xyz of each patch by LLaVA-3D's rule
-                              (``llava/model/multimodal_encoder/unproject.py`` and
-                              ``video_processor.py``): the depth map resized (nearest) to the CLIP
-                              crop geometry, unprojected at integer pixel coordinates with the
-                              correspondingly scaled intrinsics and the cam2world pose, then
-                              nearest-sampled to the P x P grid (patch (i, j) takes crop pixel
-                              (floor(i*S/P), floor(j*S/P))); float32
-    patch_valid [V,P,P]       the sampled depth was positive and finite (xyz is 0 where not)
-
-The learned 3-D position embedding and the 0.2 m voxel pooling are the trainable head's, not the
-cache's. Both providers also store ``frame_index`` (source frame index of the timestep).
+LLaVA-3D's 3-D patches are the ``spatial_llava3d`` cache (``specs/spatial_llava3d.py``), built from
+this one. Every row also stores ``frame_index`` (source frame index of the timestep),
+``view_index`` [V] (each view's position in the source's camera list, 0 for single-camera
+sources: what a consumer matches its cameras against) and ``stride``.
 """
 from ..spec import ArraySpec, CacheSpec
 
-_FRAME = ArraySpec("frame_index", "int64", (), "source frame index of the timestep")
-
 _MAPANYTHING = (
-    _FRAME,
+    ArraySpec("frame_index", "int64", (), "source frame index of the timestep"),
+    ArraySpec("view_index", "int64", ("V",), "each view's position in the source's camera list"),
+    ArraySpec("stride", "int64", (), "map pixel (i, j) is model-input pixel (i*stride, j*stride)"),
     ArraySpec("pts3d", "float16", ("V", "h", "w", 3), "world points (world = view 0's camera of the timestep), metric"),
     ArraySpec("depth_z", "float16", ("V", "h", "w"), "z-depth in the view's camera"),
     ArraySpec("conf", "float16", ("V", "h", "w"), "MapAnything confidence"),
@@ -56,25 +45,12 @@ _MAPANYTHING = (
     ArraySpec("metric_scaling_factor", "float32", (), "metric scale MapAnything applied"),
 )
 
-SPEC = CacheSpec(name="spatial", version=1, row="frame", arrays=_MAPANYTHING, doc=__doc__)
+SPEC = CacheSpec(name="spatial", version=2, row="frame", arrays=_MAPANYTHING, doc=__doc__)
 
 SPEC_WITH_FEATURES = CacheSpec(
     name="spatial",
-    version=1,
+    version=2,
     row="frame",
     arrays=_MAPANYTHING + (ArraySpec("features", "float16", ("V", "G", "G", "C"), "pooled multi-view transformer features"),),
-    doc=__doc__,
-)
-
-SPEC_LLAVA3D = CacheSpec(
-    name="spatial",
-    version=1,
-    row="frame",
-    arrays=(
-        _FRAME,
-        ArraySpec("patch_features", "float16", ("V", "P", "P", "D"), "CLIP patch features, layer select_layer, no CLS"),
-        ArraySpec("patch_xyz", "float32", ("V", "P", "P", 3), "world xyz of each patch (LLaVA-3D rule)"),
-        ArraySpec("patch_valid", "bool", ("V", "P", "P"), "sampled depth positive and finite"),
-    ),
     doc=__doc__,
 )

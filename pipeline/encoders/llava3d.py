@@ -46,8 +46,9 @@ class Llava3DSettings:
     precision: str = "auto"
     #: hidden state kept (LLaVA-3D: -2, the second to last layer)
     select_layer: int = -2
-    #: where depth + pose come from: "mapanything" (the stage's MapAnything settings, run on the
-    #: same views) or "gt" (the source's ground truth, e.g. the videos source's .gt.npz)
+    #: where depth + pose come from: "mapanything" (the spatial stage's MapAnything cache of the
+    #: same dataset, which the spatial-llava3d stage consumes) or "gt" (the source's ground truth,
+    #: e.g. the videos source's .gt.npz)
     xyz_from: Literal["mapanything", "gt"] = "mapanything"
 
     def __post_init__(self):

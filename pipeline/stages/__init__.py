@@ -15,6 +15,7 @@ STAGES: dict[str, str] = {
     "robot-meta": "navcache.pipeline.stages.robot_meta:RobotMetaStage",
     "velocity": "navcache.pipeline.stages.velocity:VelocityStage",
     "spatial": "navcache.pipeline.stages.spatial:SpatialStage",
+    "spatial-llava3d": "navcache.pipeline.stages.spatial_llava3d:SpatialLlava3DStage",
 }
 
 

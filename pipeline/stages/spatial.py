@@ -5,15 +5,13 @@ The views of a timestep are the episode's cameras at that timestep (``source.cam
 that order; sources without cameras give one view (``"frame"``). The resolved view set enters
 the fingerprint, so adding a camera to a dataset recomputes its spatial cache.
 
-Providers (spec ``cache_specs/specs/spatial.py``):
-    mapanything  MapAnything over the V views of each timestep (one reconstruction per
-                 timestep; ``frames_per_batch`` timesteps per ``infer`` call): points, depth,
-                 intrinsics, cam2world poses, confidence, mask at ``stride``, optional pooled
-                 multi-view features
-    llava3d      CLIP patch features (layer -2, no CLS) of every view plus each patch's world xyz
-                 by LLaVA-3D's rule, from MapAnything's depth + pose of the same views
-                 (``llava3d.xyz_from: mapanything``, full-resolution maps) or the source's ground
-                 truth (``gt``)
+Provider (spec ``cache_specs/specs/spatial.py``): ``mapanything``, MapAnything over the V views
+of each timestep (one reconstruction per timestep; ``frames_per_batch`` timesteps per ``infer``
+call): points, depth, intrinsics, cam2world poses, confidence, mask at ``stride``, optional pooled
+multi-view features, plus each view's camera number and the stride, so that a consumer stage can
+use the maps without this stage's settings. LLaVA-3D's 3-D patches are the separate stage
+``spatial-llava3d`` (``spatial_llava3d.py``), which reads this cache instead of running
+MapAnything again.
 
 Bad input never crashes a run: views of different sizes within an episode, a model error on a
 timestep, NaN/inf outputs, a model input size other than ``image_size``: the episode is
@@ -23,14 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Mapping
 
 import numpy as np
 
-from navcache.cache_specs.specs.spatial import SPEC, SPEC_LLAVA3D, SPEC_WITH_FEATURES
+from navcache.cache_specs.specs.spatial import SPEC, SPEC_WITH_FEATURES
 
-from ..camera import to_homogeneous
-from ..encoders.llava3d import ClipPatchEncoder, Llava3DSettings, patch_xyz
 from ..encoders.mapanything import MapAnythingAdapter, MapAnythingSettings
 from ..errors import ConfigError, Quarantine
 from .base import Prepared, Stage
@@ -41,11 +37,11 @@ SINGLE_VIEW = "frame"
 
 @dataclass(frozen=True)
 class SpatialSettings:
-    provider: Literal["mapanything", "llava3d"] = "mapanything"
+    #: only "mapanything" (a str, not a Literal, so that "llava3d" gets the message pointing at its stage)
+    provider: str = "mapanything"
     #: camera keys of a timestep's views, in this order; empty = every camera of the source
     views: tuple[str, ...] = ()
     mapanything: MapAnythingSettings = field(default_factory=MapAnythingSettings)
-    llava3d: Llava3DSettings = field(default_factory=Llava3DSettings)
     #: (H, W) of MapAnything's input (its 518-px bucket for the cameras' aspect); others quarantined
     image_size: tuple[int, int] = (518, 518)
     #: keep every stride-th pixel of the stored maps (1 = all)
@@ -54,8 +50,11 @@ class SpatialSettings:
     frames_per_batch: int = 8
 
     def __post_init__(self):
-        if self.provider not in ("mapanything", "llava3d"):
-            raise ValueError(f"provider must be 'mapanything' or 'llava3d', got {self.provider!r}")
+        if self.provider == "llava3d":
+            raise ValueError("provider 'llava3d' is its own stage now: add stage 'spatial-llava3d' to the dataset "
+                             "(settings under stages.spatial-llava3d); it reads this stage's MapAnything cache")
+        if self.provider != "mapanything":
+            raise ValueError(f"provider must be 'mapanything', got {self.provider!r}")
         if len(set(self.views)) != len(self.views):
             raise ValueError(f"views must not repeat a camera, got {list(self.views)}")
         if len(self.image_size) != 2 or min(self.image_size) < 14 or any(v % 14 for v in self.image_size):
@@ -66,128 +65,110 @@ class SpatialSettings:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
 
 
+def resolve_views(source, wanted: tuple[str, ...], field: str) -> tuple[str, ...]:
+    """The cameras of a timestep's views: ``wanted`` (checked against the source's cameras, the
+    error naming ``field``) or every camera; (``SINGLE_VIEW``,) for sources without cameras."""
+    cams = tuple(getattr(source, "cameras", ()) or ())
+    if not cams:
+        if wanted not in ((), (SINGLE_VIEW,)):
+            raise ConfigError(f"{field}: source {source.kind!r} has one view ({SINGLE_VIEW!r}), got {list(wanted)}")
+        return (SINGLE_VIEW,)
+    bad = [v for v in wanted if v not in cams]
+    if bad:
+        raise ConfigError(f"{field}: {bad[0]!r} is not a camera of this dataset (valid: {', '.join(cams)})")
+    return tuple(wanted) or cams
+
+
+def camera_numbers(source, views: tuple[str, ...]) -> np.ndarray:
+    """int64 [V]: each view's position in ``source.cameras`` (0 for the single view), the view
+    identity stored in the rows (``view_index``) so that consumers can match cameras."""
+    cams = tuple(getattr(source, "cameras", ()) or ()) or (SINGLE_VIEW,)
+    return np.array([cams.index(v) for v in views], np.int64)
+
+
+def read_views(source, episode) -> tuple[np.ndarray, object]:
+    """The episode's sampled real frames: (frame indices int64 [T], ``Frames``); Quarantine if none."""
+    frames = source.read_frames(episode)
+    real = ~frames.padded
+    if not real.any():
+        raise Quarantine("no real frame to run a spatial stage on")
+    return frames.indices[real].astype(np.int64), frames
+
+
+def view_pixels(source, episode, views: tuple[str, ...], index: np.ndarray, frames) -> list[np.ndarray]:
+    """uint8 [T, H, W, 3] per view at frames ``index`` (the default camera reused from ``frames``)."""
+    real = ~frames.padded
+    if views == (SINGLE_VIEW,):
+        return [frames.pixels[real]]
+    first = getattr(source, "camera", None)
+    return [frames.pixels[real] if cam == first else source.read_camera(episode, cam, index.tolist()) for cam in views]
+
+
 class SpatialStage(Stage):
     name = "spatial"
-    code_version = "1"
-    uses = ("frames", "gt_geometry")
+    # 2: llava3d moved to stage spatial-llava3d; rows carry view_index and stride
+    code_version = "2"
+    uses = ("frames",)
+    skip_file_suffixes = (".gt.npz",)  # ground-truth sidecars: MapAnything never reads them
     Settings = SpatialSettings
 
     def __init__(self, settings, source, source_options):
         super().__init__(settings, source, source_options)
-        s = settings
-        self.clip = ClipPatchEncoder(s.llava3d) if s.provider == "llava3d" else None
-        needs_ma = s.provider == "mapanything" or s.llava3d.xyz_from == "mapanything"
-        self.mapanything = MapAnythingAdapter(s.mapanything) if needs_ma else None
-        if self.clip is not None and s.llava3d.xyz_from == "gt" and not hasattr(source, "load_gt_geometry"):
-            raise ConfigError(f"stages.spatial.llava3d.xyz_from 'gt' needs a source with ground-truth geometry; source "
-                              f"{getattr(source, 'kind', type(source).__name__)!r} has none: use xyz_from 'mapanything'")
-        self.view_names = self._views()
-
-    def _views(self) -> tuple[str, ...]:
-        cams = tuple(getattr(self.source, "cameras", ()) or ())
-        if not cams:
-            if self.settings.views not in ((), (SINGLE_VIEW,)):
-                raise ConfigError(f"stages.spatial.views: source {self.source.kind!r} has one view ({SINGLE_VIEW!r}), "
-                                  f"got {list(self.settings.views)}")
-            return (SINGLE_VIEW,)
-        bad = [v for v in self.settings.views if v not in cams]
-        if bad:
-            raise ConfigError(f"stages.spatial.views: {bad[0]!r} is not a camera of this dataset (valid: {', '.join(cams)})")
-        if self.settings.llava3d.xyz_from == "gt" and self.clip is not None and len(self.settings.views or cams) > 1:
-            raise ConfigError("stages.spatial.llava3d.xyz_from 'gt': ground truth covers one camera; set views to one camera")
-        return tuple(self.settings.views) or cams
+        self.mapanything = MapAnythingAdapter(settings.mapanything)
+        self.view_names = resolve_views(source, settings.views, "stages.spatial.views")
 
     # -- planning -----------------------------------------------------------------------------
     def spec(self):
-        if self.clip is not None:
-            return SPEC_LLAVA3D
         return SPEC_WITH_FEATURES if self.settings.mapanything.keep_features else SPEC
 
     def dims(self) -> dict[str, int]:
-        d = {"V": len(self.view_names)}
-        if self.clip is not None:
-            return {**d, "P": self.clip.grid(), "D": self.clip.hidden_size()}
         (h, w), st = self.settings.image_size, self.settings.stride
-        d.update(h=math.ceil(h / st), w=math.ceil(w / st))
+        d = {"V": len(self.view_names), "h": math.ceil(h / st), "w": math.ceil(w / st)}
         if self.settings.mapanything.keep_features:
             d.update(G=self.settings.mapanything.feature_grid, C=_feature_dim(self.settings.mapanything.model))
         return d
 
     def identity(self) -> dict:
         s = self.settings
-        ident: dict = {"provider": s.provider, "views": list(self.view_names), "image_size": list(s.image_size)}
-        if self.mapanything is not None:
-            ident["mapanything"] = self.mapanything.identity()
-        if self.clip is not None:
-            ident.update(llava3d=self.clip.identity(), xyz_from=s.llava3d.xyz_from)
-        else:
-            ident["stride"] = s.stride
-        return ident
+        return {"provider": s.provider, "views": list(self.view_names), "image_size": list(s.image_size),
+                "mapanything": self.mapanything.identity(), "stride": s.stride}
 
     def provenance(self) -> dict:
-        prov: dict = {"provider": self.settings.provider, "views": list(self.view_names)}
-        if self.mapanything is not None:
-            prov["mapanything"] = {**self.mapanything.provenance(), "world_frame": "MapAnything's, nominally view 0's camera of each timestep"}
-        if self.clip is not None:
-            prov["llava3d"] = {**self.clip.provenance(), "xyz_from": self.settings.llava3d.xyz_from,
-                               "rule": "LLaVA-3D unproject + nearest to the patch grid (spec doc)"}
-        return {"spatial": prov}
+        return {"spatial": {"provider": self.settings.provider, "views": list(self.view_names),
+                            "mapanything": {**self.mapanything.provenance(),
+                                            "world_frame": "MapAnything's, nominally view 0's camera of each timestep"}}}
 
     def check(self, seen: dict | None = None) -> None:
-        if self.mapanything is not None:
-            self.mapanything.check("stages.spatial.mapanything.model", seen)
-        if self.clip is not None:
-            self.clip.check("stages.spatial.llava3d.model", seen)
+        self.mapanything.check("stages.spatial.mapanything.model", seen)
 
     @property
     def batch_cost(self) -> int:
         return 1  # one episode per compute call: its timesteps are batched inside
 
     def setup(self) -> None:
-        for enc in (self.mapanything, self.clip):
-            if enc is not None:
-                enc.load()
+        self.mapanything.load()
 
     # -- per episode ----------------------------------------------------------------------------
     def prepare(self, episode, upstream: Mapping) -> Prepared:
-        frames = self.source.read_frames(episode)
-        real = ~frames.padded
-        if not real.any():
-            raise Quarantine("no real frame to run the spatial stage on")
-        index = frames.indices[real].astype(np.int64)
-        if self.view_names == (SINGLE_VIEW,):
-            views = [frames.pixels[real]]
-        else:
-            first = getattr(self.source, "camera", None)
-            views = [frames.pixels[real] if cam == first else self.source.read_camera(episode, cam, index.tolist())
-                     for cam in self.view_names]
-        gt = self.source.load_gt_geometry(episode) if self.clip is not None and self.settings.llava3d.xyz_from == "gt" else None
-        if gt is not None and not np.array_equal(np.asarray(gt["indices"]), index):
-            raise Quarantine("ground-truth geometry covers other frames than the sampled ones")
-        return Prepared(episode.episode_id, (index, views, gt), cost=len(index))
+        index, frames = read_views(self.source, episode)
+        views = view_pixels(self.source, episode, self.view_names, index, frames)
+        return Prepared(episode.episode_id, (index, views), cost=len(index))
 
     def compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray]]:
         return [self._episode(*it.payload) for it in items]
 
-    def _episode(self, index: np.ndarray, views: list[np.ndarray], gt: dict | None) -> dict[str, np.ndarray]:
+    def _episode(self, index: np.ndarray, views: list[np.ndarray]) -> dict[str, np.ndarray]:
         from ..encoders.base import oom_error_type
 
         k = self.settings.frames_per_batch
         chunks = []
         for a in range(0, len(index), k):
             try:
-                chunks.append(self._chunk(index[a:a + k], [v[a:a + k] for v in views], None if gt is None else
-                                          {n: np.asarray(gt[n])[a:a + k] for n in ("depth", "extrinsics", "intrinsics")}))
+                chunks.append(self._rows(index[a:a + k], self._mapanything(index[a:a + k], [v[a:a + k] for v in views])))
             except oom_error_type():
                 raise Quarantine(f"out of GPU memory on frames {index[a]}..{index[min(a + k, len(index)) - 1]} "
                                  f"({len(views)} views); lower stages.spatial.frames_per_batch") from None
         return {n: np.concatenate([c[n] for c in chunks]) for n in chunks[0]}
-
-    def _chunk(self, index, views, gt) -> dict[str, np.ndarray]:
-        geo = self._mapanything(index, views) if self.mapanything is not None else None
-        if self.clip is None:
-            return self._ma_rows(index, geo)
-        return self._llava3d_rows(index, views, geo, gt)
 
     def _mapanything(self, index, views) -> dict[str, np.ndarray]:
         try:
@@ -211,40 +192,21 @@ class SpatialStage(Stage):
                 raise Quarantine(f"frame {int(index[t])}{which}: MapAnything returned NaN or infinite {name}")
         return out
 
-    def _ma_rows(self, index, out) -> dict[str, np.ndarray]:
-        st = self.settings.stride
+    def _rows(self, index, out) -> dict[str, np.ndarray]:
+        st, b = self.settings.stride, len(index)
         rows = {"frame_index": np.asarray(index, np.int64),
-                "pts3d": _f16(out["pts3d"][:, :, ::st, ::st]), "depth_z": _f16(out["depth_z"][:, :, ::st, ::st]),
-                "conf": _f16(out["conf"][:, :, ::st, ::st]), "mask": np.ascontiguousarray(out["mask"][:, :, ::st, ::st]),
+                "view_index": np.broadcast_to(camera_numbers(self.source, self.view_names), (b, len(self.view_names))).copy(),
+                "stride": np.full(b, st, np.int64),
+                "pts3d": to_f16(out["pts3d"][:, :, ::st, ::st]), "depth_z": to_f16(out["depth_z"][:, :, ::st, ::st]),
+                "conf": to_f16(out["conf"][:, :, ::st, ::st]), "mask": np.ascontiguousarray(out["mask"][:, :, ::st, ::st]),
                 "intrinsics": out["intrinsics"].astype(np.float32), "camera_poses": out["camera_poses"].astype(np.float32),
                 "metric_scaling_factor": out["metric_scaling_factor"].astype(np.float32)}
         if "features" in out:
-            rows["features"] = _f16(out["features"])
+            rows["features"] = to_f16(out["features"])
         return rows
 
-    def _llava3d_rows(self, index, views, geo, gt) -> dict[str, np.ndarray]:
-        b, nv = len(index), len(views)
-        feats = self.clip.encode(np.concatenate(views))  # [V*B, P, P, D], view-major
-        p = feats.shape[1]
-        feats = feats.reshape(nv, b, p, p, -1).transpose(1, 0, 2, 3, 4)
-        if not np.isfinite(feats).all():
-            t, v = np.argwhere(~np.isfinite(feats).reshape(b, nv, -1).all(-1))[0]
-            raise Quarantine(f"frame {int(index[t])}, view {self.view_names[v]!r}: CLIP returned NaN or infinite features")
-        if geo is not None:
-            depth, intr, c2w = geo["depth_z"], geo["intrinsics"], geo["camera_poses"]
-        else:
-            depth, intr = gt["depth"][:, None], gt["intrinsics"][:, None]
-            c2w = np.linalg.inv(to_homogeneous(np.asarray(gt["extrinsics"], np.float64)))[:, None]
-        crop = self.clip.crop_size()
-        xyz = np.zeros((b, nv, p, p, 3), np.float32)
-        valid = np.zeros((b, nv, p, p), bool)
-        for t in range(b):
-            for v in range(nv):
-                xyz[t, v], valid[t, v] = patch_xyz(depth[t, v], intr[t, v], c2w[t, v], crop, p)
-        return {"frame_index": np.asarray(index, np.int64), "patch_features": _f16(feats), "patch_xyz": xyz, "patch_valid": valid}
 
-
-def _f16(a) -> np.ndarray:
+def to_f16(a) -> np.ndarray:
     """fp16 with values beyond its range clipped (confidences are unbounded)."""
     return np.clip(np.asarray(a, np.float32), -F16_MAX, F16_MAX).astype(np.float16)
 

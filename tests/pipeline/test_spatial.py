@@ -1,6 +1,7 @@
 """``spatial`` stage: MapAnything adapter against its stand-in, LLaVA-3D's patch-to-3D rule against
 an independent full-map route, the CLIP tower against transformers' own processor + model, and the
-stage end to end on the demo LeRobot dataset (two cameras = two views).
+stage end to end on the demo LeRobot dataset (two cameras = two views). The ``spatial-llava3d``
+stage, which consumes this cache: ``test_spatial_llava3d.py``.
 
 No mapanything, no download: the adapter is pointed at ``tests.standins.mapanything_standin``; the
 CLIP tower is a tiny seeded random-init ``CLIPVisionModel`` saved with ``save_pretrained``.
@@ -57,6 +58,14 @@ def test_settings_refuse_other_code_and_name_the_field():
         MapAnythingSettings(resolution_set=500)
     with pytest.raises(ValueError, match="xyz_from must be one of mapanything, gt"):
         Llava3DSettings(xyz_from="lidar")
+
+
+def test_llava3d_provider_points_at_its_own_stage(tmp_path):
+    from navcache.pipeline.config import config_from_dict
+    from navcache.pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stages.spatial: provider 'llava3d' is its own stage now: add stage 'spatial-llava3d'"):
+        config_from_dict({"cache_root": "c", "datasets": {}, "stages": {"spatial": {"provider": "llava3d"}}}, tmp_path)
 
 
 def test_missing_package_says_how_to_install(tmp_path):
@@ -181,12 +190,15 @@ def lerobot(tmp_path_factory) -> Path:
     return root
 
 
-def _project(tmp: Path, data: Path, spatial: dict, stages=("spatial",)):
+def _project(tmp: Path, data: Path, spatial: dict | None, source: str = "lerobot", **more: dict):
+    """A project with stage ``spatial`` (when ``spatial`` is given) and the stages of ``more``
+    (name -> settings) on dataset ``lr`` at ``data``, 2 frames per episode."""
     from navcache.pipeline.config import config_from_dict
 
+    stages = ({"spatial": spatial} if spatial is not None else {}) | {k.replace("_", "-"): v for k, v in more.items()}
     return config_from_dict({"cache_root": str(tmp / "cache"), "datasets": {"lr": {
-        "source": "lerobot", "root": str(data), "splits": ["train"], "stages": list(stages),
-        "options": {"num_frames": 2}, "part_size": 8}}, "stages": {"spatial": spatial}}, tmp)
+        "source": source, "root": str(data), "splits": ["train"], "stages": list(stages),
+        "options": {"num_frames": 2}, "part_size": 8}}, "stages": stages}, tmp)
 
 
 def _extract(project):
@@ -207,6 +219,7 @@ def test_mapanything_stage_two_cameras(tmp_path, lerobot, standin):
     row = c[c.index["episode_id"][0]]
     assert row["pts3d"].shape == (2, 2, 65, 65, 3) and row["camera_poses"].shape == (2, 2, 4, 4)
     assert row["frame_index"][0] == 0 and row["mask"].dtype == bool
+    assert (row["view_index"] == [0, 1]).all() and (row["stride"] == 8).all()  # cameras in the source's order
     np.testing.assert_allclose(row["camera_poses"][:, 0], np.broadcast_to(np.eye(4), (2, 4, 4)), atol=1e-6)
     prov = json.dumps(c.manifest)
     assert '"random_init": true' in prov and all(k in prov for k in CAMERAS)
@@ -218,7 +231,7 @@ def test_mapanything_stage_two_cameras(tmp_path, lerobot, standin):
     assert not summary.errors
     c1 = open_cache(tmp_path / "cache/lr/train/spatial")
     row1 = c1[c1.index["episode_id"][0]]
-    assert row1["depth_z"].shape == (2, 1, 65, 65)
+    assert row1["depth_z"].shape == (2, 1, 65, 65) and (row1["view_index"] == 0).all()
     assert not np.array_equal(row1["depth_z"][:, 0], row["depth_z"][:, 0])  # alone, the view is reconstructed differently
 
 
@@ -233,40 +246,3 @@ def test_nan_outputs_quarantine_naming_frame_and_view(tmp_path, lerobot):
     assert set(c.index["status"]) == {"quarantined"}
     reason = c.index["reason"][0]
     assert "frame 0" in reason and "observation.images.image" in reason and "NaN" in reason
-
-
-@pytest.mark.slow
-def test_llava3d_stage_xyz_follow_mapanythings_depth_and_cameras(tmp_path, lerobot, standin, tiny_clip):
-    """xyz from MapAnything's depth + pose by LLaVA-3D's rule, checked by the way back: in each
-    view's camera (MapAnything's pose inverted) a patch's point has the depth MapAnything gave at
-    the pixel PIL's nearest resize samples, and projects (MapAnything's intrinsics scaled to the
-    crop) onto the patch's crop pixel (14 j, 14 i), as LLaVA-3D's integer pixel grid has it."""
-    from navcache.cache_specs import open_cache
-    from navcache.pipeline.sources import make_source
-
-    spatial = {"provider": "llava3d", "llava3d": {"model": str(tiny_clip), "xyz_from": "mapanything"},
-               "mapanything": {"model": str(standin), **MA}}
-    summary = _extract(_project(tmp_path, lerobot, spatial))
-    assert not summary.errors, summary.errors
-    c = open_cache(tmp_path / "cache/lr/train/spatial")
-    assert '"random_init": true' in json.dumps(c.manifest)
-    eid = c.index["episode_id"][0]
-    row = c[eid]
-    assert row["patch_features"].shape == (2, 2, 4, 4, 32) and row["patch_xyz"].shape == (2, 2, 4, 4, 3)
-    src = make_source("lerobot", lerobot, num_frames=2)
-    ep = next(e for e in src.episodes("train") if e.episode_id == eid)
-    views = [src.read_camera(ep, cam, row["frame_index"].tolist()) for cam in src.cameras]
-    ma = MapAnythingAdapter(MapAnythingSettings(model=str(standin), **MA)).infer(views)
-    px = np.floor((np.arange(4) * 14 + 0.5) * 518 / 56).astype(int)  # PIL NEAREST 518 -> 56
-    grid = np.arange(4) * 14.0
-    for t in range(2):
-        for v in range(2):
-            ok = row["patch_valid"][t, v]
-            assert ok.mean() > 0.5
-            w2c = np.linalg.inv(ma["camera_poses"][t, v].astype(np.float64))
-            cam = row["patch_xyz"][t, v].astype(np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
-            np.testing.assert_allclose(cam[..., 2][ok], ma["depth_z"][t, v][np.ix_(px, px)][ok], rtol=1e-4)
-            k = ma["intrinsics"][t, v].astype(np.float64) * np.array([[56 / 518], [56 / 518], [1.0]])
-            uv = cam @ k.T
-            np.testing.assert_allclose((uv[..., 0] / uv[..., 2])[ok], np.broadcast_to(grid, (4, 4))[ok], atol=1e-3)
-            np.testing.assert_allclose((uv[..., 1] / uv[..., 2])[ok], np.broadcast_to(grid[:, None], (4, 4))[ok], atol=1e-3)
