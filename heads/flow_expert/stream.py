@@ -57,7 +57,11 @@ class RobotTable:
     hi: np.ndarray
     frame_index: np.ndarray
     ctx_rows: dict[str, np.ndarray]
-    offsets: np.ndarray  # [H] int64 chunk offsets
+    offsets: np.ndarray  # [H] int64 chunk offsets, >= 0
+
+    def __post_init__(self):
+        if (self.offsets < 0).any():
+            raise ValueError(f"chunk offsets must be >= 0, got {self.offsets.tolist()}")
 
     @property
     def nbytes(self) -> int:
@@ -76,20 +80,18 @@ class RobotTable:
         Per row what ``gather_chunks`` does for whole episodes: offsets clamped to the row's
         episode, ``is_pad`` outside it. Normalising is elementwise, so gathering normalised
         rows gives the values ``load_split`` normalises after gathering."""
-        lo, hi = self.lo[rows][:, None], self.hi[rows][:, None]
-        q = rows[:, None] + self.offsets[None, :]
-        is_pad = (q < lo) | (q >= hi)
-        q = np.clip(q, lo, hi - 1)
-        prev = self.actions_raw[np.maximum(rows - 1, 0)].copy()
-        prev[rows == lo[:, 0]] = np.nan
-        return {"state": torch.from_numpy(_pad(self.state[rows], max_dim)), "actions": torch.from_numpy(_pad(self.actions[q], max_dim)),
-                "is_pad": torch.from_numpy(is_pad), "actions_raw": torch.from_numpy(self.actions_raw[q]), "prev_action": torch.from_numpy(prev)}
-
-
-def _pad(x: np.ndarray, dim: int) -> np.ndarray:
-    out = np.zeros((*x.shape[:-1], dim), np.float32)
-    out[..., :x.shape[-1]] = x
-    return out
+        lo, hi = self.lo[rows], self.hi[rows][:, None]
+        q = rows[:, None] + self.offsets  # offsets >= 0 (range(horizon)) and rows >= lo: only the end clamps
+        is_pad = q >= hi
+        np.minimum(q, hi - 1, out=q)
+        prev = self.actions_raw[rows - 1]  # row -1 wraps to the last row: an episode's first frame, NaN below
+        prev[rows == lo] = np.nan
+        b, h, p = len(rows), len(self.offsets), max_dim
+        state, actions = np.zeros((b, p), np.float32), np.zeros((b, h, p), np.float32)
+        state[:, :self.state.shape[1]] = self.state[rows]
+        actions[..., :self.actions.shape[1]] = self.actions[q]
+        return {"state": torch.from_numpy(state), "actions": torch.from_numpy(actions), "is_pad": torch.from_numpy(is_pad),
+                "actions_raw": torch.from_numpy(self.actions_raw[q]), "prev_action": torch.from_numpy(prev)}
 
 
 def robot_table(cfg, split: str, stats: dict, episodes) -> RobotTable:
@@ -170,7 +172,8 @@ class FlowBatches:
     def convert(self, b: dict) -> dict:
         """A loader batch (context rows) -> the model's batch."""
         n = len(b["episode_id"])
-        context = torch.cat([b[k].reshape(n, -1, b[k].shape[-1]) for k in self.keys], dim=1).float()
+        parts = [b[k].numpy().reshape(n, -1, b[k].shape[-1]) for k in self.keys]
+        context = torch.from_numpy(np.concatenate(parts, axis=1, dtype=np.float32))
         rows = self.table.rows(b["episode_id"], b["frame"].numpy())
         return {"context": context, **self.table.chunks(rows, self.max_dim), "frame_index": torch.from_numpy(self.table.frame_index[rows]),
                 "episode_id": b["episode_id"]}
