@@ -137,7 +137,7 @@ def _context_frames(cfg, dataset: str, split: str, episodes) -> dict[str, np.nda
 
 class FlowBatches:
     """A ``heads.batches.BatchSource`` of flow-expert batches read through a ``StreamingLoader``:
-    {"context" [B, T, D] f32, "state", "actions", "is_pad", "actions_raw", "prev_action" (as
+    {"context" [B, T, D] as cached (fp16; the task casts to f32 on the device), "state", "actions", "is_pad", "actions_raw", "prev_action" (as
     ``load_split``), "frame_index" [B] i64, "episode_id" [B] str}. Epoch, position and resuming
     are the loader's."""
 
@@ -173,7 +173,8 @@ class FlowBatches:
         """A loader batch (context rows) -> the model's batch."""
         n = len(b["episode_id"])
         parts = [b[k].numpy().reshape(n, -1, b[k].shape[-1]) for k in self.keys]
-        context = torch.from_numpy(np.concatenate(parts, axis=1, dtype=np.float32))
+        # as cached (fp16): half the bytes to copy and to move to the device; the task casts it there
+        context = torch.from_numpy(np.concatenate(parts, axis=1))
         rows = self.table.rows(b["episode_id"], b["frame"].numpy())
         return {"context": context, **self.table.chunks(rows, self.max_dim), "frame_index": torch.from_numpy(self.table.frame_index[rows]),
                 "episode_id": b["episode_id"]}

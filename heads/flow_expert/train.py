@@ -74,7 +74,7 @@ class FlowExpertTask:
         return masked_mse(v, u_t, valid_mask(batch["is_pad"], self.action_dim, actions.shape[-1]))
 
     def loss(self, model, batch):
-        loss = self.flow_loss(model, batch["context"], batch)
+        loss = self.flow_loss(model, batch["context"].float(), batch)  # streamed context arrives as cached (fp16)
         return loss, {}
 
     @torch.no_grad()
@@ -93,8 +93,9 @@ class FlowExpertTask:
         count = n = 0
         for b in batches:
             b = {k: v.to(dev) for k, v in b.items() if torch.is_tensor(v)}
-            loss += float(self.flow_loss(model, b["context"], b, gen)) * len(b["state"])
-            pred = self.actions_norm.unnormalise(sample_normalised(_expert(model), b["context"], b["state"], gen, self.cfg.num_steps)[..., :self.action_dim])
+            context = b["context"].float()
+            loss += float(self.flow_loss(model, context, b, gen)) * len(b["state"])
+            pred = self.actions_norm.unnormalise(sample_normalised(_expert(model), context, b["state"], gen, self.cfg.num_steps)[..., :self.action_dim])
             s = score_chunks(pred, b["actions_raw"], b["is_pad"], b["prev_action"], self.mean_action.to(dev))
             sq, sq_mean, sq_rep, count = sq + s["sq"], sq_mean + s["sq_mean"], sq_rep + s["sq_repeat"], count + s["count"]
             n += len(b["state"])

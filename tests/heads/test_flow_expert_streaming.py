@@ -34,6 +34,8 @@ def test_streamed_samples_equal_the_in_memory_ones(demo_cache_root, tmp_path, wo
     seen = []
     for b in source:
         idx = torch.tensor([where[e, int(f)] for e, f in zip(b["episode_id"], b["frame_index"])])
+        assert b["context"].dtype == torch.float16  # as cached: the task casts it on the device
+        b["context"] = b["context"].float()
         for k in KEYS:
             assert b[k].dtype == arrays[k].dtype and torch.allclose(b[k], arrays[k][idx], rtol=0, atol=0, equal_nan=True), k
         seen += idx.tolist()
