@@ -373,8 +373,8 @@ def _predict(name: str, checkpoint: Path, out: Path, split: str, dataset: str | 
             else:
                 cache_root = default_cache_root()
                 project = demo_project(cache_root, say=_say)
-                if project is not None:
-                    ensure_caches(project, registry.reads(head, dataset, [split]))
+                if project is not None:  # the checkpoint's config: a head may read other datasets' caches (a second camera's)
+                    ensure_caches(project, registry.reads(head, dataset, [split], head.Config.from_dict(recorded) if recorded else None))
     except ConfigError as e:
         return _error(e, EXIT_CONFIG)
     except NavcacheError as e:

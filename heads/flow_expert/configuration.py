@@ -16,6 +16,8 @@
     width: 64                              # expert width; depth, mlp_dim, num_heads, num_kv_heads, head_dim
     connector_lr: 1.0e-3
     expert_lr: 1.0e-3                      # the real presets: 1e-4 as the seed says (see PRESETS)
+    data_mode: auto                        # memory | stream (larger than RAM) | auto (stream over the budget)
+    memory_budget_mb: 4096
     loop: {epochs: 30, batch_size: 32, schedule: cosine, warmup_steps: 20, min_lr: 1.0e-5}
     out_dir: runs/flow_expert
 
@@ -66,6 +68,13 @@ class FlowExpertConfig(HeadConfig):
     expert_lr: float = 1e-4
     num_steps: int = 10  # Euler steps when sampling (dt = -1 / num_steps from t = 1)
     eval_seed: int = 0  # noise of the sampled chunks in evaluation and predict
+    # input path: "memory" holds both splits as tensors, "stream" reads the context caches through
+    # the house's streaming loader every epoch (robot_meta held in memory, see stream.py), "auto"
+    # streams when the memory path's tensors exceed the budget
+    data_mode: Literal["auto", "memory", "stream"] = "auto"
+    memory_budget_mb: int = 4096
+    num_workers: int = 0  # DataLoader worker processes of the streaming path
+    shuffle_buffer: int = 1024  # samples (streaming path)
     loop: LoopConfig = field(default_factory=_default_loop)
     out_dir: str = "runs/flow_expert"
 
@@ -75,11 +84,14 @@ class FlowExpertConfig(HeadConfig):
                 raise ValueError(f"FlowExpertConfig.{name} {msg}, got {getattr(self, name)!r}")
 
         need(len(self.splits) == 2, "splits", "must be (train_split, val_split)")
-        for name in ("horizon", "max_action_dim", "width", "depth", "mlp_dim", "num_heads", "num_kv_heads", "head_dim", "num_steps"):
+        for name in ("horizon", "max_action_dim", "width", "depth", "mlp_dim", "num_heads", "num_kv_heads", "head_dim", "num_steps",
+                     "memory_budget_mb", "shuffle_buffer"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an int >= 1")
         need(isinstance(self.connector_hidden, int) and self.connector_hidden >= 0, "connector_hidden", "must be an int >= 0 (0 = width)")
         need(self.num_heads % self.num_kv_heads == 0, "num_kv_heads", f"must divide num_heads ({self.num_heads})")
         need(self.width % 2 == 0, "width", "must be even (sin-cos time embedding)")
+        need(self.data_mode in ("auto", "memory", "stream"), "data_mode", "must be 'auto', 'memory' or 'stream'")
+        need(isinstance(self.num_workers, int) and self.num_workers >= 0, "num_workers", "must be an int >= 0")
         need(self.normalization in ("zscore", "quantile"), "normalization", "must be 'zscore' (pi0) or 'quantile' (pi05)")
         for name in ("connector_lr", "expert_lr"):
             need(isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0, name, "must be a number > 0")

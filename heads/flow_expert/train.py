@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from navcache.heads.train_loop import run_loop, seed_everything
@@ -22,6 +23,7 @@ from .configuration import FlowExpertConfig
 from .data import Normaliser, load_norm_stats, load_split
 from .flow import euler_sample, interpolate, masked_mse, sample_time, valid_mask
 from .model import FlowExpert
+from .stream import choose_mode, stream_split
 
 
 def build_model(cfg: FlowExpertConfig, context_dim: int) -> FlowExpert:
@@ -45,7 +47,7 @@ def sample_normalised(model: FlowExpert, context, state, generator: torch.Genera
 
 
 class FlowExpertTask:
-    """The ``heads.train_loop.Task`` of this head (splits in memory)."""
+    """The ``heads.train_loop.Task`` of this head, splits in memory (``StreamingFlowExpertTask``: streamed)."""
 
     key_metrics = {"mse": "mse", "baseline_mean_mse": "mean-action mse", "baseline_repeat_mse": "repeat-last mse"}
     best_rule = "lowest val mse (sampled chunks, unnormalised)"
@@ -72,22 +74,31 @@ class FlowExpertTask:
         return masked_mse(v, u_t, valid_mask(batch["is_pad"], self.action_dim, actions.shape[-1]))
 
     def loss(self, model, batch):
-        loss = self.flow_loss(model, batch["context"], batch)
+        loss = self.flow_loss(model, batch["context"].float(), batch)  # streamed context arrives as cached (fp16)
         return loss, {}
 
     @torch.no_grad()
     def evaluate(self, model, arrays) -> dict[str, float]:
+        """Metrics on a split in memory, ``max(loop.batch_size, 256)`` samples a batch."""
+        bs, n = max(self.cfg.loop.batch_size, 256), len(arrays["state"])
+        return self.score(model, ({k: v[i:i + bs] for k, v in arrays.items()} for i in range(0, n, bs)))
+
+    @torch.no_grad()
+    def score(self, model, batches) -> dict[str, float]:
+        """Flow loss and sampled-chunk MSE vs both baselines, accumulated over ``batches``; the
+        noise of every batch comes from one generator seeded with ``eval_seed``."""
         dev = next(p for p in model.parameters() if p.requires_grad).device
         gen = torch.Generator().manual_seed(self.cfg.eval_seed)
         sq = sq_mean = sq_rep = loss = 0.0
-        count, n = 0, len(arrays["state"])
-        bs = max(self.cfg.loop.batch_size, 256)
-        for i in range(0, n, bs):
-            b = {k: v[i:i + bs].to(dev) for k, v in arrays.items()}
-            loss += float(self.flow_loss(model, b["context"], b, gen)) * len(b["state"])
-            pred = self.actions_norm.unnormalise(sample_normalised(_expert(model), b["context"], b["state"], gen, self.cfg.num_steps)[..., :self.action_dim])
+        count = n = 0
+        for b in batches:
+            b = {k: v.to(dev) for k, v in b.items() if torch.is_tensor(v)}
+            context = b["context"].float()
+            loss += float(self.flow_loss(model, context, b, gen)) * len(b["state"])
+            pred = self.actions_norm.unnormalise(sample_normalised(_expert(model), context, b["state"], gen, self.cfg.num_steps)[..., :self.action_dim])
             s = score_chunks(pred, b["actions_raw"], b["is_pad"], b["prev_action"], self.mean_action.to(dev))
             sq, sq_mean, sq_rep, count = sq + s["sq"], sq_mean + s["sq_mean"], sq_rep + s["sq_repeat"], count + s["count"]
+            n += len(b["state"])
         c = max(count, 1)
         return {"loss": loss / max(n, 1), "mse": sq / c, "baseline_mean_mse": sq_mean / c, "baseline_repeat_mse": sq_rep / c,
                 "n": n, "n_values": count}
@@ -106,21 +117,76 @@ def score_chunks(pred, target, is_pad, prev_action, mean_action) -> dict:
             "count": int(valid.sum()) * target.shape[-1]}
 
 
+class StreamingFlowExpertTask(FlowExpertTask):
+    """The same task over splits read through the streaming loader (``heads.task.StreamingTask``):
+    training batches from ``stream.stream_split``; evaluation from an unshuffled loader of each
+    split (opened once per run), scored by the same ``score``."""
+
+    def __init__(self, cfg: FlowExpertConfig, model: FlowExpert, stats: dict, action_dim: int, mean_action: torch.Tensor,
+                 loader_mode: str, eval_sources: dict | None = None):
+        self.cfg, self.model, self.stats, self.action_dim, self.loader_mode = cfg, model, stats, action_dim, loader_mode
+        self.actions_norm = Normaliser(cfg.normalization, stats["actions"])
+        self.mean_action = mean_action
+        self._eval = dict(eval_sources or {})  # {(split, batch_size): FlowBatches}
+
+    def _source(self, split: str, **kw):
+        return stream_split(self.cfg, split, self.stats, loader_mode=self.loader_mode, **kw)
+
+    def train_batches(self, batch_size: int, seed: int, rank: int, world: int):
+        return self._source(self.cfg.splits[0], batch_size=batch_size, seed=seed, rank=rank, world=world)
+
+    def eval_batches(self, split: str, batch_size: int):
+        name = self.cfg.splits[0] if split == "train" else self.cfg.splits[1]
+        if (name, batch_size) not in self._eval:
+            self._eval[name, batch_size] = self._source(name, batch_size=batch_size, shuffle=False)
+        return iter(self._eval[name, batch_size])
+
+    def evaluate_batches(self, model, batches) -> dict[str, float]:
+        return self.score(model, batches)
+
+
 def build_task(cfg: FlowExpertConfig) -> tuple[FlowExpertTask, dict]:
+    """The task in memory or streaming (``cfg.data_mode``; "auto" streams when the splits exceed the budget)."""
     stats = load_norm_stats(cfg)
-    train_arrays, tinfo = load_split(cfg, cfg.splits[0], stats)
-    val_arrays, vinfo = load_split(cfg, cfg.splits[1], stats)
+    mode = choose_mode(cfg)
+    if mode == "memory":
+        train_arrays, tinfo = load_split(cfg, cfg.splits[0], stats)
+        val_arrays, vinfo = load_split(cfg, cfg.splits[1], stats)
+    else:
+        tinfo, vinfo, sources = _stream_info(cfg, stats)
     if (tinfo["context_tokens"], tinfo["context_dim"]) != (vinfo["context_tokens"], vinfo["context_dim"]):
         raise ValueError(f"{cfg.splits[0]} and {cfg.splits[1]} context tokens differ: {tinfo['context_tokens']}x{tinfo['context_dim']} "
                          f"vs {vinfo['context_tokens']}x{vinfo['context_dim']}")
     seed_everything(cfg.loop.seed)  # init depends only on the seed
     model = build_model(cfg, tinfo["context_dim"])
-    task = FlowExpertTask(cfg, model, train_arrays, val_arrays, stats, tinfo["action_dim"])
+    if mode == "memory":
+        task = FlowExpertTask(cfg, model, train_arrays, val_arrays, stats, tinfo["action_dim"])
+    else:
+        # "stream" forces reads from disk every epoch (as sim-heads does); "auto" lets the loader hold what fits
+        task = StreamingFlowExpertTask(cfg, model, stats, tinfo["action_dim"], tinfo["mean_action"], "stream" if cfg.data_mode == "stream" else "auto",
+                                       sources)
     info = {"context_dim": tinfo["context_dim"], "context_tokens": tinfo["context_tokens"], "state_dim": tinfo["state_dim"],
-            "action_dim": tinfo["action_dim"], "n_train": tinfo["n"], "n_val": vinfo["n"],
+            "action_dim": tinfo["action_dim"], "n_train": tinfo["n"], "n_val": vinfo["n"], "data_mode": mode,
             "dropped": {"train": tinfo["dropped"], "val": vinfo["dropped"]}, "norm_stats": stats,
             "mean_action": task.mean_action.tolist()}
     return task, info
+
+
+def _stream_info(cfg: FlowExpertConfig, stats: dict) -> tuple[dict, dict, dict]:
+    """(train info, val info, evaluation sources) of the streaming path: shapes from one batch,
+    counts from the loaders, the train mean action from robot_meta's rows that have context."""
+    bs = cfg.loop.batch_size
+    sources = {s: stream_split(cfg, s, stats, batch_size=bs, shuffle=False, loader_mode="stream" if cfg.data_mode == "stream" else "auto")
+               for s in cfg.splits}
+    infos = []
+    for s, src in sources.items():
+        b = next(iter(src))
+        t = src.table
+        rows = np.concatenate([t.ctx_rows[e] for e in src.episodes])
+        infos.append({"n": src.n_samples, "dropped": len(t.lo) - src.n_samples, "context_tokens": int(b["context"].shape[1]),
+                      "context_dim": int(b["context"].shape[2]), "state_dim": int(t.state.shape[1]), "action_dim": int(t.actions.shape[1]),
+                      "mean_action": torch.from_numpy(t.actions_raw[rows]).mean(0)})
+    return infos[0], infos[1], {(s, bs): src for s, src in sources.items()}
 
 
 def train_flow_expert(config: FlowExpertConfig | None = None) -> dict:
