@@ -123,8 +123,16 @@ def local_sums(world, tmp_path_factory) -> dict:
     shutil.copytree(world / "navcache_demo", cwd / "navcache_demo")
     _run("navcache", "extract", "--split", "train", cwd=cwd)
     sums = _all_checksums(cwd)
-    assert len(sums) == 8, sorted(sums)  # every demo dataset's train caches
+    assert set(sums) == _demo_train_caches(cwd), sorted(sums)  # every demo dataset's train caches
     return sums
+
+
+def _demo_train_caches(cwd: Path) -> set[str]:
+    """"<dataset>/train/<spec>" of every stage the demo project runs (a stage's spec is its name with "_")."""
+    from navcache.pipeline.project import demo_config_dict
+
+    cfg = demo_config_dict(cwd / "navcache_demo", cwd / "navcache_cache")
+    return {f"{d}/train/{s.replace('-', '_')}" for d, v in cfg["datasets"].items() for s in v["stages"]}
 
 
 @pytest.fixture
