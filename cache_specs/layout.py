@@ -149,14 +149,21 @@ def fsync_tree(path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """``data`` as ``path``, all or nothing: a private temporary, fsync, rename, fsync of the folder.
+    Temporaries a killed writer of the same name left are swept first; ours never outlives an error."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temporaries(path.parent, TMP_PREFIX + path.name)
     tmp = path.parent / private_name(TMP_PREFIX, path.name)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from navcache.cache_specs.action_chunks import gather_chunks
-from navcache.cache_specs.layout import PARTS, TMP_PREFIX, fsync_dir, private_name
+from navcache.cache_specs.layout import PARTS, atomic_write_bytes
 from navcache.cache_specs.parts import open_part_data, read_part_meta
 from navcache.cache_specs.reader import open_cache
 
@@ -118,16 +117,6 @@ def export_norm_stats(cache_dir: Path, out: Path, horizon: int, **kw) -> NormSta
     """Write ``norm_stats.json`` at ``out`` (atomic rename) and return the report."""
     stats, report = norm_stats(cache_dir, horizon, **kw)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / private_name(TMP_PREFIX, out.name)
-    try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(stats, indent=2))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(out, json.dumps(stats, indent=2).encode())
     report.out = str(out)
     return report

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from navcache.cache_specs.layout import PARTS, STALE_AFTER, TMP_PREFIX, fsync_dir, private_name, sweep_stale_temporaries
+from navcache.cache_specs.layout import PARTS, atomic_write_bytes
 from navcache.cache_specs.parts import open_part_data, read_part_meta
 from navcache.cache_specs.reader import open_cache
 
@@ -175,18 +174,7 @@ def export_openvla_stats(cache_dir: Path, out: Path, key: str = DEFAULT_KEY) -> 
     """Write ``openvla_statistics`` to ``out`` (JSON, indent 2 as OpenVLA writes it), atomically."""
     stats = openvla_statistics(cache_dir, key)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temporaries(out.parent, TMP_PREFIX + out.name, STALE_AFTER)
-    tmp = out.parent / private_name(TMP_PREFIX, out.name)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(stats, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(out, json.dumps(stats, indent=2).encode())
     return stats
 
 
