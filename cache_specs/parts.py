@@ -214,6 +214,12 @@ def commit_part(
     return meta
 
 
+def _layout(spec_json: dict) -> dict:
+    """A part's stored spec without the arrays' doc strings: parts written before a doc was reworded
+    hold the same layout (fingerprints leave docs out for the same reason)."""
+    return {**spec_json, "arrays": {k: {kk: vv for kk, vv in a.items() if kk != "doc"} for k, a in spec_json["arrays"].items()}}
+
+
 def copy_part(parts_dir: Path, pid: str, fingerprint: str, picks: Sequence[tuple[Path, Mapping[str, Any], str]], chunk_rows: int) -> dict:
     """Compaction: commit a new part holding the rows of ``picks`` ((source part dir, its
     part.json, episode id), in this order), copied array by array, never re-encoded.
@@ -230,7 +236,7 @@ def copy_part(parts_dir: Path, pid: str, fingerprint: str, picks: Sequence[tuple
     episodes, start, opened = [], 0, {}
     try:
         for src, meta, eid in picks:
-            if meta["spec"] != spec_json or meta["backend"] != backend:
+            if _layout(meta["spec"]) != _layout(spec_json) or meta["backend"] != backend:
                 raise ValueError(f"copy_part: {src} has another spec or backend than {picks[0][0]}")
             e = next(x for x in meta["episodes"] if x["episode_id"] == eid)
             if e["status"] == "ok" and e["length"]:
