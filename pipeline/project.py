@@ -105,7 +105,7 @@ def demo_config_dict(demo_dir: Path, cache_root: Path, pixels: bool = True) -> d
                 "stages": ["frame-features", "velocity"],
                 "part_size": 64,
             },
-            # LeRobot v3.0 walks: per-frame state/action (robot-meta) and DINOv3 on every frame
+            # LeRobot v3.0 drives (a robot driving to the box its task names): per-frame state/action (robot-meta) and DINOv3 on every frame
             # (num_frames above the longest walk) of each camera, the flow expert's context tokens
             "demo_lerobot": {
                 "source": "lerobot",

@@ -11,7 +11,7 @@ SPEC = CacheSpec(
     version=1,
     row="frame",
     arrays=(
-        ArraySpec("cls", "float16", ("D",), "CLS token after the final norm"),
+        ArraySpec("cls", "float16", ("D",), "the CLS token of the read layer (after the final norm for layer \"last\"); towers without one (SigLIP) store the patch mean"),
         ArraySpec("patch_pooled", "float16", ("G", "G", "D"), "patch tokens average-pooled to a G x G grid"),
         ArraySpec("frame_index", "int64", (), "source frame index, -1 for padding rows"),
         ArraySpec("padded", "bool", (), "True for black padding frames"),

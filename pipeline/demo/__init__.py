@@ -36,7 +36,7 @@ CLIPS_PER_JOB = 8
 #: the motion set (``motion/``): the NaVILA world's records without pixels at this many times the
 #: scale; the GRU motion head needs ~1,600 train records to beat its baselines (BENCHMARKS.md)
 MOTION_SCALE = 20
-#: the LeRobot walks (``lerobot/``) at this many times the scale: 24 train / 8 val episodes, about
+#: the LeRobot drives (``lerobot/``) at this many times the scale: 24 train / 8 val episodes, about
 #: 1,100 frames, enough for the flow-matching action expert to beat its baselines on val
 LEROBOT_SCALE = 4
 
@@ -75,7 +75,7 @@ class DemoInfo:
 
     @property
     def lerobot_root(self) -> Path:
-        """A LeRobot v3.0 dataset of demo walks (``lerobot_writer``; full demos only)."""
+        """A LeRobot v3.0 dataset of demo drives (a robot driving to a named box) (``lerobot_writer``; full demos only)."""
         return self.root / "lerobot"
 
     @property
