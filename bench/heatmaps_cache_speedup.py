@@ -98,7 +98,7 @@ def main() -> None:
     def raw_step(idx) -> None:
         batch = {k: v[idx] for k, v in arrays.items()}
         vggt, dino = raw.features(batch["a"].numpy(), batch["b"].numpy(), episode_of_row)
-        out = model(vggt[0], dino[0], vggt[1], dino[1], batch["pose"])
+        out = model.from_tokens(vggt[0], dino[0], vggt[1], dino[1], batch["pose"])
         losses = task._losses(out, batch["target"].float())
         step(losses["ce"].mean() + cfg.upsample_loss_weight * losses["ce_up"].mean())
 

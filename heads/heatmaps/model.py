@@ -44,11 +44,10 @@ def convex_upsample(coarse: torch.Tensor, mask: torch.Tensor, r: int) -> torch.T
     centre k=4) for sub-pixel (dy, dx) of the cell.
     """
     b, c, h, w = coarse.shape
-    m = torch.softmax(mask.view(b, 1, 9, r, r, h, w), dim=2)
-    nb = F.unfold(F.pad(coarse, (1, 1, 1, 1), mode="replicate"), kernel_size=3)  # [B, Cc*9, h*w]
-    nb = nb.view(b, c, 9, 1, 1, h, w)
-    up = (m * nb).sum(dim=2)  # [B, Cc, r, r, h, w]
-    return up.permute(0, 1, 4, 2, 5, 3).reshape(b, c, h * r, w * r)
+    m = torch.softmax(mask.view(b, 9, r * r, h * w), dim=1)
+    nb = F.unfold(F.pad(coarse, (1, 1, 1, 1), mode="replicate"), kernel_size=3).view(b, c, 9, h * w)
+    up = torch.einsum("bkjn,bckn->bcjn", m, nb)  # [B, Cc, r*r, h*w]; a contraction, no [.., 9, ..] product kept
+    return up.view(b, c, r, r, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c, h * r, w * r)
 
 
 def make_random_qwen2(seed: int = 0, arch: dict | None = None) -> nn.Module:
@@ -82,10 +81,22 @@ def freeze(llm: nn.Module) -> nn.Module:
     return llm.eval()
 
 
+def pool_tokens(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """[B, h, w, D] -> [B, G*G, D]: average-pooled onto the G x G target grid."""
+    x = F.adaptive_avg_pool2d(x.float().permute(0, 3, 1, 2), grid)
+    return x.flatten(2).transpose(1, 2)
+
+
 class TokenEncoder(nn.Module):
     """One keyframe's VGGT tokens [B, Th, Tw, Dv] and DINOv3 patch tokens [B, Hp, Wp, Dd] -> [B, G*G, d]:
-    each normalised, projected to d, average-pooled onto the G x G target grid, summed, plus a
-    learned position per cell."""
+    each layer-normalised, projected to d, average-pooled onto the G x G target grid, summed, plus a
+    learned position per cell.
+
+    Computed in the cheaper, exactly equal order (``pool``, then ``forward``): a layer norm is a
+    per-token normalisation followed by a per-channel affine map, and the affine map and the
+    ``Linear`` both commute with averaging (the pooling weights sum to 1), so only the parameter-free
+    normalisation must run per token, once per keyframe (``HeatmapsTask`` does it once per table);
+    the learned part then runs on G*G cells instead of Th*Tw + Hp*Wp tokens."""
 
     def __init__(self, dv: int, dd: int, d: int, grid: int):
         super().__init__()
@@ -94,12 +105,17 @@ class TokenEncoder(nn.Module):
         self.dino = nn.Sequential(nn.LayerNorm(dd), nn.Linear(dd, d))
         self.pos = nn.Parameter(torch.randn(grid * grid, d) * 0.02)
 
-    def _grid(self, x: torch.Tensor) -> torch.Tensor:  # [B, h, w, d] -> [B, G*G, d]
-        x = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), self.grid)
-        return x.flatten(2).transpose(1, 2)
+    def normalised_pooled(self, x: torch.Tensor, which: str) -> torch.Tensor:
+        """[B, h, w, D] -> [B, G*G, D]: per-token normalisation (no parameters), then pooled."""
+        ln = getattr(self, which)[0]
+        return pool_tokens(F.layer_norm(x.float(), ln.normalized_shape, eps=ln.eps), self.grid)
 
-    def forward(self, vggt: torch.Tensor, dino: torch.Tensor) -> torch.Tensor:
-        return self._grid(self.vggt(vggt.float())) + self._grid(self.dino(dino.float())) + self.pos
+    def forward(self, vggt_n: torch.Tensor, dino_n: torch.Tensor) -> torch.Tensor:
+        """``normalised_pooled`` tokens [B, G*G, Dv], [B, G*G, Dd] -> [B, G*G, d]."""
+        def project(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+            return seq[1](x * seq[0].weight + seq[0].bias)
+
+        return project(self.vggt, vggt_n) + project(self.dino, dino_n) + self.pos
 
 
 class ConcatMLP(nn.Module):
@@ -130,7 +146,8 @@ class CrossAttention(nn.Module):
 
 
 class HeatmapModel(nn.Module):
-    """forward(vggt_a, dino_a, vggt_b, dino_b, pose=None) -> {"logits" [B, G*G+5], "mask" [B, 9 r^2, G, G]}.
+    """from_tokens(vggt_a, dino_a, vggt_b, dino_b, pose=None) -> {"logits" [B, G*G+5], "mask" [B, 9 r^2, G, G]}
+    (= forward(pool(vggt_a, dino_a), pool(vggt_b, dino_b), pose)).
 
     vggt_* [B, Th, Tw, Dv], dino_* [B, Hp, Wp, Dd], pose [B, n_pose] (required when n_pose > 0); ``image_size`` (H, W) of A's image,
     r = ceil(max(H, W) / G), at most ``max_upsample`` (``heatmap`` resizes the G*r map to H x W bilinearly).
@@ -175,19 +192,32 @@ class HeatmapModel(nn.Module):
             self.llm.eval()  # frozen: eval mode whatever the loop asks
         return self
 
-    def similarity(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
-        """[B, G*G, 2]: per A cell, max and mean cosine similarity of raw tokens [B, h, w, D] pooled to the grid."""
-        pa = F.normalize(self.encode._grid(xa.float()), dim=-1)
-        pb = F.normalize(self.encode._grid(xb.float()), dim=-1)
-        s = pa @ pb.transpose(1, 2)  # [B, G*G, G*G]
+    def pool(self, vggt: torch.Tensor, dino: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A keyframe's tokens (vggt [B, Th, Tw, Dv], dino [B, Hp, Wp, Dd]) -> its parameter-free grid
+        features: "vggt_n"/"dino_n" [B, G*G, D] (``TokenEncoder.normalised_pooled``) and "vggt_u"/"dino_u"
+        [B, G*G, D] (raw tokens pooled to the grid, unit length: the matching cues' input). Depends on
+        no trainable weight, so a trainer computes it once per keyframe (``forward_pooled``)."""
+        enc = self.encode
+        return {"vggt_n": enc.normalised_pooled(vggt, "vggt"), "dino_n": enc.normalised_pooled(dino, "dino"),
+                "vggt_u": F.normalize(pool_tokens(vggt, self.grid), dim=-1), "dino_u": F.normalize(pool_tokens(dino, self.grid), dim=-1)}
+
+    @staticmethod
+    def similarity(ua: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
+        """[B, G*G, 2]: per A cell, max and mean cosine similarity to B's cells (unit cells [B, G*G, D])."""
+        s = ua @ ub.transpose(1, 2)  # [B, G*G, G*G]
         return torch.stack([s.amax(-1), s.mean(-1)], -1)
 
-    def forward(self, vggt_a, dino_a, vggt_b, dino_b, pose: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def from_tokens(self, vggt_a, dino_a, vggt_b, dino_b, pose: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The model on the pair's cached tokens: ``self(pool(A), pool(B), pose)``."""
+        return self(self.pool(vggt_a, dino_a), self.pool(vggt_b, dino_b), pose)
+
+    def forward(self, fa: dict[str, torch.Tensor], fb: dict[str, torch.Tensor], pose: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """From the ``pool`` features of A and B (a trainer pools each keyframe once; DDP wraps this call)."""
         if self.n_pose and (pose is None or pose.shape[-1] != self.n_pose):
             raise ValueError(f"this model takes camera cues pose [B, {self.n_pose}], got {None if pose is None else tuple(pose.shape)}")
-        a, b = self.encode(vggt_a, dino_a), self.encode(vggt_b, dino_b)  # [B, G*G, d]
+        a, b = self.encode(fa["vggt_n"], fa["dino_n"]), self.encode(fb["vggt_n"], fb["dino_n"])  # [B, G*G, d]
         cue = self.pose_embed(pose.float())[:, None] if self.n_pose else 0.0  # [B, 1, d]
-        sim = torch.cat([self.similarity(vggt_a, vggt_b), self.similarity(dino_a, dino_b)], -1)  # [B, G*G, 4]
+        sim = torch.cat([self.similarity(fa["vggt_u"], fb["vggt_u"]), self.similarity(fa["dino_u"], fb["dino_u"])], -1)  # [B, G*G, 4]
         cells = self.fuse(a + cue, b) + self.sim_cells(sim)
         ring = (self.ring_query + self.ring_in(cells.mean(1, keepdim=True)) + self.sim_ring(sim.mean(1, keepdim=True))
                 + cue)  # [B, 5, d]

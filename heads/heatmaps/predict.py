@@ -76,7 +76,7 @@ def predict_pairs(model: HeatmapModel, md: dict, data: dict, batch_size: int = 6
         for i in range(0, len(data["a"]), batch_size):
             a, b = data["a"][i : i + batch_size], data["b"][i : i + batch_size]
             pose = data["pose"][i : i + batch_size].to(dev) if model.n_pose else None
-            out = model(*(data[k][j].to(dev) for j in (a, b) for k in ("vggt", "dino")), pose)
+            out = model.from_tokens(*(data[k][j].to(dev) for j in (a, b) for k in ("vggt", "dino")), pose)
             probs.append(out["logits"].float().softmax(-1).cpu())
             maps.append(model.heatmap(out).float().cpu())
     return torch.cat(probs), torch.cat(maps)

@@ -42,7 +42,9 @@ def distribution_metrics(logp: torch.Tensor, t: torch.Tensor, prefix: str = "") 
 
 class HeatmapsTask:
     """The ``heads.train_loop.Task``: arrays are pairs (``a``, ``b`` rows of the keyframe tables, ``target``);
-    the tables stay with the task and are gathered per batch."""
+    the tables stay with the task and are gathered per batch, as the model's parameter-free grid
+    features of each keyframe (``HeatmapModel.pool``), computed once here rather than for both
+    keyframes of every pair at every step."""
 
     # neg_kl: the console reads every key metric as higher-is-better against its baselines
     key_metrics = {"neg_kl": "-kl", "top1_hit": "top1_hit", "ring_dir": "ring_dir"}
@@ -50,7 +52,8 @@ class HeatmapsTask:
 
     def __init__(self, cfg: HeatmapsConfig, model: HeatmapModel, train: dict, val: dict):
         self.cfg, self.model = cfg, model
-        self.tables = {"train": {k: train[k] for k in ("vggt", "dino")}, "val": {k: val[k] for k in ("vggt", "dino")}}
+        with torch.no_grad():
+            self.tables = {name: model.pool(d["vggt"], d["dino"]) for name, d in (("train", train), ("val", val))}
         # the split is part of each array set, so ``evaluate`` knows which table a pair indexes
         self.train_arrays = {k: train[k] for k in PAIR_KEYS} | {"split": torch.zeros(len(train["a"]), dtype=torch.int64)}
         self.val_arrays = {k: val[k] for k in PAIR_KEYS} | {"split": torch.ones(len(val["a"]), dtype=torch.int64)}
@@ -62,9 +65,8 @@ class HeatmapsTask:
     def forward(self, model, batch) -> dict[str, torch.Tensor]:
         tab = self._table(batch)
         dev = batch["a"].device
-        a, b = batch["a"].cpu(), batch["b"].cpu()
-        return model(tab["vggt"][a].to(dev), tab["dino"][a].to(dev), tab["vggt"][b].to(dev), tab["dino"][b].to(dev),
-                     batch["pose"] if self.cfg.camera_cues else None)
+        fa, fb = ({k: v[rows.cpu()].to(dev) for k, v in tab.items()} for rows in (batch["a"], batch["b"]))
+        return model(fa, fb, batch["pose"] if self.cfg.camera_cues else None)
 
     def _losses(self, out, t) -> dict[str, torch.Tensor]:
         net = self.model

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from navcache.heads.heatmaps.configuration import HeatmapsConfig
 from navcache.heads.heatmaps.model import HeatmapModel, convex_upsample, make_random_qwen2
@@ -59,10 +60,31 @@ def _inputs(n=3):
             torch.randn(n, 5, 5, 8, generator=g), torch.randn(n, 7, 7, 6, generator=g))
 
 
+def test_the_token_encoder_equals_norm_project_then_pool_per_token():
+    """The encoder pools before its affine maps (cheaper); it must equal the definition: layer norm
+    and Linear on every token, then the average pool onto the grid (non-divisible 5 -> 4, 7 -> 4)."""
+    m = _model()
+    with torch.no_grad():  # non-trivial affine parameters, so the reordering is really exercised
+        for seq in (m.encode.vggt, m.encode.dino):
+            seq[0].weight.normal_(generator=torch.Generator().manual_seed(3))
+            seq[0].bias.normal_(generator=torch.Generator().manual_seed(4))
+    va, da, _, _ = _inputs()
+
+    def per_token(seq, x):  # [B, h, w, D] -> [B, G*G, d]
+        y = seq(x)  # LayerNorm + Linear on each token
+        return F.adaptive_avg_pool2d(y.permute(0, 3, 1, 2), 4).flatten(2).transpose(1, 2)
+
+    expected = per_token(m.encode.vggt, va) + per_token(m.encode.dino, da) + m.encode.pos
+    f = m.pool(va, da)
+    torch.testing.assert_close(m.encode(f["vggt_n"], f["dino_n"]), expected, atol=1e-5, rtol=1e-5)
+    ua = F.normalize(F.adaptive_avg_pool2d(va.permute(0, 3, 1, 2), 4).flatten(2).transpose(1, 2), dim=-1)
+    torch.testing.assert_close(f["vggt_u"], ua)
+
+
 @pytest.mark.parametrize("fusion", ["concat_mlp", "cross_attention"])
 def test_shapes_and_heatmap_mass(fusion):
     m = _model(fusion=fusion)
-    out = m(*_inputs())
+    out = m.from_tokens(*_inputs())
     assert out["logits"].shape == (3, 4 * 4 + 5) and out["mask"].shape == (3, 9 * 8 * 8, 4, 4)
     hm = m.heatmap(out)
     assert hm.shape == (3, 32, 32)
@@ -83,7 +105,7 @@ def test_the_frozen_llm_is_never_trained_and_gets_no_gradient():
     opt = torch.optim.AdamW(trainable, lr=1e-2)
     m.train()
     assert not llm.training  # frozen: eval mode whatever the loop asks
-    out = m(*_inputs())
+    out = m.from_tokens(*_inputs())
     t = torch.softmax(torch.randn(3, 21), -1)
     loss = -(t * out["logits"].log_softmax(-1)).sum(-1).mean()
     loss.backward()
@@ -102,7 +124,7 @@ def test_untrained_model_predicts_its_prior():
     m = _model()
     with torch.no_grad():
         m.prior.copy_(torch.linspace(-1, 1, 21))
-    out = m(*_inputs())
+    out = m.from_tokens(*_inputs())
     torch.testing.assert_close(out["logits"], torch.linspace(-1, 1, 21).expand(3, 21))
 
 
@@ -152,6 +174,6 @@ def test_a_model_with_camera_cues_needs_them():
     torch.manual_seed(0)
     m = HeatmapModel(dv=8, dd=6, grid=4, image_size=(32, 32), d=16, heads=2, n_pose=14)
     with pytest.raises(ValueError, match="camera cues"):
-        m(*_inputs())
-    out = m(*_inputs(), torch.randn(3, 14))
+        m.from_tokens(*_inputs())
+    out = m.from_tokens(*_inputs(), torch.randn(3, 14))
     assert out["logits"].shape == (3, 21)
