@@ -140,8 +140,8 @@ _V21_CAM = "videos/chunk-000/observation.images.image/episode_000001.mp4"
 
 @pytest.mark.parametrize("damage, reason", [
     (lambda r: (r / _V21_CAM).write_bytes(b"\0" * 900), "cannot open video"),
-    # 3 frames where episode 1 holds 5 (at 10 fps: ends at 0.3 s, not 0.5 s)
-    (lambda r: encode_video(r / _V21_CAM, np.zeros((3, 32, 32, 3), np.uint8), "libx264"), "before the episode's to_timestamp"),
+    # one frame short: 4 frames where episode 1 holds 5 (at 10 fps the video ends at 0.4 s, not 0.5 s)
+    (lambda r: encode_video(r / _V21_CAM, np.zeros((4, 32, 32, 3), np.uint8), "libx264"), "ends at 0.4000 s, before"),
     (lambda r: (r / _V21_CAM).unlink(), "is missing"),
     (lambda r: _edit_table(r, 1, lambda t: _set(t, "frame_index", [0, 1, 3, 3, 4])), "frame_index is not 0..4"),
     (lambda r: _edit_table(r, 1, lambda t: _set(t, "episode_index", [1, 1, 2, 1, 1])), "not contiguous"),
