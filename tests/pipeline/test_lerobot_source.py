@@ -20,8 +20,9 @@ from navcache.pipeline.sources import make_source
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lerobot"
 
 
-@pytest.mark.parametrize("name", ["v30_video", "v30_image"])
+@pytest.mark.parametrize("name", ["v30_video", "v30_image", "v21_video", "v21_image"])
 def test_frame_by_frame_equal_to_lerobotdataset(name):
+    """v30_*: written and read back by lerobot 0.4.4; v21_*: by lerobot 0.3.3 (versions.json)."""
     ref = np.load(FIXTURES / f"{name}.reference.npz")
     src = make_source("lerobot", FIXTURES / name)
     eps = src.episodes("train")
@@ -35,6 +36,7 @@ def test_frame_by_frame_equal_to_lerobotdataset(name):
         np.testing.assert_array_equal(table["timestamp"].astype(np.float32), ref["timestamp"][rows])
         np.testing.assert_array_equal(table["frame_index"], ref["frame_index"][rows])
         np.testing.assert_array_equal(table["task_index"], ref["task_index"][rows])
+        assert set(ref["task"][rows]) == {ep.record["task"]}
         for key in src.cameras:  # AV1 decoded by dav1d here, by torchcodec there: the same pixels
             np.testing.assert_array_equal(src.read_camera(ep, key, range(int(rows.sum()))), ref[f"pixels/{key}"][rows])
 
@@ -117,3 +119,47 @@ def test_decoded_count_checked_against_the_table(demo, tmp_path):
     lying = dict(ep.record, videos={k: [v[0], v[1], v[2] - 0.3] for k, v in ep.record["videos"].items()})
     with pytest.raises(Quarantine, match="holds .* frames in"):
         src.read_camera(type(ep)(ep.episode_id, lying, ep.files), "observation.images.image", [0])
+
+
+def _real_v21(tmp_path: Path, damage) -> dict[str, str | None]:
+    """Damage a copy of the v2.1 dataset lerobot 0.3.3 wrote; each episode's quarantine reason."""
+    root = tmp_path / "d"
+    shutil.copytree(FIXTURES / "v21_video", root)
+    damage(root)
+    return {e.episode_id: e.quarantine for e in make_source("lerobot", root).episodes("train")}
+
+
+def _drop_task(root: Path, task_index: int) -> None:
+    path = root / "meta/tasks.jsonl"
+    keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["task_index"] != task_index]
+    path.write_text("\n".join(keep) + "\n")
+
+
+_V21_CAM = "videos/chunk-000/observation.images.image/episode_000001.mp4"
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda r: (r / _V21_CAM).write_bytes(b"\0" * 900), "cannot open video"),
+    # one frame short: 4 frames where episode 1 holds 5 (at 10 fps the video ends at 0.4 s, not 0.5 s)
+    (lambda r: encode_video(r / _V21_CAM, np.zeros((4, 32, 32, 3), np.uint8), "libx264"), "ends at 0.4000 s, before"),
+    (lambda r: (r / _V21_CAM).unlink(), "is missing"),
+    (lambda r: _edit_table(r, 1, lambda t: _set(t, "frame_index", [0, 1, 3, 3, 4])), "frame_index is not 0..4"),
+    (lambda r: _edit_table(r, 1, lambda t: _set(t, "episode_index", [1, 1, 2, 1, 1])), "not contiguous"),
+    (lambda r: _edit_table(r, 1, lambda t: _set(t, "action", [[float("nan")] * 7] + t.column("action").to_pylist()[1:])),
+     "'action' is not finite"),
+    (lambda r: _drop_task(r, 1), "task_index 1 names no task"),  # episode 1's task left out of tasks.jsonl
+])
+def test_bad_input_in_a_real_v21_dataset(tmp_path, damage, reason):
+    """The issue's bad-input list on the layout lerobot 0.3.3 wrote (tasks.jsonl, per-episode files):
+    only the damaged episode is quarantined, with the reason."""
+    got = _real_v21(tmp_path, damage)
+    assert reason in (got["episode_000001"] or ""), got
+    assert got["episode_000000"] is None and got["episode_000002"] is None
+
+
+def test_real_v21_without_info_json_is_refused(tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(FIXTURES / "v21_video", root)
+    (root / "meta/info.json").unlink()
+    with pytest.raises(DatasetError, match="no meta/info.json"):
+        make_source("lerobot", root).episodes("train")
