@@ -10,12 +10,14 @@ It runs in the worker process (``backend: tests.standins.llava3d_lm_standin:Stan
 model.safetensors, the 3-D modules in ``standin_3d.safetensors``, a byte-level tokenizer and
 ``navcache_provenance.json`` (random_init). Test hooks in config.json: ``standin_crash_at_frame``
 n with ``standin_crash_flag`` (a path): the worker exits abruptly at its n-th frame unless the
-flag file exists (it creates it first, so exactly one crash happens).
+flag file exists (it creates it first, so exactly one crash happens); ``standin_sleep_at_frame`` n:
+the worker stops answering at its n-th frame (sleeps an hour).
 """
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +102,8 @@ class StandInLLaVA3D:
         if self.frames == self.conf.get("standin_crash_at_frame") and flag and not os.path.exists(flag):
             Path(flag).touch()
             os._exit(17)
+        if self.frames == self.conf.get("standin_sleep_at_frame"):
+            time.sleep(3600)
 
     @torch.inference_mode()
     def hidden_states(self, images, depth, pose, intrinsics, text):
