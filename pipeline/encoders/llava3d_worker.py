@@ -20,7 +20,8 @@ fd 1 at stderr before importing anything, so library prints cannot corrupt it); 
               hidden.npy float32 [sum L_t, D]: each frame's last-layer hidden states, one after
               the other (frame t: L_t positions, N_t of them 3-D patch tokens)
     worker -> {"op": "error", "id": n, "error": "..."}         this request failed; the worker goes on
-    parent -> {"op": "exit"}                                   (or stdin closing) ends the worker
+    parent -> {"op": "exit"}                                   ends the worker; stdin closing
+              without it (the parent was killed) ends it too, removing ``--workdir``
 
 Backends: ``llava3d`` (below: LLaVA-3D's published loader and forward) or "module:name" importable
 once ``--source`` is on sys.path (tests: a stand-in on navcache's own transformers). A backend is
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
     for line in sys.stdin:
         msg = json.loads(line)
         if msg.get("op") == "exit":
-            break
+            return 0
         try:
             if msg.get("op") != "encode":
                 raise ValueError(f"unknown op {msg.get('op')!r} (valid: encode, exit)")
@@ -167,6 +168,11 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001 - one bad request must not end the worker
             traceback.print_exc()
             send({"op": "error", "id": msg.get("id"), "error": f"{type(e).__name__}: {e}"})
+    # stdin closed without "exit": the parent is gone (killed), so nobody will remove the folder
+    import shutil
+
+    os.chdir(os.path.dirname(args.workdir.rstrip(os.sep)) or os.sep)
+    shutil.rmtree(args.workdir, ignore_errors=True)
     return 0
 
 

@@ -201,3 +201,31 @@ def test_task_text_and_model_enter_the_fingerprint(tmp_path, lerobot, standin):
 
         write_tour(tmp_path / "data", seed=0, split="train", index=0)
         SpatialLlava3DLMStage(SpatialLlava3DLMSettings(**_settings(standin), xyz_from="gt"), make_source("videos", tmp_path / "data/videos", num_frames=2), {})
+
+
+@pytest.mark.slow  # one worker start
+def test_a_killed_parent_leaves_no_worker_and_no_files(tmp_path, standin):
+    """SIGKILL the process that started the worker: its stdin closes, it exits and removes its folder."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    code = ("import sys; from tests.pipeline.test_spatial_llava3d_lm import _worker; from pathlib import Path; "
+            "w = _worker(Path(sys.argv[1])); w.start(); print(w._proc.pid, w._dir, flush=True); sys.stdin.read()")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(standin)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    pid, folder = parent.stdout.readline().split()
+    assert Path(folder).is_dir()
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 120  # a generous bound on the worker's own shutdown, not a timing claim
+    while time.monotonic() < deadline:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(int(pid), signal.SIGKILL)
+        pytest.fail("the worker outlived its parent")
+    assert not Path(folder).exists()
