@@ -81,9 +81,10 @@ def _worker(model: Path, start_timeout: float = 120):
 
 @pytest.mark.slow  # two worker starts (~8 s each on a busy machine)
 def test_worker_failures_are_errors_with_reasons_never_hangs(tmp_path, tiny_clip):
-    """A model that cannot load: WorkerFailed naming the loader's error. A worker that stops
-    answering: killed at the deadline, WorkerFailed; the next request starts a new worker."""
-    from navcache.pipeline.encoders.llava3d_client import WorkerFailed
+    """A model that cannot load: WorkerFailed naming the loader's error. A request the worker
+    fails: RequestFailed, the worker lives on. A worker that stops answering: killed at the
+    deadline, WorkerFailed."""
+    from navcache.pipeline.encoders.llava3d_client import RequestFailed, WorkerFailed
     from tests.standins.llava3d_lm_standin import make_standin
 
     w = _worker(tmp_path / "absent")
@@ -99,6 +100,9 @@ def test_worker_failures_are_errors_with_reasons_never_hangs(tmp_path, tiny_clip
     k = np.broadcast_to(np.array([[40, 0, 28, 0], [0, 40, 28, 0], [0, 0, 1, 0], [0, 0, 0, 1]], np.float32), (1, 1, 4, 4))
     args = ([rng.integers(0, 255, (1, 64, 64, 3), np.uint8)], np.full((1, 1, 56, 56), 2.0, np.float32),
             np.broadcast_to(np.eye(4, dtype=np.float32), (1, 1, 4, 4)), k)
+    with pytest.raises(RequestFailed, match="ValueError: need at least one array"):  # no frame: the worker's own error
+        w.encode("go", args[0], *(a[:0] for a in args[1:]), timeout_s=60)
+    assert w._proc.pid == pid and w._proc.poll() is None  # ... and it goes on
     with pytest.raises(WorkerFailed, match="did not answer within 2 s while encoding 1 frames"):
         w.encode("go", *args, timeout_s=2)
     with pytest.raises(ProcessLookupError):
