@@ -5,7 +5,7 @@ import importlib
 
 from ..spec import CacheSpec
 
-SPECS = ("poses", "frame_features", "geometry", "keyframes", "rover_meta", "covisibility", "robot_meta", "velocity", "spatial", "spatial_llava3d")
+SPECS = ("poses", "frame_features", "geometry", "keyframes", "rover_meta", "covisibility", "robot_meta", "velocity", "spatial", "spatial_llava3d", "spatial_llava3d_lm")
 
 
 def get_spec(name: str) -> CacheSpec:

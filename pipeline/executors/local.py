@@ -176,4 +176,5 @@ def build_parts(
                 metas.append(writes.popleft().result())
         finally:
             upstream.close()
+            stage.teardown()
     return metas

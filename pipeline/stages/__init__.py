@@ -16,6 +16,7 @@ STAGES: dict[str, str] = {
     "velocity": "navcache.pipeline.stages.velocity:VelocityStage",
     "spatial": "navcache.pipeline.stages.spatial:SpatialStage",
     "spatial-llava3d": "navcache.pipeline.stages.spatial_llava3d:SpatialLlava3DStage",
+    "spatial-llava3d-lm": "navcache.pipeline.stages.spatial_llava3d_lm:SpatialLlava3DLMStage",
 }
 
 

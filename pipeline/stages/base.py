@@ -134,6 +134,10 @@ class Stage:
     def setup(self) -> None:
         """Load heavy resources once per process (encoder weights)."""
 
+    def teardown(self) -> None:
+        """Release what ``setup`` started that outlives the process's use of the stage (a worker
+        process); called once the stage's parts are built, also after a failure. Default: nothing."""
+
     def prepare(self, episode: Episode, upstream: Mapping[str, Mapping[str, np.ndarray]]) -> Prepared:
         raise NotImplementedError
 

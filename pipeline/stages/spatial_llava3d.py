@@ -71,60 +71,40 @@ def map_intrinsics(intrinsics: np.ndarray, stride: np.ndarray) -> np.ndarray:
     return k
 
 
-class SpatialLlava3DStage(Stage):
-    name = "spatial-llava3d"
-    code_version = "1"
-    Settings = SpatialLlava3DSettings
+class Llava3DGeometryStage(Stage):
+    """What the LLaVA-3D stages share: the views, and depth + intrinsics + cam2world per view and
+    timestep from ``xyz_from`` (the ``spatial`` cache or the source's ground truth). Settings
+    need ``views`` and ``xyz_from``; error messages name ``stages.<name>``."""
 
     def __init__(self, settings, source, source_options):
         super().__init__(settings, source, source_options)
+        self.field = f"stages.{self.name}"
         self.gt = settings.xyz_from == "gt"
         # per instance: only the gt route reads the ground truth, so only it is fingerprinted by it
         self.uses = ("frames", "gt_geometry") if self.gt else ("frames",)
         self.skip_file_suffixes = () if self.gt else (".gt.npz",)
         if self.gt and not hasattr(source, "load_gt_geometry"):
-            raise ConfigError(f"{FIELD}.xyz_from 'gt' needs a source with ground-truth geometry; source "
+            raise ConfigError(f"{self.field}.xyz_from 'gt' needs a source with ground-truth geometry; source "
                               f"{getattr(source, 'kind', type(source).__name__)!r} has none: use xyz_from 'mapanything'")
-        self.view_names = resolve_views(source, settings.views, f"{FIELD}.views")
+        self.view_names = resolve_views(source, settings.views, f"{self.field}.views")
         if self.gt and len(self.view_names) > 1:
-            raise ConfigError(f"{FIELD}.xyz_from 'gt': ground truth covers one camera; set {FIELD}.views to one camera "
+            raise ConfigError(f"{self.field}.xyz_from 'gt': ground truth covers one camera; set {self.field}.views to one camera "
                               f"(of {', '.join(self.view_names)})")
-        self.clip = ClipPatchEncoder(settings)
 
     @property
     def consumes(self) -> tuple[str, ...]:
         return () if self.gt else ("spatial",)
 
-    # -- planning -----------------------------------------------------------------------------
-    def spec(self):
-        return get_spec("spatial_llava3d")
-
-    def dims(self) -> dict[str, int]:
-        return {"V": len(self.view_names), "P": self.clip.grid(), "D": self.clip.hidden_size()}
-
-    def identity(self) -> dict:
-        return {"views": list(self.view_names), "xyz_from": self.settings.xyz_from, "clip": self.clip.identity()}
-
-    def provenance(self) -> dict:
-        return {"spatial_llava3d": {"views": list(self.view_names), "xyz_from": self.settings.xyz_from, "clip": self.clip.provenance(),
-                                    "rule": "LLaVA-3D unproject + nearest to the patch grid (spec doc)"}}
-
-    def check(self, seen: dict | None = None) -> None:
-        self.clip.check(f"{FIELD}.model", seen)
-
     @property
     def batch_cost(self) -> int:
         return 1  # one episode per compute call: its timesteps are batched inside
 
-    def setup(self) -> None:
-        self.clip.load()
-
-    # -- per episode ----------------------------------------------------------------------------
-    def prepare(self, episode, upstream: Mapping) -> Prepared:
+    def read_geometry(self, episode, upstream: Mapping) -> tuple[np.ndarray, list[np.ndarray], dict[str, np.ndarray]]:
+        """(frame indices int64 [T], per view uint8 [T, H, W, 3], geometry: depth [T, V, h, w],
+        intrinsics [T, V, 3, 3] of that depth map, cam2world [T, V, 4, 4])."""
         index, frames = read_views(self.source, episode)
         geo = self._gt(episode, index) if self.gt else self._from_spatial(upstream["spatial"], index)
-        views = view_pixels(self.source, episode, self.view_names, index, frames)
-        return Prepared(episode.episode_id, (index, views, geo), cost=len(index))
+        return index, view_pixels(self.source, episode, self.view_names, index, frames), geo
 
     def _gt(self, episode, index: np.ndarray) -> dict[str, np.ndarray]:
         """Ground truth as [T, 1, ...] depth images, intrinsics and cam2world poses."""
@@ -146,13 +126,48 @@ class SpatialLlava3DStage(Stage):
         for name, i in zip(self.view_names, camera_numbers(self.source, self.view_names)):
             if int(i) not in have:
                 cams = tuple(getattr(self.source, "cameras", ()) or ()) or (SINGLE_VIEW,)
-                raise Quarantine(f"{FIELD}.views: camera {name!r} is not among the spatial cache's views "
+                raise Quarantine(f"{self.field}.views: camera {name!r} is not among the spatial cache's views "
                                  f"({', '.join(cams[j] for j in have)}); add it to stages.spatial.views")
             pick.append(have.index(int(i)))
         depth = np.asarray(rows["depth_z"])[:, pick].astype(np.float32)
         depth[~np.asarray(rows["mask"])[:, pick]] = 0.0  # outside MapAnything's mask: no depth
         stride = np.broadcast_to(np.asarray(rows["stride"])[:, None], (len(index), len(pick)))
         return {"depth": depth, "intrinsics": map_intrinsics(np.asarray(rows["intrinsics"])[:, pick], stride), "cam2world": np.asarray(rows["camera_poses"], np.float64)[:, pick]}
+
+
+class SpatialLlava3DStage(Llava3DGeometryStage):
+    name = "spatial-llava3d"
+    code_version = "1"
+    Settings = SpatialLlava3DSettings
+
+    def __init__(self, settings, source, source_options):
+        super().__init__(settings, source, source_options)
+        self.clip = ClipPatchEncoder(settings)
+
+    # -- planning -----------------------------------------------------------------------------
+    def spec(self):
+        return get_spec("spatial_llava3d")
+
+    def dims(self) -> dict[str, int]:
+        return {"V": len(self.view_names), "P": self.clip.grid(), "D": self.clip.hidden_size()}
+
+    def identity(self) -> dict:
+        return {"views": list(self.view_names), "xyz_from": self.settings.xyz_from, "clip": self.clip.identity()}
+
+    def provenance(self) -> dict:
+        return {"spatial_llava3d": {"views": list(self.view_names), "xyz_from": self.settings.xyz_from, "clip": self.clip.provenance(),
+                                    "rule": "LLaVA-3D unproject + nearest to the patch grid (spec doc)"}}
+
+    def check(self, seen: dict | None = None) -> None:
+        self.clip.check(f"{FIELD}.model", seen)
+
+    def setup(self) -> None:
+        self.clip.load()
+
+    # -- per episode ----------------------------------------------------------------------------
+    def prepare(self, episode, upstream: Mapping) -> Prepared:
+        index, views, geo = self.read_geometry(episode, upstream)
+        return Prepared(episode.episode_id, (index, views, geo), cost=len(index))
 
     def compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray]]:
         return [self._episode(*it.payload) for it in items]
