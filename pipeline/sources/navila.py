@@ -15,7 +15,9 @@ An episode is one record. Only the ``num_frames`` frames NaVILA's sampling keeps
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import json
 import math
 from itertools import chain
@@ -24,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from navcache.pipeline import sampling
 from navcache.pipeline.decode import DecodedFrames, black_frames, read_jpegs
 from navcache.pipeline.errors import DatasetError, Quarantine
 from navcache.pipeline.safepaths import Resolver, UnsafePath, folder_under, resolve_under
@@ -121,12 +124,14 @@ def _storable(value: Any) -> Any:
     return value
 
 
-def _load_json(path: Path) -> Any:
+def _load_json(path: Path, digest: Any = None) -> Any:
     """Parsed JSON (objects as ``_Object``, over-long integers as ``_HugeInt``), or DatasetError
     naming the file and the line/column of a syntax error, or what else made it unreadable
-    (nesting too deep, a file that is one over-long integer)."""
+    (nesting too deep, a file that is one over-long integer). ``digest`` (a hashlib object) is
+    updated with the bytes parsed."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}): {e.reason}") from None
     except OSError as e:
@@ -141,6 +146,8 @@ def _load_json(path: Path) -> Any:
         raise DatasetError(f"{path}: unreadable JSON: {e}") from None
     if isinstance(data, _HugeInt):
         raise DatasetError(f"{path}: unreadable JSON: the whole file is an {data!r}")
+    if digest is not None:
+        digest.update(len(raw).to_bytes(8, "little") + raw)
     return data
 
 
@@ -197,6 +204,10 @@ def _poses_fast(poses: object, n_frames: int) -> list[list[float]] | None:
 
 _REAL_SET = frozenset({int, float})
 
+#: the code that turns the parsed files into records (this module, the sampling rule), by content:
+#: an edit to it cannot be answered from a fingerprint memo of the old code's records
+_CODE = hashlib.sha256(b"".join(Path(m).read_bytes() for m in (__file__, sampling.__file__))).hexdigest()
+
 
 @functools.lru_cache(maxsize=4096)  # a pure function of history length: one numpy linspace per length, not per record
 def _sampled(n: int, t: int) -> tuple[tuple[int, ...], int]:
@@ -227,6 +238,9 @@ class NavilaSource:
         self.report: dict[str, Any] = {}
         #: frames decoded this run (histories share frames: each is decoded once while it stays in)
         self.decoded = DecodedFrames(DECODE_MEMO_BYTES)
+        #: set by ``episodes``: changes whenever a record of that listing could (see
+        #: ``pipeline/fingerprint_memo.py``): the bytes parsed, the options, the listing code
+        self.listing_token: str | None = None
 
     def _image_dir(self, split: str) -> Path:
         """The split's image folder; DatasetError if it leaves the dataset root (e.g. a symlink)."""
@@ -251,18 +265,22 @@ class NavilaSource:
         Raises DatasetError when the annotation file (or an existing pose file) is missing,
         not valid JSON, or of the wrong top-level type.
         """
+        self.listing_token = None
         ann_path = self._file("annotations", split)
+        token = hashlib.sha256(json.dumps([self.kind, split, dataclasses.asdict(self.options), _CODE]).encode())
         if not ann_path.is_file():
             raise DatasetError(f"navila annotation file not found: {ann_path}")
-        records = _load_json(ann_path)
+        records = _load_json(ann_path, token)
         if not isinstance(records, list):
             raise DatasetError(f"{ann_path}: expected a JSON list of records, got {type(records).__name__}")
 
         pose_path = self._file("poses", split)
+        # the pose file's own name enters records (pose errors name it, resolved through symlinks)
+        token.update(json.dumps([ann_path.name, pose_path.name]).encode())
         pose_map: dict[str, Any] | None = None
         ambiguous: set[str] = set()  # video_ids listed more than once in the pose file
         if pose_path.exists():
-            pose_map = _load_json(pose_path)
+            pose_map = _load_json(pose_path, token)
             if not isinstance(pose_map, dict):
                 raise DatasetError(f"{pose_path}: expected a JSON object {{video_id: poses}}, got {type(pose_map).__name__}")
             ambiguous = set(pose_map.duplicates)
@@ -286,6 +304,8 @@ class NavilaSource:
             "poses_without_annotation": orphan_poses,
         }
         episodes.sort(key=lambda ep: ep.episode_id)
+        # no pose file and an empty one differ: the digest counts each file's length before its bytes
+        self.listing_token = token.hexdigest() + ("" if pose_map is not None else "-no-poses")
         return episodes
 
     def _episode(
