@@ -191,6 +191,11 @@ class FileHasher:
                 out.append(self(s))  # a miss reads the file: its second stat costs nothing next to that
         return out
 
+    def saw(self, keys: Iterable[tuple]) -> None:
+        """Record files' keys (``trusted_key``'s form) as seen now without a lookup, as a caller
+        that answered them from its own memo did: ``prune`` then judges their rows without a stat."""
+        self._current.update((k[0], k) for k in keys)
+
     def trusted_key(self, path: Path | str) -> tuple | None:
         """The (path, size, mtime_ns, ctime_ns, inode) of ``path`` at its last lookup here, when the
         memo trusts the hash it holds for that key (the racy rule above): as long as the file

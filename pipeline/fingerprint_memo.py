@@ -90,6 +90,7 @@ class FingerprintMemo:
                 if type(hit) is list and len(hit) == 2 and hit[0] == digest and type(hit[1]) is str:
                     out[e.episode_id] = hit[1]
                     new[e.episode_id] = hit
+                    hasher.saw(keys)
                     self.hits += 1
                     continue
             fp = out[e.episode_id] = fingerprint_of(e, root, paths, hasher.many(paths), record_keys)
