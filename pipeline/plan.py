@@ -39,6 +39,7 @@ from .config import ProjectConfig
 from .errors import ConfigError
 from .fingerprint import FileHasher, episode_fingerprint, stage_fingerprints
 from .fingerprint_memo import FingerprintMemo
+from .listing_memo import ListingMemo
 from .sources import make_source
 from .sources.base import Episode, Source
 from .stages import cache_name, stage_class
@@ -221,7 +222,11 @@ def _plan_split(
     ds = project.dataset(dataset)
     source = source or make_source(ds.source, ds.root, **ds.options)
     hasher = hasher or FileHasher()
-    episodes = sorted(source.episodes(split), key=lambda e: e.episode_id)
+    if getattr(source, "memoised_listing", False):  # see pipeline/listing_memo.py
+        listed = source.episodes(split, memo=ListingMemo.at(project.cache_root, dataset, split))
+    else:
+        listed = source.episodes(split)
+    episodes = sorted(listed, key=lambda e: e.episode_id)
     memo = FingerprintMemo.open(project.cache_root, dataset, split, getattr(source, "listing_token", None))
     names = stage_order(project, dataset, source, only)
     stages = {n: make_stage(project, dataset, n, source) for n in names}

@@ -20,6 +20,8 @@ import functools
 import hashlib
 import json
 import math
+import os
+import time
 from itertools import chain
 from pathlib import Path
 from typing import Any, Sequence
@@ -124,18 +126,23 @@ def _storable(value: Any) -> Any:
     return value
 
 
-def _load_json(path: Path, digest: Any = None) -> Any:
-    """Parsed JSON (objects as ``_Object``, over-long integers as ``_HugeInt``), or DatasetError
-    naming the file and the line/column of a syntax error, or what else made it unreadable
-    (nesting too deep, a file that is one over-long integer). ``digest`` (a hashlib object) is
-    updated with the bytes parsed."""
+def _read(path: Path) -> bytes:
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _load_json(path: Path, raw: bytes | None = None) -> Any:
+    """Parsed JSON (objects as ``_Object``, over-long integers as ``_HugeInt``) of ``path`` (or of
+    ``raw``, its bytes already read), or DatasetError naming the file and the line/column of a
+    syntax error, or what else made it unreadable (nesting too deep, a file that is one over-long
+    integer)."""
+    raw = _read(path) if raw is None else raw
+    try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}): {e.reason}") from None
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read: {e.strerror or e}") from None
     try:
         data = json.loads(text, object_pairs_hook=_object, parse_int=_parse_int)
     except json.JSONDecodeError as e:
@@ -146,8 +153,6 @@ def _load_json(path: Path, digest: Any = None) -> Any:
         raise DatasetError(f"{path}: unreadable JSON: {e}") from None
     if isinstance(data, _HugeInt):
         raise DatasetError(f"{path}: unreadable JSON: the whole file is an {data!r}")
-    if digest is not None:
-        digest.update(len(raw).to_bytes(8, "little") + raw)
     return data
 
 
@@ -220,6 +225,8 @@ class NavilaSource:
     """Source of kind ``navila``; see the module docstring for the layout."""
 
     kind = "navila"
+    #: ``episodes`` takes a ``memo`` (``pipeline/listing_memo.py``)
+    memoised_listing = True
     Options = NavilaOptions
     #: see ``pipeline/sources/fields.py``. n_frames and n_pad follow from frames and
     #: sample_indices (so they never cause a recompute of their own) and keep the fingerprints of
@@ -240,6 +247,7 @@ class NavilaSource:
         self.decoded = DecodedFrames(DECODE_MEMO_BYTES)
         #: set by ``episodes``: changes whenever a record of that listing could (see
         #: ``pipeline/fingerprint_memo.py``): the bytes parsed, the options, the listing code
+        #: (``_token``)
         self.listing_token: str | None = None
 
     def _image_dir(self, split: str) -> Path:
@@ -259,28 +267,36 @@ class NavilaSource:
 
     # ------------------------------------------------------------------------------ listing
 
-    def episodes(self, split: str) -> list[Episode]:
+    def episodes(self, split: str, memo=None) -> list[Episode]:
         """One Episode per annotation record, sorted by episode_id; bad records are quarantined.
 
         Raises DatasetError when the annotation file (or an existing pose file) is missing,
-        not valid JSON, or of the wrong top-level type.
+        not valid JSON, or of the wrong top-level type. ``memo`` (``pipeline.listing_memo.ListingMemo``):
+        the listing is answered from it when the files parsed and the folders the path checks read
+        are unchanged, and remembered in it otherwise.
         """
         self.listing_token = None
+        started = time.time_ns()  # folder versions are judged against it (``ListingMemo``)
         ann_path = self._file("annotations", split)
-        token = hashlib.sha256(json.dumps([self.kind, split, dataclasses.asdict(self.options), _CODE]).encode())
         if not ann_path.is_file():
             raise DatasetError(f"navila annotation file not found: {ann_path}")
-        records = _load_json(ann_path, token)
+        ann_raw = _read(ann_path)
+        if memo is not None:
+            hit = self._remembered(split, ann_path, ann_raw, memo)
+            if hit is not None:
+                episodes, self.report, self.listing_token = hit
+                return episodes
+        records = _load_json(ann_path, ann_raw)
         if not isinstance(records, list):
             raise DatasetError(f"{ann_path}: expected a JSON list of records, got {type(records).__name__}")
 
         pose_path = self._file("poses", split)
-        # the pose file's own name enters records (pose errors name it, resolved through symlinks)
-        token.update(json.dumps([ann_path.name, pose_path.name]).encode())
         pose_map: dict[str, Any] | None = None
+        pose_raw = None
         ambiguous: set[str] = set()  # video_ids listed more than once in the pose file
         if pose_path.exists():
-            pose_map = _load_json(pose_path, token)
+            pose_raw = _read(pose_path)
+            pose_map = _load_json(pose_path, pose_raw)
             if not isinstance(pose_map, dict):
                 raise DatasetError(f"{pose_path}: expected a JSON object {{video_id: poses}}, got {type(pose_map).__name__}")
             ambiguous = set(pose_map.duplicates)
@@ -304,9 +320,33 @@ class NavilaSource:
             "poses_without_annotation": orphan_poses,
         }
         episodes.sort(key=lambda ep: ep.episode_id)
-        # no pose file and an empty one differ: the digest counts each file's length before its bytes
-        self.listing_token = token.hexdigest() + ("" if pose_map is not None else "-no-poses")
+        self.listing_token = self._token(split, ann_path, ann_raw, pose_path, pose_raw)
+        if memo is not None and resolve.pure:
+            memo.save(self.listing_token, str(resolve.real_root), started, resolve.listed(), episodes, self.report)
         return episodes
+
+    def _token(self, split: str, ann_path: Path, ann_raw: bytes, pose_path: Path, pose_raw: bytes | None) -> str:
+        """What the records of a listing are a function of (see ``listing_token``): the bytes of
+        both files (each after its length; no pose file differs from an empty one), their own
+        names (pose errors name the pose file, as resolved through symlinks), split, options, code."""
+        h = hashlib.sha256(json.dumps([self.kind, split, dataclasses.asdict(self.options), _CODE, ann_path.name, pose_path.name,
+                                       pose_raw is not None]).encode())
+        for raw in (ann_raw, pose_raw or b""):
+            h.update(len(raw).to_bytes(8, "little") + raw)
+        return h.hexdigest()
+
+    def _remembered(self, split: str, ann_path: Path, ann_raw: bytes, memo) -> tuple[list[Episode], dict, str] | None:
+        """(episodes, report, token) from ``memo`` when it holds this listing; None on a miss, and
+        whenever the pose file or image folder would fail the listing (it then raises as usual)."""
+        try:
+            pose_path = self._file("poses", split)
+            pose_raw = _read(pose_path) if pose_path.exists() else None
+            image_dir = os.path.realpath(self._image_dir(split))
+        except DatasetError:
+            return None
+        token = self._token(split, ann_path, ann_raw, pose_path, pose_raw)
+        hit = memo.load(token, image_dir)
+        return None if hit is None else (*hit, token)
 
     def _episode(
         self,
