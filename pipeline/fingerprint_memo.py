@@ -38,7 +38,19 @@ from navcache.cache_specs.layout import atomic_write_bytes
 from .fingerprint import FileHasher, fingerprint_of
 
 FORMAT = 1
-_CODE = hashlib.sha256(b"".join(Path(m).read_bytes() for m in (__file__, Path(__file__).with_name("fingerprint.py")))).hexdigest()
+
+
+def code_digest(*files: str | Path) -> str:
+    """sha256 of source files (code whose edits must invalidate a memo, without anyone bumping a
+    number); where they cannot be read (an install without sources) a value new in every process,
+    so that memos then only serve the process that wrote them."""
+    try:
+        return hashlib.sha256(b"".join(Path(f).read_bytes() for f in files)).hexdigest()
+    except OSError:
+        return os.urandom(16).hex()
+
+
+_CODE = code_digest(__file__, Path(__file__).with_name("fingerprint.py"))
 
 
 class FingerprintMemo:

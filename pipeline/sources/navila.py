@@ -31,6 +31,7 @@ import numpy as np
 from navcache.pipeline import sampling
 from navcache.pipeline.decode import DecodedFrames, black_frames, read_jpegs
 from navcache.pipeline.errors import DatasetError, Quarantine
+from navcache.pipeline.fingerprint_memo import code_digest
 from navcache.pipeline.safepaths import Resolver, UnsafePath, folder_under, resolve_under
 from navcache.pipeline.sampling import navila_indices
 from navcache.pipeline.sources.base import Episode, Frames, claim_id, json_safe
@@ -211,7 +212,7 @@ _REAL_SET = frozenset({int, float})
 
 #: the code that turns the parsed files into records (this module, the sampling rule), by content:
 #: an edit to it cannot be answered from a fingerprint memo of the old code's records
-_CODE = hashlib.sha256(b"".join(Path(m).read_bytes() for m in (__file__, sampling.__file__))).hexdigest()
+_CODE = code_digest(__file__, sampling.__file__)
 
 
 @functools.lru_cache(maxsize=4096)  # a pure function of history length: one numpy linspace per length, not per record
