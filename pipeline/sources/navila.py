@@ -28,12 +28,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from navcache.pipeline import sampling
+from navcache.pipeline import safepaths, sampling
 from navcache.pipeline.decode import DecodedFrames, black_frames, read_jpegs
 from navcache.pipeline.errors import DatasetError, Quarantine
 from navcache.pipeline.fingerprint_memo import code_digest
 from navcache.pipeline.safepaths import Resolver, UnsafePath, folder_under, resolve_under
 from navcache.pipeline.sampling import navila_indices
+from navcache.pipeline.sources import base
 from navcache.pipeline.sources.base import Episode, Frames, claim_id, json_safe
 from navcache.pipeline.sources.fields import declared_record
 from navcache.pipeline.sources.options import NavilaOptions, build_options
@@ -210,9 +211,10 @@ def _poses_fast(poses: object, n_frames: int) -> list[list[float]] | None:
 
 _REAL_SET = frozenset({int, float})
 
-#: the code that turns the parsed files into records (this module, the sampling rule), by content:
-#: an edit to it cannot be answered from a fingerprint memo of the old code's records
-_CODE = code_digest(__file__, sampling.__file__)
+#: the code that turns the parsed files into episodes (this module, the sampling rule, the path
+#: checks, the episode type, the listing memo), by content: an edit to it cannot be answered from a
+#: listing or fingerprint memo of the old code's episodes
+_CODE = code_digest(__file__, sampling.__file__, safepaths.__file__, base.__file__, Path(__file__).parents[1] / "listing_memo.py")
 
 
 @functools.lru_cache(maxsize=4096)  # a pure function of history length: one numpy linspace per length, not per record
