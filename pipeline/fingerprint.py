@@ -191,6 +191,20 @@ class FileHasher:
                 out.append(self(s))  # a miss reads the file: its second stat costs nothing next to that
         return out
 
+    def saw(self, keys: Iterable[tuple]) -> None:
+        """Record files' keys (``trusted_key``'s form) as seen now without a lookup, as a caller
+        that answered them from its own memo did: ``prune`` then judges their rows without a stat."""
+        keys = list(keys)
+        self._current.update(zip(map(operator.itemgetter(0), keys), keys))  # C speed: called per episode
+
+    def trusted_key(self, path: Path | str) -> tuple | None:
+        """The (path, size, mtime_ns, ctime_ns, inode) of ``path`` at its last lookup here, when the
+        memo trusts the hash it holds for that key (the racy rule above): as long as the file
+        keeps this key, a lookup returns the same hash. None: not looked up, missing, or untrusted."""
+        key = self._current.get(os.fspath(path))
+        hit = self._mem.get(key) if key is not None else None
+        return key if hit is not None and self._trusted(key, hit[1]) else None
+
     def flush(self) -> None:
         """Write the entries hashed since the last flush, in one transaction."""
         with self._lock:
@@ -271,14 +285,19 @@ def episode_fingerprint(episode, root: Path, hasher: FileHasher, files: Iterable
     Pass ``Stage.record_keys``: the fields the stage's source declares for the stage's uses
     (``pipeline/sources/fields.py``), never a hand-written list.
     """
+    paths = [os.fspath(p) for p in (episode.files if files is None else files)]
+    return fingerprint_of(episode, root, paths, hasher.many(paths), record_keys)
+
+
+def fingerprint_of(episode, root: Path, paths: list[str], shas: list[str], record_keys: tuple[str, ...] | None) -> str:
+    """``episode_fingerprint`` from the files' paths (str) and their content hashes, already known."""
     record = episode.record if record_keys is None else {k: episode.record[k] for k in record_keys if k in episode.record}
     prefix = _dir_prefix(root)
     n = len(prefix)
-    paths = [os.fspath(p) for p in (episode.files if files is None else files)]
     # = str(Path(p).relative_to(root)) for the normalised absolute paths sources give,
     # without building two Path objects per file (a third of planning's time at 100K files)
     rels = [s[n:] if s.startswith(prefix) and _normal(s, n) else _relative(s, root) for s in paths]
-    hashed = list(zip(rels, hasher.many(paths)))  # (rel, sha) pairs: JSON arrays, as before
+    hashed = list(zip(rels, shas))  # (rel, sha) pairs: JSON arrays, as before
     return hash_obj({"id": episode.episode_id, "record": record, "files": hashed, "quarantine": episode.quarantine})
 
 

@@ -25,6 +25,7 @@ rerun after a kill and an uninterrupted run agree on it, part for part.
 from __future__ import annotations
 
 import gc
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ from navcache.cache_specs.parts import PART_FORMAT, free_numbers, part_fingerpri
 from .config import ProjectConfig
 from .errors import ConfigError
 from .fingerprint import FileHasher, episode_fingerprint, stage_fingerprints
+from .fingerprint_memo import FingerprintMemo
+from .listing_memo import ListingMemo
 from .sources import make_source
 from .sources.base import Episode, Source
 from .stages import cache_name, stage_class
@@ -219,7 +222,12 @@ def _plan_split(
     ds = project.dataset(dataset)
     source = source or make_source(ds.source, ds.root, **ds.options)
     hasher = hasher or FileHasher()
-    episodes = sorted(source.episodes(split), key=lambda e: e.episode_id)
+    if getattr(source, "memoised_listing", False):  # see pipeline/listing_memo.py
+        listed = source.episodes(split, memo=ListingMemo.at(project.cache_root, dataset, split))
+    else:
+        listed = source.episodes(split)
+    episodes = sorted(listed, key=lambda e: e.episode_id)
+    memo = FingerprintMemo.open(project.cache_root, dataset, split, getattr(source, "listing_token", None))
     names = stage_order(project, dataset, source, only)
     stages = {n: make_stage(project, dataset, n, source) for n in names}
     content: dict[tuple, dict[str, str]] = {}  # stages reading the same fields and files share hashes
@@ -232,7 +240,10 @@ def _plan_split(
         key = (stage.reads_files, stage.skip_file_suffixes, stage.record_keys)
         if key not in content:
             root, keys = Path(ds.root), stage.record_keys  # once per stage, not per episode
-            content[key] = {e.episode_id: episode_fingerprint(e, root, hasher, stage.files_read(e), keys) for e in episodes}
+            if memo is None:
+                content[key] = {e.episode_id: episode_fingerprint(e, root, hasher, stage.files_read(e), keys) for e in episodes}
+            else:
+                content[key] = memo.fingerprints(json.dumps(key), episodes, root, hasher, stage.files_read, keys)
             hasher.flush()  # one memo transaction per stage: a kill later loses none of these hashes
         base = _stage_base(project, dataset, name, stage)
         # = hash_obj({"stage": base, "episode": content, "upstream": {u: efps[u][id]}}) per episode
@@ -246,6 +257,8 @@ def _plan_split(
                 todo[name].append(e)
             else:
                 kept[name][e.episode_id] = where
+    if memo is not None:
+        memo.save()
     groups = _group(names, stages, todo, ds.part_size)
     plans: dict[str, StagePlan] = {}
     for name in names:

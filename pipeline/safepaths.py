@@ -110,6 +110,11 @@ class Resolver:
     ``resolve_under``'s own route. Results are memoised by ``rel`` (NaVILA histories name each
     frame many times). The memos assume the tree does not change while one listing runs; make one
     per listing.
+
+    ``pure`` stays True while every answer follows from the path strings and the listings of the
+    folders ``listed()`` names (no symlink followed, no ``resolve_under`` fallback, no ``lstat``
+    that found a name its folder's listing lacked): then a listing memo keyed by those folders'
+    versions (a new, removed or replaced entry changes a folder's mtime) can stand for the answers.
     """
 
     def __init__(self, root: Path, allow_outside: bool = False):
@@ -125,6 +130,7 @@ class Resolver:
         #: folder (as written) -> (its real path + "/", its listing): see ``check_all``
         self._safe: dict[str, tuple[str, dict[str, bool]]] = {}
         self._paths: dict[str, Path] = {}
+        self.pure = True
 
     def __call__(self, rel: str) -> Path:
         """``resolve_under(root, rel, allow_outside)``."""
@@ -183,6 +189,7 @@ class Resolver:
             _check_text(rel)
         folder, _, name = rel.rpartition("/")
         if os.path.isabs(rel) or name in ("", ".", "..") or (folder not in self._dirs and not _normal_folder(folder)):
+            self.pure = False
             return str(resolve_under(self.root, rel, self.allow_outside))
         full = self._real(folder, name)
         real_dir = self._dirs[folder]
@@ -204,7 +211,10 @@ class Resolver:
             parent, _, last = folder.rpartition("/")
             real_dir = self._dirs[folder] = self._real(parent, last) if folder else self._root_s
         full = real_dir + name if real_dir.endswith("/") else real_dir + "/" + name  # = os.path.join
-        return os.path.realpath(full) if self._is_link(real_dir, name, full) else full
+        if self._is_link(real_dir, name, full):
+            self.pure = False  # the target may change without any listed folder changing
+            return os.path.realpath(full)
+        return full
 
     def _is_link(self, real_dir: str, name: str, full: str) -> bool:
         """``full`` (= real_dir/name) is a symlink: from the folder's listing, else by ``lstat``."""
@@ -219,9 +229,16 @@ class Resolver:
         if listed is not None and name in listed:
             return listed[name]
         try:
-            return stat.S_ISLNK(os.lstat(full).st_mode)
+            mode = os.lstat(full).st_mode
         except OSError:
+            self.pure = self.pure and listed is not None  # missing: its folder's listing says so
             return False  # missing: realpath keeps the name as written
+        self.pure = False  # a name the listing lacks (another spelling on a case-insensitive file system)
+        return stat.S_ISLNK(mode)
+
+    def listed(self) -> list[str]:
+        """The real folders whose listings the answers so far came from (see ``pure``)."""
+        return [d for d, names in self._listings.items() if names is not None]
 
 
 def _normal_folder(folder: str) -> bool:

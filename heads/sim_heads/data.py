@@ -36,8 +36,8 @@ def load_split(cache_root, dataset: str, split: str) -> tuple[dict[str, torch.Te
     """({"vis_feats" [N, F, 2D] f32, "telemetry" [N, 8] f32 raw, "risk"/"reason"/"action" [N] i64,
     "weight" [N] f32}, info) for the clips ok in both caches, in frame_features storage order.
 
-    Reduced part by part as it is read (``_pooled_features``): peak memory is the result plus one
-    part's float16 rows, not the whole split's G x G grids in float32."""
+    Reduced chunk by chunk as it is read (``_pooled_features``): peak memory is the result plus
+    one stored chunk's float16 rows, not the whole split's G x G grids in float32."""
     readers = _readers(cache_root, dataset, split)
     try:
         join = join_caches(readers)
@@ -48,7 +48,7 @@ def load_split(cache_root, dataset: str, split: str) -> tuple[dict[str, torch.Te
         F = int(lengths[0])
         if not (lengths == F).all():
             raise ValueError(f"{feats.path}: clips have different frame counts {sorted(set(lengths.tolist()))}; SIM heads need a fixed F")
-        vis = _pooled_features(feats, join.episodes, join.slices["feats"].part, F)
+        vis = _pooled_features(feats, join.episodes, join.slices["feats"], F)
         mrows = meta.read(list(join.episodes), arrays=list(META))
         arrays = {"vis_feats": torch.from_numpy(vis), **{n: torch.from_numpy(mrows[n]) for n in META}}
         info = {"path": str(feats.path), "F": F, "dv": int(vis.shape[-1]), "episodes": list(join.episodes), "n": len(join),
@@ -60,18 +60,24 @@ def load_split(cache_root, dataset: str, split: str) -> tuple[dict[str, torch.Te
     return arrays, info
 
 
-def _pooled_features(reader, episodes, part: np.ndarray, F: int) -> np.ndarray:
+def _pooled_features(reader, episodes, slices, F: int) -> np.ndarray:
     """[N, F, 2D] float32: concat(cls, mean of patch_pooled over the G x G grid) of ``episodes``
-    (``part`` [N]: the part number of each, from the join), filled one part at a time. The mean
-    accumulates in float32 straight from the float16 rows (no float32 copy of the grid)."""
+    (``slices``: where each is stored, from the join), filled one stored chunk of ``patch_pooled``
+    at a time: the float16 rows in memory are one chunk's episodes (the unit a read decodes
+    anyway), not a part's. The mean accumulates in float32 straight from the float16 rows (no
+    float32 copy of the grid)."""
     d = int(reader.spec["arrays"]["cls"]["shape"][-1])
     out = np.empty((len(episodes), F, 2 * d), np.float32)
-    for p in np.unique(part):
-        sel = np.flatnonzero(part == p)
-        rows = reader.read([episodes[i] for i in sel.tolist()], arrays=list(FEATS))  # this part's rows only
-        out[sel, :, :d] = rows["cls"].reshape(len(sel), F, d)
-        out[sel, :, d:] = rows["patch_pooled"].mean(axis=(1, 2), dtype=np.float32).reshape(len(sel), F, d)
-        del rows
+    for p in np.unique(slices.part):
+        sel = np.flatnonzero(slices.part == p)
+        chunk = max(1, reader.chunk_rows("patch_pooled", slices.parts[p]))
+        block = slices.start[sel] // chunk  # the stored chunk each episode starts in
+        for b in np.unique(block):
+            idx = sel[block == b]
+            rows = reader.read([episodes[i] for i in idx.tolist()], arrays=list(FEATS))  # [n, F, ...] float16
+            out[idx, :, :d] = rows["cls"].reshape(len(idx), F, d)
+            out[idx, :, d:] = rows["patch_pooled"].mean(axis=(1, 2), dtype=np.float32).reshape(len(idx), F, d)
+            del rows
     return out
 
 

@@ -95,6 +95,9 @@ class Source(Protocol):
         """All episodes of ``split``, sorted by ``episode_id``; bad ones carry ``quarantine``.
 
         Raises DatasetError when the split cannot be listed at all (e.g. malformed annotation file).
+        Optional, for planning's memos: a source whose records are a function of the bytes it
+        parsed sets ``listing_token`` after listing (``pipeline/fingerprint_memo.py``); one with
+        ``memoised_listing = True`` takes ``episodes(split, memo=ListingMemo)`` (``pipeline/listing_memo.py``).
         """
 
     def read_frames(self, episode: Episode, indices: Sequence[int] | None = None, *, resize_to: tuple[int, int] | None = None,

@@ -15,19 +15,26 @@ An episode is one record. Only the ``num_frames`` frames NaVILA's sampling keeps
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import json
 import math
+import os
+import time
 from itertools import chain
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from navcache.pipeline import safepaths, sampling
 from navcache.pipeline.decode import DecodedFrames, black_frames, read_jpegs
 from navcache.pipeline.errors import DatasetError, Quarantine
+from navcache.pipeline.fingerprint_memo import code_digest
 from navcache.pipeline.safepaths import Resolver, UnsafePath, folder_under, resolve_under
 from navcache.pipeline.sampling import navila_indices
+from navcache.pipeline.sources import base
 from navcache.pipeline.sources.base import Episode, Frames, claim_id, json_safe
 from navcache.pipeline.sources.fields import declared_record
 from navcache.pipeline.sources.options import NavilaOptions, build_options
@@ -121,16 +128,23 @@ def _storable(value: Any) -> Any:
     return value
 
 
-def _load_json(path: Path) -> Any:
-    """Parsed JSON (objects as ``_Object``, over-long integers as ``_HugeInt``), or DatasetError
-    naming the file and the line/column of a syntax error, or what else made it unreadable
-    (nesting too deep, a file that is one over-long integer)."""
+def _read(path: Path) -> bytes:
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}): {e.reason}") from None
+        return path.read_bytes()
     except OSError as e:
         raise DatasetError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _load_json(path: Path, raw: bytes | None = None) -> Any:
+    """Parsed JSON (objects as ``_Object``, over-long integers as ``_HugeInt``) of ``path`` (or of
+    ``raw``, its bytes already read), or DatasetError naming the file and the line/column of a
+    syntax error, or what else made it unreadable (nesting too deep, a file that is one over-long
+    integer)."""
+    raw = _read(path) if raw is None else raw
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}): {e.reason}") from None
     try:
         data = json.loads(text, object_pairs_hook=_object, parse_int=_parse_int)
     except json.JSONDecodeError as e:
@@ -197,6 +211,11 @@ def _poses_fast(poses: object, n_frames: int) -> list[list[float]] | None:
 
 _REAL_SET = frozenset({int, float})
 
+#: the code that turns the parsed files into episodes (this module, the sampling rule, the path
+#: checks, the episode type, the listing memo), by content: an edit to it cannot be answered from a
+#: listing or fingerprint memo of the old code's episodes
+_CODE = code_digest(__file__, sampling.__file__, safepaths.__file__, base.__file__, Path(__file__).parents[1] / "listing_memo.py")
+
 
 @functools.lru_cache(maxsize=4096)  # a pure function of history length: one numpy linspace per length, not per record
 def _sampled(n: int, t: int) -> tuple[tuple[int, ...], int]:
@@ -209,6 +228,8 @@ class NavilaSource:
     """Source of kind ``navila``; see the module docstring for the layout."""
 
     kind = "navila"
+    #: ``episodes`` takes a ``memo`` (``pipeline/listing_memo.py``)
+    memoised_listing = True
     Options = NavilaOptions
     #: see ``pipeline/sources/fields.py``. n_frames and n_pad follow from frames and
     #: sample_indices (so they never cause a recompute of their own) and keep the fingerprints of
@@ -227,6 +248,10 @@ class NavilaSource:
         self.report: dict[str, Any] = {}
         #: frames decoded this run (histories share frames: each is decoded once while it stays in)
         self.decoded = DecodedFrames(DECODE_MEMO_BYTES)
+        #: set by ``episodes``: changes whenever a record of that listing could (see
+        #: ``pipeline/fingerprint_memo.py``): the bytes parsed, the options, the listing code
+        #: (``_token``)
+        self.listing_token: str | None = None
 
     def _image_dir(self, split: str) -> Path:
         """The split's image folder; DatasetError if it leaves the dataset root (e.g. a symlink)."""
@@ -245,24 +270,36 @@ class NavilaSource:
 
     # ------------------------------------------------------------------------------ listing
 
-    def episodes(self, split: str) -> list[Episode]:
+    def episodes(self, split: str, memo=None) -> list[Episode]:
         """One Episode per annotation record, sorted by episode_id; bad records are quarantined.
 
         Raises DatasetError when the annotation file (or an existing pose file) is missing,
-        not valid JSON, or of the wrong top-level type.
+        not valid JSON, or of the wrong top-level type. ``memo`` (``pipeline.listing_memo.ListingMemo``):
+        the listing is answered from it when the files parsed and the folders the path checks read
+        are unchanged, and remembered in it otherwise.
         """
+        self.listing_token = None
+        started = time.time_ns()  # folder versions are judged against it (``ListingMemo``)
         ann_path = self._file("annotations", split)
         if not ann_path.is_file():
             raise DatasetError(f"navila annotation file not found: {ann_path}")
-        records = _load_json(ann_path)
+        ann_raw = _read(ann_path)
+        if memo is not None:
+            hit = self._remembered(split, ann_path, ann_raw, memo)
+            if hit is not None:
+                episodes, self.report, self.listing_token = hit
+                return episodes
+        records = _load_json(ann_path, ann_raw)
         if not isinstance(records, list):
             raise DatasetError(f"{ann_path}: expected a JSON list of records, got {type(records).__name__}")
 
         pose_path = self._file("poses", split)
         pose_map: dict[str, Any] | None = None
+        pose_raw = None
         ambiguous: set[str] = set()  # video_ids listed more than once in the pose file
         if pose_path.exists():
-            pose_map = _load_json(pose_path)
+            pose_raw = _read(pose_path)
+            pose_map = _load_json(pose_path, pose_raw)
             if not isinstance(pose_map, dict):
                 raise DatasetError(f"{pose_path}: expected a JSON object {{video_id: poses}}, got {type(pose_map).__name__}")
             ambiguous = set(pose_map.duplicates)
@@ -286,7 +323,33 @@ class NavilaSource:
             "poses_without_annotation": orphan_poses,
         }
         episodes.sort(key=lambda ep: ep.episode_id)
+        self.listing_token = self._token(split, ann_path, ann_raw, pose_path, pose_raw)
+        if memo is not None and resolve.pure:
+            memo.save(self.listing_token, str(resolve.real_root), started, resolve.listed(), episodes, self.report)
         return episodes
+
+    def _token(self, split: str, ann_path: Path, ann_raw: bytes, pose_path: Path, pose_raw: bytes | None) -> str:
+        """What the records of a listing are a function of (see ``listing_token``): the bytes of
+        both files (each after its length; no pose file differs from an empty one), their own
+        names (pose errors name the pose file, as resolved through symlinks), split, options, code."""
+        h = hashlib.sha256(json.dumps([self.kind, split, dataclasses.asdict(self.options), _CODE, ann_path.name, pose_path.name,
+                                       pose_raw is not None]).encode())
+        for raw in (ann_raw, pose_raw or b""):
+            h.update(len(raw).to_bytes(8, "little") + raw)
+        return h.hexdigest()
+
+    def _remembered(self, split: str, ann_path: Path, ann_raw: bytes, memo) -> tuple[list[Episode], dict, str] | None:
+        """(episodes, report, token) from ``memo`` when it holds this listing; None on a miss, and
+        whenever the pose file or image folder would fail the listing (it then raises as usual)."""
+        try:
+            pose_path = self._file("poses", split)
+            pose_raw = _read(pose_path) if pose_path.exists() else None
+            image_dir = os.path.realpath(self._image_dir(split))
+        except DatasetError:
+            return None
+        token = self._token(split, ann_path, ann_raw, pose_path, pose_raw)
+        hit = memo.load(token, image_dir)
+        return None if hit is None else (*hit, token)
 
     def _episode(
         self,
