@@ -96,6 +96,8 @@ def _plan_selected(project: ProjectConfig, opts: ExtractOptions, summary: RunSum
         try:
             ds = project.dataset(name)
             source = make_source(ds.source, ds.root, **ds.options)
+            if hasattr(source, "decoded"):  # the run's budget for frames decoded once (speed only)
+                source.decoded.max_bytes = project.run.decoded_frames_mb << 20
             check_providers(project, name, source, opts.only, seen)
             plans += plan_split(project, name, opts.split, opts.only, hasher, source=source)
         except (DatasetError, NavcacheError, OSError) as e:
