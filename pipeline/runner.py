@@ -240,6 +240,7 @@ def _build_shared(project: ProjectConfig, sp: StagePlan, todo, progress) -> list
     and refill between parts. Then ``leases.share_work`` for what others held (built by them, or
     taken over if they died)."""
     from contextlib import closing
+    from itertools import chain
 
     from .executors.local import build_parts
     from .leases import claim_free, share_work
@@ -267,7 +268,10 @@ def _build_shared(project: ProjectConfig, sp: StagePlan, todo, progress) -> list
             lease.release()
 
     try:
-        metas += build_parts(sp, claimed(), project.backend, project.chunk_rows, project.run, progress, on_written=written)
+        parts = claimed()
+        first = next(parts, None)  # claimed (and the cache invalidated) before the model loads, which may fail
+        if first is not None:
+            metas += build_parts(sp, chain([first], parts), project.backend, project.chunk_rows, project.run, progress, on_written=written)
     finally:
         for lease in list(held.values()):
             lease.release()
