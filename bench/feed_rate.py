@@ -142,17 +142,19 @@ def feed_video(clips, sample, pre, size=None, device=None) -> int:
 
 
 def feed_vggt(episodes, fast: bool = False, uint8: bool = False, device=None) -> int:
-    """VGGT's crop of each episode: float32 on the CPU, or with ``uint8`` the uint8 crop, which a
-    CUDA ``device`` receives pinned and divides by 255 there (as ``VGGTAdapter.infer`` does)."""
+    """VGGT's crop of each episode as ``VGGTAdapter.preprocess`` + ``infer`` feed it: float32 on
+    the CPU, or with ``uint8`` what the CPU hands a CUDA model (exact: PIL's uint8 crop; fast: the
+    decoded frames, unresized), which a CUDA ``device`` receives pinned, divides by 255 and (fast)
+    resizes and crops there (``device_crop``); without CUDA only the CPU's share is timed."""
     from navcache.pipeline.decode import read_jpegs
-    from navcache.pipeline.encoders.vggt import decode_target, preprocess_crop
+    from navcache.pipeline.encoders.vggt import decode_target, device_crop, frames_for_device, preprocess_crop
 
     n = 0
     for ep in episodes:
         pixels = read_jpegs(ep, decode_target(), fit=True) if fast else read_jpegs(ep)
-        x = preprocess_crop(pixels, fast=fast, as_uint8=uint8)
+        x = (frames_for_device(pixels) if fast else preprocess_crop(pixels, as_uint8=True)) if uint8 else preprocess_crop(pixels, fast=fast)
         if device:
-            x = x.pin_memory().to(device, non_blocking=True).float().div_(255)
+            x = device_crop(x.pin_memory().to(device, non_blocking=True).float().div_(255)).contiguous()
         n += len(x)
     _sync(device)
     return n
@@ -247,9 +249,10 @@ def main() -> None:
         "device_cpu_note": "CUDA: decode + pinned copy + preprocess on the device (synchronised)" if cuda else
                            "no CUDA here: decode + uint8 batch only (the pinned copy and the device resize are not timed)",
         "inputs": {"jpeg512": f"{JPEG_EPISODES} episodes x {T} JPEGs 512x512 q90", "mp4_640x480": f"{CLIPS} clips x {CLIP_FRAMES} frames, {T} sampled",
-                   "vggt518_from_jpeg512": "preprocess_crop: exact = PIL bicubic to 518x518, [0,1] float32; fast = torch uint8 "
-                                           "antialiased bicubic (no reduced decode: 512 < 2 x 518); device-cpu = the uint8 crop "
-                                           "(CUDA: + pinned copy and /255 on the device)"},
+                   "vggt518_from_jpeg512": "exact = PIL bicubic to 518x518, [0,1] float32; fast = torch uint8 antialiased "
+                                           "bicubic on the CPU (no reduced decode: 512 < 2 x 518); device-cpu = PIL's uint8 crop "
+                                           "(CUDA: + pinned copy, /255 there); fast device-cpu = the decoded uint8 frames "
+                                           "(CUDA: + pinned copy, /255, float bicubic resize and crop there)"},
         "encoder_input": "DINOv3 224x224 float32", "rounds": a.rounds, "target_ratio": TARGET,
         "rates": rows,
         "pixel_difference_fast_vs_exact": pixel_difference(episodes, clips, sample, exact, fast),

@@ -109,8 +109,9 @@ class VGGTSettings:
     spatial_mllm: bool = False
     #: "exact": PIL bicubic, pixels equal to VGGT's loader; "fast": frames decoded reduced where the
     #: format allows (JPEG DCT scaling, the video decoder's scaler) while still >= 518 wide, then
-    #: torch's uint8 antialiased bicubic (within 2 grey levels of PIL: ``preprocess_crop``). On
-    #: CUDA both hand the device uint8 and divide there.
+    #: torch's uint8 antialiased bicubic (within 2 grey levels of PIL: ``preprocess_crop``); on
+    #: CUDA the device resizes in float instead (within 2: ``device_crop``) and the CPU only decodes.
+    #: "exact" on CUDA: PIL on the CPU, the uint8 result divided on the device (bit-identical).
     preprocess: str = "exact"
 
     def __post_init__(self):
@@ -215,7 +216,7 @@ def processed_size(h: int, w: int, target: int = TARGET_SIZE, patch: int = PATCH
 
 def preprocess_crop(frames, rotate_portrait: bool = False, fast: bool = False, as_uint8: bool = False):
     """Decoded RGB frames uint8 [S, H, W, 3] -> torch tensor [S, 3, H', W']: float32 in [0, 1], or
-    with ``as_uint8`` the uint8 pixels before ``ToTensor``'s division (a CUDA caller copies those
+    with ``as_uint8`` the uint8 pixels (channels-last in memory) before ``ToTensor``'s division (a CUDA caller copies those
     and divides on the device: ``VGGTAdapter.infer``; x / 255 in float32 is correctly rounded on
     either side, so the result is bit-identical).
 
@@ -250,7 +251,9 @@ def preprocess_crop(frames, rotate_portrait: bool = False, fast: bool = False, a
     resized = _resize_torch(a, out_w, rh) if fast else _resize_pil(a, out_w, rh)  # uint8 [S, 3, rh, W'], any strides
     cropped = resized[:, :, top : top + out_h]
     if as_uint8:
-        return cropped.contiguous()
+        # channels-last, as decoded and resized: the transpose to planar is left to the device
+        # (``VGGTAdapter.infer``), where it is free; a row crop of it is a memcpy
+        return cropped.contiguous(memory_format=torch.channels_last)
     # cropped in uint8 and converted once, straight into the output: no float copy of the
     # uncropped frame (ToTensor's x / 255 in float32 is the same division, done in place)
     return torch.empty((s, 3, out_h, out_w), dtype=torch.float32).copy_(cropped).div_(255)
@@ -277,6 +280,38 @@ def _resize_torch(a: np.ndarray, width: int, height: int):
     if tuple(x.shape[-2:]) == (height, width):
         return x
     return F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+
+
+def frames_for_device(frames, rotate_portrait: bool = False):
+    """Decoded RGB frames uint8 [S, H, W, 3] -> uint8 torch [S, 3, H, W] (channels-last in memory,
+    rotated as ``preprocess_crop``), unresized: ``VGGTAdapter.infer`` resizes and crops them on
+    the device (``device_crop``). The CPU's whole share of ``preprocess: fast`` on CUDA."""
+    import torch
+
+    a = np.asarray(frames)
+    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3 or a.shape[0] < 1:
+        raise ValueError(f"frames must be uint8 [S, H, W, 3] RGB with S >= 1, got {a.dtype} {a.shape}")
+    if rotate_portrait and a.shape[1] > a.shape[2]:
+        a = np.rot90(a, k=-1, axes=(1, 2))
+    processed_size(a.shape[1], a.shape[2])  # refuses what the crop cannot handle, before the copy
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)
+
+
+def device_crop(x):
+    """float [S, 3, H, W] in [0, 1] on any device -> VGGT's crop [S, 3, H', W'] (``processed_size``):
+    torch's antialiased bicubic in float (PIL's kernel, a = -0.5; no uint8 rounding between its
+    passes), clipped to [0, 1] as PIL clips, then the centre rows. Unchanged when already that
+    size. Within 2 grey levels of PIL on natural frames (measured max 1.7, mean 0.3; tests pin it)."""
+    import torch.nn.functional as F
+
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    out_h, out_w = processed_size(h, w)
+    if (h, w) == (out_h, out_w):
+        return x
+    rh = _resized_height(h, w, TARGET_SIZE, PATCH_SIZE)
+    top = (rh - out_h) // 2
+    y = F.interpolate(x, size=(rh, out_w), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
+    return y[:, :, top : top + out_h]
 
 
 def decode_target(rotate_portrait: bool = False) -> tuple[int, int]:
@@ -325,10 +360,13 @@ class VGGTAdapter(FrozenEncoder):
         return super().check(field, seen)
 
     def preprocess(self, pixels):
-        """uint8 [S, H, W, 3] -> [S, 3, H', W'] for ``infer``: uint8 when the model runs on CUDA
-        (copied pinned, divided there: the CPU only resizes), float32 in [0, 1] otherwise."""
-        return preprocess_crop(pixels, rotate_portrait=self.s.spatial_mllm, fast=self.s.preprocess == "fast",
-                               as_uint8=self.resolved_device().startswith("cuda"))
+        """uint8 [S, H, W, 3] -> [S, 3, ., .] for ``infer``. On CUDA: uint8, copied pinned and divided
+        there; "exact" resized by PIL on the CPU first (bit-identical to VGGT's loader), "fast" not
+        resized at all (the device does it). On the CPU: float32 in [0, 1] at the crop's size."""
+        fast, cuda = self.s.preprocess == "fast", self.resolved_device().startswith("cuda")
+        if fast and cuda:  # the CPU only decodes: resize and crop run on the device (``device_crop``)
+            return frames_for_device(pixels, rotate_portrait=self.s.spatial_mllm)
+        return preprocess_crop(pixels, rotate_portrait=self.s.spatial_mllm, fast=fast, as_uint8=cuda)
 
     # -- heavy path ---------------------------------------------------------------------------
     def _import_class(self, field: str = "vggt.model_class"):
@@ -368,8 +406,9 @@ class VGGTAdapter(FrozenEncoder):
     def infer(self, images) -> dict[str, np.ndarray]:
         """All S frames of one episode in ONE forward (VGGT relates them through global attention).
 
-        images: torch [S, 3, H, W], H and W multiples of 14 (``preprocess_crop``): float32 in
-        [0, 1], or uint8 (divided by 255 on the device, as ``ToTensor`` does).
+        images: torch [S, 3, H, W]: float32 in [0, 1] with H and W multiples of 14
+        (``preprocess_crop``), or uint8 (divided by 255 on the device, as ``ToTensor`` does, then
+        ``device_crop``: a no-op at the crop's size, VGGT's resize and crop otherwise).
         Returns numpy float32 arrays: ``extrinsic`` [S, 3, 4], ``intrinsic`` [S, 3, 3], ``depth``
         [S, H, W], ``depth_conf`` [S, H, W], ``world_points`` [S, H, W, 3], ``world_points_conf``
         [S, H, W], and with ``keep_tokens`` ``tokens`` [S, Hp // pool, Wp // pool, 2C].
@@ -397,18 +436,18 @@ class VGGTAdapter(FrozenEncoder):
         dev = self.resolved_device()
         dev_type = torch.device(dev).type
         patch = int(getattr(model.aggregator, "patch_size", PATCH_SIZE))
-        s, _, h, w = images.shape
-        if h % patch or w % patch:
-            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {patch}")
-        hp, wp = h // patch, w // patch
-
         # Spatial-MLLM hands VGGT bf16 images (their rounding reaches every output); plain: float32
         in_dtype = torch.bfloat16 if self.s.spatial_mllm else torch.float32
         if images.dtype == torch.uint8:
             u8 = images.pin_memory() if dev_type == "cuda" else images  # pinned: the copy is a DMA
-            x = u8.to(dev, non_blocking=True).float().div_(255).to(in_dtype)[None]  # [1, S, 3, H, W]
+            x = device_crop(u8.to(dev, non_blocking=True).float().div_(255)).contiguous().to(in_dtype)[None]  # [1, S, 3, H, W]
         else:
             x = images.to(dev, dtype=in_dtype, non_blocking=True)[None]  # [1, S, 3, H, W]
+        s, _, h, w = tuple(x.shape[1:])
+        if h % patch or w % patch:
+            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {patch}")
+        hp, wp = h // patch, w // patch
+
         with torch.inference_mode():
             with self.autocast():
                 tokens_list, patch_start_idx = model.aggregator(x)

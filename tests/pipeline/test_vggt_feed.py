@@ -34,7 +34,7 @@ def _loader(frame: np.ndarray) -> torch.Tensor:
 def test_uint8_hand_over_divided_later_is_the_loaders_float_tensor(hw):
     frames = np.stack([_textured(*hw, seed=s) for s in range(2)])
     u8 = preprocess_crop(frames, as_uint8=True)
-    assert u8.dtype == torch.uint8 and u8.is_contiguous() and u8.shape == (2, 3, *processed_size(*hw))
+    assert u8.dtype == torch.uint8 and u8.is_contiguous(memory_format=torch.channels_last) and u8.shape == (2, 3, *processed_size(*hw))
     assert torch.equal(u8.float().div_(255), preprocess_crop(frames))
     assert torch.equal(preprocess_crop(frames), torch.stack([_loader(f) for f in frames]))
 
@@ -91,3 +91,39 @@ def test_preprocess_setting_validated_and_in_the_identity_only_when_fast(tmp_pat
     exact = VGGTAdapter(VGGTSettings(**kw)).output_identity()["preprocess"]
     assert exact == {"mode": "crop", "target": 518, "patch": 14, "resample": "PIL.BICUBIC"}  # fingerprints of existing caches
     assert VGGTAdapter(VGGTSettings(preprocess="fast", **kw)).output_identity()["preprocess"] != exact
+
+
+# -- preprocess: fast on CUDA: the CPU hands over decoded uint8, the device resizes (run here on CPU tensors)
+
+#: ``device_crop`` (float antialiased bicubic) against PIL, [0, 1] units, on natural-looking frames
+DEVICE_MAX, DEVICE_MEAN = 2 / 255, 0.4 / 255
+
+
+@pytest.mark.parametrize("hw", [(480, 640), (512, 512), (720, 1280), (700, 400), (37, 53)])
+def test_device_crop_is_within_two_grey_levels_of_pil(hw):
+    from navcache.pipeline.encoders.vggt import device_crop, frames_for_device
+
+    frames = np.stack([_textured(*hw, seed=s) for s in range(2)])
+    u8 = frames_for_device(frames)
+    assert u8.dtype == torch.uint8 and u8.shape == (2, 3, *hw)
+    got = device_crop(u8.float().div_(255))
+    exact = preprocess_crop(frames)
+    assert got.shape == exact.shape
+    d = (got - exact).abs()
+    assert float(d.max()) <= DEVICE_MAX and float(d.mean()) <= DEVICE_MEAN, (float(d.max()) * 255, float(d.mean()) * 255)
+    assert torch.equal(device_crop(exact), exact)  # already the crop's size: untouched
+
+
+def test_device_path_rotates_like_the_cpu_path_and_infer_resizes_uint8(tmp_path):
+    from navcache.pipeline.encoders.vggt import device_crop, frames_for_device
+
+    frames = np.stack([_textured(300, 200, seed=s) for s in range(2)])
+    rotated = device_crop(frames_for_device(frames, rotate_portrait=True).float().div_(255))
+    assert rotated.shape == preprocess_crop(frames, rotate_portrait=True).shape == (2, 3, *processed_size(200, 300))
+    model = make_standin(tmp_path / "standin", seed=0, embed_dim=16)
+    ad = VGGTAdapter(VGGTSettings(model=str(model), model_class=STANDIN, device="cpu"))
+    small = np.stack([_textured(60, 80, seed=s) for s in range(3)])
+    a = ad.infer(frames_for_device(small))  # unresized uint8: resized and cropped inside infer
+    b = ad.infer(device_crop(frames_for_device(small).float().div_(255)))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert a["depth"].shape == (3, *processed_size(60, 80))
