@@ -110,15 +110,21 @@ def video_two_stages(root: Path, split: str = "train") -> dict:
     av.open = lambda f, *a, **k: opened.append(str(f)) or real(f, *a, **k)
     out, pixels = {}, {}
     try:
-        for name, budget in (("no_memo", 0), ("memo_256mb", 256 << 20)):
-            src = make_source("rover", root)
-            src.decoded.max_bytes = budget
-            eps = [e for e in src.episodes(split) if e.quarantine is None]
-            opened.clear()
-            t = time.perf_counter()
-            got = [src.read_frames(e).pixels for _stage in ("frame-features", "geometry") for e in eps]
-            out[name] = {"decoder_passes": len(opened), "seconds": round(time.perf_counter() - t, 2)}
-            pixels[name] = got
+        warm = make_source("rover", root)
+        for e in warm.episodes(split):  # page cache and lazy imports, before either side is timed
+            if e.quarantine is None:
+                warm.read_frames(e)
+        for _round in range(2):  # interleaved rounds, best of each side
+            for name, budget in (("no_memo", 0), ("memo_256mb", 256 << 20)):
+                src = make_source("rover", root)
+                src.decoded.max_bytes = budget
+                eps = [e for e in src.episodes(split) if e.quarantine is None]
+                opened.clear()
+                t = time.perf_counter()
+                got = [src.read_frames(e).pixels for _stage in ("frame-features", "geometry") for e in eps]
+                dt = round(time.perf_counter() - t, 2)
+                out[name] = {"decoder_passes": len(opened), "seconds": min(dt, out.get(name, {}).get("seconds", dt))}
+                pixels[name] = got
             requested = sum(len(g) for g in got)
             distinct = len({(str(e.files[0]), int(i)) for e in eps for i in src.read_frames(e).indices})
     finally:
