@@ -127,3 +127,30 @@ def test_device_path_rotates_like_the_cpu_path_and_infer_resizes_uint8(tmp_path)
     b = ad.infer(device_crop(frames_for_device(small).float().div_(255)))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert a["depth"].shape == (3, *processed_size(60, 80))
+
+
+def test_geometry_stage_prepares_fast_within_the_bound_of_exact(tmp_path):
+    """The stage's own prepare, exact vs fast, on a real mp4 of the videos source."""
+    import av
+
+    from navcache.pipeline.sources.videos import VideosSource
+    from navcache.pipeline.stages.geometry import GeometrySettings, GeometryStage
+
+    (tmp_path / "train").mkdir()
+    with av.open(str(tmp_path / "train" / "clip.mp4"), "w") as out:
+        s = out.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for k in range(6):
+            out.mux(s.encode(av.VideoFrame.from_ndarray(_textured(48, 64, seed=k), format="rgb24")))
+        out.mux(s.encode(None))
+    src = VideosSource(tmp_path, num_frames=4)
+    (ep,) = src.episodes("train")
+    got = {}
+    for mode in ("exact", "fast"):
+        vggt = VGGTSettings(model=str(tmp_path), model_class=STANDIN, device="cpu", preprocess=mode)
+        stage = GeometryStage(GeometrySettings(vggt=vggt, image_size=processed_size(48, 64)), src, {})
+        got[mode] = stage.prepare(ep, {}).payload
+    (a, ia), (b, ib) = got["exact"], got["fast"]
+    assert a.shape == b.shape == (4, 3, *processed_size(48, 64)) and a.dtype == b.dtype == torch.float32
+    assert np.array_equal(ia, ib)
+    assert float((a - b).abs().max()) <= FAST_MAX

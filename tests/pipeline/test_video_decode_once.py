@@ -127,3 +127,12 @@ def test_videos_source_decodes_a_clip_shared_by_two_episodes_once(tmp_path, open
     assert src.decoded.passes == 1
     np.testing.assert_array_equal(a.pixels, b.pixels)
     np.testing.assert_array_equal(a.pixels, plain(train / "a.mp4", a.indices.tolist()))
+
+
+def test_run_budget_is_validated():
+    from navcache.pipeline.config import RunConfig
+
+    assert RunConfig().decoded_frames_mb == 256
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="decoded_frames_mb"):
+            RunConfig(decoded_frames_mb=bad)
