@@ -174,7 +174,7 @@ class DecodedVideoFrames:
         self._digests: dict[tuple, bytes] = {}  # file version (stat) -> content hash
         self._lock = threading.Lock()
 
-    def _content(self, path: Path) -> bytes | None:
+    def content(self, path: Path) -> bytes | None:
         """sha256 of the file's bytes, once per file version; None when it cannot be read."""
         try:
             st = os.stat(path)
@@ -203,7 +203,7 @@ class DecodedVideoFrames:
         """``read_video_sampled(path, sample, expected_frames, size, reduce_to)``: same pixels
         (uint8 [K, H, W, 3], a fresh array), same Quarantines, decoding only when a frame is missing."""
         path = Path(path)
-        key = self._content(path)
+        key = self.content(path)
         with self._lock:
             stream = self._streams.get(key) if key is not None else None
         scale = (None if size is None else tuple(size), None if reduce_to is None else tuple(reduce_to))
@@ -212,13 +212,9 @@ class DecodedVideoFrames:
             if expected_frames is not None and n != expected_frames:
                 raise Quarantine(f"video {path}: decoder finds {n} frames, annotation says {expected_frames}")
             idx = validate_indices(sample(n), n, path)
-            with self._lock:
-                hits = [self._frames.get((key, i, scale)) for i in idx]
-                for i, hit in zip(idx, hits):
-                    if hit is not None:
-                        self._frames.move_to_end((key, i, scale))
-            if all(hit is not None for hit in hits):
-                return np.stack(hits), n
+            hit = self.lookup([(key, i, scale) for i in idx])
+            if hit is not None:
+                return hit, n
             fixed = idx
             sample = lambda _n: fixed  # noqa: E731 - the indices were chosen on this same n
         chosen: list[int] = []
@@ -234,8 +230,25 @@ class DecodedVideoFrames:
             return pixels, n
         with self._lock:
             self._streams[key] = n
-            for i, frame in zip(chosen, pixels):
-                k = (key, i, scale)
+        self.store([(key, i, scale) for i in chosen], pixels)
+        return pixels, n
+
+    def lookup(self, keys: Sequence[tuple]) -> np.ndarray | None:
+        """The frames under ``keys`` stacked (uint8 [K, H, W, 3], a fresh array), or None unless every
+        one is here. For a source with its own reading rules (LeRobot segments): keys start with
+        ``content(path)``, so a file rewritten in the run never hits."""
+        with self._lock:
+            hits = [self._frames.get(k) for k in keys]
+            if any(h is None for h in hits) or not hits:
+                return None
+            for k in keys:
+                self._frames.move_to_end(k)
+        return np.stack(hits)
+
+    def store(self, keys: Sequence[tuple], frames: np.ndarray) -> None:
+        """Keep ``frames[j]`` under ``keys[j]`` (copies, read-only) within the byte budget."""
+        with self._lock:
+            for k, frame in zip(keys, frames):
                 if k in self._frames or frame.nbytes > self.max_bytes:
                     continue
                 kept = frame.copy()
@@ -245,7 +258,10 @@ class DecodedVideoFrames:
                 while self.bytes > self.max_bytes:
                     _, old = self._frames.popitem(last=False)
                     self.bytes -= old.nbytes
-        return pixels, n
+
+    def count_pass(self) -> None:
+        with self._lock:
+            self.passes += 1
 
 
 def read_video(

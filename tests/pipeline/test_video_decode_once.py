@@ -136,3 +136,26 @@ def test_run_budget_is_validated():
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="decoded_frames_mb"):
             RunConfig(decoded_frames_mb=bad)
+
+
+def test_lerobot_segments_read_by_two_stages_are_decoded_once(opened):
+    """The real lerobot package's v3.0 fixture (AV1 segments of shared files): a second read of an
+    episode's camera (geometry after frame-features; spatial's extra camera reads) decodes nothing."""
+    from pathlib import Path
+
+    from navcache.pipeline.sources import make_source
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "lerobot" / "v30_video"
+    src, plain_src = make_source("lerobot", fixture), make_source("lerobot", fixture)
+    plain_src.decoded.max_bytes = 0
+    ep = src.episodes("train")[0]
+    plain_src.episodes("train")
+    want = plain_src.read_frames(ep).pixels
+    opened.clear()
+    first, second = src.read_frames(ep), src.read_frames(ep)
+    assert len(opened) == 1 and src.decoded.passes == 1
+    np.testing.assert_array_equal(first.pixels, want)
+    np.testing.assert_array_equal(second.pixels, want)
+    sub = src.read_camera(ep, src.camera, [int(first.indices[1])])
+    np.testing.assert_array_equal(sub[0], want[1])
+    assert len(opened) == 1
