@@ -91,7 +91,11 @@ def project_file(roots: dict[str, Path], preprocess: str, batch_size: int) -> Pa
         "backend": "zarr",
         "datasets": {name: {"source": "videos", "root": str(root), "splits": ["train"], "stages": ["frame-features"],
                             "options": {"num_frames": T}, "part_size": 16} for name, root in roots.items()},
-        "stages": {"frame-features": {"encoder": {"model": str(model), "device": "cpu", "preprocess": preprocess}, "batch_size": batch_size}},
+        # every frame decoded and encoded: the copies (hard links) would otherwise be served from
+        # the run's memos (decoded frames, encoded frames), and this bench measures the feed, not reuse
+        "stages": {"frame-features": {"encoder": {"model": str(model), "device": "cpu", "preprocess": preprocess}, "batch_size": batch_size,
+                                      "dedup_frames": False}},
+        "run": {"decoded_frames_mb": 0},
     }
     path = OUT / "eff_project" / "navcache.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +142,12 @@ def feed_per_core(project, dataset: str) -> float:
     from navcache.pipeline.plan import plan_split
 
     torch.set_num_threads(1)
-    (sp,) = plan_split(project, dataset, "train")
+    from navcache.pipeline.sources import make_source
+
+    ds = project.dataset(dataset)
+    source = make_source(ds.source, ds.root, **ds.options)
+    source.decoded.max_bytes = project.run.decoded_frames_mb << 20  # as extract sets it: every frame decoded
+    (sp,) = plan_split(project, dataset, "train", source=source)
     stage = sp.stage
     stage.setup()
     episodes = [ep for p in sp.parts for ep in p.episodes if not ep.quarantine] or [ep for ep in stage.source.episodes("train")]

@@ -141,11 +141,23 @@ def feed_video(clips, sample, pre, size=None, device=None) -> int:
     return n
 
 
-def feed_vggt(episodes) -> int:
+def feed_vggt(episodes, fast: bool = False, uint8: bool = False, device=None) -> int:
+    """VGGT's crop of each episode as ``VGGTAdapter.preprocess`` + ``infer`` feed it: float32 on
+    the CPU, or with ``uint8`` what the CPU hands a CUDA model (exact: PIL's uint8 crop; fast: the
+    decoded frames, unresized), which a CUDA ``device`` receives pinned, divides by 255 and (fast)
+    resizes and crops there (``device_crop``); without CUDA only the CPU's share is timed."""
     from navcache.pipeline.decode import read_jpegs
-    from navcache.pipeline.encoders.vggt import preprocess_crop
+    from navcache.pipeline.encoders.vggt import decode_target, device_crop, frames_for_device, preprocess_crop
 
-    return sum(len(preprocess_crop(read_jpegs(ep))) for ep in episodes)
+    n = 0
+    for ep in episodes:
+        pixels = read_jpegs(ep, decode_target(), fit=True) if fast else read_jpegs(ep)
+        x = (frames_for_device(pixels) if fast else preprocess_crop(pixels, as_uint8=True)) if uint8 else preprocess_crop(pixels, fast=fast)
+        if device:
+            x = device_crop(x.pin_memory().to(device, non_blocking=True).float().div_(255)).contiguous()
+        n += len(x)
+    _sync(device)
+    return n
 
 
 def _sync(device) -> None:
@@ -210,6 +222,9 @@ def main() -> None:
         "vggt518_from_jpeg512": {
             "bare": lambda: bare_jpeg(episodes),
             "exact": lambda: feed_vggt(episodes),
+            "fast": lambda: feed_vggt(episodes, fast=True),
+            "device-cpu": lambda: feed_vggt(episodes, uint8=True, device=dev),
+            "fast device-cpu": lambda: feed_vggt(episodes, fast=True, uint8=True, device=dev),
         },
     }
     times: dict[str, dict[str, list[float]]] = {k: {p: [] for p in v} for k, v in paths.items()}
@@ -234,7 +249,10 @@ def main() -> None:
         "device_cpu_note": "CUDA: decode + pinned copy + preprocess on the device (synchronised)" if cuda else
                            "no CUDA here: decode + uint8 batch only (the pinned copy and the device resize are not timed)",
         "inputs": {"jpeg512": f"{JPEG_EPISODES} episodes x {T} JPEGs 512x512 q90", "mp4_640x480": f"{CLIPS} clips x {CLIP_FRAMES} frames, {T} sampled",
-                   "vggt518_from_jpeg512": "preprocess_crop (PIL bicubic to 518x518, [0,1] float32)"},
+                   "vggt518_from_jpeg512": "exact = PIL bicubic to 518x518, [0,1] float32; fast = torch uint8 antialiased "
+                                           "bicubic on the CPU (no reduced decode: 512 < 2 x 518); device-cpu = PIL's uint8 crop "
+                                           "(CUDA: + pinned copy, /255 there); fast device-cpu = the decoded uint8 frames "
+                                           "(CUDA: + pinned copy, /255, float bicubic resize and crop there)"},
         "encoder_input": "DINOv3 224x224 float32", "rounds": a.rounds, "target_ratio": TARGET,
         "rates": rows,
         "pixel_difference_fast_vs_exact": pixel_difference(episodes, clips, sample, exact, fast),

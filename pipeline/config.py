@@ -64,11 +64,16 @@ class RunConfig:
     #: a concurrent run's claim on a part (``pipeline/leases.py``) whose heartbeat stopped this long
     #: is taken over; heartbeats every sixth of it
     lease_timeout_s: float = 60.0
+    #: MiB of decoded frames each source keeps for reuse within a run (least recently used dropped
+    #: first): samples sharing frames decode them once (``decode.DecodedFrames``, ``DecodedVideoFrames``)
+    decoded_frames_mb: int = 256
 
     def __post_init__(self):
         for name in ("decode_workers", "prefetch_episodes", "pending_writes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if isinstance(self.decoded_frames_mb, bool) or not isinstance(self.decoded_frames_mb, int) or self.decoded_frames_mb < 0:
+            raise ValueError(f"decoded_frames_mb must be an integer >= 0, got {self.decoded_frames_mb!r}")
         if not self.lease_timeout_s > 0:
             raise ValueError(f"lease_timeout_s must be > 0, got {self.lease_timeout_s}")
 

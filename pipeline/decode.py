@@ -33,7 +33,7 @@ from navcache.pipeline.errors import Quarantine
 from navcache.pipeline.video_check import check_iso_bmff_complete, check_mp4
 from navcache.pipeline.video_reader import StrictVideoReader
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DecodedFrames", "black_frames", "check_iso_bmff_complete", "image_header_size", "read_image", "read_jpegs", "read_video", "read_video_sampled", "reduction"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DecodedFrames", "DecodedVideoFrames", "VIDEO_MEMO_BYTES", "black_frames", "check_iso_bmff_complete", "image_header_size", "read_image", "read_jpegs", "read_video", "read_video_sampled", "reduction"]
 
 
 def black_frames(k: int, h: int, w: int) -> np.ndarray:
@@ -136,12 +136,132 @@ def read_video_sampled(
             said = f", annotation says {expected_frames}" if expected_frames is not None else ""
             raise Quarantine(f"video {path}: container states {stated} frames, decoder finds {n}{said} (truncated?)")
         idx = validate_indices(sample(n), n, path)
-        if size is None and reduce_to is not None:
-            w, h = reader.info.width, reader.info.height
-            s = reduction((w, h), reduce_to, fit=True)
-            size = None if s == 1 else (w // s, h // s)
-        pixels = reader.frames(idx, size=size)
+        pixels = reader.frames(idx, size=_scaled_size(reader.info.width, reader.info.height, size, reduce_to))
     return pixels, n
+
+
+def _scaled_size(w: int, h: int, size: tuple[int, int] | None, reduce_to: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The (width, height) the decoder's scaler delivers for a w x h stream (None: full size);
+    ``read_video_sampled``'s ``size`` / ``reduce_to`` rule."""
+    if size is None and reduce_to is not None:
+        s = reduction((w, h), reduce_to, fit=True)
+        return None if s == 1 else (w // s, h // s)
+    return size
+
+
+#: default byte budget of a source's ``DecodedVideoFrames`` (``run.decoded_frames_mb`` sets it per run)
+VIDEO_MEMO_BYTES = 256 << 20
+
+
+class DecodedVideoFrames:
+    """Video frames decoded in one run, keyed by (the file's content hash, frame index, the
+    request's ``size`` / ``reduce_to``); least recently used dropped beyond ``max_bytes``; thread-safe (decode threads share it).
+
+    Samples share frames: two rover rows naming one clip, hard-linked or copied files, stages of
+    one run reading the same episode (frame-features, then geometry). ``read_sampled`` is
+    ``read_video_sampled`` except that a request whose frames are all here decodes nothing: the
+    same content was decoded, and checked whole (strict reader, counts), earlier in the run, so
+    its pixels are the ones a new pass would give. Otherwise one full pass as always, and the
+    sampled frames are kept. Keys hash the content (sha256, memoised per file version by stat),
+    so a path that now holds other bytes never hits. Hand-rolled on OrderedDict for the same
+    reason as ``DecodedFrames`` (bounded in bytes, not entries). ``passes`` counts decoding passes.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes, self.passes = max_bytes, 0, 0
+        self._frames: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._streams: dict[bytes, int] = {}  # content -> n_frames, of a stream decoded and checked whole
+        self._digests: dict[tuple, bytes] = {}  # file version (stat) -> content hash
+        self._lock = threading.Lock()
+
+    def content(self, path: Path) -> bytes | None:
+        """sha256 of the file's bytes, once per file version; None when it cannot be read."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        version = (os.fspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        with self._lock:
+            got = self._digests.get(version)
+        if got is None:
+            import hashlib
+
+            h = hashlib.sha256()
+            try:
+                with open(path, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+            except OSError:
+                return None
+            got = h.digest()
+            with self._lock:
+                self._digests[version] = got
+        return got
+
+    def read_sampled(self, path: Path, sample: Callable[[int], Sequence[int]], expected_frames: int | None = None,
+                     size: tuple[int, int] | None = None, reduce_to: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
+        """``read_video_sampled(path, sample, expected_frames, size, reduce_to)``: same pixels
+        (uint8 [K, H, W, 3], a fresh array), same Quarantines, decoding only when a frame is missing."""
+        path = Path(path)
+        key = self.content(path)
+        with self._lock:
+            stream = self._streams.get(key) if key is not None else None
+        scale = (None if size is None else tuple(size), None if reduce_to is None else tuple(reduce_to))
+        if stream is not None:
+            n = stream
+            if expected_frames is not None and n != expected_frames:
+                raise Quarantine(f"video {path}: decoder finds {n} frames, annotation says {expected_frames}")
+            idx = validate_indices(sample(n), n, path)
+            hit = self.lookup([(key, i, scale) for i in idx])
+            if hit is not None:
+                return hit, n
+            fixed = idx
+            sample = lambda _n: fixed  # noqa: E731 - the indices were chosen on this same n
+        chosen: list[int] = []
+
+        def remember(found: int) -> Sequence[int]:
+            chosen[:] = [int(i) for i in sample(found)]
+            return chosen
+
+        with self._lock:
+            self.passes += 1
+        pixels, n = read_video_sampled(path, remember, expected_frames, size, reduce_to)
+        if key is None:
+            return pixels, n
+        with self._lock:
+            self._streams[key] = n
+        self.store([(key, i, scale) for i in chosen], pixels)
+        return pixels, n
+
+    def lookup(self, keys: Sequence[tuple]) -> np.ndarray | None:
+        """The frames under ``keys`` stacked (uint8 [K, H, W, 3], a fresh array), or None unless every
+        one is here. For a source with its own reading rules (LeRobot segments): keys start with
+        ``content(path)``, so a file rewritten in the run never hits."""
+        with self._lock:
+            hits = [self._frames.get(k) for k in keys]
+            if any(h is None for h in hits) or not hits:
+                return None
+            for k in keys:
+                self._frames.move_to_end(k)
+        return np.stack(hits)
+
+    def store(self, keys: Sequence[tuple], frames: np.ndarray) -> None:
+        """Keep ``frames[j]`` under ``keys[j]`` (copies, read-only) within the byte budget."""
+        with self._lock:
+            for k, frame in zip(keys, frames):
+                if k in self._frames or frame.nbytes > self.max_bytes:
+                    continue
+                kept = frame.copy()
+                kept.flags.writeable = False
+                self._frames[k] = kept
+                self.bytes += kept.nbytes
+                while self.bytes > self.max_bytes:
+                    _, old = self._frames.popitem(last=False)
+                    self.bytes -= old.nbytes
+
+    def count_pass(self) -> None:
+        with self._lock:
+            self.passes += 1
 
 
 def read_video(

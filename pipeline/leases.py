@@ -248,6 +248,30 @@ def hold(path: Path, timeout_s: float = DEFAULT_TIMEOUT_S, poll_s: float | None 
     return lease
 
 
+def claim_free(items: Sequence[T], folder: Path, name: Callable[[T], str], done: Callable[[T], bool],
+               timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[tuple[T, Lease]]:
+    """``(item, lease)`` for each item not ``done`` that this process can claim now, one at a time
+    as the caller pulls; items another live process holds are skipped, never waited for (the
+    caller holds leases of work in flight: waiting here could deadlock two runs). The caller
+    releases each lease once that item is committed; ``share_work`` afterwards waits for the rest.
+
+    Claiming as the work is pulled, not in batches, lets one pipeline run across every part a
+    lone run builds (no drain and refill per batch), while concurrent runs still split the parts:
+    each claims only when its own pipeline wants more."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    watch = Watch(timeout_s)
+    for it in items:
+        if done(it):
+            continue
+        lease = claim(lease_path(folder, name(it)), watch, timeout_s)
+        if lease is None:
+            continue
+        if done(it):  # committed between the check and the claim
+            lease.release()
+            continue
+        yield it, lease
+
+
 def share_work(items: Sequence[T], folder: Path, name: Callable[[T], str], done: Callable[[T], bool],
                timeout_s: float = DEFAULT_TIMEOUT_S, max_batch: int = 8, poll_s: float | None = None) -> Iterator[list[T]]:
     """Yield batches of ``items`` this process has claimed and that are not ``done``; returns once

@@ -96,6 +96,8 @@ def _plan_selected(project: ProjectConfig, opts: ExtractOptions, summary: RunSum
         try:
             ds = project.dataset(name)
             source = make_source(ds.source, ds.root, **ds.options)
+            if hasattr(source, "decoded"):  # the run's budget for frames decoded once (speed only)
+                source.decoded.max_bytes = project.run.decoded_frames_mb << 20
             check_providers(project, name, source, opts.only, seen)
             plans += plan_split(project, name, opts.split, opts.only, hasher, source=source)
         except (DatasetError, NavcacheError, OSError) as e:
@@ -230,22 +232,55 @@ def _shared(opts: ExtractOptions) -> bool:
 
 
 def _build_shared(project: ProjectConfig, sp: StagePlan, todo, progress) -> list[dict]:
-    """Build the parts of ``todo`` this run claims (``leases.share_work``), waiting for those
-    other runs hold; return the part.json of the parts built here."""
+    """Build the parts of ``todo`` this run claims, waiting for those other runs hold; return the
+    part.json of the parts built here.
+
+    First one pipeline over every part free now, each claimed as the decode window reaches it and
+    released once committed (``leases.claim_free``): the encoder never waits for a pipeline to drain
+    and refill between parts. Then ``leases.share_work`` for what others held (built by them, or
+    taken over if they died)."""
     from contextlib import closing
+    from itertools import chain
 
     from .executors.local import build_parts
-    from .leases import share_work
+    from .leases import claim_free, share_work
 
+    folder, name = sp.cache_dir / PARTS, (lambda p: p.part_id)
+    done = lambda p: sp.committed(p, project.backend)  # noqa: E731
     metas: list[dict] = []
-    batches = share_work(todo, sp.cache_dir / PARTS, lambda p: p.part_id, lambda p: sp.committed(p, project.backend),
-                         project.run.lease_timeout_s)
-    with closing(batches):
-        for batch in batches:
-            if not metas:
+    held: dict[str, object] = {}
+    started = False
+
+    def claimed():
+        nonlocal started
+        for part, lease in claim_free(todo, folder, name, done, project.run.lease_timeout_s):
+            if not started:
                 # before this run's first part: a run that built nothing must not un-finalise a
                 # manifest a concurrent run may have written meanwhile
                 invalidate(sp.cache_dir)
+                started = True
+            held[part.part_id] = lease
+            yield part
+
+    def written(part) -> None:  # on the writer thread, once the part is committed
+        lease = held.pop(part.part_id, None)
+        if lease is not None:
+            lease.release()
+
+    try:
+        parts = claimed()
+        first = next(parts, None)  # claimed (and the cache invalidated) before the model loads, which may fail
+        if first is not None:
+            metas += build_parts(sp, chain([first], parts), project.backend, project.chunk_rows, project.run, progress, on_written=written)
+    finally:
+        for lease in list(held.values()):
+            lease.release()
+    batches = share_work(todo, folder, name, done, project.run.lease_timeout_s)
+    with closing(batches):
+        for batch in batches:
+            if not started:
+                invalidate(sp.cache_dir)
+                started = True
             metas += build_parts(sp, batch, project.backend, project.chunk_rows, project.run, progress)
     return metas
 

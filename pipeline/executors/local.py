@@ -16,7 +16,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from navcache.cache_specs.layout import PARTS
 from navcache.cache_specs.parts import EpisodeResult, PartEpisodes, write_part
@@ -76,31 +76,77 @@ class _Upstream:
             p.close()
 
 
+def single_threaded_ops() -> None:
+    """Run a decode thread's torch ops (preprocessing) on that thread alone.
+
+    The decode threads are the parallelism: with torch's intra-op pool on top, each of them opens
+    an OpenMP team as wide as the cores (teams are per calling thread), so 3 threads on 2 cores
+    ran 6+ workers: in py-spy the float steps of preprocessing took ~45% of the decode time inside
+    the pipeline, against ~7% on one thread alone (issue 17).
+    OpenMP's thread count is per thread, so the encoder's own forward on the main thread keeps
+    every core; OpenCV's decode is single-threaded anyway.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def build_parts(
     sp: StagePlan,
-    parts: list[PartPlan],
+    parts: Iterable[PartPlan],
     backend: str,
     chunk_rows: int,
     run: RunConfig,
     progress: Progress | None = None,
     provenance: dict | None = None,
+    on_written: Callable[[PartPlan], None] | None = None,
 ) -> list[dict]:
-    """Build ``parts`` of ``sp`` and commit each atomically; return their part.json contents."""
+    """Build ``parts`` of ``sp`` and commit each atomically; return their part.json contents.
+
+    ``parts`` may be an iterator: it is pulled only as the decode window reaches each part (a
+    shared run claims parts that late, ``runner._build_shared``). ``on_written(part)`` runs on the
+    writer thread right after each part is committed (a shared run releases its lease there).
+    """
     stage = sp.stage
     stage.setup()
     upstream = _Upstream(sp)
     progress = progress or (lambda e, f: None)
     prov = {"stage": sp.stage_name, **stage.provenance(), **(provenance or {})}
-    results: list[list[EpisodeResult | None]] = [[None] * len(p.episodes) for p in parts]
-    remaining = [len(p.episodes) for p in parts]
+    parts_seen: list[PartPlan] = []  # grows as ``parts`` is pulled; indexed by _Slot.part
+    results: list[list[EpisodeResult | None] | None] = []
+    remaining: list[int] = []
     metas: list[dict] = []
+
+    def write(p: PartPlan, episodes: list[EpisodeResult]) -> dict:
+        meta = write_part(sp.cache_dir / PARTS, p.part_id, p.fingerprint, stage.spec(), dims, episodes, backend, chunk_rows, prov, p.episode_fps)
+        if on_written is not None:
+            on_written(p)
+        return meta
+
+    part_iter = iter(parts)
+    queued: deque[tuple[_Slot, object]] = deque()  # episodes of pulled parts not yet submitted
+
+    def pull_part() -> bool:
+        """Take the next part from ``parts`` (a shared run claims it now); False when none is left."""
+        p = next(part_iter, None)
+        if p is None:
+            return False
+        pi = len(parts_seen)
+        parts_seen.append(p)
+        results.append([None] * len(p.episodes))
+        remaining.append(len(p.episodes))
+        if not p.episodes and on_written is not None:
+            on_written(p)  # nothing to build (never written, as before)
+        queued.extend((_Slot(pi, k, ep.episode_id), ep) for k, ep in enumerate(p.episodes))
+        return True
+
     writes: deque[Future] = deque()
 
     def prepare(pi: int, ep) -> Prepared | str:
         if ep.quarantine:
             return ep.quarantine
         try:
-            up, why = upstream.get(parts[pi], ep.episode_id) if sp.upstream_dirs else ({}, None)
+            up, why = upstream.get(parts_seen[pi], ep.episode_id) if sp.upstream_dirs else ({}, None)
             if why:
                 return why
             return stage.prepare(ep, up)
@@ -117,12 +163,9 @@ def build_parts(
         remaining[slot.part] -= 1
         progress(1, frames)
         if remaining[slot.part] == 0:
-            p = parts[slot.part]
             while len(writes) >= run.pending_writes:
                 metas.append(writes.popleft().result())
-            writes.append(
-                writer.submit(write_part, sp.cache_dir / PARTS, p.part_id, p.fingerprint, stage.spec(), dims, results[slot.part], backend, chunk_rows, prov, p.episode_fps)
-            )
+            writes.append(writer.submit(write, parts_seen[slot.part], results[slot.part]))
             results[slot.part] = None  # the writer holds the only reference now: memory stays flat in the dataset size
 
     def compute(batch: list[tuple[_Slot, Prepared]]) -> None:
@@ -145,19 +188,23 @@ def build_parts(
             finish(slot, res, item.cost)
 
     dims = stage.dims()
-    work = [(_Slot(pi, k, ep.episode_id), ep) for pi, p in enumerate(parts) for k, ep in enumerate(p.episodes)]
-    with ThreadPoolExecutor(run.decode_workers, thread_name_prefix="navcache-decode") as pool, ThreadPoolExecutor(1, thread_name_prefix="navcache-write") as writer:
+    with ThreadPoolExecutor(run.decode_workers, thread_name_prefix="navcache-decode", initializer=single_threaded_ops) as pool, ThreadPoolExecutor(1, thread_name_prefix="navcache-write") as writer:
         try:
             window: deque[tuple[_Slot, Future]] = deque()
-            it = iter(work)
             batch: list[tuple[_Slot, Prepared]] = []
             cost = 0
             while True:
                 while len(window) < run.prefetch_episodes:
-                    nxt = next(it, None)
-                    if nxt is None:
-                        break
-                    window.append((nxt[0], pool.submit(prepare, nxt[0].part, nxt[1])))
+                    if not queued:
+                        # at most two parts in the window: decoding runs one part ahead of the
+                        # encoder, and concurrent runs still split the parts (each claims late)
+                        if window and window[-1][0].part > window[0][0].part:
+                            break
+                        if not pull_part():
+                            break
+                        continue
+                    slot, ep = queued.popleft()
+                    window.append((slot, pool.submit(prepare, slot.part, ep)))
                 if not window:
                     break
                 slot, fut = window.popleft()

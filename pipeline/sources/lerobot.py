@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from navcache.pipeline.decode import VIDEO_MEMO_BYTES, DecodedVideoFrames
 from navcache.pipeline.errors import DatasetError, Quarantine
 from navcache.pipeline.safepaths import UnsafePath, resolve_under
 from navcache.pipeline.sampling import uniform_indices
@@ -68,6 +69,8 @@ class LeRobotSource:
     def __init__(self, root: Path, **options: Any):
         self.root = Path(root)
         self.options = build_options(self.kind, options)
+        #: camera frames served this run (frame-features, geometry, spatial reading one episode): each segment decoded once
+        self.decoded = DecodedVideoFrames(VIDEO_MEMO_BYTES)
 
     # ------------------------------------------------------------------------------ metadata
 
@@ -264,11 +267,18 @@ class LeRobotSource:
         if key not in rec["videos"]:
             raise ValueError(f"{key!r} is not a camera of {episode.episode_id} (cameras: {', '.join([*rec['videos'], *rec['images']])})")
         rel, start, stop = rec["videos"][key]
+        # the frame served for index i follows from the video's bytes, the segment and the table's timestamps
+        content, table_content = self.decoded.content(self._path(rel)), self.decoded.content(self._path(rec["data"]))
+        keys = [(content, table_content, float(start), float(stop), int(i)) for i in indices] if content and table_content else []
+        hit = self.decoded.lookup(keys) if keys else None
+        if hit is not None:  # this segment of these bytes was decoded and matched earlier in the run
+            return hit
         table = _read_small_columns(self._path(rec["data"]))
         if isinstance(table, str):
             raise Quarantine(table)
         ts = table["timestamp"][a:a + n]
         tol = self.options.tolerance_s
+        self.decoded.count_pass()
         with StrictVideoReader(self._path(rel)) as reader:
             times, frames = reader.segment(start, stop, margin=0.5 / rec["fps"])
         if len(times) != n:
@@ -281,6 +291,8 @@ class LeRobotSource:
                 raise Quarantine(f"{key}: frame {i} (t = {want:.4f} s in {rel}) cannot be served: the nearest decoded frame is at "
                                  f"{times[k]:.4f} s, beyond tolerance_s = {tol:g}")
             out[j] = frames[k]
+        if keys:
+            self.decoded.store(keys, out)
         return out
 
 

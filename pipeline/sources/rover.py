@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from navcache.cache_specs.labels import LABELS, TELEMETRY_FIELDS
-from navcache.pipeline.decode import check_file, check_iso_bmff_complete, read_video_sampled
+from navcache.pipeline.decode import VIDEO_MEMO_BYTES, DecodedVideoFrames, check_file, check_iso_bmff_complete
 from navcache.pipeline.errors import DatasetError, Quarantine
 from navcache.pipeline.safepaths import UnsafePath, resolve_under
 from navcache.pipeline.sampling import uniform_indices
@@ -115,6 +115,8 @@ class RoverSource:
         self.root = Path(root)
         self.options = o = build_options(self.kind, options)
         self.table, self.num_frames = o.table, o.num_frames
+        #: video frames decoded this run (rows naming one clip, stages reading the same clip): each once
+        self.decoded = DecodedVideoFrames(VIDEO_MEMO_BYTES)
 
     # ------------------------------------------------------------------------------ listing
 
@@ -240,7 +242,7 @@ class RoverSource:
                 chosen[:] = uniform_indices(n, self.num_frames).tolist()
             return chosen
 
-        pixels, _ = read_video_sampled(path, sample, expected_frames=expected, reduce_to=resize_to if fit else None)
+        pixels, _ = self.decoded.read_sampled(path, sample, expected_frames=expected, reduce_to=resize_to if fit else None)
         idx = np.asarray(chosen, dtype=np.int64)
         return Frames(pixels=pixels, indices=idx, padded=np.zeros(len(idx), dtype=bool))
 

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from navcache.pipeline.decode import check_file, read_jpegs, read_video_sampled, validate_indices
+from navcache.pipeline.decode import VIDEO_MEMO_BYTES, DecodedVideoFrames, check_file, read_jpegs, validate_indices
 from navcache.pipeline.video_check import check_mp4
 from navcache.pipeline.video_reader import StrictVideoReader
 from navcache.pipeline.errors import DatasetError, Quarantine
@@ -91,6 +91,8 @@ class VideosSource:
         self.split_dir, self.split_list, self.num_frames, self.min_frames = o.split_dir, o.split_list, o.num_frames, o.min_frames
         # Filled by episodes(): what the listing saw, for the run summary.
         self.report: dict[str, Any] = {}
+        #: video frames decoded this run (stages reading the same clip, copies of one file): each once
+        self.decoded = DecodedVideoFrames(VIDEO_MEMO_BYTES)
 
     # ------------------------------------------------------------------------------ listing
 
@@ -282,7 +284,7 @@ class VideosSource:
                     raise Quarantine(f"video {episode.files[0]}: decoder finds {found} frames, the container header said {n} when listed")
                 return idx
 
-            pixels, _ = read_video_sampled(episode.files[0], same_count, reduce_to=resize_to if fit else None)
+            pixels, _ = self.decoded.read_sampled(episode.files[0], same_count, reduce_to=resize_to if fit else None)
         else:
             if indices is None:
                 paths = list(episode.files[: len(idx)])  # exactly what was fingerprinted

@@ -25,7 +25,7 @@ import numpy as np
 from navcache.cache_specs.specs.geometry import SPEC, SPEC_WITH_TOKENS
 
 from ..camera import relative_to_first, to_homogeneous, unproject
-from ..encoders.vggt import VGGTAdapter, VGGTSettings, processed_size
+from ..encoders.vggt import VGGTAdapter, VGGTSettings, decode_target, processed_size
 from ..keyframes import voxel_rows
 from ..errors import ConfigError, Quarantine
 from .base import Computed, Prepared, Stage
@@ -137,7 +137,11 @@ class GeometryStage(Stage):
     def prepare(self, episode, upstream: Mapping) -> Prepared:
         if self.adapter is None:
             return Prepared(episode.episode_id, self._from_gt(episode), cost=len(self.record(episode)["sample_indices"]))
-        frames = self.source.read_frames(episode)
+        vs = self.settings.vggt
+        if vs.preprocess == "fast":  # reduced decode, never below VGGT's 518 width
+            frames = self.source.read_frames(episode, resize_to=decode_target(vs.spatial_mllm), fit=True)
+        else:
+            frames = self.source.read_frames(episode)
         real = ~frames.padded  # black front-padding frames (NaVILA) would only confuse VGGT
         if not real.any():
             raise Quarantine("no real frame to run VGGT on")
@@ -151,9 +155,7 @@ class GeometryStage(Stage):
                 f"frames {w}x{h} preprocess to {got[0]}x{got[1]} (HxW){turned} but "
                 f"stages.geometry.image_size is {list(self.settings.image_size)}; give each resolution its own dataset"
             )
-        from ..encoders.vggt import preprocess_crop
-
-        images = preprocess_crop(pixels, rotate_portrait=self.settings.vggt.spatial_mllm)
+        images = self.adapter.preprocess(pixels)  # uint8 for a CUDA model (divided there), else float32
         return Prepared(episode.episode_id, (images, index.astype(np.int64)), cost=len(index))
 
     def compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray]]:
