@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,12 +84,28 @@ def single_threaded_ops() -> None:
     an OpenMP team as wide as the cores (teams are per calling thread), so 3 threads on 2 cores
     ran 6+ workers: in py-spy the float steps of preprocessing took ~45% of the decode time inside
     the pipeline, against ~7% on one thread alone (issue 17).
-    OpenMP's thread count is per thread, so the encoder's own forward on the main thread keeps
-    every core; OpenCV's decode is single-threaded anyway.
+    OpenMP's thread count is per thread, but torch also keeps a process-wide count that every
+    thread reads the first time it runs a parallel op: ``decode_threads`` keeps the caller's.
     """
     import torch
 
     torch.set_num_threads(1)
+
+
+@contextmanager
+def decode_threads(workers: int):
+    """A pool of ``workers`` decode threads (``single_threaded_ops``) that leaves the calling thread's
+    torch thread count, and the process-wide one later threads start with, as they were: without
+    this, a caller whose first parallel op came after a decode thread started (an encoder's first
+    forward, a trainer run after ``ensure``) would run on one core."""
+    import torch
+
+    keep = torch.get_num_threads()  # also fixes the calling thread's own count before any worker runs
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="navcache-decode", initializer=single_threaded_ops) as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(keep)
 
 
 def build_parts(
@@ -188,7 +205,7 @@ def build_parts(
             finish(slot, res, item.cost)
 
     dims = stage.dims()
-    with ThreadPoolExecutor(run.decode_workers, thread_name_prefix="navcache-decode", initializer=single_threaded_ops) as pool, ThreadPoolExecutor(1, thread_name_prefix="navcache-write") as writer:
+    with decode_threads(run.decode_workers) as pool, ThreadPoolExecutor(1, thread_name_prefix="navcache-write") as writer:
         try:
             window: deque[tuple[_Slot, Future]] = deque()
             batch: list[tuple[_Slot, Prepared]] = []
