@@ -9,10 +9,13 @@
     >>> c.read(["clip_00012", "clip_00400"])  # a batch of episodes, rows back to back
     >>> ds = c.torch_dataset()       # torch Dataset of per-episode dicts
 
-Reads go straight to the backend's ``read_into`` (for zarr, ``backends.zarr_direct``: no zarr event
-loop), one per run of adjacent stored rows, into the returned arrays; parts stay open between
-reads (``max_open`` of them, least recently used closed first), so a random episode read costs a
-``preadv`` per array (``bench/reader_random_access.py``).
+Reads go straight to the backend's ``read_into``, one per run of adjacent stored rows, into the
+returned arrays; parts stay open between reads (``max_open`` of them, least recently used closed
+first). Uncompressed chunks are copied out of memory-mapped files (``backends.mapped``: a random
+episode read is a numpy copy per array, ``bench/reader_random_access.py``), zstd ones read with
+``preadv`` and decoded (``backends.zarr_direct``), gzip ones by HDF5. Callers always get arrays of
+their own, never views into a map. Open parts, maps included, belong to the process that opened
+them: a forked child (DataLoader worker, torchrun) opens its own on first use.
 
 A part is read only after ``integrity``'s checks (its files as recorded, its part.json the one the
 manifest vouches for, the index rows into it matching it); damage raises ``DamagedCache`` naming
@@ -23,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import html
 import io
+import os
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -111,6 +115,8 @@ class CacheReader:
         if MANIFEST_SHA_KEY in self.manifest and self.manifest[MANIFEST_SHA_KEY] != manifest_checksum(self.manifest):
             raise DamagedCache(f"{self.path}: {MANIFEST} differs from its own checksum (edited or corrupt); {REPAIR}")
         self._open: OrderedDict[str, list] = OrderedDict()  # part -> [PartData, readers using it, evicted]
+        self._pid = os.getpid()  # the process the open parts belong to
+        self._inherited: list = []  # a parent's open parts, seen from a forked child: never used nor closed here
         self._max_open = max_open if max_open is not None else _default_max_open(len(self.manifest["spec"]["arrays"]))
         self._lock = threading.Lock()
         self._checked: dict[str, dict] = {}  # part -> its part.json, once it passed ``integrity``'s checks
@@ -219,6 +225,8 @@ class CacheReader:
     def _using(self, part: str):
         """``part``'s open ``PartData`` for the duration of a read, from the LRU of open parts.
         A part evicted while another thread reads it is closed when that read ends."""
+        if self._pid != os.getpid():
+            self._forked()
         with self._lock:
             entry = self._open.get(part)
             if entry is None:
@@ -238,6 +246,13 @@ class CacheReader:
                 entry[1] -= 1
                 if entry[2] and entry[1] == 0:
                     entry[0].close()
+
+    def _forked(self) -> None:
+        """In a forked child: start with no open part and a fresh lock (the parent's may have been
+        held by one of its threads at the fork). The parent's parts stay referenced, untouched:
+        closing an inherited HDF5 handle or map here is the parent's business."""
+        self._inherited.append(self._open)
+        self._open, self._lock, self._pid = OrderedDict(), threading.Lock(), os.getpid()
 
     def _runs(self, rows: np.ndarray) -> list[tuple[int, int, int, Any]]:
         """Global rows [n] -> (part number, lo, hi, destination) per run of adjacent rows of one
