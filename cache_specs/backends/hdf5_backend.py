@@ -136,10 +136,10 @@ def _map_dataset(d, file_bytes, where: str) -> MappedRows | None:
         return None  # a filter skipped, or not the size a raw chunk has: HDF5 knows what it is
     buf = file_bytes(max((off + size for off, size, _ in table.values()), default=0))
     chunks = [(buf, table[k][0]) if k in table else None for k in range(-(-rows // c))]
-    return MappedRows(where, dtype, rows, row_bytes, c, chunks, stored, _fletcher_ok if fletcher else None, fill)
+    return MappedRows(where, dtype, rows, row_bytes, c, chunks, stored, fletcher32 if fletcher else None, fill)
 
 
-def _fletcher_ok(stored: np.ndarray) -> bool:
+def fletcher32(stored: np.ndarray) -> bool:
     """A chunk's bytes followed by their fletcher32 (HDF5's filter output) agree."""
     from numcodecs import Fletcher32
 

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-#: ``check(stored chunk bytes, checksum included) -> bool``
+#: ``check(stored chunk bytes, checksum included) -> bool``; its ``__name__`` names the checksum in errors
 Check = Callable[[np.ndarray], bool]
 
 
@@ -121,7 +121,7 @@ class MappedRows:
                 buf, off = self._chunks[k]
                 if not self._check(buf[off : off + self._stored]):
                     raise ValueError(f"{self.where}: chunk at rows {k * self.chunk_rows}:{(k + 1) * self.chunk_rows}: "
-                                     "stored and computed checksum differ (corrupt chunk)")
+                                     f"stored and computed {self._check.__name__} differ (corrupt chunk)")
                 self._ok[k] = 1
         self._unchecked = 0 in self._ok
 

@@ -205,7 +205,7 @@ class ShardLayout:
                 else:
                     chunks.append((buf, off))
         fill = np.full(self.row_bytes // self.dtype.itemsize, self.fill, self.dtype).view(np.uint8)
-        check = _crc_ok if self.crc else None
+        check = crc32c if self.crc else None
         return MappedRows(f"{self.root / self.path}", self.dtype, self.rows, self.row_bytes, c, chunks[: -(-self.rows // c)], stored, check, fill)
 
     def close(self) -> None:
@@ -222,6 +222,6 @@ class ShardLayout:
         self._maps = []
 
 
-def _crc_ok(stored: np.ndarray) -> bool:
+def crc32c(stored: np.ndarray) -> bool:
     """A raw chunk's bytes followed by their crc32c (little-endian, as zarr's ``Crc32cCodec`` writes it) agree."""
     return google_crc32c.value(stored[:-4]) == int.from_bytes(stored[-4:].tobytes(), "little")
