@@ -210,5 +210,14 @@ class CheckedPart:
         except DECODE_ERRORS as e:
             raise damaged(self.dir, f"array {name!r} rows {lo}:{hi} do not decode ({type(e).__name__}: {e})") from e
 
+    def read_runs(self, name: str, runs, out: np.ndarray) -> None:
+        """Rows ``lo:hi`` of ``name`` into ``out[dst : dst + hi - lo]`` for each ``(lo, hi, dst)``."""
+        try:
+            self._data.read_runs(name, runs, out)
+        except DECODE_ERRORS:
+            for lo, hi, dst in runs:  # again run by run: the error names the rows that fail
+                self.read_into(name, lo, hi, out[dst : dst + hi - lo])
+            raise
+
     def close(self) -> None:
         self._data.close()

@@ -283,12 +283,13 @@ class CacheReader:
         for r in runs:
             by_part.setdefault(r[0], []).append(r)
         for pi, group in by_part.items():  # each part opened (or found open) once per call
+            spans = [(lo, hi, dst) for _, lo, hi, dst in group if isinstance(dst, int)]
             with self._using(parts[pi]) as data:
                 for name, out in outs.items():
+                    if spans:
+                        data.read_runs(name, spans, out)  # one call per array and part
                     for _, lo, hi, dst in group:
-                        if isinstance(dst, int):
-                            data.read_into(name, lo, hi, out[dst : dst + hi - lo])
-                        else:
+                        if not isinstance(dst, int):
                             tmp = np.empty((hi - lo,) + out.shape[1:], out.dtype)
                             data.read_into(name, lo, hi, tmp)
                             out[dst] = tmp

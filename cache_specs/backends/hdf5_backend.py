@@ -68,6 +68,15 @@ class _H5Part:
         fspace.select_hyperslab((lo,) + (0,) * (d.ndim - 1), out.shape)
         d.id.read(h5py.h5s.create_simple(out.shape), fspace, out)
 
+    def read_runs(self, name: str, runs, out: np.ndarray) -> None:
+        """``read_into`` of each ``(lo, hi, dst)`` of ``runs`` into ``out[dst : dst + hi - lo]``."""
+        r = self._rows[name] if name in self._rows else self._mapped(name)
+        if r is not None and out.flags.c_contiguous and out.dtype == r.dtype:
+            r.read_runs(runs, out)
+        else:
+            for lo, hi, dst in runs:
+                self.read_into(name, lo, hi, out[dst : dst + hi - lo])
+
     def _mapped(self, name: str) -> MappedRows | None:
         """``name``'s rows read from the mapped file, or None where HDF5 must decode (a filter other
         than fletcher32, another byte order, a chunk HDF5 skipped a filter on, compact storage).

@@ -74,33 +74,42 @@ class MappedRows:
         return np.lib.stride_tricks.as_strided(buf[first:], (n, self.chunk_rows, self.row_bytes), (stride, self.row_bytes, 1), writeable=False)
 
     def read_into(self, lo: int, hi: int, out: np.ndarray) -> None:
-        """Rows ``lo:hi`` into C-contiguous ``out`` [hi - lo, *row_shape] of ``dtype``: at most three
-        numpy copies (a chunk's tail, whole chunks, a chunk's head) on the regular layout."""
-        if hi <= lo or not self.row_bytes:
+        """Rows ``lo:hi`` into C-contiguous ``out`` [hi - lo, *row_shape] of ``dtype``."""
+        if hi > lo:
+            self.read_runs([(lo, hi, 0)], out)
+
+    def read_runs(self, runs: Sequence[tuple[int, int, int]], out: np.ndarray) -> None:
+        """Rows ``lo:hi`` into ``out[dst : dst + hi - lo]`` for each ``(lo, hi, dst)`` of ``runs``
+        (``out``: C-contiguous [n, *row_shape] of ``dtype``): per run at most three numpy copies (a
+        chunk's tail, whole chunks, a chunk's head) on the regular layout. One call per array of a
+        batch: the Python per run is a few comparisons and slices."""
+        if not len(out) or not self.row_bytes:
             return
-        if not 0 <= lo < hi <= self.rows:
-            raise IndexError(f"{self.where}: rows {lo}:{hi} outside 0:{self.rows}")
-        c = self.chunk_rows
-        if self._unchecked and self._ok.find(0, lo // c, (hi - 1) // c + 1) >= 0:
-            self._verify(lo // c, (hi - 1) // c + 1)
-        d = out.reshape(hi - lo, -1).view(np.uint8)
+        d = out.reshape(len(out), -1).view(np.uint8)
         if d.shape[1] != self.row_bytes:
             raise ValueError(f"{self.where}: out rows hold {d.shape[1]} bytes, stored rows {self.row_bytes}")
-        g = self._grid
-        if g is None:
-            self._per_chunk(lo, hi, d)
-            return
-        a = lo
-        if a % c:  # the tail of a chunk
-            b = min(hi, a - a % c + c)
-            d[: b - lo] = g[a // c, a % c : a % c + b - a]
-            a = b
-        m = (hi - a) // c
-        if m:  # whole chunks: one strided copy
-            d[a - lo : a - lo + m * c].reshape(m, c, -1)[...] = g[a // c : a // c + m]
-            a += m * c
-        if a < hi:  # the head of a chunk
-            d[a - lo :] = g[a // c, : hi - a]
+        c, g, ok = self.chunk_rows, self._grid, self._ok
+        for lo, hi, dst in runs:
+            if hi <= lo:
+                continue
+            if not (0 <= lo and hi <= self.rows and 0 <= dst and dst + hi - lo <= len(d)):
+                raise IndexError(f"{self.where}: rows {lo}:{hi} into rows {dst}: outside 0:{self.rows} or the {len(d)}-row output")
+            if self._unchecked and ok.find(0, lo // c, (hi - 1) // c + 1) >= 0:
+                self._verify(lo // c, (hi - 1) // c + 1)
+            if g is None:
+                self._per_chunk(lo, hi, d[dst : dst + hi - lo])
+                continue
+            a = lo
+            if a % c:  # the tail of a chunk
+                b = min(hi, a - a % c + c)
+                d[dst : dst + b - a] = g[a // c, a % c : a % c + b - a]
+                a = b
+            m = (hi - a) // c
+            if m:  # whole chunks: one strided copy
+                d[dst + a - lo : dst + a - lo + m * c].reshape(m, c, -1)[...] = g[a // c : a // c + m]
+                a += m * c
+            if a < hi:  # the head of a chunk
+                d[dst + a - lo : dst + hi - lo] = g[a // c, : hi - a]
 
     def _per_chunk(self, lo: int, hi: int, d: np.ndarray) -> None:
         """``read_into`` for chunks at irregular places (or never written): one copy per chunk."""

@@ -90,6 +90,15 @@ class _ZarrPart:
 
             self[name].get_basic_selection((slice(lo, hi),), out=NDBuffer.from_numpy_array(out))
 
+    def read_runs(self, name: str, runs, out: np.ndarray) -> None:
+        """``read_into`` of each ``(lo, hi, dst)`` of ``runs`` into ``out[dst : dst + hi - lo]``."""
+        r = self._rows[name] if name in self._rows else self._reader(name)
+        if isinstance(r, MappedRows) and out.flags.c_contiguous and out.dtype == r.dtype:
+            r.read_runs(runs, out)
+        else:
+            for lo, hi, dst in runs:
+                self.read_into(name, lo, hi, out[dst : dst + hi - lo])
+
     def _reader(self, name: str):
         """What reads ``name``: its mapped raw chunks, its ``ShardLayout`` (zstd), or None (zarr).
         Opened per process on first use (a forked reader opens its own, see ``CacheReader``)."""

@@ -233,3 +233,16 @@ def test_a_zarr_index_naming_bytes_past_the_shard_end_is_refused(tmp_path):
         return 3
 
     assert _in_child(read) == 0
+
+
+def test_a_batch_over_one_mapped_part_reads_its_runs_and_names_the_damaged_one(cache):
+    """Two episodes of one part in reverse storage order: one call reads both runs into their
+    places; a damaged chunk in one run raises naming that run's rows, not the batch's."""
+    c = open_cache(cache)
+    got = c.read([episode_id(1, 1), episode_id(1, 0), episode_id(0, 1)])["feat"]
+    want = np.concatenate([episode_arrays(p, i)["feat"] for p, i in ((1, 1), (1, 0), (0, 1))])
+    np.testing.assert_array_equal(got, want)
+    c.close()
+    flip_byte(data_file(cache / PARTS / TARGET), chunk_offset(cache / PARTS / TARGET, FRAMES // CHUNK_ROWS) + 3)
+    with pytest.raises(DamagedCache, match=rf"part {TARGET} is damaged: array 'feat' rows {FRAMES}:{2 * FRAMES} do not decode"):
+        open_cache(cache).read([episode_id(1, 1), episode_id(1, 0)])  # not adjacent in output order: two runs
