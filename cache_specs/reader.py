@@ -29,7 +29,6 @@ import io
 import os
 import threading
 from collections import OrderedDict
-from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -221,10 +220,11 @@ class CacheReader:
         for part in sorted(self.manifest.get("parts", {})):
             self.part_meta(part)
 
-    @contextmanager
-    def _using(self, part: str):
-        """``part``'s open ``PartData`` for the duration of a read, from the LRU of open parts.
-        A part evicted while another thread reads it is closed when that read ends."""
+    def _acquire(self, part: str) -> list:
+        """``part``'s LRU entry [PartData, reads using it, evicted], opened if needed, held by one
+        more read until ``_release``. A part evicted while another thread reads it is closed when
+        that read ends. (Two methods, not a context manager: a random batch takes one per part,
+        and a generator-based ``with`` costs more than the read of a small array.)"""
         if self._pid != os.getpid():
             self._forked()
         with self._lock:
@@ -239,13 +239,13 @@ class CacheReader:
             else:
                 self._open.move_to_end(part)
             entry[1] += 1
-        try:
-            yield entry[0]
-        finally:
-            with self._lock:
-                entry[1] -= 1
-                if entry[2] and entry[1] == 0:
-                    entry[0].close()
+        return entry
+
+    def _release(self, entry: list) -> None:
+        with self._lock:
+            entry[1] -= 1
+            if entry[2] and entry[1] == 0:
+                entry[0].close()
 
     def _forked(self) -> None:
         """In a forked child: start with no open part and a fresh lock (the parent's may have been
@@ -284,7 +284,9 @@ class CacheReader:
             by_part.setdefault(r[0], []).append(r)
         for pi, group in by_part.items():  # each part opened (or found open) once per call
             spans = [(lo, hi, dst) for _, lo, hi, dst in group if isinstance(dst, int)]
-            with self._using(parts[pi]) as data:
+            entry = self._acquire(parts[pi])
+            try:
+                data = entry[0]
                 for name, out in outs.items():
                     if spans:
                         data.read_runs(name, spans, out)  # one call per array and part
@@ -293,6 +295,8 @@ class CacheReader:
                             tmp = np.empty((hi - lo,) + out.shape[1:], out.dtype)
                             data.read_into(name, lo, hi, tmp)
                             out[dst] = tmp
+            finally:
+                self._release(entry)
 
     def open_part(self, part: str):
         """One part's arrays (``PartData``), opened afresh and NOT cached: the caller closes it.

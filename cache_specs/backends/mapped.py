@@ -105,7 +105,10 @@ class MappedRows:
                 d[dst : dst + b - a] = g[a // c, a % c : a % c + b - a]
                 a = b
             m = (hi - a) // c
-            if m:  # whole chunks: one strided copy
+            if m == 1:  # one whole chunk (an episode of a chunk's rows)
+                d[dst + a - lo : dst + a - lo + c] = g[a // c]
+                a += c
+            elif m:  # whole chunks: one strided copy
                 d[dst + a - lo : dst + a - lo + m * c].reshape(m, c, -1)[...] = g[a // c : a // c + m]
                 a += m * c
             if a < hi:  # the head of a chunk
