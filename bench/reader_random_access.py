@@ -166,7 +166,6 @@ def decoder_bound(reader) -> float | None:
 
     part = reader._ok_rows["parts"][0]
     pdir = reader.path / "parts" / part
-    rows = 8 * F
     if (pdir / "data.h5").exists():
         with h5py.File(pdir / "data.h5", "r") as f:
             d = f["patch_pooled"]
