@@ -104,8 +104,9 @@ class CacheReader:
         check reads the index with polars, whose thread pool deadlocks in a forked child.
 
         ``max_open``: parts kept open between reads (least recently used closed first). An open
-        part holds its array handles (a file descriptor per array for zarr, one per part for
-        HDF5), so a read does not look its array up again. Default: what a quarter of the
+        part holds its array handles (a map per array for uncompressed zarr, a file descriptor per
+        array for zstd zarr, one per part for HDF5, plus its map for uncompressed datasets), so a
+        read does not look its array up again. Default: what a quarter of the
         process's file-descriptor limit allows (one per array a part), between 8 and 1024: a
         random read that must reopen its part costs several times the read itself."""
         self.path = Path(path)
