@@ -55,8 +55,11 @@ def build(cache: Path, backend: str, episodes: int) -> Path:
     from navcache.cache_specs.manifest import finalize_cache
     from navcache.cache_specs.parts import EpisodeResult, write_part
 
-    if (cache / "manifest.json").exists():
-        return cache
+    if (cache / "manifest.json").exists():  # a kept cache (--keep) of this size is reused; of another size, rebuilt
+        from navcache.cache_specs.manifest import read_manifest
+
+        if read_manifest(cache)["counts"]["ok"] == episodes:
+            return cache
     shutil.rmtree(cache, ignore_errors=True)
     rng = np.random.default_rng(0)
     expected = {}
@@ -163,7 +166,6 @@ def decoder_bound(reader) -> float | None:
 
     part = reader._ok_rows["parts"][0]
     pdir = reader.path / "parts" / part
-    rows = 8 * F
     if (pdir / "data.h5").exists():
         with h5py.File(pdir / "data.h5", "r") as f:
             d = f["patch_pooled"]
@@ -203,7 +205,7 @@ def measure(backend: str, a, root: Path) -> dict:
     cache = build(root / backend, backend, a.episodes)
     built = time.perf_counter() - t
     reader = open_cache(cache)
-    mm = memmaps(reader, root / "memmap")
+    mm = memmaps(reader, root / f"memmap-{len(reader)}")
     check_equal(reader, mm, a.seed)
     work = workloads(reader, mm, a.seed, a.random, a.batch)
     for c, m, _ in work.values():  # warm: every page of the cache read once, handles opened

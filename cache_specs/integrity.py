@@ -13,8 +13,26 @@ only after cheap checks that read no data byte:
   and every index row pointing into the part matches an entry of part.json (start, length, status).
 
 Reads then rely on the per-chunk checksums the backends store (crc32c in zarr, fletcher32 in HDF5):
-``CheckedPart`` turns a decode failure into ``DamagedCache`` naming the part and the repair command.
-Recomputing every byte's sha256 and every decoded array stays in ``verify`` (minutes, not a listing).
+``CheckedPart`` turns a decode failure into ``DamagedCache`` naming the part, the array and the
+repair command. Recomputing every byte's sha256 and every decoded array stays in ``verify``.
+
+Uncompressed chunks (``zarr-raw``, ``hdf5-raw``) are read from memory-mapped files
+(``backends.mapped``), which changes when checksums are checked, not what is checked:
+
+* before an array's map is read (its first read in an open part), every chunk extent its index
+  names (zarr's shard index, itself crc32c-checked; HDF5's chunk table) must lie inside the file:
+  a file cut short before that raises ``DamagedCache``, never SIGBUS;
+* each chunk's stored checksum (crc32c, or fletcher32 for HDF5 chunks that carry one) is verified
+  the first time a read touches the chunk in that open part (a per-chunk bitmap), not on every
+  read: a chunk damaged on disk before its first read raises ``DamagedCache``; a part closed and
+  opened again (LRU eviction, another process) verifies its chunks again. Compressed chunks are
+  still verified on every read, as their decode reads the stored bytes anyway.
+
+Residual risk, accepted: a file truncated *while mapped* makes the next read of a page past its
+new end raise SIGBUS (the process dies; nothing wrong is returned), and bytes changed on disk after
+their chunk was verified are read as they now are. Committed parts are immutable after their
+atomic rename (``parts``): only damage from outside navcache (a disk fault, a person editing or
+truncating a file under a running reader) can do either; ``navcache verify`` finds it afterwards.
 """
 from __future__ import annotations
 
@@ -191,6 +209,15 @@ class CheckedPart:
             self._data.read_into(name, lo, hi, out)
         except DECODE_ERRORS as e:
             raise damaged(self.dir, f"array {name!r} rows {lo}:{hi} do not decode ({type(e).__name__}: {e})") from e
+
+    def read_runs(self, name: str, runs, out: np.ndarray) -> None:
+        """Rows ``lo:hi`` of ``name`` into ``out[dst : dst + hi - lo]`` for each ``(lo, hi, dst)``."""
+        try:
+            self._data.read_runs(name, runs, out)
+        except DECODE_ERRORS:
+            for lo, hi, dst in runs:  # again run by run: the error names the rows that fail
+                self.read_into(name, lo, hi, out[dst : dst + hi - lo])
+            raise
 
     def close(self) -> None:
         self._data.close()

@@ -9,10 +9,13 @@
     >>> c.read(["clip_00012", "clip_00400"])  # a batch of episodes, rows back to back
     >>> ds = c.torch_dataset()       # torch Dataset of per-episode dicts
 
-Reads go straight to the backend's ``read_into`` (for zarr, ``backends.zarr_direct``: no zarr event
-loop), one per run of adjacent stored rows, into the returned arrays; parts stay open between
-reads (``max_open`` of them, least recently used closed first), so a random episode read costs a
-``preadv`` per array (``bench/reader_random_access.py``).
+Reads go straight to the backend's ``read_into``, one per run of adjacent stored rows, into the
+returned arrays; parts stay open between reads (``max_open`` of them, least recently used closed
+first). Uncompressed chunks are copied out of memory-mapped files (``backends.mapped``: a random
+episode read is a numpy copy per array, ``bench/reader_random_access.py``), zstd ones read with
+``preadv`` and decoded (``backends.zarr_direct``), gzip ones by HDF5. Callers always get arrays of
+their own, never views into a map. Open parts, maps included, belong to the process that opened
+them: a forked child (DataLoader worker, torchrun) opens its own on first use.
 
 A part is read only after ``integrity``'s checks (its files as recorded, its part.json the one the
 manifest vouches for, the index rows into it matching it); damage raises ``DamagedCache`` naming
@@ -23,9 +26,9 @@ from __future__ import annotations
 import hashlib
 import html
 import io
+import os
 import threading
 from collections import OrderedDict
-from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -101,8 +104,9 @@ class CacheReader:
         check reads the index with polars, whose thread pool deadlocks in a forked child.
 
         ``max_open``: parts kept open between reads (least recently used closed first). An open
-        part holds its array handles (a file descriptor per array for zarr, one per part for
-        HDF5), so a read does not look its array up again. Default: what a quarter of the
+        part holds its array handles (a map per array for uncompressed zarr, a file descriptor per
+        array for zstd zarr, one per part for HDF5, plus its map for uncompressed datasets), so a
+        read does not look its array up again. Default: what a quarter of the
         process's file-descriptor limit allows (one per array a part), between 8 and 1024: a
         random read that must reopen its part costs several times the read itself."""
         self.path = Path(path)
@@ -111,6 +115,8 @@ class CacheReader:
         if MANIFEST_SHA_KEY in self.manifest and self.manifest[MANIFEST_SHA_KEY] != manifest_checksum(self.manifest):
             raise DamagedCache(f"{self.path}: {MANIFEST} differs from its own checksum (edited or corrupt); {REPAIR}")
         self._open: OrderedDict[str, list] = OrderedDict()  # part -> [PartData, readers using it, evicted]
+        self._pid = os.getpid()  # the process the open parts belong to
+        self._inherited: list = []  # a parent's open parts, seen from a forked child: never used nor closed here
         self._max_open = max_open if max_open is not None else _default_max_open(len(self.manifest["spec"]["arrays"]))
         self._lock = threading.Lock()
         self._checked: dict[str, dict] = {}  # part -> its part.json, once it passed ``integrity``'s checks
@@ -215,10 +221,13 @@ class CacheReader:
         for part in sorted(self.manifest.get("parts", {})):
             self.part_meta(part)
 
-    @contextmanager
-    def _using(self, part: str):
-        """``part``'s open ``PartData`` for the duration of a read, from the LRU of open parts.
-        A part evicted while another thread reads it is closed when that read ends."""
+    def _acquire(self, part: str) -> list:
+        """``part``'s LRU entry [PartData, reads using it, evicted], opened if needed, held by one
+        more read until ``_release``. A part evicted while another thread reads it is closed when
+        that read ends. (Two methods, not a context manager: a random batch takes one per part,
+        and a generator-based ``with`` costs more than the read of a small array.)"""
+        if self._pid != os.getpid():
+            self._forked()
         with self._lock:
             entry = self._open.get(part)
             if entry is None:
@@ -231,13 +240,20 @@ class CacheReader:
             else:
                 self._open.move_to_end(part)
             entry[1] += 1
-        try:
-            yield entry[0]
-        finally:
-            with self._lock:
-                entry[1] -= 1
-                if entry[2] and entry[1] == 0:
-                    entry[0].close()
+        return entry
+
+    def _release(self, entry: list) -> None:
+        with self._lock:
+            entry[1] -= 1
+            if entry[2] and entry[1] == 0:
+                entry[0].close()
+
+    def _forked(self) -> None:
+        """In a forked child: start with no open part and a fresh lock (the parent's may have been
+        held by one of its threads at the fork). The parent's parts stay referenced, untouched:
+        closing an inherited HDF5 handle or map here is the parent's business."""
+        self._inherited.append(self._open)
+        self._open, self._lock, self._pid = OrderedDict(), threading.Lock(), os.getpid()
 
     def _runs(self, rows: np.ndarray) -> list[tuple[int, int, int, Any]]:
         """Global rows [n] -> (part number, lo, hi, destination) per run of adjacent rows of one
@@ -268,15 +284,20 @@ class CacheReader:
         for r in runs:
             by_part.setdefault(r[0], []).append(r)
         for pi, group in by_part.items():  # each part opened (or found open) once per call
-            with self._using(parts[pi]) as data:
+            spans = [(lo, hi, dst) for _, lo, hi, dst in group if isinstance(dst, int)]
+            entry = self._acquire(parts[pi])
+            try:
+                data = entry[0]
                 for name, out in outs.items():
+                    if spans:
+                        data.read_runs(name, spans, out)  # one call per array and part
                     for _, lo, hi, dst in group:
-                        if isinstance(dst, int):
-                            data.read_into(name, lo, hi, out[dst : dst + hi - lo])
-                        else:
+                        if not isinstance(dst, int):
                             tmp = np.empty((hi - lo,) + out.shape[1:], out.dtype)
                             data.read_into(name, lo, hi, tmp)
                             out[dst] = tmp
+            finally:
+                self._release(entry)
 
     def open_part(self, part: str):
         """One part's arrays (``PartData``), opened afresh and NOT cached: the caller closes it.

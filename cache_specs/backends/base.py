@@ -25,6 +25,10 @@ class PartData(Protocol):
     def read_into(self, name: str, lo: int, hi: int, out: Any) -> None:
         """Rows ``lo:hi`` of ``name`` into the C-contiguous numpy array ``out`` (no intermediate copy)."""
 
+    def read_runs(self, name: str, runs: Any, out: Any) -> None:
+        """``read_into`` of rows ``lo:hi`` into ``out[dst : dst + hi - lo]`` for each ``(lo, hi, dst)``
+        of ``runs`` (a batch's reads of one array, in one call)."""
+
     def close(self) -> None: ...
 
 

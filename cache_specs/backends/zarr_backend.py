@@ -4,7 +4,8 @@
 float16 encoder features zstd saves under 10% of the bytes and costs about 3x in read speed
 (``bench/streaming_loader.py``; decoding alone caps random reads near 0.1x a memmap,
 ``bench/reader_random_access.py``), so a cache streamed from disk every epoch may prefer raw chunks.
-Both are read through ``zarr_direct`` (no zarr event loop per read).
+Both are read through ``zarr_direct`` (no zarr event loop per read): raw chunks from memory-mapped
+shards (``zarr_direct.ShardLayout.map_raw``), zstd ones with ``preadv`` + decode.
 Readers need not know which: zarr records the codecs in the array metadata.
 
 A part is written by one process into its own temporary folder, so no two writers ever share a
@@ -19,6 +20,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .mapped import MappedRows
 from .zarr_direct import ShardLayout
 
 
@@ -43,6 +45,7 @@ class _ZarrPart:
         self._arrays: dict = {}  # opening an array reads its zarr.json: once per part, not per read
         self._meta: dict = {}  # name -> zarr ArrayV3Metadata
         self._direct: dict = {}  # name -> ShardLayout, or None where zarr must decode
+        self._rows: dict = {}  # name -> what reads it: MappedRows (raw chunks), ShardLayout (zstd), None (zarr)
 
     def _g(self):
         if self._group is None:
@@ -79,17 +82,36 @@ class _ZarrPart:
         """Rows ``lo:hi`` of ``name`` decoded straight into ``out`` (C-contiguous, e.g. shared memory)."""
         if hi <= lo:
             return
-        if name not in self._direct:
-            self._direct[name] = ShardLayout.of(self._root, name, self.metadata(name))
-        direct = self._direct[name]
-        if direct is not None and out.flags.c_contiguous:
-            direct.read_into(lo, hi, out)  # our writer's layouts: no zarr event loop (see zarr_direct)
+        r = self._rows[name] if name in self._rows else self._reader(name)
+        if r is not None and out.flags.c_contiguous and out.dtype == r.dtype:
+            r.read_into(lo, hi, out)  # our writer's layouts: no zarr event loop (see zarr_direct)
         else:
             from zarr.core.buffer.cpu import NDBuffer
 
             self[name].get_basic_selection((slice(lo, hi),), out=NDBuffer.from_numpy_array(out))
 
+    def read_runs(self, name: str, runs, out: np.ndarray) -> None:
+        """``read_into`` of each ``(lo, hi, dst)`` of ``runs`` into ``out[dst : dst + hi - lo]``."""
+        r = self._rows[name] if name in self._rows else self._reader(name)
+        if isinstance(r, MappedRows) and out.flags.c_contiguous and out.dtype == r.dtype:
+            r.read_runs(runs, out)
+        else:
+            for lo, hi, dst in runs:
+                self.read_into(name, lo, hi, out[dst : dst + hi - lo])
+
+    def _reader(self, name: str):
+        """What reads ``name``: its mapped raw chunks, its ``ShardLayout`` (zstd), or None (zarr).
+        Opened per process on first use (a forked reader opens its own, see ``CacheReader``)."""
+        direct = self._direct[name] = ShardLayout.of(self._root, name, self.metadata(name))
+        r = direct.map_raw() if direct is not None else None
+        self._rows[name] = r if r is not None else direct
+        return self._rows[name]
+
     def close(self) -> None:
+        for r in self._rows.values():
+            if isinstance(r, MappedRows):
+                r.close()  # its views first: a map with views alive cannot unmap
+        self._rows.clear()
         for layout in self._direct.values():
             if layout is not None:
                 layout.close()

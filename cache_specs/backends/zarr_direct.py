@@ -16,6 +16,11 @@ from ``ShardLayout.of`` and the caller uses zarr.
 
 The shard file stays open between reads (one descriptor per array of an open part, closed by
 ``close``): opening it again per read cost as much as reading a 16 KB chunk.
+
+Raw chunks (no zstd) are not read this way but memory-mapped (``map_raw`` -> ``mapped.MappedRows``):
+the index is read from the map and checked (its crc32c, every chunk inside the file and of a raw
+chunk's size) before any chunk byte is touched, and each chunk's crc32c is checked on its first
+read in the open part instead of on every read.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ from pathlib import Path
 
 import google_crc32c
 import numpy as np
+
+from .mapped import MappedRows, map_file
 
 _EMPTY = 2**64 - 1  # offset and length of a chunk that was never written (reads as fill_value)
 
@@ -36,6 +43,8 @@ class ShardLayout:
         self.shard_rows = int(metadata.chunk_grid.chunk_shape[0])
         self.chunk_rows = int(metadata.codecs[0].chunk_shape[0])
         self.crc, self.zstd = crc, zstd
+        self.dtype = dtype
+        self._maps: list = []  # the shard maps ``map_raw`` opened, unmapped by ``close``
         self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         self.rows, self.ndim = int(shape[0]), len(shape)
         self.fill = metadata.fill_value
@@ -167,8 +176,52 @@ class ShardLayout:
             raise ValueError(f"{self._where(s, r0)}: zstd frame does not decode ({e})") from e
         return out
 
+    def map_raw(self) -> MappedRows | None:
+        """The array's chunks memory-mapped when they are raw (None for zstd ones). ValueError when
+        a shard's index fails its crc32c or names a chunk that is not a raw chunk inside the file."""
+        if self.zstd:
+            return None
+        per, c = self.shard_rows // self.chunk_rows, self.chunk_rows
+        stored = c * self.row_bytes + 4 * self.crc
+        chunks: list = []
+        for s in range(-(-self.rows // self.shard_rows)):
+            try:
+                m, buf = map_file(self._shard_file(s), 0)
+            except FileNotFoundError:  # a shard never written: every row is fill_value
+                chunks += [None] * per
+                continue
+            self._maps.append(m)
+            raw = buf[max(0, len(buf) - 16 * per - 4) :].tobytes()
+            if len(raw) != 16 * per + 4 or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+                raise ValueError(f"{self._shard_file(s)}: shard index checksum mismatch (corrupt or truncated shard)")
+            for k, (off, nbytes) in enumerate(np.frombuffer(raw[:-4], "<u8").reshape(per, 2).tolist()):
+                if off == _EMPTY and nbytes == _EMPTY:
+                    chunks.append(None)
+                elif nbytes != stored:
+                    raise ValueError(f"{self._where(s, s * self.shard_rows + k * c)} holds {nbytes} bytes, expected {stored} (not a raw chunk)")
+                elif off + nbytes > len(buf) - 16 * per - 4:
+                    raise ValueError(f"{self._where(s, s * self.shard_rows + k * c)} ends at byte {off + nbytes}, past the "
+                                     f"{len(buf)}-byte shard's data (truncated shard)")
+                else:
+                    chunks.append((buf, off))
+        fill = np.full(self.row_bytes // self.dtype.itemsize, self.fill, self.dtype).view(np.uint8)
+        check = crc32c if self.crc else None
+        return MappedRows(f"{self.root / self.path}", self.dtype, self.rows, self.row_bytes, c, chunks[: -(-self.rows // c)], stored, check, fill)
+
     def close(self) -> None:
         for fd in self._fds.values():
             if fd is not None:
                 os.close(fd)
         self._fds.clear()
+        for m in self._maps:
+            try:
+                if m is not None:
+                    m.close()
+            except BufferError:  # a read still holds a view: the map goes when its last view does
+                pass
+        self._maps = []
+
+
+def crc32c(stored: np.ndarray) -> bool:
+    """A raw chunk's bytes followed by their crc32c (little-endian, as zarr's ``Crc32cCodec`` writes it) agree."""
+    return google_crc32c.value(stored[:-4]) == int.from_bytes(stored[-4:].tobytes(), "little")
