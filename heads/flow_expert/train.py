@@ -183,8 +183,8 @@ def _stream_info(cfg: FlowExpertConfig, stats: dict) -> tuple[dict, dict, dict]:
         b = next(iter(src))
         t = src.table
         rows = np.concatenate([t.ctx_rows[e] for e in src.episodes])
-        infos.append({"n": src.n_samples, "dropped": len(t.lo) - src.n_samples, "context_tokens": int(b["context"].shape[1]),
-                      "context_dim": int(b["context"].shape[2]), "state_dim": int(t.state.shape[1]), "action_dim": int(t.actions.shape[1]),
+        infos.append({"n": src.n_samples, "dropped": len(t.frame_index) - src.n_samples, "context_tokens": int(b["context"].shape[1]),
+                      "context_dim": int(b["context"].shape[2]), "state_dim": t.state_dim, "action_dim": t.action_dim,
                       "mean_action": torch.from_numpy(t.actions_raw[rows]).mean(0)})
     return infos[0], infos[1], {(s, bs): src for s, src in sources.items()}
 
