@@ -223,6 +223,8 @@ class StreamingLoader:
         self._spare_store: _SlotStore | None = None  # recycled across epochs (``__iter__``)
         self._spare_pool: BlockPool | None = None  # the in-process block buffer, idem (``_results``)
         self._sample_row = self.plan.sample_row.astype(np.int64)  # the "frame" key's dtype, converted once
+        self._direct = self._held_index()
+        self._direct_bufs = BatchBuffers()
 
     # -- the interface a training loop uses ---------------------------------------------------
     @property
@@ -271,6 +273,9 @@ class StreamingLoader:
         end = len(self) * c.batch_size if c.drop_last else len(order.seq)
         first = min(first_batch * c.batch_size, end)
         self._done = first_batch
+        if self._direct is not None:
+            yield from self._iter_held(order, first, end)
+            return
         results = self._results(schedule(self.plan, order, first, end))
         # the previous epoch's store and batch buffers, unless another iteration still holds them
         store, self._spare_store = (self._spare_store or _SlotStore(self._capacity)), None
@@ -294,6 +299,49 @@ class StreamingLoader:
         finally:
             results.close()
             self._spare_store = store
+
+    def _held_index(self) -> dict[str, np.ndarray] | None:
+        """The direct path, when every selected cache is held and there is no transform: per cache,
+        int64 [N samples, R] rows of its ``HeldRows`` that make each sample (R = F for a frame
+        cache's whole episode, else 1); None otherwise. 8 bytes per held row at most."""
+        if self.config.transform is not None or any(m != "memory" for m in self.modes.values()):
+            return None
+        ep, spec = self.plan.sample_ep, self._spec
+        out = {}
+        for n in self.arrays:
+            base = self._held[n].off[ep]
+            if many_rows(spec.slices[n].row):
+                out[n] = base[:, None] + (np.arange(spec.frames[n]) if spec.per_episode else self._sample_row[:, None])
+            else:  # one row per episode, repeated on each of its samples
+                out[n] = base[:, None]
+        return out
+
+    def _iter_held(self, order, first: int, end: int) -> Iterator[dict]:
+        """Batches ``first:end`` of ``order`` gathered straight from the held rows: the samples the
+        block path yields (same order, same data), without blocks, slots or a shuffle buffer to
+        simulate; a batch is one ``take`` per array into recycled buffers."""
+        c, spec, ids, sample_ep = self.config, self._spec, self._ids, self.plan.sample_ep
+        shapes = {f"{n}.{a}": sample_shape(spec, n, rows.shape[1:]) for n in self.arrays for a, rows in self._held[n].rows.items()}
+        dtypes = {f"{n}.{a}": rows.dtype for n in self.arrays for a, rows in self._held[n].rows.items()}
+        for t in range(first, end, c.batch_size):
+            sid = order.seq.take(order.out[t : t + c.batch_size])
+            b = len(sid)
+            if self._pin:
+                out = {k: torch.empty((b, *shapes[k]), dtype=torch.from_numpy(np.empty(0, dtypes[k])).dtype, pin_memory=True) for k in shapes}
+                views = {k: v.numpy() for k, v in out.items()}
+            else:
+                views = self._direct_bufs.get(b, shapes, dtypes)
+                out = {k: torch.from_numpy(v) for k, v in views.items()}
+            for n, index in self._direct.items():
+                rows = index.take(sid, axis=0).ravel()
+                for a, held in self._held[n].rows.items():
+                    held.take(rows, axis=0, out=views[f"{n}.{a}"].reshape(len(rows), *held.shape[1:]), mode="wrap")
+            batch: dict[str, Any] = out
+            if c.unit == "row":
+                batch["frame"] = torch.from_numpy(self._sample_row.take(sid))
+            batch["episode_id"] = list(map(ids.__getitem__, sample_ep.take(sid).tolist()))
+            self._done += 1
+            yield batch
 
     def _results(self, tasks: list[Task]) -> Iterator[tuple[np.ndarray, dict]]:
         """(positions, {key: (source [n, numel], rows or None, sample shape)}) of each task, in task
