@@ -27,6 +27,8 @@ Memory: the main process holds at most ``shuffle_buffer + 2 * batch_size + one b
 (a slot store); each worker holds about one block plus ``prefetch_factor`` results in flight.
 ``mode="auto"`` holds every cache in memory that fits ``memory_budget`` together with that working
 set (smallest first) and streams the rest; ``"memory"`` / ``"stream"`` force one or the other.
+When every selected cache is held (and there is no transform) a batch is gathered straight from
+the held rows by sample id: the same batches, without blocks or a slot store.
 """
 from __future__ import annotations
 
