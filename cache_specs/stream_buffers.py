@@ -21,6 +21,7 @@ view holds a reference to its base, so the base's reference count says whether a
 """
 from __future__ import annotations
 
+import math
 import sys
 from typing import Mapping
 
@@ -44,6 +45,14 @@ class BlockPool:
             self.sems = [mp.Semaphore(per_worker) for _ in range(self.workers)]
         self.arrays = {k: v.numpy() for k, v in self.bufs.items()}
         self.flags = self.state.numpy()
+
+    def reopen(self) -> "BlockPool":
+        """This in-process pool, every slot free and not closed, for another epoch (buffers kept:
+        their pages stay faulted in). A shared pool is never reopened: its workers have exited."""
+        if self.shared:
+            raise RuntimeError("internal: a shared block pool is not reopened; make a new one")
+        self.flags[:] = 0
+        return self
 
     def acquire(self, worker: int) -> int | None:
         """A free slot of ``worker`` (blocks while none is free); ``None`` once the pool is closed."""
@@ -76,7 +85,7 @@ class BlockPool:
     def view(self, key: str, slot: int, shape: tuple, dtype: np.dtype | None = None) -> np.ndarray:
         """Slot ``slot`` of ``key`` as a writable C-contiguous array of ``shape``."""
         a = self.arrays[key]
-        numel = int(np.prod(shape, dtype=np.int64))
+        numel = math.prod(shape)  # not np.prod: microseconds per call, per block and key
         if (dtype is not None and np.dtype(dtype) != a.dtype) or numel > a.shape[1]:
             raise ValueError(f"internal: block buffer {key!r} holds {a.shape[1]} {a.dtype}, asked for {shape} {dtype}")
         return a[slot, :numel].reshape(shape)
@@ -90,21 +99,30 @@ class BatchBuffers:
         self.keep, self.sets = keep, []  # each: {key: 1-d numpy buffer}
 
     @staticmethod
-    def _free(bufs: dict[str, np.ndarray]) -> bool:
-        # references: the dict value and getrefcount's argument; any more is a live view
-        return all(sys.getrefcount(b) <= 2 for b in bufs.values())
+    def _usable(bufs: dict[str, np.ndarray], need: Mapping[str, int], dtypes: Mapping[str, np.dtype]) -> bool:
+        """Same keys and dtypes, large enough, and free. Plain loops: this runs per batch, and
+        generator expressions cost more than the checks themselves."""
+        if bufs.keys() != need.keys():
+            return False
+        for k, m in need.items():
+            b = bufs[k]
+            # references: the dict value, ``b`` and getrefcount's argument; any more is a live view
+            if b.dtype != dtypes[k] or len(b) < m or sys.getrefcount(b) > 3:
+                return False
+        return True
 
     def get(self, n: int, shapes: Mapping[str, tuple], dtypes: Mapping[str, np.dtype]) -> dict[str, np.ndarray]:
         """{key: writable C-contiguous [n, *shapes[key]] numpy view}."""
-        need = {k: n * int(np.prod(s, dtype=np.int64)) for k, s in shapes.items()}
+        # math.prod, not np.prod: this runs once per batch, and np.prod of a tuple costs microseconds
+        need = {k: n * math.prod(s) for k, s in shapes.items()}
         for bufs in self.sets:
-            if bufs.keys() == need.keys() and all(bufs[k].dtype == dtypes[k] and len(bufs[k]) >= need[k] for k in need) and self._free(bufs):
+            if self._usable(bufs, need, dtypes):
                 break
         else:
             bufs = {k: np.empty(max(1, m), dtypes[k]) for k, m in need.items()}
             if len(self.sets) < self.keep:
                 self.sets.append(bufs)
-        return {k: bufs[k][: need[k]].reshape(n, *shapes[k]) for k in need}
+        return {k: bufs[k][:m].reshape(n, *shapes[k]) for k, m in need.items()}
 
 
 def _shared_empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:

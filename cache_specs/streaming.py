@@ -27,6 +27,8 @@ Memory: the main process holds at most ``shuffle_buffer + 2 * batch_size + one b
 (a slot store); each worker holds about one block plus ``prefetch_factor`` results in flight.
 ``mode="auto"`` holds every cache in memory that fits ``memory_budget`` together with that working
 set (smallest first) and streams the rest; ``"memory"`` / ``"stream"`` force one or the other.
+When every selected cache is held (and there is no transform) a batch is gathered straight from
+the held rows by sample id: the same batches, without blocks or a slot store.
 """
 from __future__ import annotations
 
@@ -109,55 +111,74 @@ def _identity(x):
 
 
 class _SlotStore:
-    """Samples read but not yet yielded, in preallocated slots (per key a [capacity, numel] tensor).
+    """Samples read but not yet yielded, in preallocated slots (per key a [capacity, numel] array).
 
     Hand-rolled rather than a list of per-sample tensors: one vectorised copy in per block and one
-    gather per batch, and a hard memory bound (overflow means the plan's bound is wrong: an error)."""
+    gather per batch, and a hard memory bound (overflow means the plan's bound is wrong: an error).
+    The bookkeeping is numpy too (a stack of free slots, a position -> slot table): a batch costs a
+    few array operations whatever its size, not a dict lookup per sample. ``reset`` readies it for
+    another epoch keeping its buffers, so their pages are faulted in once per loader, not per epoch.
+
+    Positions arrive in increasing order (tasks follow the epoch's read order), so every position
+    below ``filled`` has been put (or was not wanted): that is the membership test."""
 
     def __init__(self, capacity: int):
-        self.capacity, self.store, self.shapes, self.slot = capacity, None, {}, {}
+        self.capacity, self.store, self.shapes, self.dtypes = capacity, None, {}, {}
         self.batches = BatchBuffers()
-        self.free = list(range(capacity - 1, -1, -1))  # pop() takes low slots first: touched pages stay few
+        self.reset(0)
 
-    def __contains__(self, pos: int) -> bool:
-        return pos in self.slot
+    def reset(self, n_positions: int) -> None:
+        """Empty, for an epoch of ``n_positions`` positions (buffers kept)."""
+        self.free = np.arange(self.capacity - 1, -1, -1, dtype=np.int64)  # free[:top]; put takes from the top: low slots first
+        self.top = self.capacity
+        self.slot_of = np.full(n_positions, -1, np.int64)
+        self.filled = 0  # positions < filled have been put
 
     def put(self, pos: np.ndarray, data: Mapping[str, tuple[torch.Tensor, torch.Tensor | None, tuple]]) -> None:
         """``data[key] = (src [n, numel], rows of src to store [k] or None for all, sample shape)``."""
         if self.store is None:
-            self.store = {k: torch.empty((self.capacity, src.shape[1]), dtype=src.dtype) for k, (src, _, _) in data.items()}
+            self.store = {k: np.empty((self.capacity, src.shape[1]), dtype=src.numpy().dtype) for k, (src, _, _) in data.items()}
             self.shapes = {k: shape for k, (_, _, shape) in data.items()}
-        if sorted(data) != sorted(self.store):
+            self.dtypes = {k: v.dtype for k, v in self.store.items()}
+        if data.keys() != self.store.keys():
             raise ValueError(f"samples changed keys: {sorted(data)} vs {sorted(self.store)}")
-        if len(pos) > len(self.free):
+        k = len(pos)
+        if k > self.top:
             raise RuntimeError(f"internal: more than {self.capacity} samples pending; the shuffle buffer bound was violated")
-        slots = np.array([self.free.pop() for _ in range(len(pos))], np.int64)
-        for k, (src, rows, shape) in data.items():
-            if shape != self.shapes[k] or src.dtype != self.store[k].dtype:
-                raise ValueError(f"{k!r}: samples of shape {shape} {src.dtype} after {self.shapes[k]} {self.store[k].dtype}")
-            dst, src = self.store[k].numpy(), src.numpy()
+        slots = self.free[self.top - k : self.top][::-1]
+        self.top -= k
+        contiguous = k > 0 and int(slots[-1]) - int(slots[0]) == k - 1 and bool((np.diff(slots) == 1).all())
+        for key, (src, rows, shape) in data.items():
+            dst, src = self.store[key], src.numpy()
+            if shape != self.shapes[key] or src.dtype != dst.dtype:
+                raise ValueError(f"{key!r}: samples of shape {shape} {src.dtype} after {self.shapes[key]} {dst.dtype}")
             # numpy, not torch: these copies run on the caller's thread; torch's intra-op threads
             # spin on a loaded machine (measured: 2x the CPU time of the whole read path)
-            if rows is None:
-                dst[slots] = src
+            src = src if rows is None else src.take(rows.numpy(), axis=0)
+            if contiguous:  # a fresh epoch fills slots 0, 1, ...: a slice copy, not a scatter
+                dst[int(slots[0]) : int(slots[0]) + k] = src
             else:
-                dst[slots] = src[rows.numpy()]
-        self.slot.update(zip(pos.tolist(), slots.tolist()))
+                dst[slots] = src
+        self.slot_of[pos] = slots
+        if k:
+            self.filled = max(self.filled, int(pos[-1]) + 1)
 
     def take(self, pos: np.ndarray, pin: bool) -> dict[str, torch.Tensor]:
-        slots = [self.slot.pop(p) for p in pos.tolist()]
+        slots = self.slot_of.take(pos)
+        n = len(slots)
         if pin:  # the CUDA host allocator recycles pinned buffers itself
-            dst = {k: torch.empty((len(slots), *self.shapes[k]), dtype=v.dtype, pin_memory=True) for k, v in self.store.items()}
+            dst = {k: torch.empty((n, *self.shapes[k]), dtype=torch.from_numpy(v[:0]).dtype, pin_memory=True) for k, v in self.store.items()}
+            views = {k: v.numpy() for k, v in dst.items()}
         else:  # recycled buffers: a fresh batch costs a page fault per 4 KiB (stream_buffers)
-            views = self.batches.get(len(slots), self.shapes, {k: v.numpy().dtype for k, v in self.store.items()})
+            views = self.batches.get(n, self.shapes, self.dtypes)
             dst = {k: torch.from_numpy(v) for k, v in views.items()}
         for k, v in self.store.items():
             # mode="wrap": the default "raise" gathers into a hidden temporary and copies it to
             # ``out`` (measured 5x the time); slots are in range by construction
-            np.take(v.numpy(), slots, axis=0, out=dst[k].numpy().reshape(len(slots), -1), mode="wrap")
-        out = dst
-        self.free.extend(reversed(slots))
-        return out
+            v.take(slots, axis=0, out=views[k].reshape(n, -1), mode="wrap")
+        self.free[self.top : self.top + n] = slots[::-1]
+        self.top += n
+        return dst
 
 
 class StreamingLoader:
@@ -201,6 +222,11 @@ class StreamingLoader:
             raise ValueError("LoaderConfig.pin_memory=True needs CUDA (None pins exactly when CUDA is available)")
         self._pin = torch.cuda.is_available() if c.pin_memory is None else c.pin_memory
         self._epoch, self._done, self._resume = 0, 0, None
+        self._spare_store: _SlotStore | None = None  # recycled across epochs (``__iter__``)
+        self._spare_pool: BlockPool | None = None  # the in-process block buffer, idem (``_results``)
+        self._sample_row = self.plan.sample_row.astype(np.int64)  # the "frame" key's dtype, converted once
+        self._direct = self._held_index()
+        self._direct_bufs = BatchBuffers()
 
     # -- the interface a training loop uses ---------------------------------------------------
     @property
@@ -249,31 +275,87 @@ class StreamingLoader:
         end = len(self) * c.batch_size if c.drop_last else len(order.seq)
         first = min(first_batch * c.batch_size, end)
         self._done = first_batch
+        if self._direct is not None:
+            yield from self._iter_held(order, first, end)
+            return
         results = self._results(schedule(self.plan, order, first, end))
-        store = _SlotStore(self._capacity)
+        # the previous epoch's store and batch buffers, unless another iteration still holds them
+        store, self._spare_store = (self._spare_store or _SlotStore(self._capacity)), None
+        store.reset(len(order.seq))
+        row, ids, sample_ep = c.unit == "row", self._ids, self.plan.sample_ep
+        # per batch the last position it needs read: one vectorised pass, not a reduction a batch
+        starts = np.arange(first, end, c.batch_size)
+        needs = np.maximum.reduceat(order.out[first:end], starts - first).tolist() if len(starts) else []
         try:
-            for t in range(first, end, c.batch_size):
+            for t, need in zip(starts.tolist(), needs):
                 want = order.out[t : t + c.batch_size]
-                for p in want.tolist():
-                    while p not in store:
-                        store.put(*next(results))
+                while store.filled <= need:
+                    store.put(*next(results))
                 batch: dict[str, Any] = store.take(want, self._pin)
-                sid = order.seq[want]
-                if c.unit == "row":
-                    batch["frame"] = torch.from_numpy(self.plan.sample_row[sid].astype(np.int64))
-                batch["episode_id"] = [self._ids[i] for i in self.plan.sample_ep[sid].tolist()]
+                sid = order.seq.take(want)
+                if row:
+                    batch["frame"] = torch.from_numpy(self._sample_row.take(sid))
+                batch["episode_id"] = list(map(ids.__getitem__, sample_ep.take(sid).tolist()))
                 self._done += 1
                 yield batch
         finally:
             results.close()
+            self._spare_store = store
+
+    def _held_index(self) -> dict[str, np.ndarray] | None:
+        """The direct path, when every selected cache is held and there is no transform: per cache,
+        int64 [N samples, R] rows of its ``HeldRows`` that make each sample (R = F for a frame
+        cache's whole episode, else 1); None otherwise. 8 bytes per held row at most."""
+        if self.config.transform is not None or any(m != "memory" for m in self.modes.values()):
+            return None
+        ep, spec = self.plan.sample_ep, self._spec
+        out = {}
+        for n in self.arrays:
+            base = self._held[n].off[ep]
+            if many_rows(spec.slices[n].row):
+                out[n] = base[:, None] + (np.arange(spec.frames[n]) if spec.per_episode else self._sample_row[:, None])
+            else:  # one row per episode, repeated on each of its samples
+                out[n] = base[:, None]
+        return out
+
+    def _iter_held(self, order, first: int, end: int) -> Iterator[dict]:
+        """Batches ``first:end`` of ``order`` gathered straight from the held rows: the samples the
+        block path yields (same order, same data), without blocks, slots or a shuffle buffer to
+        simulate; a batch is one ``take`` per array into recycled buffers."""
+        c, spec, ids, sample_ep = self.config, self._spec, self._ids, self.plan.sample_ep
+        shapes = {f"{n}.{a}": sample_shape(spec, n, rows.shape[1:]) for n in self.arrays for a, rows in self._held[n].rows.items()}
+        dtypes = {f"{n}.{a}": rows.dtype for n in self.arrays for a, rows in self._held[n].rows.items()}
+        for t in range(first, end, c.batch_size):
+            sid = order.seq.take(order.out[t : t + c.batch_size])
+            b = len(sid)
+            if self._pin:
+                out = {k: torch.empty((b, *shapes[k]), dtype=torch.from_numpy(np.empty(0, dtypes[k])).dtype, pin_memory=True) for k in shapes}
+                views = {k: v.numpy() for k, v in out.items()}
+            else:
+                views = self._direct_bufs.get(b, shapes, dtypes)
+                out = {k: torch.from_numpy(v) for k, v in views.items()}
+            for n, index in self._direct.items():
+                rows = index.take(sid, axis=0).ravel()
+                for a, held in self._held[n].rows.items():
+                    held.take(rows, axis=0, out=views[f"{n}.{a}"].reshape(len(rows), *held.shape[1:]), mode="wrap")
+            batch: dict[str, Any] = out
+            if c.unit == "row":
+                batch["frame"] = torch.from_numpy(self._sample_row.take(sid))
+            batch["episode_id"] = list(map(ids.__getitem__, sample_ep.take(sid).tolist()))
+            self._done += 1
+            yield batch
 
     def _results(self, tasks: list[Task]) -> Iterator[tuple[np.ndarray, dict]]:
         """(positions, {key: (source [n, numel], rows or None, sample shape)}) of each task, in task
         order, read here or by DataLoader workers."""
         streaming = any(m == "stream" for m in self.modes.values())
         workers = min(self.config.num_workers, len(tasks)) if streaming else 0  # held data: nothing to overlap
-        # per worker: prefetch_factor results in flight + one being read; one suffices in-process
-        pool = BlockPool(self._block_numel, workers, self.config.prefetch_factor + 1 if workers else 1, shared=workers > 0)
+        # per worker: prefetch_factor results in flight + one being read; one suffices in-process,
+        # and that one is recycled across epochs (its pages faulted in once), unless in use
+        if workers == 0 and self._spare_pool is not None:
+            pool, self._spare_pool = self._spare_pool.reopen(), None
+        else:
+            pool = BlockPool(self._block_numel, workers, self.config.prefetch_factor + 1 if workers else 1, shared=workers > 0)
         stream = TaskStream(self._spec, self._held, self.plan, tasks, pool)
         source = iter(stream) if workers == 0 else iter(
             DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=self.config.prefetch_factor, collate_fn=_identity)
@@ -296,6 +378,8 @@ class StreamingLoader:
         finally:
             pool.close()  # wakes workers waiting for a slot, so the DataLoader shuts down at once
             del source
+            if not pool.shared:
+                self._spare_pool = pool
 
     def _samples(self, task: Task, kind: str, data: dict[str, torch.Tensor]) -> dict[str, tuple]:
         if kind == "samples":

@@ -12,6 +12,7 @@
     horizon: 8
     max_action_dim: 8                      # state and actions zero-padded to this (openpi: 32)
     normalization: zscore                  # zscore (pi0) | quantile (pi05)
+    time_conditioning: mlp_mix             # mlp_mix (pi0: time mixed into the action tokens) | adarms (pi05)
     norm_stats: null                       # a norm_stats.json; null: computed from the train robot_meta
     width: 64                              # expert width; depth, mlp_dim, num_heads, num_kv_heads, head_dim
     connector_lr: 1.0e-3
@@ -38,6 +39,8 @@ HEAD = "flow-expert"
 #: the caches this head reads, for each split of its dataset (spec names, see cache_specs/specs);
 #: frame_features is the default context cache (``context_cache`` names another)
 READS = ("robot_meta", "frame_features")
+#: how the expert sees the flow time: "mlp_mix" (pi0), "adarms" (pi05); model.py
+TIME_CONDITIONINGS = ("mlp_mix", "adarms")
 
 
 def _default_loop() -> LoopConfig:
@@ -56,6 +59,9 @@ class FlowExpertConfig(HeadConfig):
     max_action_dim: int = 8  # openpi pads state and actions to 32
     normalization: Literal["zscore", "quantile"] = "zscore"
     norm_stats: str | None = None
+    # pi0: the time embedding mixed into each action token by an MLP, the state a suffix token;
+    # pi05: adaptive RMSNorm of a time MLP in every block, the state a prefix token (model.py)
+    time_conditioning: Literal["mlp_mix", "adarms"] = "mlp_mix"
     # the expert (openpi gemma Config fields)
     width: int = 64
     depth: int = 2
@@ -93,6 +99,8 @@ class FlowExpertConfig(HeadConfig):
         need(self.data_mode in ("auto", "memory", "stream"), "data_mode", "must be 'auto', 'memory' or 'stream'")
         need(isinstance(self.num_workers, int) and self.num_workers >= 0, "num_workers", "must be an int >= 0")
         need(self.normalization in ("zscore", "quantile"), "normalization", "must be 'zscore' (pi0) or 'quantile' (pi05)")
+        need(self.time_conditioning in TIME_CONDITIONINGS, "time_conditioning",
+             f"must be one of {', '.join(map(repr, TIME_CONDITIONINGS))} ('mlp_mix': pi0, 'adarms': pi05)")
         for name in ("connector_lr", "expert_lr"):
             need(isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0, name, "must be a number > 0")
         need(len(self.context_arrays) >= 1 and all(isinstance(a, str) and a for a in self.context_arrays), "context_arrays",
@@ -125,15 +133,17 @@ _GEMMA_300M = dict(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads
 #: is still far above the repeat-last baseline after them, val MSE 0.038 vs 0.028); cosine decay keeps
 #: the last epochs stable (at a constant 1e-3 val MSE jumped 3x in the final epochs);
 #: pi0-expert: openpi's action expert shape (gemma_300m: width 1024, depth 18, mlp 4096, 8 heads, 1 KV
-#: head of 256), horizon 50, 32-dim padding, z-score; pi05-expert: the same with quantile
-#: normalisation (pi05's adaRMS time conditioning is not reproduced: the expert stays pi0-style).
+#: head of 256), horizon 50, 32-dim padding, z-score, time mixed into the action tokens; pi05-expert:
+#: the same shape with quantile normalisation and pi05's adaRMS time conditioning (the state then
+#: a prefix token: pi05 writes it into the prompt as text tokens, see model.py).
 PRESETS: dict[str, FlowExpertConfig] = {
     "demo": FlowExpertConfig(expert_lr=1e-3, loop=LoopConfig(epochs=30, batch_size=32, lr=1e-3, weight_decay=1e-4, warmup_steps=20,
                                                               schedule="cosine", min_lr=1e-5)),
     "pi0-expert": FlowExpertConfig(dataset="libero", horizon=50, max_action_dim=32, normalization="zscore", **_GEMMA_300M,
                                    loop=LoopConfig(epochs=10, batch_size=32, lr=1e-4, weight_decay=1e-10, warmup_steps=1000,
                                                    schedule="cosine", min_lr=2.5e-6)),
-    "pi05-expert": FlowExpertConfig(dataset="libero", horizon=50, max_action_dim=32, normalization="quantile", **_GEMMA_300M,
+    "pi05-expert": FlowExpertConfig(dataset="libero", horizon=50, max_action_dim=32, normalization="quantile", time_conditioning="adarms",
+                                    **_GEMMA_300M,
                                     loop=LoopConfig(epochs=10, batch_size=32, lr=1e-4, weight_decay=1e-10, warmup_steps=1000,
                                                     schedule="cosine", min_lr=2.5e-6)),
 }

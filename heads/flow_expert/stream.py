@@ -6,11 +6,14 @@ Why rows, not episodes: LeRobot episodes differ in length (the demo's 21..45 fra
 next H - 1 actions its chunk needs, so ``robot_meta`` is held in memory as a table
 (``RobotTable``) and each batch's chunks are gathered from it by (episode, frame).
 
-Memory bound of the table, per robot_meta frame: state and action raw and normalised in float32
-plus four int64s (episode bounds, frame_index, the context row's robot_meta row), 8 (S + A) + 32
-bytes. LIBERO (273,465 frames, S = 8, A = 7): 8 * 15 + 32 = 152 B -> 42 MB, against ~19 GB of context features for two cameras of DINOv3
-ViT-L cls + 4x4 pooled fp16 tokens (34,816 B a frame a camera). So only the context features
-stream; the table is the sound thing to hold.
+Memory bound of the table, per robot_meta frame: state and action normalised and zero-padded to
+P = max_action_dim, the raw action and the frame before's, in float32, plus four int64s (the
+episode's last row, frame_index, the context row's robot_meta row twice: per episode and flat),
+4 (2P + 2A) + 32 bytes. Padded when built rather than per batch: a batch is then a few gathers
+(per-batch fixed costs dominate at the demo's size, see BENCHMARKS.md). LIBERO (273,465 frames,
+P = 32, A = 7): 4 * 78 + 32 = 344 B -> 94 MB, against ~19 GB of context features for two cameras
+of DINOv3 ViT-L cls + 4x4 pooled fp16 tokens (34,816 B a frame a camera). So only the context
+features stream; the table is the sound thing to hold.
 
 Same samples as ``data.load_split`` (tested), on this condition, checked when the path is built:
 every context cache holds the same frames of each kept episode, in the same order, and each of
@@ -30,7 +33,7 @@ import torch
 from navcache.cache_specs import make_loader, open_cache
 from navcache.cache_specs.action_chunks import chunk_offsets
 
-from .data import Normaliser, _rows_by_frame
+from .data import Normaliser, _rows_by_frame, pad_dims
 
 #: the loader's name of robot_meta (joined, not read: it only filters episodes)
 META = "meta"
@@ -42,56 +45,62 @@ def _ctx_name(i: int) -> str:
 
 @dataclass(frozen=True)
 class RobotTable:
-    """robot_meta of one split in memory (rows in storage order, N rows) and, for each kept
-    episode, the robot_meta row of each of its context rows.
+    """robot_meta of one split in memory (rows in storage order, N rows), laid out so that a batch
+    is a handful of numpy gathers (no per-sample Python), and for each kept episode the robot_meta
+    row of each of its context rows.
 
-    state [N, S] f32 normalised; actions [N, A] f32 normalised; actions_raw [N, A] f32;
-    lo / hi [N] int64: first / one-past-last row of each row's episode; frame_index [N] int64;
-    ctx_rows {episode id:
-    int64 [n] robot_meta row of the episode's context row j}."""
+    state [N, P] f32 normalised and zero-padded to P = max_action_dim; actions [N, P] idem;
+    actions_raw [N, A] f32; prev_action [N, A] f32 raw, the row before's action (NaN on an
+    episode's first row); last [N] int64: last row of each row's episode; frame_index [N] int64;
+    ctx_rows {episode id: int64 [n] robot_meta row of the episode's context row j}, also flat:
+    ``ctx_flat`` [M] (episodes in ``episodes`` order) from ``ctx_start`` [E]; offsets [H] >= 0."""
 
     state: np.ndarray
     actions: np.ndarray
     actions_raw: np.ndarray
-    lo: np.ndarray
-    hi: np.ndarray
+    prev_action: np.ndarray
+    last: np.ndarray
     frame_index: np.ndarray
     ctx_rows: dict[str, np.ndarray]
-    offsets: np.ndarray  # [H] int64 chunk offsets, >= 0
+    offsets: np.ndarray
+    state_dim: int
+    action_dim: int
 
     def __post_init__(self):
         if (self.offsets < 0).any():
             raise ValueError(f"chunk offsets must be >= 0, got {self.offsets.tolist()}")
+        eps = list(self.ctx_rows)
+        object.__setattr__(self, "episodes", {e: i for i, e in enumerate(eps)})
+        lengths = np.array([len(self.ctx_rows[e]) for e in eps], np.int64)
+        object.__setattr__(self, "ctx_start", np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64))
+        object.__setattr__(self, "ctx_flat", np.concatenate([self.ctx_rows[e] for e in eps]) if eps else np.zeros(0, np.int64))
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.state, self.actions, self.actions_raw, self.lo, self.hi, self.frame_index)) + sum(
-            r.nbytes for r in self.ctx_rows.values())
+        arrays = (self.state, self.actions, self.actions_raw, self.prev_action, self.last, self.frame_index, self.ctx_flat, self.ctx_start)
+        return sum(a.nbytes for a in arrays) + sum(r.nbytes for r in self.ctx_rows.values())
 
     def rows(self, episode_ids, frame: np.ndarray) -> np.ndarray:
         """int64 [B] robot_meta rows of context rows ``frame`` [B] (row within the episode) of ``episode_ids``."""
-        return np.fromiter((self.ctx_rows[e][f] for e, f in zip(episode_ids, frame.tolist())), np.int64, len(frame))
+        ep = np.fromiter(map(self.episodes.__getitem__, episode_ids), np.int64, len(frame))
+        return self.ctx_flat.take(self.ctx_start.take(ep) + frame)
 
-    def chunks(self, rows: np.ndarray, max_dim: int) -> dict[str, torch.Tensor]:
+    def chunks(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         """The robot half of a batch for robot_meta ``rows`` [B], as ``load_split`` gives it:
-        state [B, A'], actions [B, H, A'] (normalised, zero-padded to A' = ``max_dim``), is_pad [B, H],
-        actions_raw [B, H, A], prev_action [B, A] (NaN on an episode's first frame).
+        state [B, P], actions [B, H, P] (normalised, zero-padded), is_pad [B, H], actions_raw
+        [B, H, A], prev_action [B, A] (NaN on an episode's first frame).
 
         Per row what ``gather_chunks`` does for whole episodes: offsets clamped to the row's
-        episode, ``is_pad`` outside it. Normalising is elementwise, so gathering normalised
-        rows gives the values ``load_split`` normalises after gathering."""
-        lo, hi = self.lo[rows], self.hi[rows][:, None]
-        q = rows[:, None] + self.offsets  # offsets >= 0 (range(horizon)) and rows >= lo: only the end clamps
-        is_pad = q >= hi
-        np.minimum(q, hi - 1, out=q)
-        prev = self.actions_raw[rows - 1]  # row -1 wraps to the last row: an episode's first frame, NaN below
-        prev[rows == lo] = np.nan
-        b, h, p = len(rows), len(self.offsets), max_dim
-        state, actions = np.zeros((b, p), np.float32), np.zeros((b, h, p), np.float32)
-        state[:, :self.state.shape[1]] = self.state[rows]
-        actions[..., :self.actions.shape[1]] = self.actions[q]
-        return {"state": torch.from_numpy(state), "actions": torch.from_numpy(actions), "is_pad": torch.from_numpy(is_pad),
-                "actions_raw": torch.from_numpy(self.actions_raw[q]), "prev_action": torch.from_numpy(prev)}
+        episode, ``is_pad`` outside it. Normalising and padding are per row, so gathering
+        normalised padded rows gives the values ``load_split`` normalises after gathering."""
+        # ndarray.take, not a[idx]: a quarter of the time of fancy indexing at batch sizes
+        q = rows[:, None] + self.offsets  # offsets >= 0 and rows >= the episode's first: only the end clamps
+        last = self.last.take(rows)[:, None]
+        is_pad = q > last
+        np.minimum(q, last, out=q)
+        return {"state": torch.from_numpy(self.state.take(rows, axis=0)), "actions": torch.from_numpy(self.actions.take(q, axis=0)),
+                "is_pad": torch.from_numpy(is_pad), "actions_raw": torch.from_numpy(self.actions_raw.take(q, axis=0)),
+                "prev_action": torch.from_numpy(self.prev_action.take(rows, axis=0))}
 
 
 def robot_table(cfg, split: str, stats: dict, episodes) -> RobotTable:
@@ -121,7 +130,11 @@ def robot_table(cfg, split: str, stats: dict, episodes) -> RobotTable:
                              "(the streaming path cannot drop them; data_mode: memory does)")
         ctx_rows[e] = rows
     st_n, act_n = Normaliser(cfg.normalization, stats["state"]), Normaliser(cfg.normalization, stats["actions"])
-    return RobotTable(st_n.normalise(state), act_n.normalise(action), action, lo, hi, frame_index, ctx_rows, chunk_offsets(cfg.horizon))
+    prev = np.concatenate([np.full((1, action.shape[1]), np.nan, np.float32), action[:-1]])
+    prev[start[length > 0]] = np.nan
+    P = cfg.max_action_dim
+    return RobotTable(pad_dims(st_n.normalise(state), P, "state"), pad_dims(act_n.normalise(action), P, "action"), action, prev, hi - 1,
+                      frame_index, ctx_rows, chunk_offsets(cfg.horizon), int(state.shape[1]), int(action.shape[1]))
 
 
 def _context_frames(cfg, dataset: str, split: str, episodes) -> dict[str, np.ndarray]:
@@ -176,7 +189,7 @@ class FlowBatches:
         # as cached (fp16): half the bytes to copy and to move to the device; the task casts it there
         context = torch.from_numpy(np.concatenate(parts, axis=1))
         rows = self.table.rows(b["episode_id"], b["frame"].numpy())
-        return {"context": context, **self.table.chunks(rows, self.max_dim), "frame_index": torch.from_numpy(self.table.frame_index[rows]),
+        return {"context": context, **self.table.chunks(rows), "frame_index": torch.from_numpy(self.table.frame_index.take(rows)),
                 "episode_id": b["episode_id"]}
 
 

@@ -29,7 +29,7 @@ from .stream import choose_mode, stream_split
 def build_model(cfg: FlowExpertConfig, context_dim: int) -> FlowExpert:
     return FlowExpert(context_dim, cfg.max_action_dim, cfg.horizon, width=cfg.width, depth=cfg.depth, mlp_dim=cfg.mlp_dim,
                       num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
-                      connector_hidden=cfg.connector_hidden)
+                      connector_hidden=cfg.connector_hidden, time_conditioning=cfg.time_conditioning)
 
 
 def _expert(model) -> FlowExpert:
@@ -42,7 +42,7 @@ def _expert(model) -> FlowExpert:
 def sample_normalised(model: FlowExpert, context, state, generator: torch.Generator | None = None, num_steps: int = 10):
     """Chunks [B, H, A'] in normalised units: Euler from seeded noise, the prefix run once."""
     noise = torch.randn(state.shape[0], model.horizon, model.action_dim, generator=generator, device="cpu").to(state.device)
-    cache = model.prefix_cache(context)
+    cache = model.prefix_cache(context, state)
     return euler_sample(lambda x, t: model.suffix_velocity(cache, state, x, t), noise, num_steps).float()
 
 
@@ -183,8 +183,8 @@ def _stream_info(cfg: FlowExpertConfig, stats: dict) -> tuple[dict, dict, dict]:
         b = next(iter(src))
         t = src.table
         rows = np.concatenate([t.ctx_rows[e] for e in src.episodes])
-        infos.append({"n": src.n_samples, "dropped": len(t.lo) - src.n_samples, "context_tokens": int(b["context"].shape[1]),
-                      "context_dim": int(b["context"].shape[2]), "state_dim": int(t.state.shape[1]), "action_dim": int(t.actions.shape[1]),
+        infos.append({"n": src.n_samples, "dropped": len(t.frame_index) - src.n_samples, "context_tokens": int(b["context"].shape[1]),
+                      "context_dim": int(b["context"].shape[2]), "state_dim": t.state_dim, "action_dim": t.action_dim,
                       "mean_action": torch.from_numpy(t.actions_raw[rows]).mean(0)})
     return infos[0], infos[1], {(s, bs): src for s, src in sources.items()}
 

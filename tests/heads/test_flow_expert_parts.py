@@ -9,7 +9,7 @@ import torch
 
 from navcache.heads.flow_expert.data import Normaliser, pad_dims
 from navcache.heads.flow_expert.flow import euler_sample, interpolate, masked_mse, sample_time, valid_mask
-from navcache.heads.flow_expert.model import FlowExpert, FrozenPerception, PerceptionPolicy, make_attn_mask, posemb_sincos
+from navcache.heads.flow_expert.model import AdaRMSNorm, FlowExpert, FrozenPerception, PerceptionPolicy, make_attn_mask, posemb_sincos
 from navcache.heads.flow_expert.train import FlowExpertTask
 
 
@@ -104,9 +104,77 @@ def test_posemb_sincos_periods():
     assert np.allclose(e.numpy(), want, atol=1e-6)
 
 
-def _tiny(seed=0, context_dim=6, horizon=4, action_dim=3):
+def _tiny(seed=0, context_dim=6, horizon=4, action_dim=3, time_conditioning="mlp_mix"):
     torch.manual_seed(seed)
-    return FlowExpert(context_dim, action_dim, horizon, width=16, depth=2, mlp_dim=32, num_heads=4, num_kv_heads=2, head_dim=4)
+    return FlowExpert(context_dim, action_dim, horizon, width=16, depth=2, mlp_dim=32, num_heads=4, num_kv_heads=2, head_dim=4,
+                      time_conditioning=time_conditioning)
+
+
+def test_adaptive_rmsnorm_is_openpis_formula():
+    """openpi gemma.RMSNorm, written out in numpy float64: var = mean(x^2); normed = x / sqrt(var + 1e-6);
+    with a cond, [scale | shift | gate] = cond @ W + b and y = normed * (1 + scale) + shift; without,
+    y = normed * (1 + scale_param). Prefix tokens (the first ``n_plain``) take the plain form, gate 1."""
+    torch.manual_seed(0)
+    norm = AdaRMSNorm(6, 4)
+    assert not norm.modulation.weight.any() and not norm.modulation.bias.any() and not norm.scale.any()  # openpi: zero init
+    with torch.no_grad():
+        for p in norm.parameters():
+            p.normal_()
+    g = torch.Generator().manual_seed(1)
+    x, cond = torch.randn(2, 5, 6, generator=g) * 3, torch.randn(2, 4, generator=g)
+    xd, cd = x.double().numpy(), cond.double().numpy()
+    W, b = norm.modulation.weight.detach().double().numpy().T, norm.modulation.bias.detach().double().numpy()
+    normed = xd / np.sqrt((xd ** 2).mean(-1, keepdims=True) + 1e-6)
+    mod = cd @ W + b  # [B, 18]
+    scale, shift, gate = mod[:, None, :6], mod[:, None, 6:12], mod[:, None, 12:]
+    with torch.no_grad():
+        y, gt = norm(x, cond, n_plain=2)
+        y0, g0 = norm(x)
+        yb, gb = norm(x.bfloat16(), cond)
+    plain = normed * (1 + norm.scale.detach().double().numpy())
+    assert np.allclose(y[:, 2:].double().numpy(), (normed * (1 + scale) + shift)[:, 2:], atol=1e-5)
+    assert np.allclose(gt[:, 2:].double().numpy(), np.broadcast_to(gate, (2, 3, 6)), atol=1e-5)
+    assert np.allclose(y[:, :2].double().numpy(), plain[:, :2], atol=1e-5) and (gt[:, :2] == 1).all()
+    assert g0 is None and np.allclose(y0.double().numpy(), plain, atol=1e-5)
+    # half precision in, half precision out; the statistics in float32
+    assert yb.dtype == gb.dtype == torch.bfloat16 and np.allclose(yb.double().numpy(), normed * (1 + scale) + shift, atol=0.1)
+
+
+def test_adarms_expert_at_init_is_openpis_zero_gated_expert():
+    """Zero-initialised modulation: every gated residual adds nothing and every adaptive norm is the
+    plain RMS norm, so at init v = action_out_proj(rmsnorm(action_in_proj(x_t))), whatever t, the
+    context and the state (numpy, from the two projections' weights)."""
+    m = _tiny(time_conditioning="adarms").eval()
+    assert not hasattr(m, "action_time_mlp_in") and m.time_mlp_in.in_features == m.time_mlp_out.out_features == 16
+    g = torch.Generator().manual_seed(2)
+    ctx, st, x, t = torch.randn(2, 5, 6, generator=g), torch.randn(2, 3, generator=g), torch.randn(2, 4, 3, generator=g), torch.rand(2, generator=g)
+    w = {k: v.detach().double().numpy() for k, v in m.state_dict().items()}
+    a = x.double().numpy() @ w["action_in_proj.weight"].T + w["action_in_proj.bias"]
+    want = a / np.sqrt((a ** 2).mean(-1, keepdims=True) + 1e-6) @ w["action_out_proj.weight"].T + w["action_out_proj.bias"]
+    with torch.no_grad():
+        assert np.allclose(m(ctx, st, x, t).double().numpy(), want, atol=1e-5)
+        assert np.allclose(m(ctx + 1, st * 2, x, 1 - t).double().numpy(), want, atol=1e-5)
+
+
+def test_adarms_cached_pass_equals_the_joint_one_and_time_enters_by_the_norms():
+    m = _tiny(time_conditioning="adarms").eval()
+    with torch.no_grad():  # open the gates: a trained expert's modulation
+        for blk in [*m.blocks, m.final_norm]:
+            for norm in ([blk.attn_norm, blk.mlp_norm] if blk is not m.final_norm else [blk]):
+                norm.modulation.weight.normal_(0, 0.3)
+                norm.modulation.bias.normal_(0, 0.3)
+    g = torch.Generator().manual_seed(1)
+    ctx, st, x, t = torch.randn(2, 5, 6, generator=g), torch.randn(2, 3, generator=g), torch.randn(2, 4, 3, generator=g), torch.rand(2, generator=g)
+    with torch.no_grad():
+        joint = m(ctx, st, x, t)
+        cache = m.prefix_cache(ctx, st)
+        assert cache[0][0].shape[2] == 6  # 5 context tokens + the state token: the prefix
+        assert torch.allclose(m.suffix_velocity(cache, st, x, t), joint, atol=1e-5)
+        assert not torch.allclose(m(ctx, st, x, 1 - t), joint)  # time only through the adaptive norms
+        assert not torch.allclose(m(ctx, st + 1, x, t), joint)  # the state through the prefix
+        assert not torch.allclose(m(ctx + 1, st, x, t), joint)
+    with pytest.raises(ValueError, match="mlp_mix, adarms"):
+        _tiny(time_conditioning="adaln")
 
 
 def test_prefix_ignores_the_suffix_and_the_cached_pass_equals_the_joint_one():
@@ -114,10 +182,10 @@ def test_prefix_ignores_the_suffix_and_the_cached_pass_equals_the_joint_one():
     g = torch.Generator().manual_seed(1)
     ctx, st, x, t = torch.randn(2, 5, 6, generator=g), torch.randn(2, 3, generator=g), torch.randn(2, 4, 3, generator=g), torch.rand(2, generator=g)
     joint = m(ctx, st, x, t)
-    cached = m.suffix_velocity(m.prefix_cache(ctx), st, x, t)
+    cached = m.suffix_velocity(m.prefix_cache(ctx, st), st, x, t)
     assert torch.allclose(joint, cached, atol=1e-5)
     # changing the actions cannot change what the prefix computes; the context does change the actions' output
-    assert [torch.equal(a[0], b[0]) for a, b in zip(m.prefix_cache(ctx), m.prefix_cache(ctx))] == [True, True]
+    assert [torch.equal(a[0], b[0]) for a, b in zip(m.prefix_cache(ctx, st), m.prefix_cache(ctx, st))] == [True, True]
     assert not torch.allclose(m(ctx + 1, st, x, t), joint)
 
 

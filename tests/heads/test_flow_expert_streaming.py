@@ -50,7 +50,7 @@ def test_chunks_are_built_from_the_episode_at_read_time(demo_cache_root, tmp_pat
     H = 5
     cfg = _cfg(demo_cache_root, tmp_path, horizon=H)
     source = stream_split(cfg, "val", load_norm_stats(cfg), batch_size=64, shuffle=False)
-    assert source.table.actions_raw.shape == (len(source.table.lo), 3)
+    assert source.table.actions_raw.shape == (len(source.table.frame_index), 3)
     with open_cache(demo_cache_root, "demo_lerobot", "val", "robot_meta") as m:
         action, frames = m.load("action"), m.load("frame_index")
         span = {e: (int(a), int(n)) for e, a, n in zip(m.episodes, *m.offsets())}

@@ -65,15 +65,18 @@ def test_train_export_predict_round_trip(demo_cache_root, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("time_conditioning", ["mlp_mix", "adarms"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_sampled_chunks_beat_mean_and_repeat_last_baselines(demo_cache_root, tmp_path, seed):
+def test_sampled_chunks_beat_mean_and_repeat_last_baselines(demo_cache_root, tmp_path, seed, time_conditioning):
     """The demo preset's lrs and schedule, 20 epochs: sampled chunks (one noise draw each, not a
     mean over draws) beat both baselines by 20 % on val, at the best epoch and at the last one
-    (which val did not pick)."""
+    (which val did not pick); with pi0's time mixing and with pi05's adaRMS (``--set
+    time_conditioning=adarms``: its gates start closed, zero-initialised as openpi's)."""
     torch.set_num_threads(1)
-    cfg = _cfg(demo_cache_root, tmp_path, loop={"epochs": 20, "batch_size": 32, "seed": seed, "eval_max_batches": 8,
-                                                "schedule": "cosine", "warmup_steps": 20, "min_lr": 1e-5})
-    assert cfg.expert_lr == 1e-3 and cfg.connector_lr == 1e-3
+    cfg = _cfg(demo_cache_root, tmp_path, time_conditioning=time_conditioning,
+               loop={"epochs": 20, "batch_size": 32, "seed": seed, "eval_max_batches": 8, "schedule": "cosine", "warmup_steps": 20,
+                     "min_lr": 1e-5})
+    assert cfg.expert_lr == 1e-3 and cfg.connector_lr == 1e-3 and cfg.time_conditioning == time_conditioning
     result = train_flow_expert(cfg)
     for val in (result["best"]["val"], result["last"]["val"]):
         assert val["mse"] < 0.8 * min(val["baseline_mean_mse"], val["baseline_repeat_mse"]), val
