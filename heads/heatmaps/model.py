@@ -224,13 +224,20 @@ class HeatmapModel(nn.Module):
         seq = torch.cat([cells, ring], 1)  # ring queries last: a causal LLM lets them see every cell
         if self.llm is not None:
             emb = self.llm_in(seq).to(next(self.llm.parameters()).dtype)
-            seq = seq + self.llm_out(self.llm(inputs_embeds=emb).last_hidden_state.float())
+            seq = seq + self.llm_out(self.llm(inputs_embeds=emb, use_cache=False).last_hidden_state.float())
         logits = self.readout(seq).squeeze(-1).float() + self.prior  # [B, G*G + 5]
         if self.n_pose:
             logits = logits + self.pose_logits(pose.float()).float()
         g = self.grid
         fmap = seq[:, : g * g].transpose(1, 2).reshape(len(seq), -1, g, g)
-        return {"logits": logits, "mask": 0.25 * self.mask_head(fmap).float()}  # RAFT's 0.25 keeps the initial weights near uniform
+        return {"logits": logits, "mask": self.upsampling_mask(fmap).float()}
+
+    def upsampling_mask(self, fmap: torch.Tensor) -> torch.Tensor:
+        """[B, d, G, G] -> [B, 9 r^2, G, G]: 0.25 * mask_head(fmap), RAFT's 0.25 keeping the initial
+        weights near uniform. The 0.25 scales the last conv's weights rather than its output: the same
+        function and gradients, without two passes over the largest tensor of the step."""
+        conv3, relu, conv1 = self.mask_head
+        return F.conv2d(relu(conv3(fmap)), 0.25 * conv1.weight, 0.25 * conv1.bias)
 
     def fine_logits(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, G*r, G*r]: the grid logits convex-upsampled."""
