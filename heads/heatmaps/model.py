@@ -136,7 +136,8 @@ class CrossAttention(nn.Module):
 
     Dropout in the feed-forward block only, as DINOv2/ViT do (attention-probability dropout 0): on
     the CPU a dropout on the attention weights forces the unfused attention path and a random mask
-    as large as the attention map, ~5% of a training step (the learning test's val margins hold without it)."""
+    as large as the attention map, ~5% of a training step; demo val KL without it 0.240 / 0.239 (seeds
+    0 / 1), with it 0.246 / 0.231."""
 
     def __init__(self, d: int, heads: int, dropout: float):
         super().__init__()
