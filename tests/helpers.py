@@ -105,3 +105,25 @@ def pixel_free_poses_caches(cwd: Path, scale: float, part_size: int = 256) -> Pa
         assert not summary.errors, summary.errors
     return Path(project.cache_root)
 
+
+
+def torchrun_and_single(head: str, write_config, n_train: int, tmp: Path, world: int = 2, timeout: int = 600) -> dict:
+    """``torchrun --nproc-per-node world cli.py train head`` and the one-process run it must equal:
+    full-batch settings (``write_config(out, batch_size, path) -> path``; ``world`` ranks of
+    ``n_train // world`` samples against one of ``n_train``). {"ddp", "single": CompletedProcess, "tmp"}."""
+    import os
+
+    import pytest
+    import torch
+
+    if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available in this torch build")
+    assert n_train % world == 0, n_train  # no sample dropped by the per-rank shard
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(REPO / "cli.py"), "train", head, "--config"]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
+                          *cmd, str(write_config(tmp / "ddp", n_train // world, tmp / "ddp.yaml"))],
+                         cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+    single = subprocess.run([sys.executable, *cmd, str(write_config(tmp / "single", n_train, tmp / "single.yaml"))],
+                            cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+    return {"ddp": ddp, "single": single, "tmp": tmp}

@@ -9,16 +9,13 @@ dropout.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from tests.helpers import REPO, pixel_free_poses_caches
+from tests.helpers import pixel_free_poses_caches, torchrun_and_single
 
 pytestmark = pytest.mark.slow  # real torchrun / large demo: seconds to a minute each
 
@@ -31,34 +28,21 @@ def poses_caches(tmp_path_factory) -> Path:
     return pixel_free_poses_caches(tmp_path_factory.mktemp("gru_ddp_job"), scale=2, part_size=64)  # 154 train records: even
 
 
-def _config(caches: Path, out: Path, batch_size: int, path: Path) -> Path:
-    cfg = {"cache_root": str(caches), "dataset": "demo_navila", "hidden": 16, "emb_dim": 4, "dropout": 0.0,
-           "predict_deltas": True, "out_dir": str(out),
-           "loop": {"epochs": EPOCHS, "batch_size": batch_size, "lr": 3.0e-3, "seed": 0, "device": "cpu"}}
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
 @pytest.fixture(scope="module")
 def runs(poses_caches, tmp_path_factory):
-    if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
-        pytest.skip("torch.distributed with gloo is not available in this torch build")
     from navcache.heads.gru_motion.data import load_poses_split
 
+    def write_config(out: Path, batch_size: int, path: Path) -> Path:
+        cfg = {"cache_root": str(poses_caches), "dataset": "demo_navila", "hidden": 16, "emb_dim": 4, "dropout": 0.0,
+               "predict_deltas": True, "out_dir": str(out),
+               "loop": {"epochs": EPOCHS, "batch_size": batch_size, "lr": 3.0e-3, "seed": 0, "device": "cpu"}}
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return path
+
     arrays, _ = load_poses_split(poses_caches, "demo_navila", "train")
-    n = len(arrays["step_valid"])
     valid = arrays["step_valid"].sum(1)
-    assert n % WORLD == 0 and (valid < valid.max()).sum() >= 4  # padded records exist: ranks differ in pair counts
-    tmp = tmp_path_factory.mktemp("gru_ddp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
-                          str(REPO / "cli.py"), "train", "gru-motion", "--config",
-                          str(_config(poses_caches, tmp / "ddp", n // WORLD, tmp / "ddp.yaml"))],
-                         cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
-    single = subprocess.run([sys.executable, str(REPO / "cli.py"), "train", "gru-motion", "--config",
-                             str(_config(poses_caches, tmp / "single", n, tmp / "single.yaml"))],
-                            cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
-    return {"ddp": ddp, "single": single, "tmp": tmp}
+    assert (valid < valid.max()).sum() >= 4  # padded records exist: ranks differ in pair counts
+    return torchrun_and_single("gru-motion", write_config, len(arrays["step_valid"]), tmp_path_factory.mktemp("gru_ddp"), WORLD)
 
 
 def test_both_runs_exit_0(runs):

@@ -9,16 +9,13 @@ no dropout.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from tests.helpers import REPO
+from tests.helpers import torchrun_and_single
 
 pytestmark = pytest.mark.slow  # real torchrun over the demo glances: ~a minute
 
@@ -26,30 +23,18 @@ WORLD = 2
 EPOCHS = 2
 
 
-def _config(cache_root: Path, out: Path, batch_size: int, path: Path) -> Path:
-    cfg = {"cache_root": str(cache_root), "dataset": "demo_heatmaps", "llm": "random-qwen2", "d_model": 32, "dropout": 0.0,
-           "out_dir": str(out), "loop": {"epochs": EPOCHS, "batch_size": batch_size, "lr": 2.0e-3, "seed": 0, "device": "cpu"}}
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
 @pytest.fixture(scope="module")
 def runs(demo_cache_root, tmp_path_factory):
-    if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
-        pytest.skip("torch.distributed with gloo is not available in this torch build")
     from navcache.heads.heatmaps.data import load_split
 
+    def write_config(out: Path, batch_size: int, path: Path) -> Path:
+        cfg = {"cache_root": str(demo_cache_root), "dataset": "demo_heatmaps", "llm": "random-qwen2", "d_model": 32, "dropout": 0.0,
+               "out_dir": str(out), "loop": {"epochs": EPOCHS, "batch_size": batch_size, "lr": 2.0e-3, "seed": 0, "device": "cpu"}}
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return path
+
     n = len(load_split(demo_cache_root, "demo_heatmaps", "train", "demo_heatmaps_vggt")[0]["a"])
-    assert n % WORLD == 0, n
-    tmp = tmp_path_factory.mktemp("heatmaps_ddp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [str(REPO / "cli.py"), "train", "heatmaps", "--config"]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
-                          *cmd, str(_config(demo_cache_root, tmp / "ddp", n // WORLD, tmp / "ddp.yaml"))],
-                         cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
-    single = subprocess.run([sys.executable, *cmd, str(_config(demo_cache_root, tmp / "single", n, tmp / "single.yaml"))],
-                            cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
-    return {"ddp": ddp, "single": single, "tmp": tmp}
+    return torchrun_and_single("heatmaps", write_config, n, tmp_path_factory.mktemp("heatmaps_ddp"), WORLD)
 
 
 def test_ddp_weights_equal_single_process(runs):
