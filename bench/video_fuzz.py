@@ -181,7 +181,7 @@ def main() -> None:
     for label, row in sp.items():
         print(f"decode all frames, {label}: " + ", ".join(f"{k} {v}" + ("" if "/" in k else " frames/s") for k, v in row.items()))
     ep = sampled_speed(clips)
-    print(f"16 sampled frames per demo clip: " + ", ".join(f"{k} {v}" + ("" if "/" in k else " episodes/s") for k, v in ep.items()))
+    print("16 sampled frames per demo clip: " + ", ".join(f"{k} {v}" + ("" if "/" in k else " episodes/s") for k, v in ep.items()))
     record("video_fuzz", {"fuzz": table, "speed": sp, "sampled": ep})
 
 

@@ -125,8 +125,6 @@ def _why_dropped(names, readers, ok, kept_ids) -> dict[str, dict[str, tuple[str,
 def join_caches(readers: Mapping) -> Join:
     """Keep the episodes that are ok in every cache of ``readers`` ({name: CacheReader}), in the
     first cache's storage order, with each cache's (part, start, length) for them. Reads indexes only."""
-    import polars as pl
-
     names = list(readers)
     if not names:
         raise ValueError("join_caches needs at least one cache")

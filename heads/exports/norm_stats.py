@@ -19,7 +19,6 @@ Hand-rolled rather than a t-digest library: sampling needs only numpy and its er
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 

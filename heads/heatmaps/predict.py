@@ -34,7 +34,7 @@ from navcache.heads.train_loop import load_trainable
 from .configuration import RANDOM_QWEN2
 from .data import load_split
 from .model import HeatmapModel, load_frozen_llm, make_random_qwen2
-from .train import HeatmapsTask, build_model, distribution_metrics
+from .train import build_model, distribution_metrics
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -3,9 +3,7 @@ than RAM) reach the same val metrics as the in-memory path, within noise, and re
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

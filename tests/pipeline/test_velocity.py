@@ -2,7 +2,6 @@
 checked against the shards' own columns (read independently with pyarrow)."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pyarrow.parquet as pq
