@@ -104,7 +104,8 @@ def project_file(roots: dict[str, Path], preprocess: str, batch_size: int) -> Pa
 
 
 class StandIn:
-    """Replaces ``HFVisionEncoder.encode``: sleeps n / fps seconds (no CPU, GIL released), returns zeros."""
+    """Replaces ``HFVisionEncoder.encode``: sleeps n / fps seconds (no CPU, GIL released), returns
+    zeros (views of buffers made once: no CPU work per batch)."""
 
     def __init__(self, fps: float, dim: int, grid: int):
         self.fps, self.dim, self.grid = fps, dim, grid
@@ -112,13 +113,17 @@ class StandIn:
     def install(self) -> None:
         from navcache.pipeline.encoders.hf_vision import HFVisionEncoder
 
+        import torch
+
         standin = self
+        # outputs made once: a fresh torch.zeros per batch ran an OpenMP fill on the main thread's
+        # team, whose spin-wait burnt ~0.3 s of CPU per 1,536 frames (a GPU's outputs cost the CPU
+        # one copy, which the stage's own .cpu()/cat still does)
+        cls, patches = torch.zeros(4096, self.dim), torch.zeros(4096, self.grid, self.grid, self.dim)
 
         def encode(enc, x):
-            import torch
-
             time.sleep(len(x) / standin.fps)
-            return torch.zeros(len(x), standin.dim), torch.zeros(len(x), standin.grid, standin.grid, standin.dim)
+            return cls[: len(x)], patches[: len(x)]
 
         HFVisionEncoder.encode = encode
 

@@ -36,7 +36,7 @@ import re
 import sys
 import threading
 import traceback
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Callable, ClassVar, Hashable, TypeVar
 
 from .weights import check_model, read_provenance, weights_fingerprint
@@ -95,6 +95,29 @@ def resolve_precision(precision: str, device: str) -> str:
 
         return "bf16" if torch.cuda.get_device_capability(torch.device(device))[0] >= 8 else "fp16"
     return "fp32"
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run the calling thread's torch CPU ops on ``n`` intra-op threads inside the block.
+
+    For the glue around an encoder call (batch concatenation, pooling, fp16 casts): on 2 cores an
+    OpenMP team for a 20 MB copy keeps a second thread spinning after every region (issue 17: the
+    main thread's team burnt ~0.8 s of CPU per 1,536 frames, a third of a core the decode threads
+    needed), and one thread copies as fast. Only the calling thread's count changes (OpenMP's is
+    per thread); the previous count comes back on exit.
+    """
+    import torch
+
+    keep = torch.get_num_threads()
+    if keep == n:
+        yield keep
+        return
+    torch.set_num_threads(n)
+    try:
+        yield keep
+    finally:
+        torch.set_num_threads(keep)
 
 
 def free_cuda_cache() -> None:

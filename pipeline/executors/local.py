@@ -11,6 +11,7 @@ timing. A failure in one episode quarantines that episode only.
 from __future__ import annotations
 
 import logging
+import sys
 import traceback
 from collections import deque
 from contextlib import contextmanager
@@ -90,6 +91,32 @@ def single_threaded_ops() -> None:
     import torch
 
     torch.set_num_threads(1)
+    yield_to_device_feeder()
+
+
+#: niceness added to each decode thread (Linux: per thread)
+DECODE_NICE = 5
+
+
+def yield_to_device_feeder() -> None:
+    """Lower the calling decode thread's CPU priority (``DECODE_NICE``) below the main thread's.
+
+    The main thread feeds the device: each batch it wakes from the encoder call, hands the next
+    batch over and goes back to waiting. With more decode threads than cores it queued behind
+    them for a scheduler slice at every wake-up, and the device idled meanwhile (issue 17:
+    +0.07 efficiency on 2 cores). Decode threads still get every cycle the main thread leaves.
+    Linux only (``setpriority`` on a thread id); elsewhere a no-op. The threads end with the pool.
+    """
+    import os
+    import threading
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + DECODE_NICE))
+    except OSError:  # a sandbox without setpriority: speed only
+        pass
 
 
 @contextmanager

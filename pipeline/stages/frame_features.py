@@ -26,7 +26,7 @@ import numpy as np
 from navcache.cache_specs.specs import get_spec
 from navcache.cache_specs.specs.frame_features import SPEC_WITH_PATCHES
 
-from ..encoders.base import BatchSizer
+from ..encoders.base import BatchSizer, torch_threads
 from ..encoders.hf_vision import EncoderSettings, HFVisionEncoder
 from ..encoders.prismatic import PrismaticEncoder, PrismaticSettings
 from .base import Prepared, Stage
@@ -119,6 +119,7 @@ class FrameFeaturesStage(Stage):
         #: frames passed to the encoder and sample rows served, this run (the redundancy removed)
         self.frames_encoded = 0
         self.rows_served = 0
+        self._encoder_threads = 1  # the caller's torch threads, set by each ``compute``
 
     @property
     def consumes(self) -> tuple[str, ...]:
@@ -179,7 +180,14 @@ class FrameFeaturesStage(Stage):
 
     def compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray]]:
         """Encode the batch's distinct frames not encoded before, then each item's rows:
-        cls f16 [T, D], patch_pooled f16 [T, G, G, D] (+ patch_tokens f16 [T, Hp, Wp, D])."""
+        cls f16 [T, D], patch_pooled f16 [T, G, G, D] (+ patch_tokens f16 [T, Hp, Wp, D]).
+
+        The glue around the encoder (concatenation, pooling, casts) runs single-threaded
+        (``torch_threads``); the encoder itself on the caller's threads (``_encode``)."""
+        with torch_threads(1) as self._encoder_threads:
+            return self._compute(items)
+
+    def _compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray]]:
         import torch
 
         if not self.settings.dedup_frames:
@@ -236,6 +244,7 @@ class FrameFeaturesStage(Stage):
         """One forward: [n, 3, S_h, S_w] -> fp16 (cls [n, D], pooled [n, G, G, D], patches [n, Hp, Wp, D] or None)."""
         import torch.nn.functional as F
 
-        cls, patches = self.encoder.encode(x)
+        with torch_threads(self._encoder_threads):
+            cls, patches = self.encoder.encode(x)
         pooled = F.adaptive_avg_pool2d(patches.permute(0, 3, 1, 2), self.settings.pool_grid).permute(0, 2, 3, 1)
         return cls.half(), pooled.half(), patches.half() if self.settings.store_patch_tokens else None
