@@ -35,7 +35,7 @@ from navcache.pipeline.decode import VIDEO_MEMO_BYTES, DecodedVideoFrames, check
 from navcache.pipeline.video_check import check_mp4
 from navcache.pipeline.video_reader import StrictVideoReader
 from navcache.pipeline.errors import DatasetError, Quarantine
-from navcache.pipeline.safepaths import UnsafePath, folder_under, resolve_under
+from navcache.pipeline.safepaths import Resolver, UnsafePath, folder_under, resolve_under
 from navcache.pipeline.sampling import uniform_indices
 from navcache.pipeline.sources.base import Episode, Frames
 from navcache.pipeline.sources.fields import DeclaredRecord, declared_record
@@ -120,7 +120,8 @@ class VideosSource:
         else:
             listed = self.split_list.format(split=split)
             chosen = self._select(split, listed, found)
-        episodes = [c if isinstance(c, Episode) else self._episode(split, c) for c in chosen]
+        resolve = Resolver(self.root, self.options.allow_outside_root)  # one listing per frames folder, not lstats per file
+        episodes = [c if isinstance(c, Episode) else self._episode(split, c, resolve) for c in chosen]
         episodes.sort(key=lambda ep: ep.episode_id)
         self.report = {
             "split": split,
@@ -165,7 +166,7 @@ class VideosSource:
             out.append(Episode(eid, rec, (), f"{where}: no video file or frames folder for episode id {eid!r} under the split folder{hint}"))
         return out
 
-    def _episode(self, split: str, f: _Found) -> Episode:
+    def _episode(self, split: str, f: _Found, resolve: Resolver) -> Episode:
         media = Path(os.path.relpath(f.path, self.root)).as_posix()
         record: dict[str, Any] = {"split": split, "media": media, "kind": f.kind}
 
@@ -191,7 +192,7 @@ class VideosSource:
         try:
             if f.kind == "frames":
                 # Only the sampled frames are listed (and fingerprinted), as for NaVILA.
-                frame_files = [resolve_under(self.root, f"{media}/{names[k]}", self.options.allow_outside_root) for k in idx]
+                frame_files = [resolve(f"{media}/{names[k]}") for k in idx]
             meta, meta_fps = self._meta(f)
             gt = self._sidecar(f, GT_SUFFIX)
         except (Quarantine, UnsafePath, OSError) as e:

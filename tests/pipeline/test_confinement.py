@@ -117,6 +117,27 @@ def test_videos_media_and_sidecars_linked_out_of_the_root(tmp_path):
     assert eps["own"].files[-1] == (outside / "o.gt.npz").resolve()
 
 
+def test_videos_frame_file_linked_out_of_the_root(tmp_path):
+    """A frames folder whose sampled frame is a symlink out of the root: its episode is refused
+    (the listing resolves each folder once and follows only the names its listing shows are links)."""
+    import cv2
+
+    outside, root = tmp_path / "outside", tmp_path / "videos"
+    outside.mkdir()
+    for name in ("clean", "leaky"):
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(4):
+            cv2.imwrite(str(root / "train" / name / f"{i:04d}.jpg"), np.full((16, 16, 3), 40 * i, np.uint8))
+    cv2.imwrite(str(outside / "x.jpg"), np.zeros((16, 16, 3), np.uint8))
+    os.remove(root / "train" / "leaky" / "0002.jpg")
+    os.symlink(outside / "x.jpg", root / "train" / "leaky" / "0002.jpg")
+    eps = {e.episode_id: e for e in make_source("videos", root).episodes("train")}
+    assert eps["clean"].quarantine is None and len(eps["clean"].files) >= 4
+    assert REFUSAL in eps["leaky"].quarantine
+    eps = {e.episode_id: e for e in make_source("videos", root, allow_outside_root=True).episodes("train")}
+    assert eps["leaky"].quarantine is None and (outside / "x.jpg").resolve() in eps["leaky"].files
+
+
 # -- one bad record ------------------------------------------------------------------------------
 
 
