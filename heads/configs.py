@@ -26,6 +26,15 @@ class HeadConfig:
     ``dataset`` and ``splits`` name folders under ``cache_root``, so they are checked as the project
     file's names are (``check_name``): ``dataset: ../../x`` is a ConfigError naming the field."""
 
+    def _need(self, ok: bool, name: str, msg: str) -> None:
+        """ValueError naming the field, the rule and the value when ``ok`` is false."""
+        if not ok:
+            raise ValueError(f"{type(self).__name__}.{name} {msg}, got {getattr(self, name)!r}")
+
+    def _need_splits(self) -> None:
+        """``splits`` is (train split, val split), two non-empty names."""
+        self._need(len(self.splits) == 2 and all(isinstance(s, str) and s for s in self.splits), "splits", "must be (train_split, val_split)")
+
     def _normalise(self) -> None:
         check_name("dataset", self.dataset, "dataset")
         object.__setattr__(self, "splits", tuple(self.splits))

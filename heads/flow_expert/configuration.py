@@ -85,11 +85,8 @@ class FlowExpertConfig(HeadConfig):
     out_dir: str = "runs/flow_expert"
 
     def __post_init__(self):
-        def need(ok: bool, name: str, msg: str):
-            if not ok:
-                raise ValueError(f"FlowExpertConfig.{name} {msg}, got {getattr(self, name)!r}")
-
-        need(len(self.splits) == 2, "splits", "must be (train_split, val_split)")
+        need = self._need
+        self._need_splits()
         for name in ("horizon", "max_action_dim", "width", "depth", "mlp_dim", "num_heads", "num_kv_heads", "head_dim", "num_steps",
                      "memory_budget_mb", "shuffle_buffer"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an int >= 1")

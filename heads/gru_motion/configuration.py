@@ -44,11 +44,8 @@ class GruMotionConfig(HeadConfig):
     out_dir: str = "runs/gru_motion"  # overrides loop.out_dir
 
     def __post_init__(self):
-        def need(ok: bool, name: str, msg: str):
-            if not ok:
-                raise ValueError(f"GruMotionConfig.{name} {msg}, got {getattr(self, name)!r}")
-
-        need(len(self.splits) == 2 and all(isinstance(s, str) and s for s in self.splits), "splits", "must be (train_split, val_split)")
+        need = self._need
+        self._need_splits()
         for name in ("emb_dim", "hidden", "layers", "k"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an int >= 1")
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")

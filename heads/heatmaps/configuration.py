@@ -59,11 +59,8 @@ class HeatmapsConfig(HeadConfig):
     out_dir: str = "runs/heatmaps"  # overrides loop.out_dir
 
     def __post_init__(self):
-        def need(ok: bool, name: str, msg: str):
-            if not ok:
-                raise ValueError(f"HeatmapsConfig.{name} {msg}, got {getattr(self, name)!r}")
-
-        need(len(self.splits) == 2 and all(isinstance(s, str) and s for s in self.splits), "splits", "must be (train_split, val_split)")
+        need = self._need
+        self._need_splits()
         need(self.fusion in FUSIONS, "fusion", f"must be one of {list(FUSIONS)}")
         for name in ("d_model", "heads"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an int >= 1")

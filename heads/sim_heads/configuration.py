@@ -55,11 +55,8 @@ class SimHeadsConfig(HeadConfig):
     out_dir: str = "runs/sim_heads"  # overrides loop.out_dir
 
     def __post_init__(self):
-        def need(ok: bool, name: str, msg: str):
-            if not ok:
-                raise ValueError(f"SimHeadsConfig.{name} {msg}, got {getattr(self, name)!r}")
-
-        need(len(self.splits) == 2 and all(isinstance(s, str) and s for s in self.splits), "splits", "must be (train_split, val_split)")
+        need = self._need
+        self._need_splits()
         for name in ("K", "telemetry_hidden", "memory_budget_mb", "shuffle_buffer"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an int >= 1")
         need(isinstance(self.llm_seed, int), "llm_seed", "must be an int")

@@ -48,11 +48,8 @@ class VelocityHeadConfig(HeadConfig):
     out_dir: str = "runs/velocity_head"  # overrides loop.out_dir
 
     def __post_init__(self):
-        def need(ok: bool, name: str, msg: str):
-            if not ok:
-                raise ValueError(f"VelocityHeadConfig.{name} {msg}, got {getattr(self, name)!r}")
-
-        need(len(self.splits) == 2 and all(isinstance(s, str) and s for s in self.splits), "splits", "must be (train_split, val_split)")
+        need = self._need
+        self._need_splits()
         need(self.features in FEATURES, "features", f"must be one of {list(FEATURES)}")
         need(self.loss in LOSSES, "loss", f"must be one of {list(LOSSES)}")
         for name in ("hidden", "heads"):
