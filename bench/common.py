@@ -59,3 +59,14 @@ def check_load(allow_load: bool = False, slack: float = 0.0) -> dict:
               "(other work would distort the ratio); rerun on a quiet machine or pass --allow-load", file=sys.stderr)
         raise SystemExit(3)
     return load
+
+
+def training_step(task, model, opt):
+    """``step(batch)``: one optimiser step of ``task.loss`` on ``batch`` (what ``run_loop`` does per batch)."""
+    def step(batch) -> None:
+        loss, _ = task.loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.common import OUT, check_load, demo_project, record
+from bench.common import OUT, check_load, demo_project, record, training_step
 
 
 def main() -> None:
@@ -60,11 +60,7 @@ def main() -> None:
     n, bs = len(arrays["state"]), a.batch_size
     g = torch.Generator().manual_seed(0)
 
-    def step(batch) -> None:
-        loss, _ = task.loss(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    step = training_step(task, model, opt)
 
     model.train()
     source = train_source(task, cfg.loop, 0, 1)
