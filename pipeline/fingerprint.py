@@ -17,6 +17,7 @@ import os
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -78,7 +79,11 @@ class FileHasher:
     together) only wait for one short flush. The persisted memo is read in one query, on first use.
     """
 
-    def __init__(self, db: Path | None = None, racy_s: float = 3.0, batch: int = 50_000):
+    def __init__(self, db: Path | None = None, racy_s: float = 3.0, batch: int = 50_000, read_threads: int | None = None):
+        #: threads reading the files ``many`` must hash (default: the cores, at most 8)
+        self.read_threads = read_threads if read_threads is not None else min(8, _cores())
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
         self._mem: dict[tuple, tuple[str, int]] = {}
         self._lock = threading.Lock()
         self._racy_ns = int(racy_s * 1e9)
@@ -171,10 +176,12 @@ class FileHasher:
         return sha
 
     def many(self, paths: Iterable[Path | str]) -> list[str]:
-        """``[self(p) for p in paths]``, with the memo hit (planning's every file) in one loop."""
+        """``[self(p) for p in paths]``, with the memo hit (planning's every file) in one loop; the
+        misses (files to read: a first extract's every file) are read in parallel threads, since
+        file reads and sha256 release the GIL (``read_threads``)."""
         if self._db is not None and not self._loaded:
             self._load()
-        mem, current, racy, out = self._mem, self._current, self._racy_ns, []
+        mem, current, racy, out, misses = self._mem, self._current, self._racy_ns, [], []
         for p in paths:
             s = os.fspath(p)
             try:
@@ -188,7 +195,17 @@ class FileHasher:
                 current[s] = key
                 out.append(hit[0])
             else:
-                out.append(self(s))  # a miss reads the file: its second stat costs nothing next to that
+                misses.append(len(out))
+                out.append(s)  # a miss reads the file: its second stat costs nothing next to that
+        todo = list(dict.fromkeys(out[i] for i in misses))  # a path named twice is read once
+        if len(todo) > 1 and self.read_threads > 1:
+            if self._pool is None or self._pool_pid != os.getpid():  # a forked child has the pool but not its threads
+                self._pool, self._pool_pid = ThreadPoolExecutor(self.read_threads, thread_name_prefix="navcache-hash"), os.getpid()
+            done = dict(zip(todo, self._pool.map(self, todo)))
+        else:
+            done = {t: self(t) for t in todo}
+        for i in misses:
+            out[i] = done[out[i]]
         return out
 
     def saw(self, keys: Iterable[tuple]) -> None:
@@ -256,10 +273,17 @@ class FileHasher:
         return len(dead)
 
     def close(self) -> None:
+        if self._pool is not None and self._pool_pid == os.getpid():
+            self._pool.shutdown()
+        self._pool = None
         if self._db is not None:
             self.flush()
             self._db.close()
             self._db = None
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def memo_hasher(cache_root: Path) -> FileHasher:
