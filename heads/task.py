@@ -73,3 +73,11 @@ def train_source(task: Any, cfg: LoopConfig, rank: int, world: int) -> BatchSour
     return TensorBatches(task.train_arrays, cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
 
 
+
+
+def check_same_layout(splits: tuple[str, str], train_info: dict, val_info: dict, keys) -> None:
+    """ValueError naming the first of ``keys`` whose value differs between the train and val
+    splits' load info (a model built for one split's shapes cannot read the other's)."""
+    for k in keys:
+        if train_info[k] != val_info[k]:
+            raise ValueError(f"{splits[0]} and {splits[1]} caches differ in {k}: {train_info[k]!r} vs {val_info[k]!r}")

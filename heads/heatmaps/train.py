@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from navcache.heads.task import check_same_layout
 from navcache.heads.train_loop import global_mean, run_loop, seed_everything
 
 from .configuration import RANDOM_QWEN2, HeatmapsConfig
@@ -128,9 +129,7 @@ def build_task(cfg: HeatmapsConfig) -> tuple[HeatmapsTask, dict]:
     train_split, val_split = cfg.splits
     train, tinfo = load_split(cfg.cache_root, cfg.dataset, train_split, cfg.tokens_dataset)
     val, vinfo = load_split(cfg.cache_root, cfg.dataset, val_split, cfg.tokens_dataset)
-    for key in ("grid", "image_size", "vggt_shape", "dino_shape"):
-        if tinfo[key] != vinfo[key]:
-            raise ValueError(f"{train_split} and {val_split} caches differ in {key}: {tinfo[key]} vs {vinfo[key]}")
+    check_same_layout(cfg.splits, tinfo, vinfo, ("grid", "image_size", "vggt_shape", "dino_shape"))
     llm, llm_info = resolve_llm(cfg)
     info = {k: tinfo[k] for k in ("grid", "C", "image_size", "vggt_shape", "dino_shape")}
     info |= {"n_train": tinfo["n_pairs"], "n_val": vinfo["n_pairs"], "n_empty": {"train": tinfo["n_empty"], "val": vinfo["n_empty"]},

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from navcache.heads.exports.openvla_stats import action_to_bins, normalize_q99, openvla_statistics
+from navcache.heads.task import check_same_layout
 from navcache.heads.train_loop import global_mean, load_trainable, run_loop, seed_everything
 
 from .configuration import VelocityHeadConfig
@@ -179,9 +180,7 @@ def build_task(cfg: VelocityHeadConfig) -> tuple[VelocityTask, dict]:
     tr, va = cfg.splits
     train, tinfo = load_split(cfg.cache_root, cfg.dataset, tr, cfg.features)
     val, vinfo = load_split(cfg.cache_root, cfg.dataset, va, cfg.features)
-    for k in ("kind", "P", "D", "H"):
-        if tinfo[k] != vinfo[k]:
-            raise ValueError(f"{tr} and {va} caches differ in {k}: {tinfo[k]!r} vs {vinfo[k]!r}")
+    check_same_layout(cfg.splits, tinfo, vinfo, ("kind", "P", "D", "H"))
     stats = openvla_statistics(Path(tinfo["path"]))
     ref = reference(train, next(iter(stats.values()))["action"])
     seed_everything(cfg.loop.seed)  # model init depends only on the seed
