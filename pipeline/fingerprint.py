@@ -19,7 +19,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from navcache.cache_specs.layout import sha256_file
 
@@ -311,6 +311,15 @@ def episode_fingerprint(episode, root: Path, hasher: FileHasher, files: Iterable
     """
     paths = [os.fspath(p) for p in (episode.files if files is None else files)]
     return fingerprint_of(episode, root, paths, hasher.many(paths), record_keys)
+
+
+def episode_fingerprints(episodes: Iterable, root: Path, hasher: FileHasher, files_of: Callable, record_keys: tuple[str, ...] | None) -> dict[str, str]:
+    """``{id: episode_fingerprint(e, root, hasher, files_of(e), record_keys)}``, the same strings,
+    with every episode's files in one ``hasher.many`` call: a first extract's reads then run in
+    parallel threads across episodes (per episode, 8 files left the threads mostly waiting)."""
+    listed = [(e, [os.fspath(p) for p in files_of(e)]) for e in episodes]
+    shas = iter(hasher.many([p for _, paths in listed for p in paths]))
+    return {e.episode_id: fingerprint_of(e, root, paths, [next(shas) for _ in paths], record_keys) for e, paths in listed}
 
 
 def fingerprint_of(episode, root: Path, paths: list[str], shas: list[str], record_keys: tuple[str, ...] | None) -> str:

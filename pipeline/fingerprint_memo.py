@@ -35,7 +35,7 @@ from typing import Callable, Iterable
 
 from navcache.cache_specs.layout import atomic_write_bytes
 
-from .fingerprint import FileHasher, fingerprint_of
+from .fingerprint import FileHasher, episode_fingerprints
 
 FORMAT = 1
 
@@ -90,7 +90,7 @@ class FingerprintMemo:
         old = old if isinstance(old, dict) else {}
         new = self._new.setdefault(section, {})
         head = os.fspath(root)
-        out = {}
+        out, missed = {}, []
         for e in episodes:
             paths = [os.fspath(p) for p in files_of(e)]
             keys = None if e.quarantine is not None else _stat_keys(paths)
@@ -105,7 +105,11 @@ class FingerprintMemo:
                     hasher.saw(keys)
                     self.hits += 1
                     continue
-            fp = out[e.episode_id] = fingerprint_of(e, root, paths, hasher.many(paths), record_keys)
+            missed.append((e, paths, keys, digest))
+        missed_paths = {m[0].episode_id: m[1] for m in missed}
+        fps = episode_fingerprints([m[0] for m in missed], root, hasher, lambda e: missed_paths[e.episode_id], record_keys)
+        for e, paths, keys, digest in missed:
+            fp = out[e.episode_id] = fps[e.episode_id]
             self.misses += 1
             # remembered only when every hash is one the file-hash memo trusts for the key seen
             # above: a file changed since, or too recently for its timestamps to tell, is not

@@ -29,7 +29,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from navcache.cache_specs.layout import INDEX, MANIFEST, PARTS, cache_dir, part_id
 from navcache.cache_specs.manifest import MANIFEST_FORMAT, MANIFEST_SHA_KEY, last_finalized
@@ -37,7 +37,7 @@ from navcache.cache_specs.parts import PART_FORMAT, free_numbers, part_fingerpri
 
 from .config import ProjectConfig
 from .errors import ConfigError
-from .fingerprint import FileHasher, episode_fingerprint, stage_fingerprints
+from .fingerprint import FileHasher, episode_fingerprints, stage_fingerprints
 from .fingerprint_memo import FingerprintMemo
 from .listing_memo import ListingMemo
 from .sources import make_source
@@ -186,11 +186,16 @@ def _live_rows(cdir: Path, m: dict) -> dict[str, str]:
 
 
 def plan_split(
-    project: ProjectConfig, dataset: str, split: str, only: str | None = None, hasher: FileHasher | None = None, source: Source | None = None
+    project: ProjectConfig, dataset: str, split: str, only: str | None = None, hasher: FileHasher | None = None, source: Source | None = None,
+    warm: Callable[[Stage], None] | None = None,
 ) -> list[StagePlan]:
-    """Plan every stage of (dataset, split). Raises DatasetError if the split cannot be listed."""
+    """Plan every stage of (dataset, split). Raises DatasetError if the split cannot be listed.
+
+    ``warm(stage)`` is called, before the input files are hashed, for each stage that will build
+    every episode whatever the hashes say (it has no finalised part to keep: a first extract), so
+    that an extract can load its encoder while planning hashes (``runner``)."""
     with gc_paused():
-        return _plan_split(project, dataset, split, only, hasher, source)
+        return _plan_split(project, dataset, split, only, hasher, source, warm)
 
 
 @contextmanager
@@ -217,7 +222,8 @@ def gc_paused() -> Iterator[None]:
 
 
 def _plan_split(
-    project: ProjectConfig, dataset: str, split: str, only: str | None, hasher: FileHasher | None, source: Source | None
+    project: ProjectConfig, dataset: str, split: str, only: str | None, hasher: FileHasher | None, source: Source | None,
+    warm: Callable[[Stage], None] | None = None,
 ) -> list[StagePlan]:
     ds = project.dataset(dataset)
     source = source or make_source(ds.source, ds.root, **ds.options)
@@ -234,21 +240,24 @@ def _plan_split(
     efps: dict[str, dict[str, str]] = {}
     kept: dict[str, dict[str, tuple[str, str]]] = {}
     todo: dict[str, list[Episode]] = {}
-    bases: dict[str, _Base] = {}
+    bases = {n: _read_base(cache_dir(project.cache_root, dataset, split, cache_name(n)), project.backend) for n in names}
+    if warm is not None and episodes:
+        for n in names:
+            if not bases[n].holders:
+                warm(stages[n])
     for name in names:
         stage = stages[name]
         key = (stage.reads_files, stage.skip_file_suffixes, stage.record_keys)
         if key not in content:
             root, keys = Path(ds.root), stage.record_keys  # once per stage, not per episode
             if memo is None:
-                content[key] = {e.episode_id: episode_fingerprint(e, root, hasher, stage.files_read(e), keys) for e in episodes}
+                content[key] = episode_fingerprints(episodes, root, hasher, stage.files_read, keys)
             else:
                 content[key] = memo.fingerprints(json.dumps(key), episodes, root, hasher, stage.files_read, keys)
             hasher.flush()  # one memo transaction per stage: a kill later loses none of these hashes
         base = _stage_base(project, dataset, name, stage)
         # = hash_obj({"stage": base, "episode": content, "upstream": {u: efps[u][id]}}) per episode
         efps[name] = stage_fingerprints(base, content[key], {u: efps[u] for u in stage.consumes})
-        bases[name] = _read_base(cache_dir(project.cache_root, dataset, split, cache_name(name)), project.backend)
         kept[name] = {}
         todo[name] = []
         for e in episodes:

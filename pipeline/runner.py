@@ -81,7 +81,7 @@ def plan_all(project: ProjectConfig, opts: ExtractOptions, summary: RunSummary, 
     return _plan_selected(project, opts, summary, hasher)
 
 
-def _plan_selected(project: ProjectConfig, opts: ExtractOptions, summary: RunSummary, hasher: FileHasher) -> list[StagePlan]:
+def _plan_selected(project: ProjectConfig, opts: ExtractOptions, summary: RunSummary, hasher: FileHasher, warm=None) -> list[StagePlan]:
     plans: list[StagePlan] = []
     seen: dict = {}  # each model is located once per run, whichever datasets share it
     for name, ds in project.datasets.items():
@@ -99,7 +99,7 @@ def _plan_selected(project: ProjectConfig, opts: ExtractOptions, summary: RunSum
             if hasattr(source, "decoded"):  # the run's budget for frames decoded once (speed only)
                 source.decoded.max_bytes = project.run.decoded_frames_mb << 20
             check_providers(project, name, source, opts.only, seen)
-            plans += plan_split(project, name, opts.split, opts.only, hasher, source=source)
+            plans += plan_split(project, name, opts.split, opts.only, hasher, source=source, warm=warm)
         except (DatasetError, NavcacheError, OSError) as e:
             log.debug("dataset %s split %s", name, opts.split, exc_info=True)  # the traceback with --debug
             summary.errors.append(f"dataset {name} split {opts.split}: {e}")
@@ -129,9 +129,45 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
     if not opts.dry_run:
         check_cache_root(project.cache_root)  # a ConfigError with the OS reason, not a traceback later
     summary = RunSummary(dry_run=opts.dry_run)
+    with _Warm(enabled=not opts.dry_run and opts.executor == "local") as warm:
+        return _extract(project, opts, reporter, summary, warm)
+
+
+class _Warm:
+    """Loads, on one background thread, the encoders of stages planning finds will build whatever
+    the hashes say (``plan_split(warm=...)``): on a first extract the weights load while the input
+    files are listed and hashed, instead of after (seconds each for real models and datasets).
+    A load that fails here is left for the build's own ``setup`` to raise and report. Only for
+    local builds: other executors load in their workers."""
+
+    def __init__(self, enabled: bool):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="navcache-warm") if enabled else None
+
+    def __call__(self, stage) -> None:
+        if self._pool is not None and stage.setup_ahead:
+            self._pool.submit(_setup_quietly, stage)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _setup_quietly(stage) -> None:
+    try:
+        stage.setup()
+    except Exception:  # noqa: BLE001 - the build calls setup again and reports the error there
+        log.debug("loading %s ahead of its build failed", stage.name, exc_info=True)
+
+
+def _extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter, summary: RunSummary, warm: _Warm) -> RunSummary:
     hasher = FileHasher(Path(project.cache_root) / ".navcache" / "filehash.sqlite")
     try:
-        plans = _plan_selected(project, opts, summary, hasher)
+        plans = _plan_selected(project, opts, summary, hasher, warm)
         if not opts.dry_run:
             hasher.prune()  # rows of files gone or changed since hashed: they could only grow the memo
     finally:

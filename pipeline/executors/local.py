@@ -1,12 +1,18 @@
 """The local executor: keep the encoder busy.
 
-    decode threads ──prepare()──▶ in-order window ──batch──▶ compute() (main thread)
-                                                               │ one part complete
-                                                               ▼
+    decode threads ──prepare()──▶ in-order window ──batch──▶ collate() (main thread)
+                                                                  │ one batch ahead
+                                                                  ▼
+                                                 device thread: compute()
+                                                                  │ one part complete
+                                                                  ▼
                                                  writer thread: write_part (tmp + rename)
 
 Episodes are consumed in order, so results are identical to a sequential run whatever the thread
-timing. A failure in one episode quarantines that episode only.
+timing. A failure in one episode quarantines that episode only. The device thread only runs
+``compute``: while it holds the device with one batch, the main thread assembles the next
+(``Stage.collate``, e.g. the ~20 MB frame concatenation) and files the previous batch's results,
+so the device does not wait for the CPU between batches (issue 17).
 """
 from __future__ import annotations
 
@@ -135,6 +141,28 @@ def decode_threads(workers: int):
         torch.set_num_threads(keep)
 
 
+@contextmanager
+def device_thread():
+    """The one thread that runs ``Stage.compute`` (the encoder), at the caller's torch thread count.
+
+    torch reads a process-wide thread count the first time a thread runs a parallel op, and the
+    main thread sets it to 1 around its glue (``torch_threads``): so the device thread fixes its
+    own count before the first batch is handed over (``_keep_threads`` runs to completion first).
+    """
+    import torch
+
+    with ThreadPoolExecutor(1, thread_name_prefix="navcache-device") as device:
+        device.submit(_keep_threads, torch.get_num_threads()).result()
+        yield device
+
+
+def _keep_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+    torch.get_num_threads()  # initialises this thread's count now, while it is n
+
+
 def build_parts(
     sp: StagePlan,
     parts: Iterable[PartPlan],
@@ -212,19 +240,33 @@ def build_parts(
             writes.append(writer.submit(write, parts_seen[slot.part], results[slot.part]))
             results[slot.part] = None  # the writer holds the only reference now: memory stays flat in the dataset size
 
-    def compute(batch: list[tuple[_Slot, Prepared]]) -> None:
+    inflight: deque[tuple[list[tuple[_Slot, Prepared]], Future]] = deque()
+
+    def launch(batch: list[tuple[_Slot, Prepared]]) -> None:
+        """Hand ``batch`` to the device thread; settle batches until at most this one is left:
+        the device runs batch n while this thread collates n + 1 and files n - 1's results."""
+        items = [b[1] for b in batch]
         try:
-            outs = stage.compute([b[1] for b in batch])
+            collated = stage.collate(items)
+        except Exception:  # noqa: BLE001 - compute collates again and the isolation below finds the episode
+            collated = None
+        inflight.append((batch, device.submit(_compute, stage, items, collated)))
+        while len(inflight) > 1:
+            settle(*inflight.popleft())
+
+    def settle(batch: list[tuple[_Slot, Prepared]], fut: Future) -> None:
+        try:
+            outs = fut.result()
         except Exception as e:  # noqa: BLE001
             if len(batch) > 1:  # isolate the episode at fault (e.g. out of memory on one long video)
                 for b in batch:
-                    compute([b])
+                    settle([b], device.submit(_compute, stage, [b[1]], None))
                 return
             if isinstance(e, Quarantine):  # the stage's own diagnosis (e.g. OOM naming the frame count)
                 reason = e.reason
             else:
                 reason = "compute failed: " + ("out of memory" if "out of memory" in str(e).lower() else f"{type(e).__name__}: {e}")
-            log.debug("compute failed for %s:\n%s", batch[0][0].episode_id, traceback.format_exc())
+            log.debug("compute failed for %s:\n%s", batch[0][0].episode_id, "".join(traceback.format_exception(e)))
             finish(batch[0][0], EpisodeResult(batch[0][0].episode_id, reason=reason), 0)
             return
         for (slot, item), got in zip(batch, outs):
@@ -232,7 +274,7 @@ def build_parts(
             finish(slot, res, item.cost)
 
     dims = stage.dims()
-    with decode_threads(run.decode_workers) as pool, ThreadPoolExecutor(1, thread_name_prefix="navcache-write") as writer:
+    with decode_threads(run.decode_workers) as pool, device_thread() as device, ThreadPoolExecutor(1, thread_name_prefix="navcache-write") as writer:
         try:
             window: deque[tuple[_Slot, Future]] = deque()
             batch: list[tuple[_Slot, Prepared]] = []
@@ -259,13 +301,19 @@ def build_parts(
                 batch.append((slot, got))
                 cost += got.cost
                 if cost >= stage.batch_cost:
-                    compute(batch)
+                    launch(batch)
                     batch, cost = [], 0
             if batch:
-                compute(batch)
+                launch(batch)
+            while inflight:
+                settle(*inflight.popleft())
             while writes:
                 metas.append(writes.popleft().result())
         finally:
             upstream.close()
             stage.teardown()
     return metas
+
+
+def _compute(stage, items: list[Prepared], collated):
+    return stage.compute(items) if collated is None else stage.compute(items, collated)

@@ -55,6 +55,10 @@ class Stage:
     kept_fields: ClassVar[tuple[str, ...]] = ()
     #: uses without which the stage has nothing to read (ConfigError when the source lacks one)
     required_uses: ClassVar[tuple[str, ...]] = ()
+    #: ``setup`` may run on another thread ahead of the build and again in it (it only loads
+    #: encoders through ``FrozenEncoder.load``, which loads once under a lock): an extract then
+    #: loads the weights while planning hashes the inputs (``runner._Warm``)
+    setup_ahead: ClassVar[bool] = False
     #: name suffixes of ``Episode.files`` entries the stage never reads (e.g. ".gt.npz" sidecars):
     #: they stay out of its fingerprints, so changing one does not recompute this stage
     skip_file_suffixes: ClassVar[tuple[str, ...]] = ()
@@ -141,7 +145,16 @@ class Stage:
     def prepare(self, episode: Episode, upstream: Mapping[str, Mapping[str, np.ndarray]]) -> Prepared:
         raise NotImplementedError
 
+    def collate(self, items: list[Prepared]) -> Any:
+        """The CPU side of assembling a batch (e.g. stacking its frames), run on the feeding thread
+        while the device thread computes the previous batch; its result reaches
+        ``compute(items, collated)``. Must not depend on what earlier ``compute`` calls did (it
+        runs ahead of them). Default None: ``compute(items)`` assembles the batch itself."""
+        return None
+
     def compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray] | Computed]:
+        """The episodes' arrays, in order; runs on the one device thread (``executors.local``).
+        A stage with a ``collate`` also takes ``collated``, which it may receive as None."""
         raise NotImplementedError
 
     # -- finalising -------------------------------------------------------------------------------

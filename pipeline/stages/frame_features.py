@@ -104,6 +104,7 @@ class FrameMemo:
 
 class FrameFeaturesStage(Stage):
     name = "frame-features"
+    setup_ahead = True
     code_version = "1"
     # what is decoded is fixed by the files read (content-hashed) and the fields the source
     # declares for its frames; labels, instructions and poses do not change pixels
@@ -178,20 +179,30 @@ class FrameFeaturesStage(Stage):
         keys = frame_keys(frames.pixels) if self.settings.dedup_frames else None
         return Prepared(episode.episode_id, (x, frames.indices.astype(np.int64), frames.padded.astype(bool), keys), cost=len(x))
 
-    def compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray]]:
+    def collate(self, items: list[Prepared]):
+        """Without frame dedup, the batch's frames [F, 3, S_h, S_w] in one tensor (single-threaded:
+        see ``compute``). With dedup, None: which frames are new depends on the batches before."""
+        if self.settings.dedup_frames:
+            return None
+        import torch
+
+        with torch_threads(1):
+            return torch.cat([it.payload[0] for it in items])
+
+    def compute(self, items: list[Prepared], collated=None) -> list[dict[str, np.ndarray]]:
         """Encode the batch's distinct frames not encoded before, then each item's rows:
         cls f16 [T, D], patch_pooled f16 [T, G, G, D] (+ patch_tokens f16 [T, Hp, Wp, D]).
 
         The glue around the encoder (concatenation, pooling, casts) runs single-threaded
         (``torch_threads``); the encoder itself on the caller's threads (``_encode``)."""
         with torch_threads(1) as self._encoder_threads:
-            return self._compute(items)
+            return self._compute(items, collated)
 
-    def _compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray]]:
+    def _compute(self, items: list[Prepared], collated=None) -> list[dict[str, np.ndarray]]:
         import torch
 
         if not self.settings.dedup_frames:
-            x = torch.cat([it.payload[0] for it in items])  # [F, 3, S_h, S_w] over every item's frames
+            x = torch.cat([it.payload[0] for it in items]) if collated is None else collated  # [F, 3, S_h, S_w]
             rows = self._encode_all(x)
             out, s = [], 0
             for it in items:

@@ -68,6 +68,7 @@ class GeometrySettings:
 
 class GeometryStage(Stage):
     name = "geometry"
+    setup_ahead = True
     # 2: per-frame voxel sets from the full-resolution float32 maps; VGGT re-expressed in the first camera
     code_version = "2"
     # what is decoded, and the ground-truth sidecar for either provider (its file is hashed with

@@ -106,6 +106,7 @@ def view_pixels(source, episode, views: tuple[str, ...], index: np.ndarray, fram
 
 class SpatialStage(Stage):
     name = "spatial"
+    setup_ahead = True
     # 2: llava3d moved to stage spatial-llava3d; rows carry view_index and stride
     code_version = "2"
     uses = ("frames",)

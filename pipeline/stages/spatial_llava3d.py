@@ -137,6 +137,7 @@ class Llava3DGeometryStage(Stage):
 
 class SpatialLlava3DStage(Llava3DGeometryStage):
     name = "spatial-llava3d"
+    setup_ahead = True
     code_version = "1"
     Settings = SpatialLlava3DSettings
 
