@@ -21,15 +21,23 @@ names a fresh build gives; a part lost to damage is rebuilt under its own name),
 by their content (``part_fingerprint``). The plan
 is a function of the source and the last finalised manifests only, so shard jobs, dask workers, a
 rerun after a kill and an uninterrupted run agree on it, part for part.
+
+A first extract (no stage of the split has a finalised part or anything in its part folder)
+builds every episode whatever the hashes say, so its parts are known from the listing alone:
+``plan_split(ahead=...)`` returns them before hashing, as ``PendingPart``s whose fingerprints a
+background thread fills in while the build decodes (a part's commit waits for them). The plan
+they resolve to is the one full planning gives (``tests/pipeline/test_plan_fresh.py``).
 """
 from __future__ import annotations
 
 import gc
 import json
+import os
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from navcache.cache_specs.layout import INDEX, MANIFEST, PARTS, cache_dir, part_id
 from navcache.cache_specs.manifest import MANIFEST_FORMAT, MANIFEST_SHA_KEY, last_finalized
@@ -40,73 +48,11 @@ from .errors import ConfigError
 from .fingerprint import FileHasher, episode_fingerprints, stage_fingerprints
 from .fingerprint_memo import FingerprintMemo
 from .listing_memo import ListingMemo
+from .plan_types import Ahead, Location, PartPlan, PendingPart, StagePlan
 from .sources import make_source
 from .sources.base import Episode, Source
 from .stages import cache_name, stage_class
 from .stages.base import Stage
-
-#: where an upstream episode lives: (part id, part fingerprint, episode fingerprint)
-Location = tuple[str, str, str]
-
-
-@dataclass
-class PartPlan:
-    part_id: str
-    episodes: list[Episode]
-    fingerprint: str
-    state: str  # "up-to-date" | "stale" (a leftover under this name) | "missing"
-    group: int = -1  # shard key of a new part; -1 for a part kept from the last finalised manifest
-    episode_fps: dict[str, str] = field(default_factory=dict)
-    #: upstream stage -> episode id -> where the plan expects that episode's rows
-    upstream: dict[str, dict[str, Location]] = field(default_factory=dict)
-
-
-@dataclass
-class StagePlan:
-    dataset: str
-    split: str
-    stage_name: str
-    stage: Stage
-    cache_dir: Path
-    #: every part the target layout names: kept parts (group -1) first, then new parts
-    parts: list[PartPlan]
-    upstream_dirs: dict[str, Path] = field(default_factory=dict)
-    finalized: bool = False
-    part_size: int = 32
-    #: parts of the last finalised layout that lose live episodes (changed or gone) in this plan
-    superseded: set[str] = field(default_factory=set)
-    #: the complete manifest's own checksum when planning read it (None: there was none)
-    manifest_sha: str | None = None
-
-    @property
-    def todo(self) -> list[PartPlan]:
-        """New parts not committed yet (a kept part is never rebuilt)."""
-        return [p for p in self.parts if p.group >= 0 and p.state != "up-to-date"]
-
-    def counts(self) -> dict[str, int]:
-        """Parts by state, for ``status``: a finalised part that loses live episodes counts as
-        stale (its rows of those episodes die), a new part as missing until committed."""
-        out = {"up-to-date": 0, "stale": 0, "missing": 0}
-        for p in self.parts:
-            out["stale" if p.part_id in self.superseded else p.state] += 1
-        out["stale"] += len(self.superseded - {p.part_id for p in self.parts})
-        return out
-
-    def committed(self, p: PartPlan, backend: str) -> bool:
-        """``p`` is in ``parts/`` as planned (committed by this run, a concurrent one or a shard job)."""
-        meta = read_part_meta(self.cache_dir / PARTS / p.part_id)
-        return meta is not None and meta["fingerprint"] == p.fingerprint and meta.get("backend") == backend
-
-    def expected(self) -> dict[str, str]:
-        return {p.part_id: p.fingerprint for p in self.parts}
-
-    def locations(self) -> dict[str, Location]:
-        return {e.episode_id: (p.part_id, p.fingerprint, p.episode_fps[e.episode_id]) for p in self.parts for e in p.episodes}
-
-    def layout(self) -> list[tuple[str, str]]:
-        """(episode id, part id) of every episode of the split, in index (id) order."""
-        return sorted((e.episode_id, p.part_id) for p in self.parts for e in p.episodes)
-
 
 def make_stage(project: ProjectConfig, dataset: str, stage: str, source: Source) -> Stage:
     ds = project.dataset(dataset)
@@ -187,15 +133,17 @@ def _live_rows(cdir: Path, m: dict) -> dict[str, str]:
 
 def plan_split(
     project: ProjectConfig, dataset: str, split: str, only: str | None = None, hasher: FileHasher | None = None, source: Source | None = None,
-    warm: Callable[[Stage], None] | None = None,
+    ahead: Ahead | None = None,
 ) -> list[StagePlan]:
     """Plan every stage of (dataset, split). Raises DatasetError if the split cannot be listed.
 
-    ``warm(stage)`` is called, before the input files are hashed, for each stage that will build
-    every episode whatever the hashes say (it has no finalised part to keep: a first extract), so
-    that an extract can load its encoder while planning hashes (``runner``)."""
+    With ``ahead`` (an extract building locally), a stage that will build every episode whatever
+    the hashes say (no finalised part to keep) starts loading its weights before the input files
+    are hashed; and when that holds for every stage of the split and nothing lies in their part
+    folders (a first extract), the plan returns before hashing: its parts are ``PendingPart``s
+    whose fingerprints ``ahead.later`` computes while the build decodes (``_plan_fresh``)."""
     with gc_paused():
-        return _plan_split(project, dataset, split, only, hasher, source, warm)
+        return _plan_split(project, dataset, split, only, hasher, source, ahead)
 
 
 @contextmanager
@@ -223,7 +171,7 @@ def gc_paused() -> Iterator[None]:
 
 def _plan_split(
     project: ProjectConfig, dataset: str, split: str, only: str | None, hasher: FileHasher | None, source: Source | None,
-    warm: Callable[[Stage], None] | None = None,
+    ahead: Ahead | None = None,
 ) -> list[StagePlan]:
     ds = project.dataset(dataset)
     source = source or make_source(ds.source, ds.root, **ds.options)
@@ -236,15 +184,60 @@ def _plan_split(
     memo = FingerprintMemo.open(project.cache_root, dataset, split, getattr(source, "listing_token", None))
     names = stage_order(project, dataset, source, only)
     stages = {n: make_stage(project, dataset, n, source) for n in names}
-    content: dict[tuple, dict[str, str]] = {}  # stages reading the same fields and files share hashes
-    efps: dict[str, dict[str, str]] = {}
-    kept: dict[str, dict[str, tuple[str, str]]] = {}
-    todo: dict[str, list[Episode]] = {}
-    bases = {n: _read_base(cache_dir(project.cache_root, dataset, split, cache_name(n)), project.backend) for n in names}
-    if warm is not None and episodes:
+    cdirs = {n: cache_dir(project.cache_root, dataset, split, cache_name(n)) for n in names}
+    bases = {n: _read_base(cdirs[n], project.backend) for n in names}
+    if ahead is not None and episodes:
         for n in names:
             if not bases[n].holders:
-                warm(stages[n])
+                ahead.load(stages[n])
+    fps = _fingerprints(project, dataset, names, stages, episodes, memo, hasher)
+    if ahead is not None and episodes and all(not bases[n].taken and _empty(cdirs[n] / PARTS) for n in names):
+        return _plan_fresh(dataset, split, names, stages, cdirs, episodes, ds.part_size, project.backend, fps, ahead)
+    efps = dict(fps)
+    kept: dict[str, dict[str, tuple[str, str]]] = {}
+    todo: dict[str, list[Episode]] = {}
+    for name in names:
+        kept[name] = {}
+        todo[name] = []
+        for e in episodes:
+            where = bases[name].holders.get((e.episode_id, efps[name][e.episode_id]))
+            if where is None:
+                todo[name].append(e)
+            else:
+                kept[name][e.episode_id] = where
+    groups = _group(names, stages, todo, ds.part_size)
+    plans: dict[str, StagePlan] = {}
+    for name in names:
+        stage, fps_, cdir = stages[name], efps[name], cdirs[name]
+        by_part: dict[tuple[str, str], list[Episode]] = {}
+        for e in episodes:
+            if e.episode_id in kept[name]:
+                by_part.setdefault(kept[name][e.episode_id], []).append(e)
+        parts = [PartPlan(pid, eps, pfp, "up-to-date", -1, {e.episode_id: fps_[e.episode_id] for e in eps}) for (pid, pfp), eps in sorted(by_part.items())]
+        free = free_numbers(bases[name].taken)
+        for k, eps in groups[name]:
+            parts.append(_new_part(cdir, bases[name], free, k, eps, fps_, project.backend))
+        ups = {u: plans[u].locations() for u in stage.consumes}
+        for p in parts:
+            if p.group >= 0:
+                p.upstream = _upstream_of(p, stage, ups)
+        sp = StagePlan(dataset, split, name, stage, cdir, parts, {u: plans[u].cache_dir for u in stage.consumes},
+                       part_size=ds.part_size)
+        sp.superseded = {pid for eid, pid in bases[name].live.items() if kept[name].get(eid, ("",))[0] != pid}
+        sp.finalized = not groups[name] and _manifest_matches(cdir, sp.layout())
+        sp.manifest_sha = (_complete_manifest(cdir) or {}).get(MANIFEST_SHA_KEY)
+        plans[name] = sp
+    return list(plans.values())
+
+
+def _fingerprints(project: ProjectConfig, dataset: str, names: list[str], stages: dict[str, Stage], episodes: list[Episode],
+                  memo: FingerprintMemo | None, hasher: FileHasher) -> Iterator[tuple[str, dict[str, str]]]:
+    """(stage, {episode id: fingerprint}) for each of ``names``, upstream first, hashing the input
+    files as it goes (lazily: ``_plan_fresh`` runs it on a background thread); the fingerprint
+    memo is saved once the last stage is done."""
+    ds = project.dataset(dataset)
+    content: dict[tuple, dict[str, str]] = {}  # stages reading the same fields and files share hashes
+    efps: dict[str, dict[str, str]] = {}
     for name in names:
         stage = stages[name]
         key = (stage.reads_files, stage.skip_file_suffixes, stage.record_keys)
@@ -258,40 +251,59 @@ def _plan_split(
         base = _stage_base(project, dataset, name, stage)
         # = hash_obj({"stage": base, "episode": content, "upstream": {u: efps[u][id]}}) per episode
         efps[name] = stage_fingerprints(base, content[key], {u: efps[u] for u in stage.consumes})
-        kept[name] = {}
-        todo[name] = []
-        for e in episodes:
-            where = bases[name].holders.get((e.episode_id, efps[name][e.episode_id]))
-            if where is None:
-                todo[name].append(e)
-            else:
-                kept[name][e.episode_id] = where
+        yield name, efps[name]
     if memo is not None:
         memo.save()
-    groups = _group(names, stages, todo, ds.part_size)
+
+
+def _plan_fresh(dataset: str, split: str, names: list[str], stages: dict[str, Stage], cdirs: dict[str, Path], episodes: list[Episode],
+                part_size: int, backend: str, fps: Iterator[tuple[str, dict[str, str]]], ahead: Ahead) -> list[StagePlan]:
+    """The plan of a first extract, returned before any input file is hashed.
+
+    Every episode of every stage is todo and no part exists, so the parts (groups, ids from 0,
+    state "missing") are what ``_plan_split`` would give whatever the fingerprints; the
+    fingerprints, part fingerprints and upstream locations are filled in by ``ahead.later``,
+    stage by stage, upstream first, each stage's parts released together (``PendingPart``)."""
+    groups = _group(names, stages, {n: list(episodes) for n in names}, part_size)
+    ready = {n: Future() for n in names}
     plans: dict[str, StagePlan] = {}
     for name in names:
-        stage, fps = stages[name], efps[name]
-        cdir = cache_dir(project.cache_root, dataset, split, cache_name(name))
-        by_part: dict[tuple[str, str], list[Episode]] = {}
-        for e in episodes:
-            if e.episode_id in kept[name]:
-                by_part.setdefault(kept[name][e.episode_id], []).append(e)
-        parts = [PartPlan(pid, eps, pfp, "up-to-date", -1, {e.episode_id: fps[e.episode_id] for e in eps}) for (pid, pfp), eps in sorted(by_part.items())]
-        free = free_numbers(bases[name].taken)
-        for k, eps in groups[name]:
-            parts.append(_new_part(cdir, bases[name], free, k, eps, fps, project.backend))
-        ups = {u: plans[u].locations() for u in stage.consumes}
-        for p in parts:
-            if p.group >= 0:
-                p.upstream = {u: {e.episode_id: ups[u][e.episode_id] for e in p.episodes} for u in stage.consumes}
-        sp = StagePlan(dataset, split, name, stage, cdir, parts, {u: plans[u].cache_dir for u in stage.consumes},
-                       part_size=ds.part_size)
-        sp.superseded = {pid for eid, pid in bases[name].live.items() if kept[name].get(eid, ("",))[0] != pid}
-        sp.finalized = not groups[name] and _manifest_matches(cdir, sp.layout())
-        sp.manifest_sha = (_complete_manifest(cdir) or {}).get(MANIFEST_SHA_KEY)
-        plans[name] = sp
+        free = free_numbers(set())
+        parts: list[PartPlan] = [PendingPart(ready[name], part_id(next(free)), eps, "", "missing", k) for k, eps in groups[name]]
+        plans[name] = StagePlan(dataset, split, name, stages[name], cdirs[name], parts,
+                                {u: plans[u].cache_dir for u in stages[name].consumes}, part_size=part_size)
+
+    def resolve() -> None:
+        try:
+            for name, efps in fps:
+                stage = stages[name]
+                ups = {u: plans[u].locations() for u in stage.consumes}  # upstream stages are resolved by now
+                for p in plans[name].parts:
+                    p.episode_fps = {e.episode_id: efps[e.episode_id] for e in p.episodes}
+                    p.fingerprint = part_fingerprint(backend, [(e.episode_id, efps[e.episode_id]) for e in p.episodes])
+                    p.upstream = _upstream_of(p, stage, ups)
+                ready[name].set_result(None)
+        except BaseException as e:  # noqa: BLE001 - every reader of a pending part gets it
+            for f in ready.values():
+                if not f.done():
+                    f.set_exception(e)
+            raise
+
+    ahead.later(resolve)
     return list(plans.values())
+
+
+def _upstream_of(p: PartPlan, stage: Stage, ups: dict[str, dict[str, Location]]) -> dict[str, dict[str, Location]]:
+    return {u: {e.episode_id: ups[u][e.episode_id] for e in p.episodes} for u in stage.consumes}
+
+
+def _empty(folder: Path) -> bool:
+    """``folder`` holds nothing (or is not there): no part, leftover or lease of another run."""
+    try:
+        with os.scandir(folder) as it:
+            return next(it, None) is None
+    except FileNotFoundError:
+        return True
 
 
 def _stage_base(project: ProjectConfig, dataset: str, name: str, stage: Stage) -> dict:

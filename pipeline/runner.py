@@ -81,7 +81,7 @@ def plan_all(project: ProjectConfig, opts: ExtractOptions, summary: RunSummary, 
     return _plan_selected(project, opts, summary, hasher)
 
 
-def _plan_selected(project: ProjectConfig, opts: ExtractOptions, summary: RunSummary, hasher: FileHasher, warm=None) -> list[StagePlan]:
+def _plan_selected(project: ProjectConfig, opts: ExtractOptions, summary: RunSummary, hasher: FileHasher, ahead=None) -> list[StagePlan]:
     plans: list[StagePlan] = []
     seen: dict = {}  # each model is located once per run, whichever datasets share it
     for name, ds in project.datasets.items():
@@ -99,7 +99,7 @@ def _plan_selected(project: ProjectConfig, opts: ExtractOptions, summary: RunSum
             if hasattr(source, "decoded"):  # the run's budget for frames decoded once (speed only)
                 source.decoded.max_bytes = project.run.decoded_frames_mb << 20
             check_providers(project, name, source, opts.only, seen)
-            plans += plan_split(project, name, opts.split, opts.only, hasher, source=source, warm=warm)
+            plans += plan_split(project, name, opts.split, opts.only, hasher, source=source, ahead=ahead)
         except (DatasetError, NavcacheError, OSError) as e:
             log.debug("dataset %s split %s", name, opts.split, exc_info=True)  # the traceback with --debug
             summary.errors.append(f"dataset {name} split {opts.split}: {e}")
@@ -129,32 +129,67 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
     if not opts.dry_run:
         check_cache_root(project.cache_root)  # a ConfigError with the OS reason, not a traceback later
     summary = RunSummary(dry_run=opts.dry_run)
-    with _Warm(enabled=not opts.dry_run and opts.executor == "local") as warm:
-        return _extract(project, opts, reporter, summary, warm)
+    hasher = FileHasher(Path(project.cache_root) / ".navcache" / "filehash.sqlite")
+    try:
+        with _Ahead(enabled=not opts.dry_run and opts.executor == "local") as ahead:
+            try:
+                plans = _plan_selected(project, opts, summary, hasher, ahead if ahead.enabled else None)
+                _build_all(project, opts, reporter, summary, plans)
+            finally:
+                for e in ahead.wait():  # the background fingerprinting shares the hasher
+                    if not any(str(e) in err for err in summary.errors):
+                        summary.errors.append(f"planning failed: {type(e).__name__}: {e}")
+            if not opts.dry_run:
+                hasher.prune()  # rows of files gone or changed since hashed: they could only grow the memo
+    finally:
+        hasher.close()
+    return summary
 
 
-class _Warm:
-    """Loads, on one background thread, the encoders of stages planning finds will build whatever
-    the hashes say (``plan_split(warm=...)``): on a first extract the weights load while the input
-    files are listed and hashed, instead of after (seconds each for real models and datasets).
-    A load that fails here is left for the build's own ``setup`` to raise and report. Only for
-    local builds: other executors load in their workers."""
+#: niceness added to the thread computing a first extract's fingerprints (decode threads: +5)
+PLAN_NICE = 10
+
+
+class _Ahead:
+    """What an extract starts before its plan is complete (``plan.Ahead``), on background threads:
+
+    - ``load``: the encoders of stages that will build whatever the hashes say load while the
+      input files are listed and hashed (seconds each for real models). A load that fails here is
+      left for the build's own ``setup`` to raise and report.
+    - ``later``: a first extract's fingerprints (``plan._plan_fresh``), computed while the build
+      decodes; ``wait`` returns what it raised (the build saw it too, at a part's commit).
+    Only for local builds: other executors load in their workers and ship complete plans."""
 
     def __init__(self, enabled: bool):
         from concurrent.futures import ThreadPoolExecutor
 
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="navcache-warm") if enabled else None
+        from .executors.local import lower_thread_priority
 
-    def __call__(self, stage) -> None:
-        if self._pool is not None and stage.setup_ahead:
-            self._pool.submit(_setup_quietly, stage)
+        self.enabled = enabled
+        self._loads = ThreadPoolExecutor(1, thread_name_prefix="navcache-warm") if enabled else None
+        # below the decode threads: the fingerprints are first needed at the first part's commit,
+        # decoded frames at the first batch (the hashing threads it starts inherit the priority)
+        self._jobs = ThreadPoolExecutor(1, thread_name_prefix="navcache-plan", initializer=lower_thread_priority, initargs=(PLAN_NICE,)) if enabled else None
+        self._later: list = []
+
+    def load(self, stage) -> None:
+        if stage.setup_ahead:
+            self._loads.submit(_setup_quietly, stage)
+
+    def later(self, fn) -> None:
+        self._later.append(self._jobs.submit(fn))
+
+    def wait(self) -> list[BaseException]:
+        done, self._later = self._later, []
+        return [e for e in (f.exception() for f in done) if e is not None]
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self._jobs, self._loads):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _setup_quietly(stage) -> None:
@@ -164,14 +199,8 @@ def _setup_quietly(stage) -> None:
         log.debug("loading %s ahead of its build failed", stage.name, exc_info=True)
 
 
-def _extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter, summary: RunSummary, warm: _Warm) -> RunSummary:
-    hasher = FileHasher(Path(project.cache_root) / ".navcache" / "filehash.sqlite")
-    try:
-        plans = _plan_selected(project, opts, summary, hasher, warm)
-        if not opts.dry_run:
-            hasher.prune()  # rows of files gone or changed since hashed: they could only grow the memo
-    finally:
-        hasher.close()
+def _build_all(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter, summary: RunSummary, plans: list[StagePlan]) -> None:
+    """Build every plan's todo parts (downstream of a failed stage: skipped), then finalise."""
     failed: set[tuple[str, str]] = set()  # (dataset, stage) whose build failed: skip its downstream
     built: list[tuple[StagePlan, StageSummary]] = []
     cluster = _cluster(project, opts)
@@ -204,7 +233,6 @@ def _extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter, s
         except Exception as e:  # noqa: BLE001 - e.g. a part replaced by a stray writer, stats unreadable
             log.exception("finalizing %s failed", sp.cache_dir)
             summary.errors.append(f"{sp.dataset}/{sp.split}/{sp.stage_name}: not finalized: {type(e).__name__}: {e}")
-    return summary
 
 
 def _cluster(project: ProjectConfig, opts: ExtractOptions):

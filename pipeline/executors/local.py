@@ -111,8 +111,14 @@ def yield_to_device_feeder() -> None:
     batch over and goes back to waiting. With more decode threads than cores it queued behind
     them for a scheduler slice at every wake-up, and the device idled meanwhile (issue 17:
     +0.07 efficiency on 2 cores). Decode threads still get every cycle the main thread leaves.
-    Linux only (``setpriority`` on a thread id); elsewhere a no-op. The threads end with the pool.
     """
+    lower_thread_priority(DECODE_NICE)
+
+
+def lower_thread_priority(by: int) -> None:
+    """Add ``by`` to the calling thread's niceness (threads it starts later inherit it). Linux
+    only (``setpriority`` on a thread id); elsewhere, or where a sandbox refuses, a no-op: it
+    only changes speed. The value ends with the thread."""
     import os
     import threading
 
@@ -120,8 +126,8 @@ def yield_to_device_feeder() -> None:
         return
     try:
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + DECODE_NICE))
-    except OSError:  # a sandbox without setpriority: speed only
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
+    except OSError:
         pass
 
 
