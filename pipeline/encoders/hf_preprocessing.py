@@ -202,6 +202,9 @@ class _Dinov3Preprocess:
         mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         if resized:
-            x = self._rescale(x.float())
+            # planar in uint8, then float: the channels-last -> planar transpose moves a quarter of
+            # the bytes, and every float op after it runs on contiguous memory (bitwise the same
+            # result as transposing the floats; measured 5.0 -> 1.1 ms for 8 frames at 224 px)
+            x = self._rescale(x.contiguous().float())
         x = x.contiguous()
         return x.sub_(mean).div_(std) if self.normalize else x
