@@ -147,7 +147,7 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
 
 
 #: niceness added to the thread computing a first extract's fingerprints (decode threads: +5)
-PLAN_NICE = 10
+PLAN_NICE = 5
 
 
 class _Ahead:

@@ -12,6 +12,7 @@ filter, shortest-edge resize, centre crop included), and refuses options it cann
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -75,7 +76,13 @@ class HFVisionEncoder(FrozenEncoder):
 
     def facts(self) -> dict:
         """Config class name, hidden and patch size, processor options: read through transformers
-        once per weights version (``weights.model_metadata``), so planning imports no transformers."""
+        once per weights version (``weights.model_metadata``), so planning imports no transformers;
+        kept for this encoder's life (its memo lookup stats and hashes the weights files: ~ms a call,
+        and a stage asks for these a dozen times a run)."""
+        return self._facts
+
+    @cached_property
+    def _facts(self) -> dict:
         return model_metadata(self.s.model, self.s.revision, self._read_facts, {"trust_remote_code": self.s.trust_remote_code})
 
     def _read_facts(self) -> dict:
@@ -146,16 +153,19 @@ class HFVisionEncoder(FrozenEncoder):
         _, has_cls = tower_class(model.config, self.s.model)
         self._layout = layout(model.config, has_cls)
         self._patch = int(vision_config(model.config).patch_size)
-        self._preprocess = build_preprocessor(self.processor_config(), self.s.model, self._fast)
+
+    @cached_property
+    def _preprocess(self):
+        """The model's image preprocessing, from its processor config alone (no weights)."""
+        return build_preprocessor(self.processor_config(), self.s.model, self._fast)
 
     def preprocess(self, pixels: np.ndarray):
         """uint8 [N, H, W, 3] RGB -> float32 [N, 3, S_h, S_w] as the model's image processor makes them.
 
-        Thread-safe. On a CUDA device the result is already there (the uint8 frames were copied
-        through pinned memory and resized on the device; the CPU never holds a float copy);
-        elsewhere it is on the CPU.
+        Thread-safe, and needs no weights: decoding starts while the model loads. On a CUDA device
+        the result is already there (the uint8 frames were copied through pinned memory and
+        resized on the device; the CPU never holds a float copy); elsewhere it is on the CPU.
         """
-        self.load()
         dev = self.resolved_device()
         return self._preprocess(pixels, device=dev if dev.startswith("cuda") else None)
 
