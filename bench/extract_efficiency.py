@@ -252,6 +252,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--copies", type=int, default=COPIES, help="times each rendered episode/clip appears (run length)")
+    ap.add_argument("--inputs", nargs="+", choices=["jpeg", "mp4"], default=["jpeg", "mp4"])
     ap.add_argument("--allow-load", action="store_true")
     a = ap.parse_args()
     load_before = check_load(a.allow_load)
@@ -263,7 +264,7 @@ def main() -> None:
     roots = make_data(a.copies)
     project = load_config(project_file(roots, a.preprocess, a.batch_size))
     rows = {}
-    for ds in roots:
+    for ds in [r for r in roots if any(i in r for i in a.inputs)]:
         feed = feed_per_core(project, ds)
         torch.set_num_threads(cores)
         cpu_frame = pipeline_cpu_per_frame(project, ds)

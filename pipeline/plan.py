@@ -190,10 +190,11 @@ def _plan_split(
         for n in names:
             if not bases[n].holders:
                 ahead.load(stages[n])
-    fps = _fingerprints(project, dataset, names, stages, episodes, memo, hasher)
+    fps = _Fingerprinter(project, dataset, stages, memo, hasher)
     if ahead is not None and episodes and all(not bases[n].taken and _empty(cdirs[n] / PARTS) for n in names):
         return _plan_fresh(dataset, split, names, stages, cdirs, episodes, ds.part_size, project.backend, fps, ahead)
-    efps = dict(fps)
+    efps = {n: fps(n, episodes) for n in names}
+    fps.close()
     kept: dict[str, dict[str, tuple[str, str]]] = {}
     todo: dict[str, list[Episode]] = {}
     for name in names:
@@ -230,63 +231,83 @@ def _plan_split(
     return list(plans.values())
 
 
-def _fingerprints(project: ProjectConfig, dataset: str, names: list[str], stages: dict[str, Stage], episodes: list[Episode],
-                  memo: FingerprintMemo | None, hasher: FileHasher) -> Iterator[tuple[str, dict[str, str]]]:
-    """(stage, {episode id: fingerprint}) for each of ``names``, upstream first, hashing the input
-    files as it goes (lazily: ``_plan_fresh`` runs it on a background thread); the fingerprint
-    memo is saved once the last stage is done."""
-    ds = project.dataset(dataset)
-    content: dict[tuple, dict[str, str]] = {}  # stages reading the same fields and files share hashes
-    efps: dict[str, dict[str, str]] = {}
-    for name in names:
-        stage = stages[name]
+class _Fingerprinter:
+    """Episode fingerprints of a split's stages, for any subset of episodes at a time (a first
+    extract's background thread goes part by part, so the first parts resolve first):
+
+        hash(stage base; the episode's record fields and file contents; its upstream fingerprints)
+
+    Content hashes are shared by stages reading the same fields and files, and each episode's
+    files are hashed once. Call upstream stages before their consumers for the same episodes;
+    ``close`` flushes the file-hash memo and saves the fingerprint memo."""
+
+    def __init__(self, project: ProjectConfig, dataset: str, stages: dict[str, Stage], memo: FingerprintMemo | None, hasher: FileHasher):
+        self.project, self.dataset, self.stages, self.memo, self.hasher = project, dataset, stages, memo, hasher
+        self.root = Path(project.dataset(dataset).root)
+        self._content: dict[tuple, dict[str, str]] = {}
+        self._bases: dict[str, dict] = {}
+        #: stage -> episode id -> fingerprint, for every episode asked so far
+        self.efps: dict[str, dict[str, str]] = {n: {} for n in stages}
+
+    def __call__(self, name: str, episodes: list[Episode]) -> dict[str, str]:
+        stage = self.stages[name]
         key = (stage.reads_files, stage.skip_file_suffixes, stage.record_keys)
-        if key not in content:
-            root, keys = Path(ds.root), stage.record_keys  # once per stage, not per episode
-            if memo is None:
-                content[key] = episode_fingerprints(episodes, root, hasher, stage.files_read, keys)
+        have = self._content.setdefault(key, {})
+        todo = [e for e in episodes if e.episode_id not in have]
+        if todo:
+            if self.memo is None:
+                have.update(episode_fingerprints(todo, self.root, self.hasher, stage.files_read, stage.record_keys))
             else:
-                content[key] = memo.fingerprints(json.dumps(key), episodes, root, hasher, stage.files_read, keys)
-            hasher.flush()  # one memo transaction per stage: a kill later loses none of these hashes
-        base = _stage_base(project, dataset, name, stage)
+                have.update(self.memo.fingerprints(json.dumps(key), todo, self.root, self.hasher, stage.files_read, stage.record_keys))
+        if name not in self._bases:
+            self._bases[name] = _stage_base(self.project, self.dataset, name, stage)
         # = hash_obj({"stage": base, "episode": content, "upstream": {u: efps[u][id]}}) per episode
-        efps[name] = stage_fingerprints(base, content[key], {u: efps[u] for u in stage.consumes})
-        yield name, efps[name]
-    if memo is not None:
-        memo.save()
+        out = stage_fingerprints(self._bases[name], {e.episode_id: have[e.episode_id] for e in episodes},
+                                 {u: self.efps[u] for u in stage.consumes})
+        self.efps[name].update(out)
+        return out
+
+    def close(self) -> None:
+        self.hasher.flush()  # one memo transaction: a kill later loses none of these hashes
+        if self.memo is not None:
+            self.memo.save()
 
 
 def _plan_fresh(dataset: str, split: str, names: list[str], stages: dict[str, Stage], cdirs: dict[str, Path], episodes: list[Episode],
-                part_size: int, backend: str, fps: Iterator[tuple[str, dict[str, str]]], ahead: Ahead) -> list[StagePlan]:
+                part_size: int, backend: str, fps: _Fingerprinter, ahead: Ahead) -> list[StagePlan]:
     """The plan of a first extract, returned before any input file is hashed.
 
     Every episode of every stage is todo and no part exists, so the parts (groups, ids from 0,
-    state "missing") are what ``_plan_split`` would give whatever the fingerprints; the
-    fingerprints, part fingerprints and upstream locations are filled in by ``ahead.later``,
-    stage by stage, upstream first, each stage's parts released together (``PendingPart``)."""
+    state "missing") are what ``_plan_split`` would give whatever the fingerprints. Their
+    fingerprints, part fingerprints and upstream locations are filled in by ``ahead.later``, part
+    by part in group order (a group's upstream part first), each released as it is done
+    (``PendingPart``): the build's first commit waits for its own part only."""
     groups = _group(names, stages, {n: list(episodes) for n in names}, part_size)
-    ready = {n: Future() for n in names}
     plans: dict[str, StagePlan] = {}
+    by_group: dict[tuple[str, int], PendingPart] = {}
     for name in names:
         free = free_numbers(set())
-        parts: list[PartPlan] = [PendingPart(ready[name], part_id(next(free)), eps, "", "missing", k) for k, eps in groups[name]]
+        parts: list[PartPlan] = []
+        for k, eps in groups[name]:
+            by_group[name, k] = PendingPart(Future(), part_id(next(free)), eps, "", "missing", k)
+            parts.append(by_group[name, k])
         plans[name] = StagePlan(dataset, split, name, stages[name], cdirs[name], parts,
                                 {u: plans[u].cache_dir for u in stages[name].consumes}, part_size=part_size)
+    order = sorted(by_group.items(), key=lambda kv: (kv[0][1], names.index(kv[0][0])))
 
     def resolve() -> None:
         try:
-            for name, efps in fps:
-                stage = stages[name]
-                ups = {u: plans[u].locations() for u in stage.consumes}  # upstream stages are resolved by now
-                for p in plans[name].parts:
-                    p.episode_fps = {e.episode_id: efps[e.episode_id] for e in p.episodes}
-                    p.fingerprint = part_fingerprint(backend, [(e.episode_id, efps[e.episode_id]) for e in p.episodes])
-                    p.upstream = _upstream_of(p, stage, ups)
-                ready[name].set_result(None)
+            for (name, k), p in order:
+                efps = fps(name, p.episodes)
+                p.episode_fps = efps
+                p.fingerprint = part_fingerprint(backend, [(e.episode_id, efps[e.episode_id]) for e in p.episodes])
+                p.upstream = _upstream_of(p, stages[name], {u: by_group[u, k].locations() for u in stages[name].consumes})
+                p.ready.set_result(None)
+            fps.close()
         except BaseException as e:  # noqa: BLE001 - every reader of a pending part gets it
-            for f in ready.values():
-                if not f.done():
-                    f.set_exception(e)
+            for _, p in order:
+                if not p.ready.done():
+                    p.ready.set_exception(e)
             raise
 
     ahead.later(resolve)

@@ -32,6 +32,10 @@ class PartPlan:
     #: upstream stage -> episode id -> where the plan expects that episode's rows
     upstream: dict[str, dict[str, Location]] = field(default_factory=dict)
 
+    def locations(self) -> dict[str, Location]:
+        """Where this part holds each of its episodes (what its downstream parts expect)."""
+        return {e.episode_id: (self.part_id, self.fingerprint, self.episode_fps[e.episode_id]) for e in self.episodes}
+
 
 def _awaited(name: str) -> property:
     def get(self):
@@ -111,7 +115,7 @@ class StagePlan:
         return {p.part_id: p.fingerprint for p in self.parts}
 
     def locations(self) -> dict[str, Location]:
-        return {e.episode_id: (p.part_id, p.fingerprint, p.episode_fps[e.episode_id]) for p in self.parts for e in p.episodes}
+        return {eid: where for p in self.parts for eid, where in p.locations().items()}
 
     def layout(self) -> list[tuple[str, str]]:
         """(episode id, part id) of every episode of the split, in index (id) order."""
