@@ -15,11 +15,13 @@ decoding: the rest of the pipeline (hashing, batching, pooling, writing) costs C
 bench also measures the whole pipeline's CPU per frame (every thread, with an instant stand-in)
 and runs the stand-in at ``load`` x (cores) / that ("pipeline" calibration: the cores it
 reports needing are the cores the pipeline really uses; the target's figure). Each run prints
-the cores it kept busy (process CPU seconds / wall seconds). Efficiency target >= 0.9. Process start and
-imports are timed on their own line (a fresh interpreter importing the pipeline, torch and
-transformers), not inside the figures.
+the cores it kept busy (process CPU seconds / wall seconds), the seconds before the first batch
+and after the last, and the steady state (the stand-in's busy share between them).
+Efficiency target >= 0.9. Process start and imports are timed on their own line (a fresh
+interpreter importing the pipeline, torch and transformers), not inside the figures.
 
-    python -m bench.extract_efficiency [--preprocess fast] [--load 0.75] [--rounds 2] [--allow-load]
+    python -m bench.extract_efficiency [--preprocess fast] [--load 0.75] [--rounds 2] [--copies 4]
+                                       [--inputs jpeg mp4] [--allow-load]
 """
 from __future__ import annotations
 
