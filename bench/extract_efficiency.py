@@ -74,19 +74,24 @@ def _render() -> dict[str, Path]:
                 out.mux(s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
             out.mux(s.encode(None))
     for root in roots.values():
-        train = root / "train"
-        originals = sorted(train.iterdir())
-        for c in range(1, COPIES):
-            for src in originals:
-                dst = train / f"copy{c}_{src.name}"
-                if src.is_dir():
-                    dst.mkdir()
-                    for f in src.iterdir():
-                        os.link(f, dst / f.name)
-                else:
-                    os.link(src, dst)
+        _link_copies(sorted((root / "train").iterdir()), root / "train", range(1, COPIES))
     done.write_text("ok")
     return roots
+
+
+def _link_copies(originals: list[Path], folder: Path, copies) -> None:
+    """``folder/copy{c}_{name}`` for each original and c in ``copies``: hard links (frames folders
+    are made anew, their files linked): distinct paths, the same bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for c in copies:
+        for src in originals:
+            dst = folder / f"copy{c}_{src.name}"
+            if src.is_dir():
+                dst.mkdir()
+                for f in src.iterdir():
+                    os.link(f, dst / f.name)
+            else:
+                os.link(src, dst)
 
 
 def make_data(copies: int = COPIES) -> dict[str, Path]:
@@ -101,16 +106,7 @@ def make_data(copies: int = COPIES) -> dict[str, Path]:
     shutil.rmtree(done.parent, ignore_errors=True)
     for name, root in roots.items():
         originals = sorted(p for p in (root / "train").iterdir() if not p.name.startswith("copy"))
-        for c in range(copies):
-            for src in originals:
-                dst = out[name] / "train" / f"copy{c}_{src.name}"
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                if src.is_dir():
-                    dst.mkdir()
-                    for f in src.iterdir():
-                        os.link(f, dst / f.name)
-                else:
-                    os.link(src, dst)
+        _link_copies(originals, out[name] / "train", range(copies))
     done.write_text("ok")
     return out
 
