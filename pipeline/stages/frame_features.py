@@ -86,6 +86,11 @@ class FrameMemo:
         self.max_bytes, self.bytes = max_bytes, 0
         self._d: OrderedDict[bytes, tuple[np.ndarray, ...]] = OrderedDict()
 
+    def __contains__(self, key: bytes) -> bool:
+        """Held now (no LRU touch: ``collate`` asks from the feeding thread while ``compute`` fills
+        the memo on the device thread; a single dict lookup, atomic under the GIL)."""
+        return key in self._d
+
     def get(self, key: bytes) -> tuple[np.ndarray, ...] | None:
         hit = self._d.get(key)
         if hit is not None:
@@ -121,6 +126,8 @@ class FrameFeaturesStage(Stage):
         self.frames_encoded = 0
         self.rows_served = 0
         self._encoder_threads = 1  # the caller's torch threads, set by each ``compute``
+        #: keys the last collated batch encodes (in flight while the next one is collated)
+        self._collated: set[bytes] = set()
 
     @property
     def consumes(self) -> tuple[str, ...]:
@@ -180,14 +187,21 @@ class FrameFeaturesStage(Stage):
         return Prepared(episode.episode_id, (x, frames.indices.astype(np.int64), frames.padded.astype(bool), keys), cost=len(x))
 
     def collate(self, items: list[Prepared]):
-        """Without frame dedup, the batch's frames [F, 3, S_h, S_w] in one tensor (single-threaded:
-        see ``compute``). With dedup, None: which frames are new depends on the batches before."""
-        if self.settings.dedup_frames:
-            return None
+        """The batch's input, built on the feeding thread while the device thread computes the
+        batch before (single-threaded: see ``compute``). Without dedup: every frame [F, 3, S_h, S_w].
+        With dedup: (keys, frames [U, 3, S_h, S_w]) of the distinct frames neither in the memo nor
+        among those the batch before encodes (still in flight); ``compute`` takes the others from
+        the memo, and encodes itself any that is not there after all (evicted meanwhile, or lost
+        with a failed batch): the same rows either way."""
         import torch
 
         with torch_threads(1):
-            return torch.cat([it.payload[0] for it in items])
+            if not self.settings.dedup_frames:
+                return torch.cat([it.payload[0] for it in items])
+            skip = self._collated if self.memo.max_bytes > 0 else set()
+            new = self._new_frames(items, skip)
+            self._collated = set(new)
+            return list(new), self._stack(items, new)
 
     def compute(self, items: list[Prepared], collated=None) -> list[dict[str, np.ndarray]]:
         """Encode the batch's distinct frames not encoded before, then each item's rows:
@@ -209,28 +223,53 @@ class FrameFeaturesStage(Stage):
                 out.append(self._arrays(it, [r[s : s + it.cost] for r in rows]))
                 s += it.cost
             return out
-        have: dict[bytes, tuple[np.ndarray, ...]] = {}  # key -> its encoded rows (from the memo, or encoded below)
-        new: dict[bytes, tuple[int, int]] = {}  # key -> (item, row) of its first occurrence, in order
+        if collated is None:
+            new = self._new_frames(items)
+            collated = list(new), self._stack(items, new)
+        have: dict[bytes, tuple[np.ndarray, ...]] = {}  # key -> its encoded rows (encoded here, or from the memo)
+        self._encode_into(have, *collated)
+        missing: dict[bytes, tuple[int, int]] = {}  # not collated and not in the memo after all
         for i, it in enumerate(items):
             for j, k in enumerate(it.payload[3]):
-                if k in have or k in new:
-                    continue
-                hit = self.memo.get(k)
-                if hit is None:
-                    new[k] = (i, j)
-                else:
-                    have[k] = hit
-        if new:
-            x = torch.stack([items[i].payload[0][j] for i, j in new.values()])  # [U, 3, S_h, S_w], distinct frames
-            rows = self._encode_all(x)
-            for u, k in enumerate(new):
-                have[k] = tuple(r[u].copy() for r in rows)  # copies: a memo entry must not pin the whole batch
-                self.memo.put(k, have[k])
+                if k not in have and k not in missing:
+                    hit = self.memo.get(k)
+                    if hit is None:
+                        missing[k] = (i, j)
+                    else:
+                        have[k] = hit
+        if missing:
+            self._encode_into(have, list(missing), self._stack(items, missing))
         out = []
         for it in items:
             got = [have[k] for k in it.payload[3]]
             out.append(self._arrays(it, [np.stack([g[a] for g in got]) for a in range(len(got[0]))]))
         return out
+
+    def _new_frames(self, items: list[Prepared], skip: set[bytes] = frozenset()) -> dict[bytes, tuple[int, int]]:
+        """key -> (item, row) of its first occurrence, in order, for the frames of ``items`` neither
+        in the memo nor in ``skip``."""
+        new: dict[bytes, tuple[int, int]] = {}
+        for i, it in enumerate(items):
+            for j, k in enumerate(it.payload[3]):
+                if k not in new and k not in skip and k not in self.memo:
+                    new[k] = (i, j)
+        return new
+
+    @staticmethod
+    def _stack(items: list[Prepared], where: dict[bytes, tuple[int, int]]):
+        """The frames at ``where``'s (item, row) positions, [U, 3, S_h, S_w]; None when empty."""
+        import torch
+
+        return torch.stack([items[i].payload[0][j] for i, j in where.values()]) if where else None
+
+    def _encode_into(self, have: dict, keys: list[bytes], x) -> None:
+        """Encode ``x`` (the frames of ``keys``, in order) into ``have`` and the memo."""
+        if not keys:
+            return
+        rows = self._encode_all(x)
+        for u, k in enumerate(keys):
+            have[k] = tuple(r[u].copy() for r in rows)  # copies: a memo entry must not pin the whole batch
+            self.memo.put(k, have[k])
 
     def _encode_all(self, x) -> list[np.ndarray]:
         """[N, 3, S_h, S_w] -> [cls [N, D], pooled [N, G, G, D](, patches [N, Hp, Wp, D])], fp16 numpy."""

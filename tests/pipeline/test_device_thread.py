@@ -25,7 +25,8 @@ from navcache.pipeline.stages.frame_features import FrameFeaturesStage
 from tests.helpers import make_navila, write_project
 
 
-def test_the_next_batch_is_collated_while_the_device_computes(tmp_path, tiny_model, monkeypatch):
+@pytest.mark.parametrize("dedup", [False, True])
+def test_the_next_batch_is_collated_while_the_device_computes(tmp_path, tiny_model, monkeypatch, dedup):
     """Each compute but the last waits (up to 20 s) until the batch after it has been collated: a
     sequential loop, which collates only after compute returns, would time out on every one.
     8 frames a sample, batches of 8: one sample a batch."""
@@ -51,7 +52,7 @@ def test_the_next_batch_is_collated_while_the_device_computes(tmp_path, tiny_mod
 
     monkeypatch.setattr(FrameFeaturesStage, "collate", collate)
     monkeypatch.setattr(FrameFeaturesStage, "compute", compute)
-    cfg = write_project(tmp_path, data, tiny_model, cache_root=str(tmp_path / "cache"), part_size=3, batch_size=8, dedup_frames=False)
+    cfg = write_project(tmp_path, data, tiny_model, cache_root=str(tmp_path / "cache"), part_size=3, batch_size=8, dedup_frames=dedup)
     s = extract(load_config(cfg), ExtractOptions("train", only="frame-features"))
     assert not s.errors, s.errors
     assert len(collated) == n > 3

@@ -63,3 +63,28 @@ def test_the_encoder_sees_each_distinct_frame_once_and_samples_get_the_same_arra
         assert a.keys() == b.keys()
         for k in a:
             assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), (eid, k)
+
+
+def test_a_batch_collated_ahead_gets_its_rows_when_the_batch_before_never_reached_the_memo(tmp_path, tiny_model):
+    """``collate`` leaves out the frames the batch in flight encodes; if that batch's rows never
+    reach the memo (evicted, or the batch failed and is retried later), ``compute`` encodes them
+    itself: the rows equal a batch computed on its own."""
+    from navcache.pipeline.plan import plan_split
+
+    data = make_navila(tmp_path / "data", n_episodes=2)
+    project = load_config(write_project(tmp_path, data, tiny_model, cache_root=str(tmp_path / "cache")))
+    (sp,) = plan_split(project, "nav", "train", only="frame-features")
+    stage = sp.stage
+    stage.setup()
+    eps = [e for p in sp.parts for e in p.episodes]
+    items = [stage.prepare(e, {}) for e in eps[:4]]
+    first, second = items[:2], items[2:]
+    stage.collate(first)  # in flight, never computed here
+    keys, x = stage.collate(second)
+    shared = {k for it in first for k in it.payload[3]} & {k for it in second for k in it.payload[3]}
+    assert shared and not shared & set(keys)  # left to the memo, which will not have them
+    got = stage.compute(second, (keys, x))
+    stage.memo = type(stage.memo)(stage.memo.max_bytes)  # a fresh memo: the reference encodes everything itself
+    want = stage.compute(second)
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys() and all(np.array_equal(g[a], w[a]) for a in g)
