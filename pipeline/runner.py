@@ -146,7 +146,7 @@ def extract(project: ProjectConfig, opts: ExtractOptions, reporter: Reporter | N
     return summary
 
 
-#: niceness added to the thread computing a first extract's fingerprints (decode threads: +5)
+#: niceness added to the thread computing a first extract's fingerprints (as decode threads)
 PLAN_NICE = 5
 
 
@@ -167,8 +167,10 @@ class _Ahead:
 
         self.enabled = enabled
         self._loads = ThreadPoolExecutor(1, thread_name_prefix="navcache-warm") if enabled else None
-        # below the decode threads: the fingerprints are first needed at the first part's commit,
-        # decoded frames at the first batch (the hashing threads it starts inherit the priority)
+        # as low as the decode threads, below the main and device threads: fingerprints are first
+        # needed at the first part's commit, decoded frames at the first batch. Lower still (+10)
+        # left parts waiting for their fingerprints (measured); the hashing threads it starts
+        # inherit the priority
         self._jobs = ThreadPoolExecutor(1, thread_name_prefix="navcache-plan", initializer=lower_thread_priority, initargs=(PLAN_NICE,)) if enabled else None
         self._later: list = []
 
