@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 from navcache.cache_specs.layout import sha256_file
 
+from .cores import usable_cores
+
 
 #: ``canonical_json``'s encoder, built once (``json.dumps`` with options builds one per call);
 #: same bytes, checked by tests/pipeline/test_planning_fast.py
@@ -81,7 +83,7 @@ class FileHasher:
 
     def __init__(self, db: Path | None = None, racy_s: float = 3.0, batch: int = 50_000, read_threads: int | None = None):
         #: threads reading the files ``many`` must hash (default: the cores, at most 8)
-        self.read_threads = read_threads if read_threads is not None else min(8, _cores())
+        self.read_threads = read_threads if read_threads is not None else min(8, usable_cores())
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
         self._mem: dict[tuple, tuple[str, int]] = {}
@@ -280,10 +282,6 @@ class FileHasher:
             self.flush()
             self._db.close()
             self._db = None
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def memo_hasher(cache_root: Path) -> FileHasher:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from navcache.cache_specs.labels import LABELS
 from navcache.cache_specs.layout import fsync_dir, fsync_tree, private_name, sweep_stale_temporaries
 
+from ..cores import usable_cores
 from . import glance_writer, lerobot_writer, navila_writer, rover_writer, vamos_writer, video_writer
 
 FORMAT = "navcache-demo/6"  # 4: vamos/; 5: lerobot/; 6: glances/
@@ -107,14 +108,6 @@ def _run_all(jobs: list[tuple[Callable, tuple]], pool: ProcessPoolExecutor | Non
     if pool is None:
         return [_call(j) for j in jobs]
     return [f.result() for f in [pool.submit(_call, j) for j in jobs]]
-
-
-def _cpus() -> int:
-    """CPUs this process may run on (the affinity mask, not the host's count, inside containers)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _spawn_can_import_main() -> bool:
@@ -267,7 +260,7 @@ def _generate(out: Path, scale: float, seed: int, workers: int | None, pixels: b
         return DemoInfo.from_json(out, meta)  # a concurrent run generated it while we waited
     if out.exists() and meta is None and any(out.iterdir()) and not _is_old_demo(out):
         raise FileExistsError(f"{out} exists, is not empty and holds no demo_info.json; not replacing it")
-    workers = min(_cpus(), 8) if workers is None else max(1, int(workers))
+    workers = min(usable_cores(), 8) if workers is None else max(1, int(workers))
     if not _spawn_can_import_main():
         workers = 1
     out.parent.mkdir(parents=True, exist_ok=True)
