@@ -148,8 +148,9 @@ class Stage:
     def collate(self, items: list[Prepared]) -> Any:
         """The CPU side of assembling a batch (e.g. stacking its frames), run on the feeding thread
         while the device thread computes the previous batch; its result reaches
-        ``compute(items, collated)``. Must not depend on what earlier ``compute`` calls did (it
-        runs ahead of them). Default None: ``compute(items)`` assembles the batch itself."""
+        ``compute(items, collated)``. The batch just before may still be computing: rely on none
+        of its effects (those of the batches before it are done). Default None:
+        ``compute(items)`` assembles the batch itself."""
         return None
 
     def compute(self, items: list[Prepared]) -> list[dict[str, np.ndarray] | Computed]:
