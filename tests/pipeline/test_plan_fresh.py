@@ -59,8 +59,8 @@ def test_a_fresh_plan_resolves_to_the_full_plan_across_a_chain(tours):
     assert all(p.fingerprint and len(p.episode_fps) == len(p.episodes) for sp in fresh for p in sp.parts)
 
 
-def test_anything_in_a_part_folder_means_full_planning(tours, tmp_path):
-    cwd, project = tours
+def test_anything_in_a_part_folder_means_full_planning(tours):
+    _, project = tours
     s = extract(project, ExtractOptions("train", datasets=("demo_rover",), only="frame-features"))
     assert not s.errors, s.errors
     ahead = ThreadAhead()
@@ -70,7 +70,7 @@ def test_anything_in_a_part_folder_means_full_planning(tours, tmp_path):
 
 
 def test_a_failure_while_fingerprinting_fails_the_build_and_commits_nothing(tmp_path_factory, demo_world, monkeypatch):
-    cwd, project = demo_job(tmp_path_factory, demo_world, "fresh_fail")
+    _, project = demo_job(tmp_path_factory, demo_world, "fresh_fail")
     real = plan_mod.stage_fingerprints
 
     def failing(base, content, upstream):
