@@ -106,8 +106,7 @@ class FingerprintMemo:
                     self.hits += 1
                     continue
             missed.append((e, paths, keys, digest))
-        missed_paths = {m[0].episode_id: m[1] for m in missed}
-        fps = episode_fingerprints([m[0] for m in missed], root, hasher, lambda e: missed_paths[e.episode_id], record_keys)
+        fps = episode_fingerprints([m[0] for m in missed], root, hasher, files_of, record_keys)
         for e, paths, keys, digest in missed:
             fp = out[e.episode_id] = fps[e.episode_id]
             self.misses += 1

@@ -190,11 +190,11 @@ def _plan_split(
         for n in names:
             if not bases[n].holders:
                 ahead.load(stages[n])
-    fps = _Fingerprinter(project, dataset, stages, memo, hasher)
+    fingerprinter = _Fingerprinter(project, dataset, stages, memo, hasher)
     if ahead is not None and episodes and all(not bases[n].taken and _empty(cdirs[n] / PARTS) for n in names):
-        return _plan_fresh(dataset, split, names, stages, cdirs, episodes, ds.part_size, project.backend, fps, ahead)
-    efps = {n: fps(n, episodes) for n in names}
-    fps.close()
+        return _plan_fresh(dataset, split, names, stages, cdirs, episodes, ds.part_size, project.backend, fingerprinter, ahead)
+    efps = {n: fingerprinter(n, episodes) for n in names}
+    fingerprinter.close()
     kept: dict[str, dict[str, tuple[str, str]]] = {}
     todo: dict[str, list[Episode]] = {}
     for name in names:
@@ -209,15 +209,15 @@ def _plan_split(
     groups = _group(names, stages, todo, ds.part_size)
     plans: dict[str, StagePlan] = {}
     for name in names:
-        stage, fps_, cdir = stages[name], efps[name], cdirs[name]
+        stage, fps, cdir = stages[name], efps[name], cdirs[name]
         by_part: dict[tuple[str, str], list[Episode]] = {}
         for e in episodes:
             if e.episode_id in kept[name]:
                 by_part.setdefault(kept[name][e.episode_id], []).append(e)
-        parts = [PartPlan(pid, eps, pfp, "up-to-date", -1, {e.episode_id: fps_[e.episode_id] for e in eps}) for (pid, pfp), eps in sorted(by_part.items())]
+        parts = [PartPlan(pid, eps, pfp, "up-to-date", -1, {e.episode_id: fps[e.episode_id] for e in eps}) for (pid, pfp), eps in sorted(by_part.items())]
         free = free_numbers(bases[name].taken)
         for k, eps in groups[name]:
-            parts.append(_new_part(cdir, bases[name], free, k, eps, fps_, project.backend))
+            parts.append(_new_part(cdir, bases[name], free, k, eps, fps, project.backend))
         ups = {u: plans[u].locations() for u in stage.consumes}
         for p in parts:
             if p.group >= 0:
@@ -274,7 +274,7 @@ class _Fingerprinter:
 
 
 def _plan_fresh(dataset: str, split: str, names: list[str], stages: dict[str, Stage], cdirs: dict[str, Path], episodes: list[Episode],
-                part_size: int, backend: str, fps: _Fingerprinter, ahead: Ahead) -> list[StagePlan]:
+                part_size: int, backend: str, fingerprinter: _Fingerprinter, ahead: Ahead) -> list[StagePlan]:
     """The plan of a first extract, returned before any input file is hashed.
 
     Every episode of every stage is todo and no part exists, so the parts (groups, ids from 0,
@@ -298,12 +298,12 @@ def _plan_fresh(dataset: str, split: str, names: list[str], stages: dict[str, St
     def resolve() -> None:
         try:
             for (name, k), p in order:
-                efps = fps(name, p.episodes)
+                efps = fingerprinter(name, p.episodes)
                 p.episode_fps = efps
                 p.fingerprint = part_fingerprint(backend, [(e.episode_id, efps[e.episode_id]) for e in p.episodes])
                 p.upstream = _upstream_of(p, stages[name], {u: by_group[u, k].locations() for u in stages[name].consumes})
                 p.ready.set_result(None)
-            fps.close()
+            fingerprinter.close()
         except BaseException as e:  # noqa: BLE001 - every reader of a pending part gets it
             for _, p in order:
                 if not p.ready.done():

@@ -162,8 +162,8 @@ class HFVisionEncoder(FrozenEncoder):
     def preprocess(self, pixels: np.ndarray):
         """uint8 [N, H, W, 3] RGB -> float32 [N, 3, S_h, S_w] as the model's image processor makes them.
 
-        Thread-safe, and needs no weights: decoding starts while the model loads. On a CUDA device
-        the result is already there (the uint8 frames were copied through pinned memory and
+        Thread-safe; needs no weights (the processor config only). On a CUDA device the result is
+        already there (the uint8 frames were copied through pinned memory and
         resized on the device; the CPU never holds a float copy); elsewhere it is on the CPU.
         """
         dev = self.resolved_device()

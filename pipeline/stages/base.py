@@ -57,7 +57,7 @@ class Stage:
     required_uses: ClassVar[tuple[str, ...]] = ()
     #: ``setup`` may run on another thread ahead of the build and again in it (it only loads
     #: encoders through ``FrozenEncoder.load``, which loads once under a lock): an extract then
-    #: loads the weights while planning hashes the inputs (``runner._Warm``)
+    #: loads the weights while planning hashes the inputs (``runner._Ahead``)
     setup_ahead: ClassVar[bool] = False
     #: name suffixes of ``Episode.files`` entries the stage never reads (e.g. ".gt.npz" sidecars):
     #: they stay out of its fingerprints, so changing one does not recompute this stage

@@ -1,4 +1,4 @@
-"""The device is not left waiting for the CPU (issue 17, ``executors/local.py``, ``runner._Warm``):
+"""The device is not left waiting for the CPU (issue 17, ``executors/local.py``, ``runner._Ahead``):
 
 - the next batch is collated while the device thread computes the current one;
 - the device thread runs the encoder at the caller's torch thread count, even while the main

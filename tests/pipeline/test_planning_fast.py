@@ -297,3 +297,19 @@ def test_auto_device_without_torch_agrees_with_torch():
     if no_gpu_device_nodes():
         assert not torch.cuda.is_available()
     assert resolve_device("cpu") == "cpu" and resolve_precision("auto", "cpu") == "fp32"
+
+
+def test_batched_episode_fingerprints_are_the_per_episode_ones(tmp_path):
+    """``episode_fingerprints`` (one ``hasher.many`` over every episode's files, what planning
+    calls) gives each episode the string ``episode_fingerprint`` gives it alone, including an
+    episode whose file is gone and files that several episodes share."""
+    from navcache.pipeline.fingerprint import episode_fingerprint, episode_fingerprints
+    from navcache.pipeline.sources import make_source
+
+    data = make_navila(tmp_path / "data", n_episodes=3)
+    eps = make_source("navila", data).episodes("train")
+    assert len({f for e in eps for f in e.files}) < sum(len(e.files) for e in eps)  # shared frames
+    Path(eps[-1].files[0]).unlink()
+    want = {e.episode_id: episode_fingerprint(e, data, FileHasher(), record_keys=("instruction",)) for e in eps}
+    got = episode_fingerprints(eps, data, FileHasher(read_threads=2), lambda e: e.files, ("instruction",))
+    assert got == want and len(set(got.values())) == len(eps)
