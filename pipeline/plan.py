@@ -31,8 +31,10 @@ they resolve to is the one full planning gives (``tests/pipeline/test_plan_fresh
 from __future__ import annotations
 
 import gc
+import heapq
 import json
 import os
+import threading
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -176,20 +178,20 @@ def _plan_split(
     ds = project.dataset(dataset)
     source = source or make_source(ds.source, ds.root, **ds.options)
     hasher = hasher or FileHasher()
+    names = stage_order(project, dataset, source, only)
+    stages = {n: make_stage(project, dataset, n, source) for n in names}
+    cdirs = {n: cache_dir(project.cache_root, dataset, split, cache_name(n)) for n in names}
+    bases = {n: _read_base(cdirs[n], project.backend) for n in names}
+    if ahead is not None:
+        for n in names:
+            if not bases[n].holders:
+                ahead.load(stages[n])
     if getattr(source, "memoised_listing", False):  # see pipeline/listing_memo.py
         listed = source.episodes(split, memo=ListingMemo.at(project.cache_root, dataset, split))
     else:
         listed = source.episodes(split)
     episodes = sorted(listed, key=lambda e: e.episode_id)
     memo = FingerprintMemo.open(project.cache_root, dataset, split, getattr(source, "listing_token", None))
-    names = stage_order(project, dataset, source, only)
-    stages = {n: make_stage(project, dataset, n, source) for n in names}
-    cdirs = {n: cache_dir(project.cache_root, dataset, split, cache_name(n)) for n in names}
-    bases = {n: _read_base(cdirs[n], project.backend) for n in names}
-    if ahead is not None and episodes:
-        for n in names:
-            if not bases[n].holders:
-                ahead.load(stages[n])
     fingerprinter = _Fingerprinter(project, dataset, stages, memo, hasher)
     if ahead is not None and episodes and all(not bases[n].taken and _empty(cdirs[n] / PARTS) for n in names):
         return _plan_fresh(dataset, split, names, stages, cdirs, episodes, ds.part_size, project.backend, fingerprinter, ahead)
@@ -279,39 +281,93 @@ def _plan_fresh(dataset: str, split: str, names: list[str], stages: dict[str, St
 
     Every episode of every stage is todo and no part exists, so the parts (groups, ids from 0,
     state "missing") are what ``_plan_split`` would give whatever the fingerprints. Their
-    fingerprints, part fingerprints and upstream locations are filled in by ``ahead.later``, part
-    by part in group order (a group's upstream part first), each released as it is done
-    (``PendingPart``): the build's first commit waits for its own part only."""
+    fingerprints, part fingerprints and upstream locations are filled in by ``ahead.later`` as
+    the build asks for each part (``PendingPart.want``), each released as it is done: a part's
+    commit waits for its own part only. Once the build is over, the parts it never reached (a
+    failed stage) are hashed in plan order, so the memo has every file for the rerun."""
     groups = _group(names, stages, {n: list(episodes) for n in names}, part_size)
     plans: dict[str, StagePlan] = {}
     by_group: dict[tuple[str, int], PendingPart] = {}
+    demand = _OnDemand()
     for name in names:
         free = free_numbers(set())
         parts: list[PartPlan] = []
         for k, eps in groups[name]:
-            by_group[name, k] = PendingPart(Future(), part_id(next(free)), eps, "", "missing", k)
+            by_group[name, k] = PendingPart(Future(), demand.want, part_id(next(free)), eps, "", "missing", k)
             parts.append(by_group[name, k])
         plans[name] = StagePlan(dataset, split, name, stages[name], cdirs[name], parts,
                                 {u: plans[u].cache_dir for u in stages[name].consumes}, part_size=part_size)
-    order = sorted(by_group.items(), key=lambda kv: (kv[0][1], names.index(kv[0][0])))
+    where = {id(p): key for key, p in by_group.items()}
+    filled: list[PendingPart] = []
+    demand.order([p for _, p in sorted(by_group.items(), key=lambda kv: (kv[0][1], names.index(kv[0][0])))])
+
+    def fill(p: PendingPart) -> None:
+        name, k = where[id(p)]
+        for u in stages[name].consumes:  # its upstream parts' locations first (in plan order they come first)
+            if not by_group[u, k].ready.done():
+                fill(by_group[u, k])
+        efps = fingerprinter(name, p.episodes)
+        p.episode_fps = efps
+        p.fingerprint = part_fingerprint(backend, [(e.episode_id, efps[e.episode_id]) for e in p.episodes])
+        p.upstream = _upstream_of(p, stages[name], {u: by_group[u, k].locations() for u in stages[name].consumes})
+        p.ready.set_result(None)
+        filled.append(p)
 
     def resolve() -> None:
         try:
-            for (name, k), p in order:
-                efps = fingerprinter(name, p.episodes)
-                p.episode_fps = efps
-                p.fingerprint = part_fingerprint(backend, [(e.episode_id, efps[e.episode_id]) for e in p.episodes])
-                p.upstream = _upstream_of(p, stages[name], {u: by_group[u, k].locations() for u in stages[name].consumes})
-                p.ready.set_result(None)
+            # the memo is saved as soon as the last part is filled, not at the end of the build
+            while len(filled) < len(by_group) and (p := demand.next()) is not None:
+                if not p.ready.done():
+                    fill(p)
             fingerprinter.close()
         except BaseException as e:  # noqa: BLE001 - every reader of a pending part gets it
-            for _, p in order:
+            for p in by_group.values():
                 if not p.ready.done():
                     p.ready.set_exception(e)
             raise
 
-    ahead.later(resolve)
+    ahead.later(resolve, demand.drain)
     return list(plans.values())
+
+
+class _OnDemand:
+    """The pending parts of a first extract in the order their inputs are hashed: those the build
+    asked for (``want``), earliest in plan order first; once drained, every part left, in plan
+    order. A heap and a cursor: R2R-sized splits have ~10K parts."""
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._parts: list[PendingPart] = []
+        self._rank: dict[int, int] = {}
+        self._wanted: list[int] = []  # heap of ranks
+        self._cursor: int | None = None  # next rank to hash once drained
+
+    def order(self, parts: list[PendingPart]) -> None:
+        self._parts, self._rank = parts, {id(p): i for i, p in enumerate(parts)}
+
+    def want(self, p: PendingPart) -> None:
+        with self._cv:
+            heapq.heappush(self._wanted, self._rank[id(p)])
+            self._cv.notify()
+
+    def drain(self) -> None:
+        with self._cv:
+            if self._cursor is None:
+                self._cursor = 0
+            self._cv.notify()
+
+    def next(self) -> PendingPart | None:
+        """The next part to hash (maybe one already done: the caller skips it); None when drained
+        and none is left. Waits while nothing is wanted and the build is not over."""
+        with self._cv:
+            while not self._wanted and self._cursor is None:
+                self._cv.wait()
+            if self._wanted:
+                return self._parts[heapq.heappop(self._wanted)]
+            if self._cursor < len(self._parts):
+                self._cursor += 1
+                return self._parts[self._cursor - 1]
+            return None
 
 
 def _upstream_of(p: PartPlan, stage: Stage, ups: dict[str, dict[str, Location]]) -> dict[str, dict[str, Location]]:

@@ -156,8 +156,9 @@ class _Ahead:
     - ``load``: the encoders of stages that will build whatever the hashes say load while the
       input files are listed and hashed (seconds each for real models). A load that fails here is
       left for the build's own ``setup`` to raise and report.
-    - ``later``: a first extract's fingerprints (``plan._plan_fresh``), computed while the build
-      decodes; ``wait`` returns what it raised (the build saw it too, at a part's commit).
+    - ``later``: a first extract's fingerprints (``plan._plan_fresh``), computed as the build
+      reaches each part; ``wait`` hashes the parts it never reached and returns what the job
+      raised (the build saw it too, at a part's commit).
     Only for local builds: other executors load in their workers and ship complete plans."""
 
     def __init__(self, enabled: bool):
@@ -178,12 +179,14 @@ class _Ahead:
         if stage.setup_ahead:
             self._loads.submit(_setup_quietly, stage)
 
-    def later(self, fn) -> None:
-        self._later.append(self._jobs.submit(fn))
+    def later(self, fn, drain) -> None:
+        self._later.append((self._jobs.submit(fn), drain))
 
     def wait(self) -> list[BaseException]:
         done, self._later = self._later, []
-        return [e for e in (f.exception() for f in done) if e is not None]
+        for _, drain in done:
+            drain()
+        return [e for e in (f.exception() for f, _ in done) if e is not None]
 
     def __enter__(self):
         return self

@@ -211,6 +211,7 @@ def build_parts(
         p = next(part_iter, None)
         if p is None:
             return False
+        p.want()  # a first extract hashes the part's inputs now (``PendingPart``)
         pi = len(parts_seen)
         parts_seen.append(p)
         results.append([None] * len(p.episodes))

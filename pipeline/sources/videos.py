@@ -71,6 +71,8 @@ class _Found:
     path: Path
     rel: str
     problem: str | None = None
+    #: a frames folder's image names as the walk listed them (unsorted), so it is not listed twice
+    images: tuple[str, ...] | None = None
 
 
 class VideosSource:
@@ -189,7 +191,7 @@ class VideosSource:
                 n, fps = _probe_video(media_path)
                 frame_files: list[Path] = []
             else:
-                names = _ordered_frames(f.path)
+                names = _ordered_frames(f.path, f.images)
                 n, fps = len(names), None
         except (Quarantine, UnsafePath, OSError) as e:
             return bad(_reason(e))
@@ -351,26 +353,37 @@ def _scan(root: Path, top: Path, allow_outside: bool = False) -> list[_Found]:
     """
     found: list[_Found] = []
 
-    def visit(d: Path, rel: str, chain: frozenset[str]) -> bool:
-        """Walk folder ``d``; True when it holds media (then its parent is no frames folder)."""
+    def visit(d: Path, rel: str, real: str, chain: frozenset[str]) -> bool:
+        """Walk folder ``d`` (real path ``real``); True when it holds media (then its parent is no
+        frames folder). Path objects and ``realpath`` calls only for what is not a plain image:
+        a frames folder's images cost the listing alone (the listing is serial before any decode)."""
         try:
             with os.scandir(d) as it:
                 entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
         except OSError as e:
             found.append(_Found(rel or _SPLIT_FOLDER, "frames", d, rel, f"cannot list folder: {e.strerror or e}"))
             return True
+        images: list[str] = []  # regular files (links followed) with an image extension, as _image_names
         has_images = has_videos = False
         media_subdirs: list[str] = []
         for e in entries:
-            p, r = d / e.name, f"{rel}/{e.name}" if rel else e.name
             ext = os.path.splitext(e.name)[1].lower()
             try:
                 is_dir = e.is_dir()  # follows symlinks
             except OSError:
                 is_dir = False
-            if e.is_symlink() and (is_dir or ext in VIDEO_EXTS):
+            if not is_dir and ext in IMAGE_EXTS:
+                has_images = True
+                if e.is_file():
+                    images.append(e.name)
+                continue
+            if not is_dir and ext not in VIDEO_EXTS:
+                continue
+            p, r = d / e.name, f"{rel}/{e.name}" if rel else e.name
+            link = e.is_symlink()
+            if link:
                 try:
-                    real = resolve_under(root, os.path.relpath(p, root), allow_outside)
+                    resolved = resolve_under(root, os.path.relpath(p, root), allow_outside)
                 except UnsafePath as err:
                     # Reported rather than skipped: a link is there on purpose, its refusal should show.
                     found.append(_Found(r if is_dir else _strip(r), "frames" if is_dir else "video", p, r, f"refused: {err}"))
@@ -378,16 +391,16 @@ def _scan(root: Path, top: Path, allow_outside: bool = False) -> list[_Found]:
                     if is_dir:
                         media_subdirs.append(e.name)
                     continue
-                if is_dir and str(real) in chain:
+                if is_dir and str(resolved) in chain:
                     continue  # a link back to an ancestor: walking it would never end
             if is_dir:
-                if visit(p, r, chain | {os.path.realpath(p)}):
+                # realpath(d/name) is realpath(d)/name unless name is a link
+                sub = os.path.realpath(p) if link else os.path.join(real, e.name)
+                if visit(p, r, sub, chain | {sub}):
                     media_subdirs.append(e.name)
-            elif ext in VIDEO_EXTS:
+            else:
                 found.append(_Found(_strip(r), "video", p, r))
                 has_videos = True
-            elif ext in IMAGE_EXTS:
-                has_images = True
         if has_images:
             if not rel:
                 found.append(_Found(_SPLIT_FOLDER, "frames", d, "", "images lie directly in the split folder; "
@@ -396,10 +409,11 @@ def _scan(root: Path, top: Path, allow_outside: bool = False) -> list[_Found]:
                 found.append(_Found(rel, "frames", d, rel, f"folder holds images and media subfolder(s) "
                                     f"{', '.join(media_subdirs[:3])}; an episode's frames need a folder of their own"))
             else:
-                found.append(_Found(rel, "frames", d, rel))
+                found.append(_Found(rel, "frames", d, rel, images=tuple(images)))
         return has_images or has_videos or bool(media_subdirs)
 
-    visit(top, "", frozenset({os.path.realpath(top)}))
+    top_real = os.path.realpath(top)
+    visit(top, "", top_real, frozenset({top_real}))
     return found
 
 
@@ -431,14 +445,14 @@ def _image_names(folder: Path) -> list[str]:
             and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS and e.is_file()]
 
 
-def _ordered_frames(folder: Path) -> list[str]:
+def _ordered_frames(folder: Path, names: Sequence[str] | None = None) -> list[str]:
     """Image names of a frames folder in frame order (natural sort on the number in the name).
 
     Raises Quarantine when a name has no number, names follow different patterns
     (``frame_001.jpg`` and ``depth_001.png``), or two names carry the same number.
     """
     try:
-        names = sorted(_image_names(folder))
+        names = sorted(_image_names(folder) if names is None else names)
     except OSError as e:
         raise Quarantine(f"cannot list frames folder: {e.strerror or e}") from None
     if not names:

@@ -1,5 +1,5 @@
 """A first extract plans before hashing (``plan._plan_fresh``): its parts' fingerprints are filled
-in on a background thread while the build decodes. The plan it resolves to is the one full
+in on a background thread as the build asks for each part (the rest once the build is over). The plan it resolves to is the one full
 planning gives, field for field, across a chain whose stages consume each other; a failure in
 the background fingerprinting fails the build before any part is committed."""
 from __future__ import annotations
@@ -10,6 +10,7 @@ import pytest
 
 from navcache.cache_specs.layout import PARTS
 from navcache.pipeline import plan as plan_mod
+from navcache.pipeline.fingerprint import FileHasher
 from navcache.pipeline.plan import PendingPart, plan_split
 from navcache.pipeline.runner import ExtractOptions, extract
 from tests.helpers import demo_job
@@ -20,18 +21,23 @@ class ThreadAhead:
 
     def __init__(self):
         self.threads: list[threading.Thread] = []
+        self.drains = []
 
     def load(self, stage) -> None:
         pass
 
-    def later(self, fn) -> None:
-        t = threading.Thread(target=fn, name="test-later")
+    def later(self, fn, drain) -> None:
+        t = threading.Thread(target=fn, name="test-later", daemon=True)
         t.start()
         self.threads.append(t)
+        self.drains.append(drain)
 
     def join(self) -> None:
+        for drain in self.drains:
+            drain()
         for t in self.threads:
             t.join(60)
+            assert not t.is_alive()
 
 
 def _fields(plans) -> list:
@@ -57,6 +63,25 @@ def test_a_fresh_plan_resolves_to_the_full_plan_across_a_chain(tours):
     ahead.join()
     assert got == _fields(full)
     assert all(p.fingerprint and len(p.episode_fps) == len(p.episodes) for sp in fresh for p in sp.parts)
+
+
+def test_inputs_are_hashed_as_the_build_asks_for_each_part_and_the_rest_at_the_end(tours):
+    _, project = tours
+    ahead, hasher = ThreadAhead(), FileHasher(racy_s=0)  # files just written are trusted: one read each
+    fresh = plan_split(project, "demo_tours", "train", hasher=hasher, ahead=ahead)
+    geometry = fresh[0]
+    assert geometry.stage_name == "geometry" and len(geometry.parts) >= 2
+    first, second = geometry.parts[:2]
+    assert hasher.reads == 0 and not first.ready.done()  # nothing asked for: nothing hashed
+    first.want()
+    first.ready.result(timeout=60)
+    files = lambda p: {str(f) for e in p.episodes for f in geometry.stage.files_read(e)}  # noqa: E731
+    assert hasher.reads == len(files(first)) and not second.ready.done()
+    second.fingerprint  # a read asks for the part too
+    assert hasher.reads == len(files(first) | files(second))
+    ahead.join()  # the build is over: every part left is hashed, once per file
+    assert all(p.ready.done() for sp in fresh for p in sp.parts)
+    assert hasher.reads == len(set().union(*(files(p) for p in geometry.parts)))
 
 
 def test_anything_in_a_part_folder_means_full_planning(tours):
