@@ -133,7 +133,7 @@ def project_file(roots: dict[str, Path], preprocess: str, batch_size: int) -> Pa
 
 
 class StandIn:
-    """Replaces ``HFVisionEncoder.encode``: sleeps n / fps seconds (no CPU, GIL released), returns
+    """Replaces ``HFVisionEncoder.encode_on_device`` (what frame-features calls): sleeps n / fps seconds (no CPU, GIL released), returns
     zeros (views of buffers made once: no CPU work per batch)."""
 
     def __init__(self, fps: float, dim: int, grid: int):
@@ -158,7 +158,7 @@ class StandIn:
             standin.calls.append((t, time.perf_counter()))
             return cls[: len(x)], patches[: len(x)]
 
-        HFVisionEncoder.encode = encode
+        HFVisionEncoder.encode_on_device = encode
 
     def alone_fps(self, frames: int, batch_size: int) -> float:
         """The stand-in by itself over ``frames`` in batches of ``batch_size``: the baseline."""
@@ -169,7 +169,7 @@ class StandIn:
         x = torch.zeros(batch_size, 3, 1, 1)
         t0 = time.perf_counter()
         for i in range(0, frames, batch_size):
-            HFVisionEncoder.encode(None, x[: min(batch_size, frames - i)])
+            HFVisionEncoder.encode_on_device(None, x[: min(batch_size, frames - i)])
         return frames / (time.perf_counter() - t0)
 
 

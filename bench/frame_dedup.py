@@ -57,8 +57,8 @@ def demo_side_by_side() -> dict:
     from navcache.pipeline.runner import ExtractOptions, extract
 
     seen: list[int] = []
-    real = HFVisionEncoder.encode
-    HFVisionEncoder.encode = lambda self, x: seen.append(len(x)) or real(self, x)  # counts frames per forward
+    real = HFVisionEncoder.encode_on_device
+    HFVisionEncoder.encode_on_device = lambda self, x: seen.append(len(x)) or real(self, x)  # counts frames per forward
     out, caches = {}, {}
     try:
         for name, dedup in (("every_row", False), ("dedup", True)):
@@ -79,7 +79,7 @@ def demo_side_by_side() -> dict:
             caches[name] = open_cache(root / "demo_navila/train/frame_features")
             data_root = Path(cfg["datasets"]["demo_navila"]["root"])
     finally:
-        HFVisionEncoder.encode = real
+        HFVisionEncoder.encode_on_device = real
     a, b = caches["every_row"], caches["dedup"]
     assert a.episodes == b.episodes
     equal = all(np.array_equal(a[e][k], b[e][k]) for e in a.episodes for k in a[e])

@@ -75,7 +75,7 @@ def check_efficiency(size: str, scale: float, batch: int | str) -> dict:
 
 
 def bare_encoder_fps(project, dataset: str, frames: int) -> float:
-    """Frames/s of the frame-features stage's encoder alone (``encode`` on one preprocessed batch of
+    """Frames/s of the frame-features stage's encoder alone (``encode_on_device`` on one preprocessed batch of
     the stage's batch size, repeated over ``frames``): the baseline ``extract`` is measured against."""
     import numpy as np
 
@@ -88,14 +88,16 @@ def bare_encoder_fps(project, dataset: str, frames: int) -> float:
     w, h = stage.resize_to
     n = min(stage.batch_cost, frames)
     x = stage.encoder.preprocess(np.random.default_rng(0).integers(0, 256, (n, h, w, 3), dtype=np.uint8))
-    stage.encoder.encode(x)  # warm-up
+    stage.encoder.encode_on_device(x)  # warm-up
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
     t0, done = time.perf_counter(), 0
     while done < frames:
-        stage.encoder.encode(x)  # returns CPU tensors: each call waits for its batch
+        stage.encoder.encode_on_device(x)  # the forward alone: its outputs stay on the device
         done += n
+    if cuda:
+        torch.cuda.synchronize()
     return done / (time.perf_counter() - t0)
 
 

@@ -173,10 +173,14 @@ class HFVisionEncoder(FrozenEncoder):
         """[N, 3, S_h, S_w] -> (cls [N, D] float32, patches [N, Hp, Wp, D] float32), on CPU.
 
         ``cls`` is the CLS token, or the patch mean for towers without one (SigLIP)."""
+        cls, patches = self.encode_on_device(x)
+        return cls.cpu(), patches.cpu()
+
+    def encode_on_device(self, x) -> tuple[Any, Any]:
+        """``encode``'s outputs, left on the encoder's device (frame-features pools them there)."""
         import torch
 
         model = self.load()
         with torch.inference_mode(), self.autocast():
             h = run_tower(model, x.to(self.resolved_device(), non_blocking=True), self.s.layer)
-        cls, patches = self._layout.split(h.float(), x.shape[-2] // self._patch, x.shape[-1] // self._patch)
-        return cls.cpu(), patches.cpu()
+        return self._layout.split(h.float(), x.shape[-2] // self._patch, x.shape[-1] // self._patch)

@@ -257,6 +257,11 @@ class PrismaticEncoder(FrozenEncoder):
 
     def encode(self, x) -> tuple[Any, Any]:
         """[N, 6, S, S] -> (cls [N, Dd + Ds] float32, patches [N, S/p, S/p, Dd + Ds] float32), on CPU."""
+        cls, patches = self.encode_on_device(x)
+        return cls.cpu(), patches.cpu()
+
+    def encode_on_device(self, x) -> tuple[Any, Any]:
+        """``encode``'s outputs, left on the encoder's device (frame-features pools them there)."""
         import torch
 
         model = self.load()
@@ -269,7 +274,7 @@ class PrismaticEncoder(FrozenEncoder):
                 out.append(self._layouts[w].split(h.float(), hp, wp))
         cls = torch.cat([out[0][0], out[1][0]], dim=-1)
         patches = torch.cat([out[0][1], out[1][1]], dim=-1)
-        return cls.cpu(), patches.cpu()
+        return cls, patches
 
 
 def _checkpoint_fingerprint(folder: Path) -> str:

@@ -18,13 +18,13 @@ from tests.helpers import make_navila, write_project
 def counted(monkeypatch):
     """Frames passed to the (real, tiny) encoder's forward, per run."""
     seen = []
-    real = HFVisionEncoder.encode
+    real = HFVisionEncoder.encode_on_device
 
     def encode(self, x):
         seen.append(len(x))
         return real(self, x)
 
-    monkeypatch.setattr(HFVisionEncoder, "encode", encode)
+    monkeypatch.setattr(HFVisionEncoder, "encode_on_device", encode)
     return seen
 
 
