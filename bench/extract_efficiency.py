@@ -111,10 +111,16 @@ def make_data(copies: int = COPIES) -> dict[str, Path]:
     return out
 
 
-def project_file(roots: dict[str, Path], preprocess: str, batch_size: int) -> Path:
+#: the stand-in's outputs: ViT-L-sized features (D 1024, pooled 4 x 4 x D fp16 + cls: ~34 KB a
+#: frame, what the cache writes for a real ViT-L), or the tiny test model's (D 48: ~1.6 KB)
+FEATURES = {"vitl": "vitl16-width", "tiny": "tiny"}
+
+
+def project_file(roots: dict[str, Path], preprocess: str, batch_size: int, features: str = "vitl") -> Path:
     from navcache.pipeline.encoders.tiny import make_random_dinov3
 
-    model = make_random_dinov3(OUT / "models" / "dinov3-tiny-224", size="tiny", seed=0, image_size=224)
+    size = FEATURES[features]
+    model = make_random_dinov3(OUT / "models" / f"dinov3-{size}-224", size=size, seed=0, image_size=224)
     cfg = {
         "cache_root": str(OUT / "eff_cache"),
         "backend": "zarr",
@@ -132,11 +138,23 @@ def project_file(roots: dict[str, Path], preprocess: str, batch_size: int) -> Pa
     return path
 
 
-class StandIn:
-    """Replaces ``HFVisionEncoder.encode_on_device`` (what frame-features calls): sleeps n / fps seconds (no CPU, GIL released), returns
-    zeros (views of buffers made once: no CPU work per batch)."""
+def dim_of(project) -> int:
+    """The frame-features encoder's width (what the stand-in's outputs must have)."""
+    import json
 
-    def __init__(self, fps: float, dim: int, grid: int):
+    model = Path(project.stage_settings("frame-features").encoder.model)
+    return int(json.loads((model / "config.json").read_text())["hidden_size"])
+
+
+class StandIn:
+    """Replaces ``HFVisionEncoder.encode_on_device`` (what frame-features calls): sleeps n / fps
+    seconds (no CPU, GIL released) and returns what a GPU's forward leaves for the host: views of
+    buffers made once (no CPU work per batch), seeded random values (zeros would compress to
+    nothing in the zstd chunks; real features do not), and a patch grid already at the pooling
+    grid (a GPU pools on the device, inside the time the stand-in sleeps: the host only copies
+    the pooled grid)."""
+
+    def __init__(self, fps: float, dim: int, grid: int = 4):
         self.fps, self.dim, self.grid = fps, dim, grid
         #: (start, end) of every batch it held the device for, perf_counter seconds
         self.calls: list[tuple[float, float]] = []
@@ -150,7 +168,9 @@ class StandIn:
         # outputs made once: a fresh torch.zeros per batch ran an OpenMP fill on the main thread's
         # team, whose spin-wait burnt ~0.3 s of CPU per 1,536 frames (a GPU's outputs cost the CPU
         # one copy, which the stage's own .cpu()/cat still does)
-        cls, patches = torch.zeros(4096, self.dim), torch.zeros(4096, self.grid, self.grid, self.dim)
+        g = torch.Generator().manual_seed(0)
+        rows = 512  # >= any batch this bench runs (--batch-size)
+        cls, patches = torch.randn(rows, self.dim, generator=g), torch.randn(rows, self.grid, self.grid, self.dim, generator=g)
 
         def encode(enc, x):
             t = time.perf_counter()
@@ -200,7 +220,7 @@ def pipeline_cpu_per_frame(project, dataset: str, runs: int = 2) -> float:
     """CPU seconds (every thread of the process) per frame of ``extract`` with an instant device:
     decoding and preprocessing plus everything else the pipeline does (listing, hashing,
     batching, pooling, writing, committing). The first run warms up (page cache, lazy imports)."""
-    StandIn(float("inf"), dim=48, grid=224 // 16).install()
+    StandIn(float("inf"), dim=dim_of(project)).install()
     end_to_end(project, dataset)
     cpu = []
     for _ in range(runs):
@@ -251,6 +271,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--copies", type=int, default=COPIES, help="times each rendered episode/clip appears (run length)")
     ap.add_argument("--inputs", nargs="+", choices=["jpeg", "mp4"], default=["jpeg", "mp4"])
+    ap.add_argument("--features", choices=sorted(FEATURES), default="vitl", help="the stand-in's output size (vitl: ~34 KB a frame)")
     ap.add_argument("--allow-load", action="store_true")
     a = ap.parse_args()
     load_before = check_load(a.allow_load)
@@ -260,7 +281,7 @@ def main() -> None:
 
     cores = len(os.sched_getaffinity(0))
     roots = make_data(a.copies)
-    project = load_config(project_file(roots, a.preprocess, a.batch_size))
+    project = load_config(project_file(roots, a.preprocess, a.batch_size, a.features))
     rows = {}
     for ds in [r for r in roots if any(i in r for i in a.inputs)]:
         feed = feed_per_core(project, ds)
@@ -273,7 +294,7 @@ def main() -> None:
         # "pipeline": the stand-in needs load x cores of the pipeline's measured CPU (the target's
         # figure); "decode": as if nothing but decoding cost CPU (stricter: the rest comes free)
         for calibration, fps in (("pipeline", a.load * cores / cpu_frame), ("decode", a.load * cores * feed)):
-            standin = StandIn(fps, dim=48, grid=224 // 16)
+            standin = StandIn(fps, dim=dim_of(project))
             standin.install()
             runs = []
             for _ in range(a.rounds):
@@ -288,9 +309,9 @@ def main() -> None:
     imports = start_and_imports()
     print(f"process start + imports (not in the figures): {imports:.2f} s", flush=True)
     load_after = check_load(a.allow_load)
-    record(f"extract_efficiency_{a.preprocess}" + ("" if a.copies == COPIES else f"_x{a.copies}"), {
+    record(f"extract_efficiency_{a.preprocess}" + ("" if a.copies == COPIES else f"_x{a.copies}") + ("" if a.features == "vitl" else f"_{a.features}"), {
         "preprocess": a.preprocess, "load_fraction": a.load, "cores": cores, "copies": a.copies, "batch_size": a.batch_size,
-        "encoder": "stand-in (sleep per batch), tiny DINOv3's 224x224 preprocessing", "datasets": rows,
+        "encoder": f"stand-in (sleep per batch), DINOv3's 224x224 preprocessing, outputs D {dim_of(project)}", "features": a.features, "datasets": rows,
         "process_start_and_imports_s": round(imports, 2), "load_before": load_before, "load_after": load_after,
         "torch": torch.__version__, "numpy": np.__version__,
     })

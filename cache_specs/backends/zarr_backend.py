@@ -127,32 +127,16 @@ class ZarrBackend:
         self.name = "zarr" if zstd_level is not None else "zarr-raw"
 
     def write(self, part_dir: Path, arrays: Mapping[str, np.ndarray], chunk_rows: int | Mapping[str, int]) -> None:
-        """``chunk_rows``: rows per chunk, one for every array or {array name: rows}."""
-        import zarr
-        from zarr.codecs import Crc32cCodec, ZstdCodec
-        from zarr.storage import LocalStore
+        """``chunk_rows``: rows per chunk, one for every array or {array name: rows}.
 
-        group = zarr.open_group(store=LocalStore(part_dir / self.data_name), mode="w-", zarr_format=3)
-        for name, arr in arrays.items():
-            arr = np.ascontiguousarray(arr)
-            rows = arr.shape[0]
-            want = chunk_rows if isinstance(chunk_rows, int) else chunk_rows[name]
-            chunk = (max(1, min(want, rows)),) + tuple(max(1, d) for d in arr.shape[1:])
-            # One shard holds the whole array: the part is the unit of writing, so a shard never
-            # outlives or spans writers.
-            shard_rows = max(chunk[0], -(-rows // chunk[0]) * chunk[0])
-            z = group.create_array(
-                name,
-                shape=arr.shape,
-                dtype=arr.dtype,
-                chunks=chunk,
-                shards=(shard_rows,) + chunk[1:],
-                # crc32c per chunk: a flipped byte fails the read instead of returning wrong values
-                compressors=((ZstdCodec(level=self.zstd_level),) if self.zstd_level is not None else ()) + (Crc32cCodec(),),
-                fill_value=0,
-            )
-            if arr.size:
-                z[...] = arr
+        One shard holds each whole array: the part is the unit of writing, so a shard never
+        outlives or spans writers. Chunks carry a crc32c (a flipped byte fails the read instead of
+        returning wrong values). Written by ``zarr_shards`` (zarr's own bytes, without its per-call
+        event-loop cost)."""
+        from .zarr_shards import write_group
+
+        chunks = {name: chunk_rows if isinstance(chunk_rows, int) else chunk_rows[name] for name in arrays}
+        write_group(part_dir / self.data_name, arrays, chunks, self.zstd_level)
 
     def open(self, part_dir: Path) -> _ZarrPart:
         root = part_dir / self.data_name

@@ -33,6 +33,9 @@ DINOV3_SIZES = {
     "vits16": dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=6),
     "vitb16": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
     "vitl16": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+    # ViT-L's width (so its outputs are ViT-L-sized) on one thin layer: for benches whose forward
+    # is a stand-in, where only the outputs' size matters (25 MB of weights instead of 1.2 GB)
+    "vitl16-width": dict(hidden_size=1024, intermediate_size=1024, num_hidden_layers=1, num_attention_heads=16),
 }
 
 
