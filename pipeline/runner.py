@@ -164,15 +164,9 @@ class _Ahead:
     def __init__(self, enabled: bool):
         from concurrent.futures import ThreadPoolExecutor
 
-        from .executors.local import lower_thread_priority
-
         self.enabled = enabled
         self._loads = ThreadPoolExecutor(1, thread_name_prefix="navcache-warm") if enabled else None
-        # as low as the decode threads, below the main and device threads: fingerprints are first
-        # needed at the first part's commit, decoded frames at the first batch. Lower still (+10)
-        # left parts waiting for their fingerprints (measured); the hashing threads it starts
-        # inherit the priority
-        self._jobs = ThreadPoolExecutor(1, thread_name_prefix="navcache-plan", initializer=lower_thread_priority, initargs=(PLAN_NICE,)) if enabled else None
+        self._jobs: list = []
         self._later: list = []
 
     def load(self, stage) -> None:
@@ -180,7 +174,18 @@ class _Ahead:
             self._loads.submit(_setup_quietly, stage)
 
     def later(self, fn, drain) -> None:
-        self._later.append((self._jobs.submit(fn), drain))
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .executors.local import lower_thread_priority
+
+        # a thread of its own per job: a job waits for its build to ask for parts, so jobs queued
+        # on one thread would wait on each other (a split's build for the parts of one built
+        # before it that its build never reached: a failed stage, a shard). Niced as the decode
+        # threads, below the main and device threads: lower still (+10) left parts waiting for
+        # their fingerprints (measured); the hashing threads it starts inherit the priority
+        pool = ThreadPoolExecutor(1, thread_name_prefix="navcache-plan", initializer=lower_thread_priority, initargs=(PLAN_NICE,))
+        self._jobs.append(pool)
+        self._later.append((pool.submit(fn), drain))
 
     def wait(self) -> list[BaseException]:
         done, self._later = self._later, []
@@ -192,7 +197,7 @@ class _Ahead:
         return self
 
     def __exit__(self, *exc) -> None:
-        for pool in (self._jobs, self._loads):
+        for pool in (*self._jobs, self._loads):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 

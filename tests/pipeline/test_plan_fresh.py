@@ -112,3 +112,31 @@ def test_a_failure_while_fingerprinting_fails_the_build_and_commits_nothing(tmp_
     monkeypatch.setattr(plan_mod, "stage_fingerprints", real)
     s = extract(project, ExtractOptions("train", datasets=("demo_rover",), only="frame-features"))
     assert not s.errors and all(st.finalized for st in s.stages)
+
+
+def test_a_failed_build_does_not_hold_up_the_next_datasets_fingerprints(tmp_path_factory, demo_world, monkeypatch):
+    """Each first-extract plan hashes on its own thread: the parts of a dataset whose build failed
+    are never asked for (until the extract is over), and the next dataset's commits must not
+    wait behind them."""
+    from navcache.pipeline import runner
+
+    _, project = demo_job(tmp_path_factory, demo_world, "fresh_two")
+    real, failed = runner._build, []
+
+    def build(project_, sp, todo, *a, **kw):
+        if not failed:
+            failed.append(sp.dataset)
+            raise OSError("disk gone while building")
+        return real(project_, sp, todo, *a, **kw)
+
+    monkeypatch.setattr(runner, "_build", build)
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(extract(project, ExtractOptions(
+        "train", datasets=("demo_navila", "demo_rover"), only="frame-features"))), daemon=True)
+    t.start()
+    t.join(300)
+    assert not t.is_alive(), "the extract hung: a dataset's commits waited for another's fingerprints"
+    (s,) = got
+    assert len(failed) == 1 and any("disk gone while building" in e for e in s.errors), s.errors
+    (ok,) = [st for st in s.stages if st.dataset != failed[0]]
+    assert ok.finalized and ok.parts_built > 0
