@@ -57,10 +57,12 @@ def write_array(folder: Path, arr: np.ndarray, chunk_rows: int, zstd_level: int 
             body = np.concatenate([body, np.zeros((chunk - len(body), row_bytes), np.uint8)])
         if not body.any():
             continue
-        data = zstd.encode(np.ascontiguousarray(body)) if zstd is not None else np.ascontiguousarray(body).tobytes()
+        body = np.ascontiguousarray(body)
+        data = zstd.encode(body) if zstd is not None else body  # raw: the rows themselves, no copy
+        size = len(data) if zstd is not None else body.nbytes
         pieces += [data, google_crc32c.value(data).to_bytes(4, "little")]
-        index[k] = (at, len(data) + 4)
-        at += len(data) + 4
+        index[k] = (at, size + 4)
+        at += size + 4
     if not pieces:
         return
     index_bytes = index.tobytes()
@@ -68,7 +70,7 @@ def write_array(folder: Path, arr: np.ndarray, chunk_rows: int, zstd_level: int 
     shard = folder / shard_key
     shard.parent.mkdir(parents=True)
     with open(shard, "wb") as f:
-        f.write(b"".join(pieces))
+        f.writelines(pieces)  # piece by piece: a part's shard is not assembled in memory
 
 
 @functools.lru_cache(maxsize=None)
