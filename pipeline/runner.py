@@ -197,9 +197,14 @@ class _Ahead:
         return self
 
     def __exit__(self, *exc) -> None:
-        for pool in (*self._jobs, self._loads):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        for pool in self._jobs:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if self._loads is not None:
+            # not waited for: a build that needed the model waited for its load in its own
+            # ``setup``, so a load still running is one nothing needs (it starts before the
+            # listing: a split whose listing failed). Its error is reported at once, the load
+            # left to end on its own (seconds for a big model)
+            self._loads.shutdown(wait=False, cancel_futures=True)
 
 
 def _setup_quietly(stage) -> None:

@@ -110,3 +110,30 @@ def test_a_first_extract_loads_the_encoder_while_planning_and_a_rerun_loads_noth
     s = extract(load_config(write_project(tmp_path, data, tiny_model, cache_root=str(tmp_path / "cache"), part_size=2)), ExtractOptions("train"))
     assert not s.errors and sum(st.parts_built for st in s.stages) == 0
     assert loads == []  # up to date: no weights loaded
+
+
+def test_a_listing_error_is_reported_without_waiting_for_the_warm_up_load(tmp_path, tiny_model, monkeypatch):
+    """The encoder starts loading before the inputs are listed; a listing that fails (here: the
+    split's annotation file is gone) must not wait for a slow load to end before it is reported."""
+    data = make_navila(tmp_path / "data", n_episodes=4)
+    cfg = load_config(write_project(tmp_path, data, tiny_model, cache_root=str(tmp_path / "cache"), part_size=2))
+    release, started, finished = threading.Event(), threading.Event(), threading.Event()
+    real = FrozenEncoder.load
+
+    def slow_load(self):
+        started.set()
+        release.wait(120)  # a big model's load
+        finished.set()
+        return real(self)
+
+    monkeypatch.setattr(FrozenEncoder, "load", slow_load)
+    for f in data.rglob("*.json"):
+        if "train" in f.name:
+            f.unlink()
+    try:
+        s = extract(cfg, ExtractOptions("train"))
+        assert s.errors and all("annotations_train.json" in e for e in s.errors), s.errors
+        assert not finished.is_set()  # returned while the load was still running
+        assert started.wait(60)  # (it was started: before the listing)
+    finally:
+        release.set()
