@@ -5,7 +5,7 @@ The stand-in encoder holds "the device" for a calibrated time per batch without 
 real pipeline: ``extract`` of the frame-features stage (listing, file hashing, decode, the
 encoder's own preprocessing, batching, pooling, zarr write, atomic commit) over a videos-source
 dataset of 512x512 JPEG frame folders (8 frames an episode) and one of 640x480 H.264 mp4s (48
-frames, 8 sampled), each episode present ``COPIES`` times. Baseline: the stand-in alone over the same number of frames in the same
+frames, 8 sampled), each episode present ``RUN_COPIES`` times (``--copies``). Baseline: the stand-in alone over the same number of frames in the same
 batches, in the same run.
 
 Calibration: the bench first measures, on one thread, what the CPU spends per frame to decode and
@@ -20,7 +20,7 @@ and after the last, and the steady state (the stand-in's busy share between them
 Efficiency target >= 0.9. Process start and imports are timed on their own line (a fresh
 interpreter importing the pipeline, torch and transformers), not inside the figures.
 
-    python -m bench.extract_efficiency [--preprocess fast] [--load 0.75] [--rounds 2] [--copies 4]
+    python -m bench.extract_efficiency [--preprocess fast] [--load 0.75] [--rounds 2] [--copies N]
                                        [--inputs jpeg mp4] [--allow-load]
 """
 from __future__ import annotations
@@ -44,6 +44,12 @@ JPEG_EPISODES, CLIPS, T, CLIP_FRAMES = 48, 24, 8, 48
 #: each rendered episode/clip appears this many times (hard links: distinct paths, same bytes), so
 #: that the run is long against extract's fixed costs (planning, model load, finalising)
 COPIES = 4
+#: copies a run uses by default, per input: runs of similar length at the stand-in's rate, ~7 s of
+#: JPEG (6,144 frames) and ~10 s of mp4 (768 frames). A 1,536-frame JPEG run lasts ~1.5 s, of
+#: which extract's per-run costs (listing, the first decode, the last commit, finalising: ~0.1 s,
+#: printed apart as seconds to the first batch and after the last) are 7%; a real extraction
+#: runs for hours. ``--copies 4`` gives the short JPEG run.
+RUN_COPIES = {"feed_jpeg512": 16, "feed_mp4_640x480": COPIES}
 
 
 def _render() -> dict[str, Path]:
@@ -269,7 +275,8 @@ def main() -> None:
     ap.add_argument("--load", type=float, default=0.75, help="stand-in rate as a fraction of what the cores can feed")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--copies", type=int, default=COPIES, help="times each rendered episode/clip appears (run length)")
+    ap.add_argument("--copies", type=int, default=None, help="times each rendered episode/clip appears (run length; "
+                    "default: RUN_COPIES, runs of similar length)")
     ap.add_argument("--inputs", nargs="+", choices=["jpeg", "mp4"], default=["jpeg", "mp4"])
     ap.add_argument("--features", choices=sorted(FEATURES), default="vitl", help="the stand-in's output size (vitl: ~34 KB a frame)")
     ap.add_argument("--allow-load", action="store_true")
@@ -280,7 +287,8 @@ def main() -> None:
     from navcache.pipeline.config import load_config
 
     cores = len(os.sched_getaffinity(0))
-    roots = make_data(a.copies)
+    copies = {ds: a.copies or n for ds, n in RUN_COPIES.items()}
+    roots = {ds: make_data(n)[ds] for ds, n in copies.items()}
     project = load_config(project_file(roots, a.preprocess, a.batch_size, a.features))
     rows = {}
     for ds in [r for r in roots if any(i in r for i in a.inputs)]:
@@ -289,7 +297,7 @@ def main() -> None:
         cpu_frame = pipeline_cpu_per_frame(project, ds)
         print(f"{ds}: decode + preprocess {1e3 / feed:.3f} ms a frame on one core; the whole pipeline "
               f"{1e3 * cpu_frame:.3f} CPU ms a frame; cores for 1,000 fps: {1000 * cpu_frame:.2f}", flush=True)
-        rows[ds] = {"feed_fps_per_core": round(feed, 1), "pipeline_cpu_ms_per_frame": round(1e3 * cpu_frame, 3),
+        rows[ds] = {"copies": copies[ds], "feed_fps_per_core": round(feed, 1), "pipeline_cpu_ms_per_frame": round(1e3 * cpu_frame, 3),
                     "cores_for_1000_fps": round(1000 * cpu_frame, 2)}
         # "pipeline": the stand-in needs load x cores of the pipeline's measured CPU (the target's
         # figure); "decode": as if nothing but decoding cost CPU (stricter: the rest comes free)
@@ -309,8 +317,8 @@ def main() -> None:
     imports = start_and_imports()
     print(f"process start + imports (not in the figures): {imports:.2f} s", flush=True)
     load_after = check_load(a.allow_load)
-    record(f"extract_efficiency_{a.preprocess}" + ("" if a.copies == COPIES else f"_x{a.copies}") + ("" if a.features == "vitl" else f"_{a.features}"), {
-        "preprocess": a.preprocess, "load_fraction": a.load, "cores": cores, "copies": a.copies, "batch_size": a.batch_size,
+    record(f"extract_efficiency_{a.preprocess}" + ("" if a.copies is None else f"_x{a.copies}") + ("" if a.features == "vitl" else f"_{a.features}"), {
+        "preprocess": a.preprocess, "load_fraction": a.load, "cores": cores, "copies": copies, "batch_size": a.batch_size,
         "encoder": f"stand-in (sleep per batch), DINOv3's 224x224 preprocessing, outputs D {dim_of(project)}", "features": a.features, "datasets": rows,
         "process_start_and_imports_s": round(imports, 2), "load_before": load_before, "load_after": load_after,
         "torch": torch.__version__, "numpy": np.__version__,

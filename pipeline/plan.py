@@ -25,7 +25,7 @@ rerun after a kill and an uninterrupted run agree on it, part for part.
 A first extract (no stage of the split has a finalised part or anything in its part folder)
 builds every episode whatever the hashes say, so its parts are known from the listing alone:
 ``plan_split(ahead=...)`` returns them before hashing, as ``PendingPart``s whose fingerprints a
-background thread fills in while the build decodes (a part's commit waits for them). The plan
+background thread fills in as the build reaches each part (a part's commit waits for them). The plan
 they resolve to is the one full planning gives (``tests/pipeline/test_plan_fresh.py``).
 """
 from __future__ import annotations
@@ -140,10 +140,10 @@ def plan_split(
     """Plan every stage of (dataset, split). Raises DatasetError if the split cannot be listed.
 
     With ``ahead`` (an extract building locally), a stage that will build every episode whatever
-    the hashes say (no finalised part to keep) starts loading its weights before the input files
-    are hashed; and when that holds for every stage of the split and nothing lies in their part
+    the hashes say (no finalised part to keep) starts loading its weights before the inputs are
+    listed; and when that holds for every stage of the split and nothing lies in their part
     folders (a first extract), the plan returns before hashing: its parts are ``PendingPart``s
-    whose fingerprints ``ahead.later`` computes while the build decodes (``_plan_fresh``)."""
+    whose fingerprints ``ahead.later`` computes as the build reaches each part (``_plan_fresh``)."""
     with gc_paused():
         return _plan_split(project, dataset, split, only, hasher, source, ahead)
 
