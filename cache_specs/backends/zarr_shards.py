@@ -22,7 +22,7 @@ from typing import Mapping
 import google_crc32c
 import numpy as np
 
-_EMPTY = 2**64 - 1  # offset and length of a chunk left out
+from .zarr_direct import _EMPTY  # the index entry of a chunk left out
 
 
 def write_group(root: Path, arrays: Mapping[str, np.ndarray], chunks: Mapping[str, int], zstd_level: int | None) -> None:
