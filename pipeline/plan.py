@@ -283,8 +283,8 @@ def _plan_fresh(dataset: str, split: str, names: list[str], stages: dict[str, St
     state "missing") are what ``_plan_split`` would give whatever the fingerprints. Their
     fingerprints, part fingerprints and upstream locations are filled in by ``ahead.later`` as
     the build asks for each part (``PendingPart.want``), each released as it is done: a part's
-    commit waits for its own part only. Once the build is over, the parts it never reached (a
-    failed stage) are hashed in plan order, so the memo has every file for the rerun."""
+    commit waits for its own part only. The parts the build never reaches (other shards', a failed
+    stage's) are never hashed; reading their fingerprints after the build raises."""
     groups = _group(names, stages, {n: list(episodes) for n in names}, part_size)
     plans: dict[str, StagePlan] = {}
     by_group: dict[tuple[str, int], PendingPart] = {}
@@ -325,6 +325,11 @@ def _plan_fresh(dataset: str, split: str, names: list[str], stages: dict[str, St
                 if not p.ready.done():
                     p.ready.set_exception(e)
             raise
+        # parts the build never reached (other shards' parts, a failed stage's) are not hashed: a
+        # shard task reads only its own inputs; a rerun hashes the rest when it plans them
+        for p in by_group.values():
+            if not p.ready.done():
+                p.ready.set_exception(RuntimeError(f"part {p.part_id} was not hashed: the build did not reach it"))
 
     ahead.later(resolve, demand.drain)
     return list(plans.values())
@@ -332,15 +337,15 @@ def _plan_fresh(dataset: str, split: str, names: list[str], stages: dict[str, St
 
 class _OnDemand:
     """The pending parts of a first extract in the order their inputs are hashed: those the build
-    asked for (``want``), earliest in plan order first; once drained, every part left, in plan
-    order. A heap and a cursor: R2R-sized splits have ~10K parts."""
+    asked for (``want``), earliest in plan order first (a heap: R2R-sized splits have ~10K parts),
+    until the build is over (``drain``)."""
 
     def __init__(self):
         self._cv = threading.Condition()
         self._parts: list[PendingPart] = []
         self._rank: dict[int, int] = {}
         self._wanted: list[int] = []  # heap of ranks
-        self._cursor: int | None = None  # next rank to hash once drained
+        self._drained = False
 
     def order(self, parts: list[PendingPart]) -> None:
         self._parts, self._rank = parts, {id(p): i for i, p in enumerate(parts)}
@@ -352,22 +357,16 @@ class _OnDemand:
 
     def drain(self) -> None:
         with self._cv:
-            if self._cursor is None:
-                self._cursor = 0
+            self._drained = True
             self._cv.notify()
 
     def next(self) -> PendingPart | None:
-        """The next part to hash (maybe one already done: the caller skips it); None when drained
-        and none is left. Waits while nothing is wanted and the build is not over."""
+        """The next part asked for (maybe one already done: the caller skips it); None once
+        drained and none is left. Waits while nothing is asked for and the build is not over."""
         with self._cv:
-            while not self._wanted and self._cursor is None:
+            while not self._wanted and not self._drained:
                 self._cv.wait()
-            if self._wanted:
-                return self._parts[heapq.heappop(self._wanted)]
-            if self._cursor < len(self._parts):
-                self._cursor += 1
-                return self._parts[self._cursor - 1]
-            return None
+            return self._parts[heapq.heappop(self._wanted)] if self._wanted else None
 
 
 def _upstream_of(p: PartPlan, stage: Stage, ups: dict[str, dict[str, Location]]) -> dict[str, dict[str, Location]]:

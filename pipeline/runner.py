@@ -157,8 +157,8 @@ class _Ahead:
       input files are listed and hashed (seconds each for real models). A load that fails here is
       left for the build's own ``setup`` to raise and report.
     - ``later``: a first extract's fingerprints (``plan._plan_fresh``), computed as the build
-      reaches each part; ``wait`` hashes the parts it never reached and returns what the job
-      raised (the build saw it too, at a part's commit).
+      reaches each part; ``wait`` ends the job (parts never reached stay unhashed) and returns
+      what it raised (the build saw it too, at a part's commit).
     Only for local builds: other executors load in their workers and ship complete plans."""
 
     def __init__(self, enabled: bool):

@@ -65,13 +65,14 @@ def test_a_fresh_plan_resolves_to_the_full_plan_across_a_chain(tours):
     assert all(p.fingerprint and len(p.episode_fps) == len(p.episodes) for sp in fresh for p in sp.parts)
 
 
-def test_inputs_are_hashed_as_the_build_asks_for_each_part_and_the_rest_at_the_end(tours):
+def test_inputs_are_hashed_as_the_build_asks_for_each_part_and_never_for_parts_it_does_not_reach(tours):
     _, project = tours
     ahead, hasher = ThreadAhead(), FileHasher(racy_s=0)  # files just written are trusted: one read each
     fresh = plan_split(project, "demo_tours", "train", hasher=hasher, ahead=ahead)
     geometry = fresh[0]
     assert geometry.stage_name == "geometry" and len(geometry.parts) >= 2
     first, second = geometry.parts[:2]
+    unreached = fresh[-1].parts[-1]  # frame-features: its build never starts here
     assert hasher.reads == 0 and not first.ready.done()  # nothing asked for: nothing hashed
     first.want()
     first.ready.result(timeout=60)
@@ -79,9 +80,10 @@ def test_inputs_are_hashed_as_the_build_asks_for_each_part_and_the_rest_at_the_e
     assert hasher.reads == len(files(first)) and not second.ready.done()
     second.fingerprint  # a read asks for the part too
     assert hasher.reads == len(files(first) | files(second))
-    ahead.join()  # the build is over: every part left is hashed, once per file
-    assert all(p.ready.done() for sp in fresh for p in sp.parts)
-    assert hasher.reads == len(set().union(*(files(p) for p in geometry.parts)))
+    ahead.join()  # the build is over: the parts it never reached (a shard's others) are not read
+    assert hasher.reads == len(files(first) | files(second))
+    with pytest.raises(RuntimeError, match="not hashed: the build did not reach it"):
+        unreached.fingerprint  # fails at once, never waits
 
 
 def test_anything_in_a_part_folder_means_full_planning(tours):
