@@ -179,6 +179,8 @@ class StandIn:
         cls, patches = torch.randn(rows, self.dim, generator=g), torch.randn(rows, self.grid, self.grid, self.dim, generator=g)
 
         def encode(enc, x):
+            if len(x) > len(cls):
+                raise ValueError(f"the stand-in serves batches of at most {len(cls)} frames, not {len(x)}")
             t = time.perf_counter()
             time.sleep(len(x) / standin.fps)
             standin.calls.append((t, time.perf_counter()))

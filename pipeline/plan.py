@@ -30,6 +30,7 @@ they resolve to is the one full planning gives (``tests/pipeline/test_plan_fresh
 """
 from __future__ import annotations
 
+import functools
 import gc
 import heapq
 import json
@@ -286,6 +287,9 @@ def _plan_fresh(dataset: str, split: str, names: list[str], stages: dict[str, St
     commit waits for its own part only. The parts the build never reaches (other shards', a failed
     stage's) are never hashed; reading their fingerprints after the build raises."""
     groups = _group(names, stages, {n: list(episodes) for n in names}, part_size)
+    # plan order: group by group, a group's upstream stages first; the rank a part is asked for by
+    order = sorted(((name, k) for name in names for k, _ in groups[name]), key=lambda nk: (nk[1], names.index(nk[0])))
+    rank = {key: i for i, key in enumerate(order)}
     plans: dict[str, StagePlan] = {}
     by_group: dict[tuple[str, int], PendingPart] = {}
     demand = _OnDemand()
@@ -293,32 +297,30 @@ def _plan_fresh(dataset: str, split: str, names: list[str], stages: dict[str, St
         free = free_numbers(set())
         parts: list[PartPlan] = []
         for k, eps in groups[name]:
-            by_group[name, k] = PendingPart(Future(), demand.want, part_id(next(free)), eps, "", "missing", k)
+            by_group[name, k] = PendingPart(Future(), functools.partial(demand.want, rank[name, k]), part_id(next(free)), eps, "", "missing", k)
             parts.append(by_group[name, k])
         plans[name] = StagePlan(dataset, split, name, stages[name], cdirs[name], parts,
                                 {u: plans[u].cache_dir for u in stages[name].consumes}, part_size=part_size)
-    where = {id(p): key for key, p in by_group.items()}
-    filled: list[PendingPart] = []
-    demand.order([p for _, p in sorted(by_group.items(), key=lambda kv: (kv[0][1], names.index(kv[0][0])))])
+    filled = [0]
 
-    def fill(p: PendingPart) -> None:
-        name, k = where[id(p)]
-        for u in stages[name].consumes:  # its upstream parts' locations first (in plan order they come first)
+    def fill(name: str, k: int) -> None:
+        p = by_group[name, k]
+        for u in stages[name].consumes:  # its upstream parts' locations first
             if not by_group[u, k].ready.done():
-                fill(by_group[u, k])
+                fill(u, k)
         efps = fingerprinter(name, p.episodes)
         p.episode_fps = efps
         p.fingerprint = part_fingerprint(backend, [(e.episode_id, efps[e.episode_id]) for e in p.episodes])
         p.upstream = _upstream_of(p, stages[name], {u: by_group[u, k].locations() for u in stages[name].consumes})
         p.ready.set_result(None)
-        filled.append(p)
+        filled[0] += 1
 
     def resolve() -> None:
         try:
             # the memo is saved as soon as the last part is filled, not at the end of the build
-            while len(filled) < len(by_group) and (p := demand.next()) is not None:
-                if not p.ready.done():
-                    fill(p)
+            while filled[0] < len(order) and (i := demand.next()) is not None:
+                if not by_group[order[i]].ready.done():
+                    fill(*order[i])
             fingerprinter.close()
         except BaseException as e:  # noqa: BLE001 - every reader of a pending part gets it
             for p in by_group.values():
@@ -336,23 +338,17 @@ def _plan_fresh(dataset: str, split: str, names: list[str], stages: dict[str, St
 
 
 class _OnDemand:
-    """The pending parts of a first extract in the order their inputs are hashed: those the build
-    asked for (``want``), earliest in plan order first (a heap: R2R-sized splits have ~10K parts),
-    until the build is over (``drain``)."""
+    """The ranks (plan order) of the pending parts the build asked for (``want``), earliest first
+    (a heap: R2R-sized splits have ~10K parts), until the build is over (``drain``)."""
 
     def __init__(self):
         self._cv = threading.Condition()
-        self._parts: list[PendingPart] = []
-        self._rank: dict[int, int] = {}
-        self._wanted: list[int] = []  # heap of ranks
+        self._wanted: list[int] = []
         self._drained = False
 
-    def order(self, parts: list[PendingPart]) -> None:
-        self._parts, self._rank = parts, {id(p): i for i, p in enumerate(parts)}
-
-    def want(self, p: PendingPart) -> None:
+    def want(self, rank: int) -> None:
         with self._cv:
-            heapq.heappush(self._wanted, self._rank[id(p)])
+            heapq.heappush(self._wanted, rank)
             self._cv.notify()
 
     def drain(self) -> None:
@@ -360,13 +356,13 @@ class _OnDemand:
             self._drained = True
             self._cv.notify()
 
-    def next(self) -> PendingPart | None:
-        """The next part asked for (maybe one already done: the caller skips it); None once
+    def next(self) -> int | None:
+        """The next rank asked for (maybe a part already done: the caller skips it); None once
         drained and none is left. Waits while nothing is asked for and the build is not over."""
         with self._cv:
             while not self._wanted and not self._drained:
                 self._cv.wait()
-            return self._parts[heapq.heappop(self._wanted)] if self._wanted else None
+            return heapq.heappop(self._wanted) if self._wanted else None
 
 
 def _upstream_of(p: PartPlan, stage: Stage, ups: dict[str, dict[str, Location]]) -> dict[str, dict[str, Location]]:

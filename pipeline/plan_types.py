@@ -69,14 +69,14 @@ class PendingPart(PartPlan):
     episode_fps = _awaited("episode_fps")
     upstream = _awaited("upstream")
 
-    def __init__(self, ready: Future, on_want: Callable[["PendingPart"], None], *args, **kw):
+    def __init__(self, ready: Future, on_want: Callable[[], None], *args, **kw):
         self.ready = ready
         self._on_want = on_want
         super().__init__(*args, **kw)
 
     def want(self) -> None:
         if not self.ready.done():
-            self._on_want(self)
+            self._on_want()
 
 
 class Ahead(Protocol):
